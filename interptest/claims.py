@@ -1,0 +1,527 @@
+"""The claim grammar: parse a claim string into a typed claim, then bind it to a prompt's tokens.
+
+One grammar serves every claim a spec can state::
+
+    prob(' Hart') >= 0.5                       prediction claims, on the clean prompt
+    rank(' Hart') <= 3
+    logit_diff >= 2.0
+    resid_pre[2:, -1] recovers >= 0.9          localization claims, verified by activation patching
+    any resid_mid[1:, last] recovers >= 0.5
+    heads[1.0, 2.3] together recovers >= 0.6
+    resid_post[:, ' Alex'#2] breaks <= 0.05
+    resid_pre[elsewhere] recovers <= 0.1
+
+Parsing needs no model and imports neither torch nor pytest. Binding (turning ``2:`` and
+``' Alex'#2`` into concrete layers and positions) needs only the prompt's token strings and the
+model's dimensions, so it stays pure as well; evaluation lives in :mod:`interptest.check`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+RESIDUAL_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+COMPONENTS = RESIDUAL_COMPONENTS + ("heads",)
+PREDICTION_FUNCTIONS = ("prob", "rank", "logit")
+VERBS = {"recovers": "denoise", "breaks": "noise"}
+OPERATORS = (">=", "<=", "==", ">", "<")
+
+
+class ClaimSyntaxError(ValueError):
+    """A claim string does not follow the grammar; ``column`` is 0-based."""
+
+    def __init__(self, message: str, text: str, column: int):
+        self.message = message
+        self.text = text
+        self.column = column
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return (f"cannot parse claim at column {self.column + 1}: {self.message}\n"
+                f"    {self.text}\n    {' ' * self.column}^")
+
+
+class ClaimBindError(ValueError):
+    """A well-formed claim names something the prompt or the model does not have."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim objects
+
+
+@dataclass(frozen=True)
+class Comparison:
+    op: str
+    threshold: float
+
+    def holds(self, value: float) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        return {
+            ">=": value >= self.threshold, "<=": value <= self.threshold,
+            ">": value > self.threshold, "<": value < self.threshold,
+            "==": math.isclose(value, self.threshold, rel_tol=1e-6, abs_tol=1e-6),
+        }[self.op]
+
+    @property
+    def wants_high(self) -> bool:
+        """True when larger values are better (the worst cell is then the smallest)."""
+        return self.op in (">=", ">")
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class PredictionClaim:
+    text: str
+    function: str            # prob | rank | logit | logit_diff
+    token: str | None        # the token text for prob/rank/logit; None for logit_diff
+    comparison: Comparison
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """``2`` / ``a:b`` / ``[0, 2]``; ``kind`` is index, slice or list."""
+    kind: str
+    values: tuple
+    source: str
+
+
+@dataclass(frozen=True)
+class PositionSelection:
+    """``-1`` / ``last`` / ``a:b`` / ``' Alex'#2`` / ``{last}``; ``kind`` is index, last, slice,
+    token or variable."""
+    kind: str
+    values: tuple
+    source: str
+
+
+@dataclass(frozen=True)
+class LocalizationClaim:
+    text: str
+    component: str
+    direction: str                                   # denoise (recovers) | noise (breaks)
+    quantifier: str                                  # every | any | together
+    comparison: Comparison
+    elsewhere: bool = False
+    layers: LayerSelection | None = None             # residual components
+    positions: PositionSelection | None = None       # residual components, or heads[...; POS]
+    heads: tuple[tuple[int, int], ...] = ()          # heads[L.H, ...]
+
+    @property
+    def verb(self) -> str:
+        return "recovers" if self.direction == "denoise" else "breaks"
+
+
+Claim = PredictionClaim | LocalizationClaim
+
+
+# ---------------------------------------------------------------------------------------------
+# Lexer
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str       # ident, number, string, op, punct, end
+    value: object
+    start: int
+    end: int
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PUNCT = "[](),:;#{}"
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _lex(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+            continue
+        if ch in "'\"":
+            j, chars = i + 1, []
+            while j < len(text) and text[j] != ch:
+                if text[j] == "\\" and j + 1 < len(text):
+                    chars.append(_ESCAPES.get(text[j + 1], "\\" + text[j + 1]))
+                    j += 2
+                else:
+                    chars.append(text[j])
+                    j += 1
+            if j >= len(text):
+                raise ClaimSyntaxError(f"unterminated string: missing closing {ch}", text, i)
+            tokens.append(_Token("string", "".join(chars), i, j + 1))
+            i = j + 1
+            continue
+        two = text[i:i + 2]
+        if two in (">=", "<=", "=="):
+            tokens.append(_Token("op", two, i, i + 2))
+            i += 2
+            continue
+        if ch in "<>":
+            tokens.append(_Token("op", ch, i, i + 1))
+            i += 1
+            continue
+        if ch == "=":
+            raise ClaimSyntaxError("'=' is not a comparison; use '==', '>=' or '<='", text, i)
+        if ch == "!":
+            raise ClaimSyntaxError("'!=' is not supported; use '<', '>', '<=' or '>='", text, i)
+        number = _NUMBER.match(text, i)
+        if number and (ch.isdigit() or ch == "." or (ch in "+-" and number.end() > i + 1)):
+            tokens.append(_Token("number", number.group(), i, number.end()))
+            i = number.end()
+            continue
+        ident = _IDENT.match(text, i)
+        if ident:
+            tokens.append(_Token("ident", ident.group(), i, ident.end()))
+            i = ident.end()
+            continue
+        if ch in _PUNCT:
+            tokens.append(_Token("punct", ch, i, i + 1))
+            i += 1
+            continue
+        raise ClaimSyntaxError(f"unexpected character {ch!r}", text, i)
+    tokens.append(_Token("end", None, len(text), len(text)))
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.tokens = _lex(text)
+        self.i = 0
+
+    # -- helpers
+    @property
+    def tok(self) -> _Token:
+        return self.tokens[self.i]
+
+    def fail(self, expected: str, tok: _Token | None = None):
+        tok = tok or self.tok
+        found = "the end of the claim" if tok.kind == "end" else repr(self.text[tok.start:tok.end])
+        raise ClaimSyntaxError(f"expected {expected}, found {found}", self.text, tok.start)
+
+    def accept(self, kind: str, value=None) -> _Token | None:
+        tok = self.tok
+        if tok.kind == kind and (value is None or tok.value == value):
+            self.i += 1
+            return tok
+        return None
+
+    def expect(self, kind: str, value=None, what: str | None = None) -> _Token:
+        tok = self.accept(kind, value)
+        if tok is None:
+            self.fail(what or (repr(value) if value else kind))
+        return tok
+
+    def integer(self, what: str) -> int:
+        tok = self.tok
+        if tok.kind != "number" or not re.fullmatch(r"[+-]?\d+", tok.value):
+            self.fail(what)
+        self.i += 1
+        return int(tok.value)
+
+    # -- grammar
+    def claim(self) -> Claim:
+        head = self.tok
+        if head.kind != "ident":
+            self.fail("a claim: prob(...), rank(...), logit(...), logit_diff, or a component such as "
+                      "resid_pre[...]")
+        if head.value == "any":
+            self.i += 1
+            return self.localization(quantifier="any")
+        if head.value in PREDICTION_FUNCTIONS or head.value == "logit_diff":
+            return self.prediction()
+        if head.value in COMPONENTS:
+            return self.localization(quantifier="every")
+        self.fail(f"a claim kind ({', '.join(PREDICTION_FUNCTIONS + ('logit_diff',) + COMPONENTS)})"
+                  + _did_you_mean(head.value, PREDICTION_FUNCTIONS + ("logit_diff", "any") + COMPONENTS))
+
+    def comparison(self) -> Comparison:
+        op = self.accept("op")
+        if op is None:
+            self.fail("a comparison (>=, <=, >, <, ==)")
+        tok = self.tok
+        if tok.kind != "number":
+            self.fail("a number")
+        self.i += 1
+        value = float(tok.value)
+        if self.tok.kind != "end":
+            self.fail("the end of the claim")
+        return Comparison(op.value, value)
+
+    def prediction(self) -> PredictionClaim:
+        name = self.expect("ident").value
+        token = None
+        if name != "logit_diff":
+            self.expect("punct", "(", f"'(' after {name}")
+            string = self.accept("string")
+            if string is None:
+                self.fail(f"a quoted token text, e.g. {name}(' Paris')")
+            token = string.value
+            if token == "":
+                raise ClaimSyntaxError("the token text is empty", self.text, string.start)
+            self.expect("punct", ")", "')'")
+        comparison = self.comparison()
+        return PredictionClaim(self.text, name, token, comparison)
+
+    def localization(self, quantifier: str) -> LocalizationClaim:
+        comp_tok = self.tok
+        if comp_tok.kind != "ident" or comp_tok.value not in COMPONENTS:
+            self.fail(f"a component ({', '.join(COMPONENTS)})"
+                      + (_did_you_mean(comp_tok.value, COMPONENTS) if comp_tok.kind == "ident" else ""))
+        self.i += 1
+        component = comp_tok.value
+        self.expect("punct", "[", f"'[' after {component}")
+        fields: dict = {}
+        if self.tok.kind == "ident" and self.tok.value == "elsewhere":
+            self.i += 1
+            fields["elsewhere"] = True
+        elif component == "heads":
+            fields["heads"] = self.head_list()
+            if self.accept("punct", ";"):
+                fields["positions"] = self.positions()
+        else:
+            fields["layers"] = self.layers()
+            if not self.accept("punct", ","):
+                self.fail("',' and a position part, e.g. resid_pre[2, -1] (use ':' for every position)")
+            fields["positions"] = self.positions()
+        self.expect("punct", "]", "']'")
+        together = self.tok
+        if self.accept("ident", "together"):
+            if quantifier == "any":
+                raise ClaimSyntaxError("'any' and 'together' cannot be combined", self.text, together.start)
+            quantifier = "together"
+        verb = self.tok
+        if verb.kind != "ident" or verb.value not in VERBS:
+            self.fail("'recovers' or 'breaks'"
+                      + (_did_you_mean(verb.value, tuple(VERBS) + ("together",)) if verb.kind == "ident" else ""))
+        self.i += 1
+        comparison = self.comparison()
+        return LocalizationClaim(self.text, component, VERBS[verb.value], quantifier, comparison, **fields)
+
+    def head_list(self) -> tuple[tuple[int, int], ...]:
+        heads = []
+        while True:
+            tok = self.tok
+            match = re.fullmatch(r"([+-]?\d+)\.(\d+)", tok.value) if tok.kind == "number" else None
+            if match is None:
+                self.fail("a head as LAYER.HEAD, e.g. heads[1.0, 2.3]")
+            self.i += 1
+            heads.append((int(match.group(1)), int(match.group(2))))
+            if not self.accept("punct", ","):
+                return tuple(heads)
+
+    def _slice_or_index(self, what: str):
+        """Parses ``a``, ``a:b``, ``a:``, ``:b`` or ``:``; returns ('index', (a,)) or ('slice', (a, b))."""
+        start_tok = self.tok
+        start = self.integer(what) if self.tok.kind == "number" else None
+        if self.accept("punct", ":"):
+            stop = self.integer(what) if self.tok.kind == "number" else None
+            return "slice", (start, stop), self.text[start_tok.start:self.tokens[self.i - 1].end]
+        if start is None:
+            self.fail(what)
+        return "index", (start,), self.text[start_tok.start:self.tokens[self.i - 1].end]
+
+    def layers(self) -> LayerSelection:
+        start = self.tok
+        if self.accept("punct", "["):
+            values = [self.integer("a layer number")]
+            while self.accept("punct", ","):
+                values.append(self.integer("a layer number"))
+            self.expect("punct", "]", "']' closing the layer list")
+            return LayerSelection("list", tuple(values), self.text[start.start:self.tokens[self.i - 1].end])
+        kind, values, source = self._slice_or_index("a layer: an integer, a slice such as 2: or 0:2, "
+                                                    "or a list such as [0, 2]")
+        return LayerSelection(kind, values, source)
+
+    def positions(self) -> PositionSelection:
+        start = self.tok
+        if self.accept("ident", "last"):
+            return PositionSelection("last", (), "last")
+        if start.kind == "string":
+            self.i += 1
+            if start.value == "":
+                raise ClaimSyntaxError("the position token text is empty", self.text, start.start)
+            occurrence = self.occurrence()
+            return PositionSelection("token", (start.value, occurrence),
+                                     self.text[start.start:self.tokens[self.i - 1].end])
+        if self.accept("punct", "{"):
+            name = self.expect("ident", what="a template variable name").value
+            self.expect("punct", "}", "'}'")
+            occurrence = self.occurrence()
+            return PositionSelection("variable", (name, occurrence),
+                                     self.text[start.start:self.tokens[self.i - 1].end])
+        kind, values, source = self._slice_or_index(
+            "a position: an integer, last, a slice, a quoted token such as ' Alex' or ' Alex'#2")
+        return PositionSelection(kind, values, source)
+
+    def occurrence(self) -> int | None:
+        if not self.accept("punct", "#"):
+            return None
+        tok = self.tok
+        n = self.integer("an occurrence number after '#', e.g. ' Alex'#2")
+        if n < 1:
+            raise ClaimSyntaxError("occurrences count from 1", self.text, tok.start)
+        return n
+
+
+def parse_claim(text: str) -> Claim:
+    """Parse one claim string. Raises :class:`ClaimSyntaxError` pointing at the offending column."""
+    if not isinstance(text, str) or not text.strip():
+        raise ClaimSyntaxError("the claim is empty", str(text), 0)
+    return _Parser(text).claim()
+
+
+def _did_you_mean(word: str, choices) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding: concrete layers, positions and heads for one prompt and one model
+
+
+@dataclass(frozen=True)
+class BoundClaim:
+    """A localization claim resolved to concrete cells.
+
+    Cells are ``(layer, position)`` for residual components; ``(layer, head)`` for heads over all
+    positions; ``(layer, head, position)`` for heads restricted to positions.
+    """
+    claim: LocalizationClaim
+    cells: tuple[tuple[int, ...], ...]
+    positions: tuple[int, ...] = field(default=())
+
+
+def _resolve_index(value: int, size: int, noun: str, plural: str) -> int:
+    if not -size <= value < size:
+        raise ClaimBindError(f"{noun} {value} is out of range: there are {size} {plural} "
+                             f"(0 to {size - 1}, or -1 to -{size} from the end)")
+    return value % size
+
+
+def _resolve_slice(start, stop, size: int, noun: str, plural: str, source: str) -> list[int]:
+    for bound in (start, stop):
+        if bound is not None and not -size <= bound <= size:
+            raise ClaimBindError(f"{noun} slice {source} reaches past the end: there are {size} {plural}")
+    selected = list(range(size))[slice(start, stop)]
+    if not selected:
+        raise ClaimBindError(f"{noun} slice {source} selects no {noun}")
+    return selected
+
+
+def resolve_layers(selection: LayerSelection, n_layers: int) -> list[int]:
+    if selection.kind == "index":
+        return [_resolve_index(selection.values[0], n_layers, "layer", "layers")]
+    if selection.kind == "slice":
+        return _resolve_slice(*selection.values, n_layers, "layer", "layers", selection.source)
+    layers = [_resolve_index(v, n_layers, "layer", "layers") for v in selection.values]
+    if len(set(layers)) != len(layers):
+        raise ClaimBindError(f"layer list {selection.source} names a layer twice")
+    return layers
+
+
+def resolve_positions(selection: PositionSelection, tokens: list[str],
+                      variables: dict[str, str] | None = None) -> list[int]:
+    n = len(tokens)
+    if selection.kind == "last":
+        return [n - 1]
+    if selection.kind == "index":
+        return [_resolve_index(selection.values[0], n, "position", "positions")]
+    if selection.kind == "slice":
+        return _resolve_slice(*selection.values, n, "position", "positions", selection.source)
+    text, occurrence = selection.values
+    if selection.kind == "variable":
+        if variables is None or text not in variables:
+            known = ", ".join(sorted(variables)) if variables else "none: this is not a template behavior"
+            raise ClaimBindError(f"position {selection.source} names an unknown template variable "
+                                 f"(variables: {known})")
+        text = variables[text]
+    matches = [i for i, tok in enumerate(tokens) if tok == text]
+    if not matches:
+        stripped = [i for i, tok in enumerate(tokens) if tok.strip() == text.strip()]
+        hint = (f"; did you mean {tokens[stripped[0]]!r} (mind the leading space)?" if stripped else "")
+        raise ClaimBindError(f"position token {text!r} does not occur in the prompt's tokens "
+                             f"{tokens}{hint}")
+    if occurrence is None:
+        if len(matches) > 1:
+            options = " or ".join(f"{text!r}#{k + 1}" for k in range(len(matches)))
+            raise ClaimBindError(f"position token {text!r} is ambiguous: it occurs {len(matches)} times "
+                                 f"(positions {', '.join(map(str, matches))}); write {options}")
+        return matches
+    if occurrence > len(matches):
+        raise ClaimBindError(f"position {selection.source} asks for occurrence {occurrence} but "
+                             f"{text!r} occurs {len(matches)} time(s) in the prompt")
+    return [matches[occurrence - 1]]
+
+
+def bind_claims(claims: list[LocalizationClaim], tokens: list[str], n_layers: int, n_heads: int,
+                variables: dict[str, str] | None = None) -> list[BoundClaim]:
+    """Resolve every localization claim of one behavior; ``elsewhere`` is resolved last because
+    it depends on the other claims on the same component. Errors carry the claim's index."""
+    bound: dict[int, BoundClaim] = {}
+    covered: dict[str, set] = {}
+    for index, claim in enumerate(claims):
+        if claim.elsewhere:
+            continue
+        try:
+            bound[index] = _bind_one(claim, tokens, n_layers, n_heads, variables)
+        except ClaimBindError as error:
+            raise ClaimBindIndexError(index, str(error)) from None
+        cover = covered.setdefault(claim.component, set())
+        for cell in bound[index].cells:
+            cover.add(cell[:2])
+    for index, claim in enumerate(claims):
+        if not claim.elsewhere:
+            continue
+        if claim.component not in covered:
+            raise ClaimBindIndexError(index, f"{claim.component}[elsewhere] needs another claim on "
+                                             f"{claim.component} in the same behavior to define what "
+                                             "'elsewhere' excludes")
+        width = n_heads if claim.component == "heads" else len(tokens)
+        cells = tuple((layer, j) for layer in range(n_layers) for j in range(width)
+                      if (layer, j) not in covered[claim.component])
+        if not cells:
+            raise ClaimBindIndexError(index, f"{claim.component}[elsewhere] is empty: the other claims "
+                                             f"cover every cell")
+        bound[index] = BoundClaim(claim, cells)
+    return [bound[i] for i in range(len(claims))]
+
+
+class ClaimBindIndexError(ClaimBindError):
+    def __init__(self, index: int, message: str):
+        self.index = index
+        super().__init__(message)
+
+
+def _bind_one(claim: LocalizationClaim, tokens, n_layers, n_heads, variables) -> BoundClaim:
+    if claim.component == "heads":
+        heads = []
+        for layer, head in claim.heads:
+            layer = _resolve_index(layer, n_layers, "layer", "layers")
+            if not 0 <= head < n_heads:
+                raise ClaimBindError(f"head {layer}.{head} is out of range: each layer has {n_heads} heads "
+                                     f"(0 to {n_heads - 1})")
+            heads.append((layer, head))
+        if len(set(heads)) != len(heads):
+            raise ClaimBindError("the head list names a head twice")
+        if claim.positions is None:
+            return BoundClaim(claim, tuple(heads))
+        positions = resolve_positions(claim.positions, tokens, variables)
+        return BoundClaim(claim, tuple((l, h, p) for l, h in heads for p in positions), tuple(positions))
+    layers = resolve_layers(claim.layers, n_layers)
+    positions = resolve_positions(claim.positions, tokens, variables)
+    return BoundClaim(claim, tuple((l, p) for l in layers for p in positions), tuple(positions))
