@@ -70,9 +70,10 @@ class BehaviorSpec:
     def error(self, message: str, key: str | None = None, claim_index: int | None = None) -> SpecError:
         """A SpecError pointing at this behavior (and, when given, at one key or one claim)."""
         line = self.line
-        if claim_index is not None and claim_index < len(self.claim_lines) and self.claim_lines[claim_index]:
-            line = self.claim_lines[claim_index]
+        if claim_index is not None:
             key = f"claims[{claim_index}]"
+            if claim_index < len(self.claim_lines) and self.claim_lines[claim_index]:
+                line = self.claim_lines[claim_index]
         elif key is not None:
             line = self.key_lines.get(key.split("[")[0], line)
         return SpecError(message, path=self.path, line=line, behavior=self.name, key=key)

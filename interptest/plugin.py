@@ -1,0 +1,144 @@
+"""The pytest plugin: YAML behavior specs become test items. Thin by design: every hook hands its
+work to :class:`interptest.session.InterpSession`. The only module of interptest that imports pytest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from interptest.errors import InterpError
+
+OPTION_MODEL = "interp_model"
+OPTION_DEVICE = "interp_device"
+OPTION_DTYPE = "interp_dtype"
+OPTION_THREADS = "interp_threads"
+OPTION_BATCH_SIZE = "interp_batch_size"
+INI_FILES = "interp_files"
+
+_OPTIONS = {
+    # dest: (help, default)
+    OPTION_MODEL: ("model for every behavior, overriding the specs: a name (gpt2) or a checkpoint directory; "
+                   "the ini key sets the default for specs that name none", "interptest-tiny"),
+    OPTION_DEVICE: ("device to run models on: auto, cpu, cuda, cuda:N, mps", "auto"),
+    OPTION_DTYPE: ("model dtype: float32, bfloat16, float16", "float32"),
+    OPTION_THREADS: ("torch intra-op threads (default: auto, at most the CPUs available)", "auto"),
+    OPTION_BATCH_SIZE: ("patched rows per forward pass; bounds memory (default: chosen by the engine)", ""),
+}
+_SESSION_KEY = pytest.StashKey()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("interptest", "interpretability behavior specs")
+    for dest, (help_text, default) in _OPTIONS.items():
+        group.addoption("--" + dest.replace("_", "-"), dest=dest, default=None, help=help_text)
+        parser.addini(dest, help_text, default=default)
+    parser.addini(INI_FILES, "glob patterns of spec files; replaces the default rule (YAML files inside a "
+                             "'behaviors' directory)", type="linelist", default=[])
+
+
+def _option(config: pytest.Config, dest: str):
+    """Command line beats the ini file, which beats the default."""
+    value = config.getoption(dest)
+    return value if value is not None else config.getini(dest)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from interptest.session import InterpSession, OptionError, Options
+
+    config.addinivalue_line("markers", "interp_model(name): the model an interptest behavior runs on")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup runs a group on one worker")
+    try:
+        options = Options(
+            model=config.getoption(OPTION_MODEL),
+            default_model=config.getini(OPTION_MODEL) or "interptest-tiny",
+            device=Options.validate_device(_option(config, OPTION_DEVICE)),
+            dtype=Options.validate_dtype(_option(config, OPTION_DTYPE)),
+            threads=Options.positive_int(_option(config, OPTION_THREADS), "--interp-threads", allow_auto=True),
+            batch_size=Options.positive_int(_option(config, OPTION_BATCH_SIZE), "--interp-batch-size"),
+            files=tuple(config.getini(INI_FILES)),
+        )
+    except OptionError as error:
+        raise pytest.UsageError(str(error)) from None
+    explicit = [Path(config.invocation_params.dir, arg.split("::")[0]) for arg in config.invocation_params.args
+                if not arg.startswith("-")]
+    config.stash[_SESSION_KEY] = InterpSession(options, config.rootpath, explicit)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(_SESSION_KEY, None)
+    if session is not None:
+        session.close()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if _session(parent.config).is_spec_file(file_path):
+        return SpecFile.from_parent(parent, path=file_path)
+    return None
+
+
+def _session(config: pytest.Config):
+    return config.stash[_SESSION_KEY]
+
+
+class SpecFile(pytest.File):
+    """One YAML spec file; each behavior in it is one item."""
+
+    def collect(self):
+        session = _session(self.config)
+        try:
+            spec = session.load_file(self.path)
+            for behavior in spec.behaviors:
+                bound = None if behavior.skip else session.bind(behavior)
+                yield BehaviorItem.from_parent(self, name=behavior.name, behavior=behavior, bound=bound,
+                                               model_name=session.model_name(behavior))
+        except InterpError as error:
+            raise self.CollectError(str(error)) from None
+
+
+class BehaviorItem(pytest.Item):
+    def __init__(self, *, behavior, bound, model_name: str, **kwargs):
+        super().__init__(**kwargs)
+        self.behavior = behavior
+        self.bound = bound
+        self.result = None
+        for mark in behavior.marks:
+            self.add_marker(mark)
+        if behavior.skip:
+            self.add_marker(pytest.mark.skip(reason=behavior.skip))
+        if behavior.xfail:
+            self.add_marker(pytest.mark.xfail(reason=behavior.xfail, strict=False))
+        self.add_marker(pytest.mark.interp_model(model_name))
+        # Under `pytest -n N --dist loadgroup`, behaviors of one model share a worker.
+        self.add_marker(pytest.mark.xdist_group(model_name))
+
+    def runtest(self) -> None:
+        from interptest.check import BehaviorFailed
+
+        self.result = _session(self.config).run(self.bound)
+        if not self.result.passed:
+            raise BehaviorFailed(self.result)
+
+    def repr_failure(self, excinfo, style=None):
+        from interptest.check import BehaviorFailed
+        from interptest.render import render_failure
+
+        if isinstance(excinfo.value, BehaviorFailed):
+            markup = self.config.get_terminal_writer().hasmarkup
+            return render_failure(excinfo.value.result, color=markup)
+        if isinstance(excinfo.value, InterpError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        line = (self.behavior.line or 1) - 1
+        return self.path, line, f"behavior {self.behavior.name}"
+
+
+@pytest.fixture(scope="session")
+def interp_model(request: pytest.FixtureRequest):
+    """The run's default model (--interp-model, else ini interp_model, else interptest-tiny), loaded once."""
+    try:
+        return _session(request.config).default_model()
+    except InterpError as error:
+        pytest.fail(str(error), pytrace=False)

@@ -1,0 +1,96 @@
+"""Text rendering of a behavior's result: every failed check, the predictions, and the patching
+map of each failing localization claim, sized for a 100-column terminal."""
+
+from __future__ import annotations
+
+WIDTH = 100
+CELL = 6            # one marker character + a value such as "-0.12"
+ROW_LABEL = 5       # "L11  "
+_RED, _BOLD, _DIM, _RESET = "\x1b[31;1m", "\x1b[1m", "\x1b[2m", "\x1b[0m"
+
+
+def show_token(token: str) -> str:
+    """A token as a reader needs to see it: leading spaces visible, control characters escaped."""
+    text = repr(token)[1:-1]
+    return "·" + text[1:] if text.startswith(" ") else text
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _format_value(value) -> str:
+    if value is None:
+        return "n/a"
+    if float(value).is_integer() and abs(value) < 1e6:
+        return f"{value:.0f}"
+    return f"{value:.3f}"
+
+
+def _predictions(preds) -> str:
+    return "  ".join(f"{p.token!r} {p.prob:.2f}" for p in preds)
+
+
+def render_failure(result, color: bool = False) -> str:
+    failures = result.failures
+    model = f" on {result.model_name}" if result.model_name else ""
+    lines = [f"behavior {result.behavior.name!r}{model}: {len(failures)} of {len(result.checks)} checks failed"]
+    width = max(len(check.text) for check in result.checks)
+    for check in result.checks:
+        status = "FAILED" if not check.passed else "passed"
+        if color:
+            status = f"{_RED}{status}{_RESET}" if not check.passed else f"{_DIM}{status}{_RESET}"
+        line = f"  {status}  {check.text.ljust(min(width, 48))}  measured {_format_value(check.value)}"
+        if check.detail and (not check.passed or check.claim is not None):
+            line += f"  ({check.detail})"
+        lines.append(line)
+    lines.append("")
+    lines.append(f"  prompt:  {_shorten(repr(result.behavior.prompt), WIDTH - 11)}")
+    if result.behavior.corrupt is not None:
+        lines.append(f"  corrupt: {_shorten(repr(result.behavior.corrupt), WIDTH - 11)}")
+    if result.clean_metric is not None:
+        metrics = f"  logit diff {result.expect!r} − {result.foil!r}: m_clean = {result.clean_metric:.3f}"
+        if result.corrupt_metric is not None:
+            delta = result.clean_metric - result.corrupt_metric
+            metrics += f", m_corrupt = {result.corrupt_metric:.3f} (Δ = {delta:.3f})"
+        lines.append(metrics)
+    lines.append(f"  clean top-5:   {_predictions(result.clean_top)}")
+    if result.corrupt_top:
+        lines.append(f"  corrupt top-5: {_predictions(result.corrupt_top)}")
+    for check in failures:
+        if check.patch_map is not None:
+            lines.append("")
+            lines.extend(render_map(check.patch_map, claimed=check.bound.cells, failing=check.failing_cells,
+                                    title=f"map for {check.text!r}", color=color))
+    return "\n".join(lines)
+
+
+def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool = False) -> list[str]:
+    """A layer × position (or layer × head) table, two decimals, wrapped to ``WIDTH`` columns."""
+    values = patch_map.values
+    n_layers, n_cols = values.shape
+    heads = patch_map.component == "heads"
+    direction = "recovers: clean patched into corrupted run" if patch_map.direction == "denoise" \
+        else "breaks: corrupted patched into clean run"
+    lines = [f"  {title}" if title else "", f"  {patch_map.component} ({direction}), layer × "
+             f"{'head' if heads else 'position'};  * claimed cell   ! failing cell"]
+    claimed, failing = {tuple(c[:2]) for c in claimed}, {tuple(c[:2]) for c in failing}
+    labels = [f"H{h}" for h in range(n_cols)] if heads else [show_token(t) for t in patch_map.tokens]
+    per_chunk = max(1, (WIDTH - ROW_LABEL - 2) // (CELL + 1))
+    for start in range(0, n_cols, per_chunk):
+        cols = range(start, min(n_cols, start + per_chunk))
+        if not heads:
+            lines.append("  " + " " * ROW_LABEL + " ".join(f"{c:>{CELL}}" for c in cols))
+        lines.append("  " + " " * ROW_LABEL + " ".join(f"{_shorten(labels[c], CELL):>{CELL}}" for c in cols))
+        for layer in range(n_layers):
+            cells = []
+            for c in cols:
+                marker = "!" if (layer, c) in failing else "*" if (layer, c) in claimed else " "
+                text = f"{marker}{float(values[layer, c]):5.2f}"
+                if color and marker == "!":
+                    text = f"{_RED}{text}{_RESET}"
+                elif color and marker == "*":
+                    text = f"{_BOLD}{text}{_RESET}"
+                cells.append(text)
+            lines.append("  " + f"L{layer}".ljust(ROW_LABEL) + " ".join(cells))
+    return lines
