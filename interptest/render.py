@@ -72,8 +72,9 @@ def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool =
     heads = patch_map.component == "heads"
     direction = "recovers: clean patched into corrupted run" if patch_map.direction == "denoise" \
         else "breaks: corrupted patched into clean run"
-    lines = [f"  {title}" if title else "", f"  {patch_map.component} ({direction}), layer × "
-             f"{'head' if heads else 'position'};  * claimed cell   ! failing cell"]
+    lines = [f"  {title}" if title else "",
+             f"  {patch_map.component} ({direction}), layer × {'head' if heads else 'position'}",
+             "  * claimed cell   ! failing cell"]
     claimed, failing = {tuple(c[:2]) for c in claimed}, {tuple(c[:2]) for c in failing}
     labels = [f"H{h}" for h in range(n_cols)] if heads else [show_token(t) for t in patch_map.tokens]
     per_chunk = max(1, (WIDTH - ROW_LABEL - 2) // (CELL + 1))
