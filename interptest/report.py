@@ -13,11 +13,11 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from interptest.files import atomic_write
 
 __all__ = ["write_report", "render_html", "results_json"]
 
@@ -56,8 +56,8 @@ def write_report(records: list[dict], directory: str | Path, *, version: str, cr
     results = results_json(records, version=version, created=created)
     page = render_html(records, version=version, created=created)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / RESULTS_NAME, results)
-    _atomic_write(directory / REPORT_NAME, page)
+    atomic_write(directory / RESULTS_NAME, results)
+    atomic_write(directory / REPORT_NAME, page)
 
 
 def results_json(records: list[dict], *, version: str, created: str) -> str:
@@ -100,24 +100,6 @@ def render_html(records: list[dict], *, version: str, created: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # files
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # os.open with 0o666 so the final file gets the usual umask-derived mode, not mkstemp's 0600.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _jsonable(value: Any) -> Any:

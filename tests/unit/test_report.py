@@ -230,10 +230,10 @@ def test_failure_while_replacing_removes_the_temporary_file(tmp_path, monkeypatc
         assert Path(src).read_text(encoding="utf-8")                  # the new text was fully written first
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_report([passing_record()], tmp_path, version=VERSION, created="2030-01-01T00:00:00Z")
-    monkeypatch.setattr(report.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert seen and not seen[0].exists()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
