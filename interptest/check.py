@@ -73,6 +73,8 @@ class BehaviorResult:
     corrupt_top: list[Prediction]
     checks: list[CheckResult]
     maps: dict = field(default_factory=dict)   # (component, direction) -> PatchMap
+    baseline: dict | None = None               # {"status": missing|ok|moved, "detail": ...} when compared
+    suggestion: str | None = None              # --interp-suggest's YAML
 
     @property
     def passed(self) -> bool:
@@ -227,7 +229,9 @@ def _greedy_check(bound: BoundBehavior, clean_logits) -> CheckResult:
         if step + 1 < len(bound.expect_ids):
             ids = torch.cat([ids, torch.tensor([[target]], device=ids.device)], dim=1)
             logits = _last_logits(model, ids)
-    return CheckResult(f"top-1 prediction is {bound.spec.expect!r}", True, None)
+    first = bound.expect_ids[0]
+    return CheckResult(f"top-1 prediction is {bound.spec.expect!r}", True,
+                       float(torch.softmax(clean_logits, -1)[first]), "the measured value is p(first token)")
 
 
 def _prediction_value(claim: PredictionClaim, bound: BoundBehavior, logits, foil_id) -> float:

@@ -14,6 +14,10 @@ OPTION_DEVICE = "interp_device"
 OPTION_DTYPE = "interp_dtype"
 OPTION_THREADS = "interp_threads"
 OPTION_BATCH_SIZE = "interp_batch_size"
+OPTION_REPORT = "interp_report"
+OPTION_BASELINE_UPDATE = "interp_baseline_update"
+OPTION_BASELINE_TOLERANCE = "interp_baseline_tolerance"
+OPTION_SUGGEST = "interp_suggest"
 INI_FILES = "interp_files"
 
 _OPTIONS = {
@@ -24,6 +28,8 @@ _OPTIONS = {
     OPTION_DTYPE: ("model dtype: float32, bfloat16, float16", "float32"),
     OPTION_THREADS: ("torch intra-op threads (default: auto, at most the CPUs available)", "auto"),
     OPTION_BATCH_SIZE: ("patched rows per forward pass; bounds memory (default: chosen by the engine)", ""),
+    OPTION_REPORT: ("write results.json and report.html (heatmaps) into this directory", ""),
+    OPTION_BASELINE_TOLERANCE: ("how far a map cell may move from its baseline (default 0.05)", "0.05"),
 }
 _SESSION_KEY = pytest.StashKey()
 
@@ -33,6 +39,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for dest, (help_text, default) in _OPTIONS.items():
         group.addoption("--" + dest.replace("_", "-"), dest=dest, default=None, help=help_text)
         parser.addini(dest, help_text, default=default)
+    group.addoption("--interp-baseline-update", dest=OPTION_BASELINE_UPDATE, action="store_true", default=None,
+                    help="write each behavior's patching maps to __baselines__/<spec>.json beside its spec")
+    parser.addini(OPTION_BASELINE_UPDATE, "always update baselines (see --interp-baseline-update)", type="bool",
+                  default=False)
+    group.addoption("--interp-suggest", dest=OPTION_SUGGEST, action="store_true", default=None,
+                    help="print, per behavior, the strongest localization claims that hold, as YAML to paste")
+    parser.addini(OPTION_SUGGEST, "always print suggested claims (see --interp-suggest)", type="bool", default=False)
     parser.addini(INI_FILES, "glob patterns of spec files; replaces the default rule (YAML files inside a "
                              "'behaviors' directory)", type="linelist", default=[])
 
@@ -57,18 +70,54 @@ def pytest_configure(config: pytest.Config) -> None:
             threads=Options.positive_int(_option(config, OPTION_THREADS), "--interp-threads", allow_auto=True),
             batch_size=Options.positive_int(_option(config, OPTION_BATCH_SIZE), "--interp-batch-size"),
             files=tuple(config.getini(INI_FILES)),
+            report=_option(config, OPTION_REPORT) or None,
+            baseline_update=bool(_option(config, OPTION_BASELINE_UPDATE)),
+            baseline_tolerance=Options.tolerance(_option(config, OPTION_BASELINE_TOLERANCE)),
+            suggest=bool(_option(config, OPTION_SUGGEST)),
         )
     except OptionError as error:
         raise pytest.UsageError(str(error)) from None
     explicit = [Path(config.invocation_params.dir, arg.split("::")[0]) for arg in config.invocation_params.args
                 if not arg.startswith("-")]
-    config.stash[_SESSION_KEY] = InterpSession(options, config.rootpath, explicit)
+    session = config.stash[_SESSION_KEY] = InterpSession(options, config.rootpath, explicit)
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Reporter(session), "interptest-reporter")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(_SESSION_KEY, None)
     if session is not None:
         session.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if isinstance(item, BehaviorItem):
+        # An attribute of the report travels from xdist workers to the controller with it.
+        report.interptest = _session(item.config).record(item.behavior, report.nodeid, item.result, report)
+    return report
+
+
+class _Reporter:
+    """Gathers behavior records on the process that reports (the xdist controller, or the only one)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = getattr(report, "interptest", None)
+        if record is not None:
+            self.session.add_record(record)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        lines, written = self.session.finish()
+        if lines:
+            terminalreporter.write_sep("-", "interptest")
+            for line in lines:
+                terminalreporter.write_line(line)
+        if written:
+            terminalreporter.write_line(f"interptest report written to {written}")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):

@@ -19,12 +19,12 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _format_value(value) -> str:
-    if value is None:
+def _format_value(check) -> str:
+    if check.value is None:
         return "n/a"
-    if float(value).is_integer() and abs(value) < 1e6:
-        return f"{value:.0f}"
-    return f"{value:.3f}"
+    if getattr(check.claim, "function", None) == "rank":
+        return f"{check.value:.0f}"
+    return f"{check.value:.3f}"
 
 
 def _predictions(preds) -> str:
@@ -40,7 +40,7 @@ def render_failure(result, color: bool = False) -> str:
         status = "FAILED" if not check.passed else "passed"
         if color:
             status = f"{_RED}{status}{_RESET}" if not check.passed else f"{_DIM}{status}{_RESET}"
-        line = f"  {status}  {check.text.ljust(min(width, 48))}  measured {_format_value(check.value)}"
+        line = f"  {status}  {check.text.ljust(min(width, 48))}  measured {_format_value(check)}"
         if check.detail and (not check.passed or check.claim is not None):
             line += f"  ({check.detail})"
         lines.append(line)
@@ -87,7 +87,8 @@ def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool =
             cells = []
             for c in cols:
                 marker = "!" if (layer, c) in failing else "*" if (layer, c) in claimed else " "
-                text = f"{marker}{float(values[layer, c]):5.2f}"
+                value = float(values[layer, c])
+                text = f"{marker}{0.0 if abs(value) < 0.005 else value:5.2f}"   # no "-0.00"
                 if color and marker == "!":
                     text = f"{_RED}{text}{_RESET}"
                 elif color and marker == "*":

@@ -34,6 +34,10 @@ class Options:
     threads: int | None = None
     batch_size: int | None = None
     files: tuple[str, ...] = ()       # ini interp_files: replaces the default collection rule
+    report: str | None = None         # --interp-report DIR
+    baseline_update: bool = False     # --interp-baseline-update
+    baseline_tolerance: float = 0.05  # ini interp_baseline_tolerance
+    suggest: bool = False             # --interp-suggest
 
     @staticmethod
     def validate_device(value: str) -> str:
@@ -46,6 +50,16 @@ class Options:
         if value in DTYPES:
             return value
         raise OptionError(f"--interp-dtype: invalid value {value!r}; allowed: {', '.join(DTYPES)}")
+
+    @staticmethod
+    def tolerance(value) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = -1.0
+        if not number >= 0:
+            raise OptionError(f"--interp-baseline-tolerance: invalid value {value!r}; expected a number >= 0")
+        return number
 
     @staticmethod
     def positive_int(value, option: str, allow_auto: bool = False) -> int | None:
@@ -68,6 +82,8 @@ class InterpSession:
         self.explicit = {p.resolve() for p in explicit_args}
         device = None if options.device == "auto" else options.device
         self.models = ModelCache(device=device, dtype=options.dtype, threads=options.threads)
+        self.records: list[dict] = []
+        self._baselines: dict[str, dict] = {}
 
     # -- collection
     def is_spec_file(self, path: Path) -> bool:
@@ -107,7 +123,100 @@ class InterpSession:
 
     # -- running
     def run(self, bound: BoundBehavior):
-        return run_behavior(bound, batch_size=self.options.batch_size)
+        result = run_behavior(bound, batch_size=self.options.batch_size)
+        if not self.options.baseline_update:
+            self._compare_baseline(result)
+        if self.options.suggest:
+            from interptest.suggest import suggest
+
+            result.suggestion = suggest(bound, batch_size=self.options.batch_size)
+        return result
+
+    def _compare_baseline(self, result) -> None:
+        from interptest import baselines
+        from interptest.check import CheckResult
+        from interptest.results import map_entries
+
+        behavior = result.behavior
+        if behavior.path not in self._baselines:
+            try:
+                self._baselines[behavior.path] = baselines.load(behavior.path)
+            except ValueError as error:
+                raise SpecError(str(error), path=behavior.path) from None
+        stored = self._baselines[behavior.path].get(behavior.name)
+        passed, detail = baselines.compare(stored, map_entries(result), result.tokens,
+                                           self.options.baseline_tolerance)
+        result.baseline = {"status": "missing" if stored is None else "ok" if passed else "moved", "detail": detail}
+        if stored is not None:
+            result.checks.append(CheckResult(f"maps match the baseline (tolerance {self.options.baseline_tolerance:g})",
+                                             passed, None, detail))
+
+    def record(self, behavior: BehaviorSpec, nodeid: str, result, report) -> dict | None:
+        """The record of one behavior, from the report phase that decides its outcome."""
+        from interptest.results import result_record, skipped_record
+
+        if report.when == "call" and result is not None:
+            record = result_record(result, nodeid)
+        elif report.when == "setup" and not report.passed:
+            record = skipped_record(behavior, nodeid, self.model_name(behavior), "error")
+        else:
+            return None
+        if hasattr(report, "wasxfail"):
+            record["outcome"] = "xfailed" if report.skipped else "xpassed"
+        elif report.skipped:
+            record["outcome"] = "skipped"
+        return record
+
+    def add_record(self, record: dict) -> None:
+        self.records.append(record)
+
+    def finish(self) -> tuple[list[str], str | None]:
+        """Terminal summary lines, and the report directory if one was written."""
+        from interptest.results import summary_line
+
+        records = sorted(self.records, key=lambda r: r["nodeid"])
+        notes = self._baseline_notes(records)
+        written = None
+        if self.options.report and records:
+            from interptest import __version__
+            from interptest.report import write_report
+
+            write_report(records, self.options.report, version=__version__)
+            written = self.options.report
+        suggestions = [r["suggestion"] for r in records if r.get("suggestion")]
+        return [summary_line(r) for r in records] + notes + suggestions, written
+
+    def _baseline_notes(self, records: list[dict]) -> list[str]:
+        """Write baselines (--interp-baseline-update) or list missing and unused baseline entries."""
+        from interptest import baselines
+
+        by_file: dict[Path, dict[str, dict]] = {}
+        for record in records:
+            if record["outcome"] in ("skipped", "error"):
+                continue
+            spec_file, name = record["nodeid"].split("::", 1)
+            by_file.setdefault(self.rootpath / spec_file, {})[name] = record
+        notes = []
+        for spec_file, ran in sorted(by_file.items()):
+            if self.options.baseline_update:
+                entries = {name: {"model": r["model"], "tokens": r["tokens"], "maps": r["maps"]}
+                           for name, r in ran.items() if r["maps"]}
+                if entries:
+                    path = baselines.update(spec_file, entries)
+                    notes.append(f"baseline updated: {path} ({len(entries)} behavior(s))")
+                continue
+            try:
+                stored = baselines.load(spec_file)
+            except ValueError as error:
+                notes.append(str(error))
+                continue
+            missing = sorted(n for n, r in ran.items() if r["maps"] and n not in stored)
+            unused = sorted(set(stored) - set(ran))
+            if missing:
+                notes.append(f"no baseline for {', '.join(missing)} in {baselines.baseline_path(spec_file)}")
+            if unused:
+                notes.append(f"unused baseline entries in {baselines.baseline_path(spec_file)}: {', '.join(unused)}")
+        return notes
 
     def default_model(self):
         return self.models.get(self.options.model or self.options.default_model)
