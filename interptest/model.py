@@ -1,0 +1,346 @@
+"""Loading models for interptest: one path, ``TransformerBridge.boot_transformers``, for every source.
+
+* ``"interptest-tiny"`` -- the reference checkpoint shipped inside the package (``interptest/zoo``);
+* a local directory in Hugging Face ``save_pretrained`` format (``config.json`` + ``model.safetensors``);
+* a Hugging Face / TransformerLens model name (``gpt2``, ``EleutherAI/pythia-70m``, aliases such as
+  ``gpt2-small``), served from the local Hugging Face cache, or downloaded when the hub is reachable.
+
+Everything a user can get wrong raises a one-line :class:`interptest.errors.ModelNotAvailable`.
+Weights load from safetensors only (pickle checkpoints are refused) and ``trust_remote_code`` is never
+enabled.  torch and transformer_lens are imported lazily, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib.util import find_spec
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from interptest.errors import ModelNotAvailable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformer_lens import TransformerBridge
+
+__all__ = ["TINY_MODEL_NAME", "available_cpus", "configure_threads", "resolve_device", "resolve_dtype",
+           "model_context_length", "load_model"]
+
+TINY_MODEL_NAME = "interptest-tiny"
+
+_SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+_PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt", "model.pth",
+            "model.ckpt")
+_HOW_TO_GET = ("(no local directory of that name either); pre-download it on a machine with network (e.g. `hf download {name}` or "
+               "`huggingface-cli download {name}`) into the Hugging Face cache, or point `model:` at a "
+               "local save_pretrained directory")
+# A hub id: "name" or "org/name" (letters, digits, '-', '_', '.'); anything else is taken as a path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+
+_threads_configured = False
+
+
+# ------------------------------------------------------------------ threads, device, dtype
+
+def available_cpus() -> int:
+    """CPUs this process may run on (``os.sched_getaffinity``), falling back to ``os.cpu_count``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Set torch's intra-op thread count and return it.
+
+    ``None`` picks a sane default: ``min(available CPUs, torch's current setting)``.  An explicit ``n``
+    is capped at the CPUs available to the process.  (The plugin calls this for ``--interp-threads``.)
+    """
+    global _threads_configured
+    import torch
+
+    cpus = available_cpus()
+    if n is None:
+        n = min(cpus, torch.get_num_threads())
+    else:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"thread count must be a positive integer, got {n!r}")
+        n = min(n, cpus)
+    torch.set_num_threads(max(1, n))
+    _threads_configured = True
+    return torch.get_num_threads()
+
+
+def resolve_device(device: Any = None) -> str:
+    """``None``/``"auto"`` -> ``"cuda"`` if available, else ``"mps"`` if available, else ``"cpu"``."""
+    import torch
+
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    return str(device)
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16",
+           "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+def resolve_dtype(dtype: Any = None) -> "torch.dtype":
+    """``None``/``"float32"``/``"bfloat16"``/``"float16"`` (or a ``torch.dtype``) -> ``torch.dtype``."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+        return dtype
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'")
+    return getattr(torch, _DTYPES[key])
+
+
+def model_context_length(model: Any) -> int:
+    """The model's maximum context length in tokens (``cfg.n_ctx``)."""
+    return int(model.cfg.n_ctx)
+
+
+# ------------------------------------------------------------------ quiet environment
+
+def _quiet() -> None:
+    """Silence TransformerLens / transformers / hub progress bars and chatter."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _quiet_transformers() -> None:
+    import logging
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+# ------------------------------------------------------------------ sources
+
+def _tiny_dir() -> Path:
+    from interptest.zoo import tiny_model_dir
+
+    return tiny_model_dir()
+
+
+def _check_local_dir(path: Path, shown: str) -> None:
+    """Raise a one-line ModelNotAvailable unless ``path`` is a loadable safetensors HF directory."""
+    if not path.exists():
+        raise ModelNotAvailable(
+            f"model directory {shown!r} does not exist; expected a Hugging Face save_pretrained "
+            f"directory (config.json + model.safetensors + tokenizer files) or a model name such as 'gpt2'")
+    if not path.is_dir():
+        raise ModelNotAvailable(
+            f"model path {shown!r} is not a directory; expected a Hugging Face save_pretrained directory "
+            f"(config.json + model.safetensors + tokenizer files)")
+    has_config = (path / "config.json").is_file()
+    if any((path / f).is_file() for f in _SAFETENSORS):
+        if not has_config:
+            raise ModelNotAvailable(f"model directory {shown!r} has no config.json; expected a Hugging Face "
+                                    f"save_pretrained directory (config.json + model.safetensors)")
+        return
+    pickles = sorted({p.name for p in path.iterdir() if p.is_file()
+                      and (p.name in _PICKLES or p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))})
+    if pickles:
+        raise ModelNotAvailable(
+            f"model directory {shown!r} holds only a pickle checkpoint ({', '.join(pickles)}); interptest "
+            f"refuses pickle checkpoints - convert it to safetensors (e.g. "
+            f"model.save_pretrained(dir, safe_serialization=True)) so the directory has model.safetensors")
+    raise ModelNotAvailable(f"model directory {shown!r} has no weights; expected model.safetensors "
+                            f"(a Hugging Face save_pretrained directory with config.json)")
+
+
+def _official_name(name: str) -> str:
+    """Resolve a TransformerLens alias (``gpt2-small`` -> ``gpt2``) without importing transformer_lens."""
+    spec = find_spec("transformer_lens")
+    if spec is None or not spec.submodule_search_locations:
+        return name
+    root = Path(list(spec.submodule_search_locations)[0])
+    try:
+        aliases = json.loads((root / "tools" / "model_registry" / "data" / "model_aliases.json")
+                             .read_text())["aliases"]
+    except (OSError, ValueError, KeyError):
+        return name
+    lowered = name.lower()
+    for official, names in aliases.items():
+        if name == official:
+            return official
+    for official, names in aliases.items():
+        if name in names:
+            return official
+    for official, names in aliases.items():
+        if lowered == official.lower() or lowered in (a.lower() for a in names):
+            return official
+    return name
+
+
+def _hub_offline() -> bool:
+    val = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
+    if val.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """One quick TCP connect to the hub endpoint, so an offline machine fails in ~ms, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except Exception:  # pragma: no cover
+        endpoint = "https://huggingface.co"
+    url = urlparse(endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached(repo: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo, filename), str)
+    except Exception:
+        return False
+
+
+def _ensure_hub_model(name: str, official: str) -> None:
+    """Make sure config and safetensors weights of hub model ``official`` are in the local cache."""
+    shown = name if name == official else f"{name} ({official})"
+    how = _HOW_TO_GET.format(name=official)
+    has_cfg = _cached(official, "config.json")
+    has_weights = any(_cached(official, f) for f in _SAFETENSORS)
+    if has_cfg and has_weights:
+        return
+    if has_cfg and any(_cached(official, f) for f in _PICKLES) and (_hub_offline() or not _hub_reachable()):
+        raise ModelNotAvailable(
+            f"model {shown!r} is cached only as a pickle checkpoint (pytorch_model.bin); interptest refuses "
+            f"pickle checkpoints - download its model.safetensors (e.g. `hf download {official} "
+            f"model.safetensors`) or convert it to safetensors in a local directory")
+    if _hub_offline():
+        raise ModelNotAvailable(f"model {shown!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
+                                f"set; {how}")
+    if not _hub_reachable():
+        raise ModelNotAvailable(f"model {shown!r} is not in the local Hugging Face cache and the hub is not "
+                                f"reachable; {how}")
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        hf_hub_download(official, "config.json")
+    except Exception as exc:
+        raise ModelNotAvailable(f"model {shown!r} could not be fetched from the Hugging Face hub "
+                                f"({type(exc).__name__}: {_first_line(exc)}); check the name, or {how}") from None
+    try:
+        snapshot_download(official, allow_patterns=["model.safetensors", "model.safetensors.index.json",
+                                                    "model-*.safetensors"])
+    except Exception as exc:
+        raise ModelNotAvailable(f"model {shown!r}: safetensors weights could not be fetched "
+                                f"({type(exc).__name__}: {_first_line(exc)}); {how}") from None
+    if not any(_cached(official, f) for f in _SAFETENSORS):
+        raise ModelNotAvailable(f"model {shown!r} has no safetensors weights on the hub; interptest refuses "
+                                f"pickle checkpoints - convert it to safetensors in a local directory")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _looks_like_path(name: str) -> bool:
+    """Not a hub id ("name" or "org/name"): "./x", "/abs/x", "~/x", "a/b/c", "x/" are paths."""
+    return not _HUB_ID.match(name)
+
+
+# ------------------------------------------------------------------ the loader
+
+def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = None) -> "TransformerBridge":
+    """Load a model as a TransformerLens 4 ``TransformerBridge`` in eval mode.
+
+    Args:
+        name_or_path: ``"interptest-tiny"``, a local Hugging Face ``save_pretrained`` directory with
+            safetensors weights, or a Hugging Face / TransformerLens model name (``"gpt2"``,
+            ``"EleutherAI/pythia-70m"``, ``"gpt2-small"``).
+        device: ``None``/``"auto"`` (cuda, else mps, else cpu) or any torch device string.
+        dtype: ``None``/``"float32"``/``"bfloat16"``/``"float16"`` or a ``torch.dtype``.
+
+    Raises:
+        ModelNotAvailable: with a one-line message for a missing directory, a directory without
+            (safetensors) weights, a pickle-only checkpoint, or a model that is neither cached nor
+            downloadable.
+    """
+    _quiet()
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ModelNotAvailable(f"model {name_or_path!r} is not a model name or directory; expected "
+                                f"'interptest-tiny', a Hugging Face model name or a save_pretrained directory")
+    name = name_or_path.strip()
+    try:
+        torch_dtype = resolve_dtype(dtype)
+    except ValueError as exc:
+        raise ModelNotAvailable(f"model {name!r}: {exc}") from None
+
+    local: Path | None = None
+    official = name
+    if name == TINY_MODEL_NAME:
+        local = _tiny_dir()
+        _check_local_dir(local, f"{TINY_MODEL_NAME} (packaged at {local})")
+    else:
+        expanded = Path(os.path.expanduser(name))
+        if expanded.is_dir() or _looks_like_path(name):
+            local = expanded
+            _check_local_dir(local, name)
+        else:
+            official = _official_name(name)
+            _ensure_hub_model(name, official)
+
+    if not _threads_configured:
+        configure_threads(None)
+    _quiet_transformers()
+    dev = resolve_device(device)
+    from transformer_lens import TransformerBridge
+    import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
+
+    target = str(local) if local is not None else official
+    try:
+        model = TransformerBridge.boot_transformers(target, device=dev, dtype=torch_dtype,
+                                                    trust_remote_code=False)
+    except ModelNotAvailable:
+        raise
+    except Exception as exc:
+        raise ModelNotAvailable(f"model {name!r} could not be loaded ({type(exc).__name__}: "
+                                f"{_first_line(exc)}); expected a Hugging Face GPT-style checkpoint with "
+                                f"config.json, model.safetensors and tokenizer files") from exc
+    model.eval()
+    return model

@@ -1,0 +1,17 @@
+"""The model zoo: the shipped reference model ``interptest-tiny`` and the scripts that make it.
+
+* :mod:`interptest.zoo.corpus` -- synthetic corpus and lexicons;
+* :mod:`interptest.zoo.train` -- ``python -m interptest.zoo.train --out DIR`` regenerates the checkpoint;
+* :mod:`interptest.zoo.evaluate` -- ``python -m interptest.zoo.evaluate DIR`` measures its behaviors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_NAME = "interptest-tiny"
+
+
+def tiny_model_dir() -> Path:
+    """Directory of the shipped ``interptest-tiny`` checkpoint (package data)."""
+    return Path(__file__).resolve().parent / TINY_NAME

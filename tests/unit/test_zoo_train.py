@@ -1,0 +1,90 @@
+"""The training script on a tiny config: tokenizer guarantees, loss goes down, bit-identical reruns,
+the output loads with load_model."""
+
+from __future__ import annotations
+
+import pytest
+
+from interptest.zoo import corpus, train
+
+TINY = ["--steps", "30", "--layers", "1", "--d-model", "32", "--heads", "2", "--d-mlp", "64", "--batch", "8", "--ctx", "32",
+        "--n-positions", "128", "--threads", "1", "--warmup", "3", "--lr", "1e-2", "--tokenizer-docs",
+        "1500", "--log-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "a"
+    info = train.train(train.parse_args(["--out", str(out), *TINY]))
+    return out, info
+
+
+def test_loss_goes_down(tiny_run):
+    _, info = tiny_run
+    losses = info["losses"]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.5, losses
+
+
+def test_bit_identical_rerun(tiny_run, tmp_path):
+    out, _ = tiny_run
+    again = tmp_path / "b"
+    train.train(train.parse_args(["--out", str(again), *TINY]))
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (out / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def test_output_files(tiny_run):
+    import json
+
+    out, _ = tiny_run
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["GPT2LMHeadModel"] and cfg["attn_implementation"] == "eager"
+    assert cfg["n_positions"] == 128
+
+
+def test_tokenizer_properties(tiny_run):
+    from transformers import PreTrainedTokenizerFast
+
+    out, _ = tiny_run
+    tok = PreTrainedTokenizerFast.from_pretrained(str(out))
+    assert tok.unk_token is None
+    bos = tok.bos_token_id
+    ids = tok("Her name was Alex Hart.")["input_ids"]
+    assert ids[0] == bos and ids.count(bos) == 1
+    for word in corpus.all_lexicon_words():
+        assert len(tok(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
+    weird = "zqx 123 \u00e9\u00e8 \u65e5\u672c \U0001F600\t!"
+    assert tok.decode(tok(weird, add_special_tokens=False)["input_ids"]) == weird
+
+
+def test_output_loads_with_load_model(tiny_run):
+    from interptest.model import load_model, model_context_length
+
+    out, _ = tiny_run
+    model = load_model(str(out), device="cpu")
+    assert not model.training
+    toks = model.to_tokens("When Mary and John went to the store")
+    assert int(toks[0, 0]) == model.tokenizer.bos_token_id
+    assert int((toks == model.tokenizer.bos_token_id).sum()) == 1
+    assert model_context_length(model) == 128
+
+
+def test_held_out_sets_are_disjoint_from_training():
+    g = corpus.Generator(123)
+    for _ in range(300):
+        used: set[str] = set()
+        a, b = g._person(used)
+        assert not corpus.induction_pair_held_out(a, b)
+    assert corpus.induction_pair_held_out("Alex", "Hart")
+    assert corpus.ioi_pair_held_out("John", "Mary")
+    s = " ".join(g.ioi(set()) for _ in range(300))
+    assert "When Mary and John" not in s and "When John and Mary" not in s
+
+
+def test_tokenizer_fails_loudly_when_lexicon_not_single(monkeypatch):
+    with pytest.raises(SystemExit, match="not a single token"):
+        train.build_tokenizer(300, 0, 50)
