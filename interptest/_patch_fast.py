@@ -1,0 +1,451 @@
+"""Fast activation-patching engine: the forward re-implemented from the Hugging Face weights.
+
+Why it is exact (up to float32 rounding): patching an activation at layer ``l`` and position ``p``
+cannot change anything at layers ``< l`` or at positions ``< p`` (causal attention).  So a patched
+run only recomputes positions ``>= p`` of layers ``>= l``; the keys and values of positions ``< p``
+are those of the unpatched run, cached once.  The metric reads two logits at the last position, so
+only those two columns of the unembedding are computed.
+
+Covered: GPT-2 (``GPT2LMHeadModel``), Llama (``LlamaForCausalLM``: RMSNorm, rotary, gated MLP, GQA)
+and GPT-NeoX / Pythia (``GPTNeoXForCausalLM``: partial rotary, parallel or sequential residual),
+float32 weights.  ``FastEngine.self_check`` compares this forward's last-position logits with the
+bridge's own and raises :class:`Unsupported` on disagreement, so a variant this module misreads
+(compatibility mode, an attached hook, an unusual config flag) falls back to the hook engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+class Unsupported(Exception):
+    """The fast engine does not cover this model; use the generic hook engine."""
+
+
+def _raw(mod):
+    """Strip TransformerLens bridge wrappers down to the Hugging Face module."""
+    seen = 0
+    while seen < 8:
+        inner = getattr(mod, "original_component", None)
+        if inner is None or inner is mod:
+            return mod
+        mod = inner
+        seen += 1
+    return mod
+
+
+def _norm_fn(mod):
+    """The normalization exactly as the bridge computes it.
+
+    TransformerLens' NormalizationBridge re-implements LayerNorm in Python (different rounding
+    from ``F.layer_norm``) unless it is set to use the native module; mirror whichever it does."""
+    raw = _raw(mod)
+    cfg = getattr(mod, "config", None)
+    if (raw is mod or cfg is None or getattr(mod, "use_native_layernorm_autograd", True)
+            or getattr(cfg, "layer_norm_folding", False) or not hasattr(mod, "uses_rms_norm")):
+        return raw
+    rms = bool(mod.uses_rms_norm)
+    eps = getattr(cfg, "eps", 1e-05)
+    weight = (1.0 + mod.weight) if getattr(mod, "uses_weight_offset", False) else mod.weight
+    bias = None if rms else getattr(raw, "bias", None)
+
+    def norm(x):
+        if not rms:
+            x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        x = x * weight
+        return x + bias if bias is not None else x
+    return norm
+
+
+def _rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _linear(mod, x):
+    """Apply an nn.Linear or a GPT-2 Conv1D given as raw module."""
+    if type(mod).__name__ == "Conv1D":  # as HF computes it
+        if mod.bias is None:
+            return x @ mod.weight
+        return torch.addmm(mod.bias, x.reshape(-1, x.shape[-1]), mod.weight).view(*x.shape[:-1], -1)
+    return torch.nn.functional.linear(x, mod.weight, mod.bias)
+
+
+@dataclass
+class _Layer:
+    ln1: object
+    ln2: object
+    attn_scale: float
+    parallel: bool
+    qkv: object  # callable(h [T,d]) -> q [T,H,dh], k [T,Hkv,dh], v [T,Hkv,dh] (before rotary)
+    o: object  # raw module
+    mlp: object  # callable(h [T,d]) -> [T,d]
+    rotary_dims: int = 0  # 0 = no rotary
+
+
+@dataclass
+class _Run:
+    """Everything the engine needs from one unpatched run (per layer, all positions)."""
+    resid_pre: list = field(default_factory=list)  # [n, d]
+    resid_mid: list = field(default_factory=list)
+    attn_out: list = field(default_factory=list)
+    mlp_out: list = field(default_factory=list)
+    z: list = field(default_factory=list)  # [n, H, dh]
+    k: list = field(default_factory=list)  # [n, Hkv, dh] after rotary
+    v: list = field(default_factory=list)
+    final: torch.Tensor | None = None  # resid_post of the last layer [n, d]
+
+    def resid_post(self, layer: int):
+        return self.resid_pre[layer + 1] if layer + 1 < len(self.resid_pre) else self.final
+
+
+class FastEngine:
+    def __init__(self, arch, layers, embed_fn, lnf, unembed_w, unembed_b, rotary, n_heads, n_kv, d_head):
+        self.arch = arch
+        self.layers = layers
+        self.embed_fn = embed_fn
+        self.lnf = lnf
+        self.unembed_w = unembed_w
+        self.unembed_b = unembed_b
+        self.rotary = rotary
+        self.n_heads, self.n_kv, self.d_head = n_heads, n_kv, d_head
+        self.runs: dict[str, _Run] = {}
+        self.first_diff = 0
+
+    # ---- construction --------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, model, clean_tokens, corrupt_tokens, expect_id, foil_id):
+        hf = getattr(getattr(model, "_driver", None), "underlying_model", None)
+        if hf is None:
+            hf = getattr(model, "original_model", None)
+        if hf is None:
+            raise Unsupported("no underlying Hugging Face model found")
+        kind = type(hf).__name__
+        builder = {"GPT2LMHeadModel": cls._gpt2, "LlamaForCausalLM": cls._llama,
+                   "GPTNeoXForCausalLM": cls._neox}.get(kind)
+        if builder is None:
+            raise Unsupported(f"architecture {kind} not covered by the fast engine")
+        for p in hf.parameters():
+            if p.dtype != torch.float32:
+                raise Unsupported(f"fast engine needs float32 weights, found {p.dtype}")
+            break
+        if getattr(hf, "training", False):
+            raise Unsupported("model is in training mode")
+        eng = builder(hf)
+        eng.expect_id, eng.foil_id = int(expect_id), int(foil_id)
+        w = eng.unembed_w[[eng.expect_id, eng.foil_id]]
+        eng.w2 = w.detach()
+        eng.b2 = None if eng.unembed_b is None else eng.unembed_b[[eng.expect_id, eng.foil_id]].detach()
+        diff = (clean_tokens[0] != corrupt_tokens[0]).nonzero()
+        eng.n = int(clean_tokens.shape[1])
+        eng.first_diff = int(diff[0, 0]) if diff.numel() else eng.n
+        eng.runs["clean"] = eng._full_run(clean_tokens[0])
+        eng.runs["corrupt"] = eng._full_run(corrupt_tokens[0])
+        return eng
+
+    @classmethod
+    def _gpt2(cls, hf):
+        cfg = hf.config
+        if getattr(cfg, "add_cross_attention", False):
+            raise Unsupported("GPT-2 with cross attention")
+        tr = _raw(hf.transformer)
+        H = cfg.n_head
+        d = cfg.n_embd
+        dh = d // H
+        wte, wpe = _raw(tr.wte).weight, _raw(tr.wpe).weight
+        layers = []
+        for i, blk in enumerate(tr.h):
+            b = _raw(blk)
+            attn, mlp = _raw(b.attn), _raw(b.mlp)
+            c_attn, c_proj = _raw(attn.c_attn), _raw(attn.c_proj)
+            c_fc, m_proj, act = _raw(mlp.c_fc), _raw(mlp.c_proj), _raw(mlp.act)
+            scale = dh ** -0.5 if cfg.scale_attn_weights else 1.0
+            if cfg.scale_attn_by_inverse_layer_idx:
+                scale /= float(i + 1)
+
+            battn = getattr(blk, "attn", None)  # the bridge splits c_attn into q/k/v linears: use them
+            split = [getattr(battn, nm, None) for nm in ("q", "k", "v")] if battn is not None else []
+            if len(split) == 3 and all(sp is not None and isinstance(_raw(sp), torch.nn.Linear) for sp in split):
+                ql, kl, vl = (_raw(sp) for sp in split)
+
+                def qkv(h, ql=ql, kl=kl, vl=vl):
+                    return (_linear(ql, h).view(-1, H, dh), _linear(kl, h).view(-1, H, dh),
+                            _linear(vl, h).view(-1, H, dh))
+            else:
+                def qkv(h, c_attn=c_attn):
+                    q, k, v = _linear(c_attn, h).split(d, dim=-1)
+                    return q.view(-1, H, dh), k.view(-1, H, dh), v.view(-1, H, dh)
+
+            def mlp_fn(h, c_fc=c_fc, m_proj=m_proj, act=act):
+                return _linear(m_proj, act(_linear(c_fc, h)))
+
+            layers.append(_Layer(ln1=_norm_fn(b.ln_1), ln2=_norm_fn(b.ln_2), attn_scale=scale, parallel=False,
+                                 qkv=qkv, o=c_proj, mlp=mlp_fn))
+
+        def embed(tokens):
+            return wte[tokens] + wpe[torch.arange(tokens.shape[0], device=tokens.device)]
+
+        head = _raw(hf.lm_head)
+        return cls("gpt2", layers, embed, _norm_fn(tr.ln_f), head.weight, getattr(head, "bias", None), None, H, H, dh)
+
+    @classmethod
+    def _llama(cls, hf):
+        cfg = hf.config
+        if getattr(cfg, "sliding_window", None):
+            raise Unsupported("sliding-window attention")
+        m = _raw(hf.model)
+        H = cfg.num_attention_heads
+        Hkv = cfg.num_key_value_heads or H
+        dh = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+        emb = _raw(m.embed_tokens).weight
+        layers = []
+        for blk in m.layers:
+            b = _raw(blk)
+            attn, mlp = _raw(b.self_attn), _raw(b.mlp)
+            qp, kp, vp, op = (_raw(attn.q_proj), _raw(attn.k_proj), _raw(attn.v_proj), _raw(attn.o_proj))
+            gp, up, dp, act = _raw(mlp.gate_proj), _raw(mlp.up_proj), _raw(mlp.down_proj), _raw(mlp.act_fn)
+
+            def qkv(h, qp=qp, kp=kp, vp=vp):
+                return (_linear(qp, h).view(-1, H, dh), _linear(kp, h).view(-1, Hkv, dh),
+                        _linear(vp, h).view(-1, Hkv, dh))
+
+            def mlp_fn(h, gp=gp, up=up, dp=dp, act=act):
+                return _linear(dp, act(_linear(gp, h)) * _linear(up, h))
+
+            layers.append(_Layer(ln1=_norm_fn(b.input_layernorm), ln2=_norm_fn(b.post_attention_layernorm),
+                                 attn_scale=float(getattr(attn, "scaling", dh ** -0.5)), parallel=False,
+                                 qkv=qkv, o=op, mlp=mlp_fn, rotary_dims=dh))
+        head = _raw(hf.lm_head)
+        return cls("llama", layers, lambda t: emb[t], _norm_fn(m.norm), head.weight, getattr(head, "bias", None),
+                   _raw(m.rotary_emb), H, Hkv, dh)
+
+    @classmethod
+    def _neox(cls, hf):
+        cfg = hf.config
+        m = _raw(hf.gpt_neox)
+        H = cfg.num_attention_heads
+        dh = cfg.hidden_size // H
+        emb = _raw(m.embed_in).weight
+        layers = []
+        for blk in m.layers:
+            b = _raw(blk)
+            attn, mlp = _raw(b.attention), _raw(b.mlp)
+            qkv_p, dense = _raw(attn.query_key_value), _raw(attn.dense)
+            up, down, act = _raw(mlp.dense_h_to_4h), _raw(mlp.dense_4h_to_h), _raw(mlp.act)
+
+            def qkv(h, qkv_p=qkv_p):
+                q, k, v = _linear(qkv_p, h).view(-1, H, 3 * dh).chunk(3, dim=-1)
+                return q, k, v
+
+            def mlp_fn(h, up=up, down=down, act=act):
+                return _linear(down, act(_linear(up, h)))
+
+            layers.append(_Layer(ln1=_norm_fn(b.input_layernorm), ln2=_norm_fn(b.post_attention_layernorm),
+                                 attn_scale=float(getattr(attn, "scaling", dh ** -0.5)),
+                                 parallel=bool(getattr(b, "use_parallel_residual", cfg.use_parallel_residual)),
+                                 qkv=qkv, o=dense, mlp=mlp_fn, rotary_dims=int(attn.rotary_ndims)))
+        head = _raw(hf.get_output_embeddings())
+        return cls("neox", layers, lambda t: emb[t], _norm_fn(m.final_layer_norm), head.weight,
+                   getattr(head, "bias", None), _raw(m.rotary_emb), H, H, dh)
+
+    # ---- the forward ---------------------------------------------------------------------
+
+    def _cos_sin(self, n: int, like: torch.Tensor):
+        if self.rotary is None:
+            return None
+        if getattr(self, "_cs", None) is None or self._cs[0].shape[0] < n:
+            pos = torch.arange(n, device=like.device).unsqueeze(0)
+            cos, sin = self.rotary(like[:1].unsqueeze(0), pos)
+            self._cs = (cos[0], sin[0])
+        return self._cs
+
+    def _rope(self, x, cos, sin, rd):
+        """x [T, heads, dh]; cos/sin [T, rd]."""
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        if rd == x.shape[-1]:
+            return x * c + _rotate_half(x) * s
+        xr, xp = x[..., :rd], x[..., rd:]
+        return torch.cat((xr * c + _rotate_half(xr) * s, xp), dim=-1)
+
+    def _layer(self, li, x, rows, pos, R, q0, n, base_k, base_v, store: _Run | None = None):
+        """One block on packed tokens x [T, d] (row ``rows``, position ``pos`` each).
+
+        Keys/values of positions not in the pack come from base_k/base_v [n, Hkv, dh]."""
+        L = self.layers[li]
+        H, Hkv, dh = self.n_heads, self.n_kv, self.d_head
+        h = L.ln1(x)
+        q, k, v = L.qkv(h)
+        if L.rotary_dims:
+            cos, sin = self._cos_sin(n, x)
+            c, s = cos[pos], sin[pos]
+            q = self._rope(q, c, s, L.rotary_dims)
+            k = self._rope(k, c, s, L.rotary_dims)
+        kf = base_k.unsqueeze(0).repeat(R, 1, 1, 1)
+        vf = base_v.unsqueeze(0).repeat(R, 1, 1, 1)
+        kf[rows, pos] = k
+        vf[rows, pos] = v
+        if Hkv != H:
+            kf = kf.repeat_interleave(H // Hkv, dim=2)
+            vf = vf.repeat_interleave(H // Hkv, dim=2)
+        nq = n - q0
+        qp = x.new_zeros(R, nq, H, dh)
+        qp[rows, pos - q0] = q
+        scores = torch.matmul(qp.transpose(1, 2), kf.permute(0, 2, 3, 1)) * L.attn_scale  # [R,H,nq,n]
+        qi = torch.arange(q0, n, device=x.device).unsqueeze(1)
+        ki = torch.arange(n, device=x.device).unsqueeze(0)
+        scores = scores.masked_fill(ki > qi, float("-inf"))
+        pattern = torch.softmax(scores, dim=-1)
+        zf = torch.matmul(pattern, vf.transpose(1, 2)).transpose(1, 2)  # [R, nq, H, dh]
+        z = zf[rows, pos - q0]
+        attn = _linear(L.o, z.reshape(z.shape[0], H * dh))
+        if L.parallel:
+            mlp = L.mlp(L.ln2(x))
+            out = mlp + attn + x
+            mid = None
+        else:
+            mid = attn + x
+            mlp = L.mlp(L.ln2(mid))
+            out = mid + mlp
+        if store is not None:
+            store.resid_pre.append(x)
+            store.k.append(k)
+            store.v.append(v)
+            store.z.append(z)
+            store.attn_out.append(attn)
+            store.mlp_out.append(mlp)
+            store.resid_mid.append(mid)
+        return out
+
+    def _full_run(self, tokens):
+        n = tokens.shape[0]
+        run = _Run()
+        x = self.embed_fn(tokens)
+        rows = torch.zeros(n, dtype=torch.long, device=x.device)
+        pos = torch.arange(n, device=x.device)
+        zeros = x.new_zeros(n, self.n_kv, self.d_head)
+        for li in range(len(self.layers)):
+            x = self._layer(li, x, rows, pos, 1, 0, n, zeros, zeros, store=run)
+        run.final = x
+        return run
+
+    def _metric_rows(self, x_last):
+        h = self.lnf(x_last)
+        two = h @ self.w2.T
+        if self.b2 is not None:
+            two = two + self.b2
+        return (two[:, 0] - two[:, 1]).float().cpu()
+
+    def self_check(self, clean_logits, corrupt_logits):
+        for name, ref in (("clean", clean_logits), ("corrupt", corrupt_logits)):
+            h = self.lnf(self.runs[name].final[-1:])
+            logits = torch.nn.functional.linear(h, self.unembed_w, self.unembed_b)[0].float().cpu()
+            err = float((logits - ref).abs().max())
+            tol = 1e-4 * (1.0 + float(ref.abs().max()))
+            if not err <= tol:
+                raise Unsupported(f"self-check failed on the {name} run: max |Δlogit| = {err:.3g} vs bridge")
+
+    def _run_from(self, s, X, pmin, base: _Run):
+        """Continue patched residuals X [R, n, d] (entering layer s) to the metric.
+
+        Row r differs from the base run only at positions >= pmin[r]."""
+        R, n, _ = X.shape
+        if s >= len(self.layers):
+            return self._metric_rows(X[:, -1])
+        q0 = int(pmin.min())
+        M = torch.arange(n, device=X.device).unsqueeze(0) >= pmin.unsqueeze(1)
+        rows, pos = M.nonzero(as_tuple=True)
+        x = X[rows, pos]
+        for li in range(s, len(self.layers)):
+            x = self._layer(li, x, rows, pos, R, q0, n, base.k[li], base.v[li])
+        return self._metric_rows(x[pos == n - 1])
+
+    # ---- cells ---------------------------------------------------------------------------
+
+    def run_cells(self, component, cells, direction, rows_per_batch):
+        base = self.runs["corrupt" if direction == "denoise" else "clean"]
+        src = self.runs["clean" if direction == "denoise" else "corrupt"]
+        nL = len(self.layers)
+        n = self.n
+        out = torch.empty(len(cells), dtype=torch.float32)
+        start = 0 if component == "resid_pre" else 1
+
+        def first_pos(c):
+            if component == "heads":
+                return c[2] if c[2] is not None else min(self.first_diff, n - 1)
+            return c[1]
+
+        order = sorted(range(len(cells)), key=lambda i: (cells[i][0], first_pos(cells[i]), i))
+        i0 = 0
+        while i0 < len(order):
+            layer = cells[order[i0]][0]
+            i1 = i0
+            while i1 < len(order) and i1 - i0 < rows_per_batch and cells[order[i1]][0] == layer:
+                i1 += 1
+            idx = order[i0:i1]
+            chunk = [cells[i] for i in idx]
+            s = layer + start
+            X, pmin = self._patched_start(component, layer, chunk, base, src)
+            out[torch.tensor(idx)] = self._run_from(s, X, pmin, base)
+            i0 = i1
+        return out
+
+    def _finish_layer(self, li, base: _Run, P, attn=None, mid=None, mlp=None):
+        """resid_post of layer li at positions P (a LongTensor) given a replaced attn_out,
+        resid_mid or mlp_out there (everything else from the base run)."""
+        L = self.layers[li]
+        if L.parallel:
+            a = attn if attn is not None else base.attn_out[li][P]
+            m = mlp if mlp is not None else base.mlp_out[li][P]
+            return m + a + base.resid_pre[li][P]
+        if mid is None:
+            mid = (attn + base.resid_pre[li][P]) if attn is not None else base.resid_mid[li][P]
+        if mlp is None:
+            mlp = L.mlp(L.ln2(mid))
+        return mid + mlp
+
+    def _patched_start(self, component, li, chunk, base: _Run, src: _Run):
+        R = len(chunk)
+        n = self.n
+        if component == "resid_pre":
+            X = base.resid_pre[li].unsqueeze(0).repeat(R, 1, 1)
+        else:
+            X = base.resid_post(li).unsqueeze(0).repeat(R, 1, 1)
+        if component == "heads":
+            H, dh = self.n_heads, self.d_head
+            pieces, rows_idx, pos_idx, pmin = [], [], [], []
+            for r, (_, h, p) in enumerate(chunk):
+                P = torch.arange(self.first_diff, n) if p is None else torch.tensor([p])
+                if P.numel() == 0:  # no differing position: nothing changes
+                    pmin.append(n - 1)
+                    continue
+                z = base.z[li][P].clone()
+                z[:, h] = src.z[li][P, h]
+                pieces.append(z)
+                rows_idx.append(torch.full((P.numel(),), r, dtype=torch.long))
+                pos_idx.append(P)
+                pmin.append(int(P[0]))
+            if pieces:
+                z = torch.cat(pieces)
+                rows_t, pos_t = torch.cat(rows_idx), torch.cat(pos_idx)
+                attn = _linear(self.layers[li].o, z.reshape(z.shape[0], H * dh))
+                X[rows_t, pos_t] = self._finish_layer(li, base, pos_t, attn=attn)
+            return X, torch.tensor(pmin)
+        P = torch.tensor([c[1] for c in chunk])
+        rows_t = torch.arange(R)
+        if component == "resid_pre":
+            X[rows_t, P] = src.resid_pre[li][P]
+        elif component == "resid_post":
+            X[rows_t, P] = src.resid_post(li)[P]
+        elif component == "resid_mid":
+            X[rows_t, P] = self._finish_layer(li, base, P, mid=src.resid_mid[li][P])
+        elif component == "attn_out":
+            X[rows_t, P] = self._finish_layer(li, base, P, attn=src.attn_out[li][P])
+        elif component == "mlp_out":
+            X[rows_t, P] = self._finish_layer(li, base, P, mlp=src.mlp_out[li][P])
+        else:
+            raise ValueError(component)
+        return X, P

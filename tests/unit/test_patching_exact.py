@@ -1,0 +1,150 @@
+"""interptest's sweeps equal TransformerLens 4.3's own patching functions (max |Δ| <= 1e-5)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, Phase, assume, given, settings, strategies as st  # noqa: E402
+
+import tinymodels  # noqa: E402
+from interptest.patching import Patcher  # noqa: E402
+
+TL_FN = {
+    "resid_pre": "get_act_patch_resid_pre",
+    "resid_mid": "get_act_patch_resid_mid",
+    "attn_out": "get_act_patch_attn_out",
+    "mlp_out": "get_act_patch_mlp_out",
+    "heads": "get_act_patch_attn_head_out_all_pos",
+}
+TOL = 1e-5
+
+
+def tol(patcher):
+    """1e-5 on normalized values while |m_clean - m_corrupt| >= 0.5; below that the bound is on the raw
+    logit difference (5e-6): the fast engine's float32 rounding (~1e-7 of the logits) is divided by Δm."""
+    return TOL * max(1.0, 0.5 / abs(patcher.clean_metric - patcher.corrupt_metric))
+SETTINGS = settings(max_examples=3, derandomize=True, deadline=None, phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=list(HealthCheck))
+
+
+def components(model):
+    return [c for c in TL_FN if f"blocks.0.hook_{c}" in model.hook_dict or c == "heads"]
+
+
+def reference(model, patcher, component, direction):
+    from transformer_lens import patching as tlp
+
+    e, f = patcher.expect_id, patcher.foil_id
+    mc, mx = patcher.clean_metric, patcher.corrupt_metric
+    with torch.inference_mode():
+        if direction == "denoise":
+            _, cache = model.run_with_cache(patcher.clean_tokens)
+            toks = patcher.corrupt_tokens
+
+            def metric(lg):
+                return (lg[0, -1, e] - lg[0, -1, f] - mx) / (mc - mx)
+        else:
+            _, cache = model.run_with_cache(patcher.corrupt_tokens)
+            toks = patcher.clean_tokens
+
+            def metric(lg):
+                return (mc - (lg[0, -1, e] - lg[0, -1, f])) / (mc - mx)
+        return getattr(tlp, TL_FN[component])(model, toks, cache, metric).float().cpu()
+
+
+def prompt_pair(data, model, n_min=4, n_max=9, max_diffs=2):
+    vocab = int(model.cfg.d_vocab)
+    n = data.draw(st.integers(n_min, n_max), label="n")
+    toks = data.draw(st.lists(st.integers(1, vocab - 1), min_size=n, max_size=n), label="tokens")
+    clean = torch.tensor([toks])
+    if model.cfg.default_prepend_bos:
+        clean = torch.cat([torch.tensor([[model.tokenizer.bos_token_id]]), clean], dim=1)
+    corrupt = clean.clone()
+    first = 1 if model.cfg.default_prepend_bos else 0
+    k = data.draw(st.integers(1, max_diffs), label="n_diffs")
+    for _ in range(k):
+        p = data.draw(st.integers(first, clean.shape[1] - 1), label="pos")
+        corrupt[0, p] = data.draw(st.integers(1, vocab - 1).filter(lambda t: t != int(clean[0, p])), label="tok")
+    e, f = data.draw(st.lists(st.integers(0, vocab - 1), min_size=2, max_size=2, unique=True), label="ids")
+    return clean, corrupt, e, f
+
+
+@pytest.mark.parametrize("arch", tinymodels.ARCHS)
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@SETTINGS
+@given(data=st.data())
+def test_sweeps_equal_transformer_lens(arch, direction, data):
+    model = tinymodels.tiny_model(arch)
+    clean, corrupt, e, f = prompt_pair(data, model)
+    p = Patcher(model, clean, corrupt, e, f)
+    # The normalization divides by m_clean - m_corrupt; float32 rounding (~1e-7 of the logits) is
+    # amplified by 1/|Δm|, so keep examples whose normalization is well conditioned.
+    assume(abs(p.clean_metric - p.corrupt_metric) > 1e-3)
+    assert p.engine == "fast", p.engine_note
+    for comp in components(model):
+        ref = reference(model, p, comp, direction)
+        got = p.sweep(comp, direction)
+        assert got.values.shape == ref.shape
+        assert got.values.dtype == torch.float32
+        delta = float((got.values - ref).abs().max())
+        assert delta <= tol(p), (arch, comp, direction, delta)
+
+
+@pytest.mark.parametrize("arch", tinymodels.ARCHS)
+def test_generic_engine_equals_transformer_lens(arch):
+    model = tinymodels.tiny_model(arch)
+    clean = model.to_tokens("When Mary and John went to the store, John gave")
+    corrupt = clean.clone()
+    corrupt[0, -3] = 40
+    p = Patcher(model, clean, corrupt, 50, 60, engine="generic", batch_size=7)
+    for direction in ("denoise", "noise"):
+        for comp in components(model):
+            ref = reference(model, p, comp, direction)
+            assert float((p.sweep(comp, direction).values - ref).abs().max()) <= TOL, (comp, direction)
+
+
+@pytest.mark.parametrize("arch", tinymodels.ARCHS)
+def test_fast_and_generic_agree_on_every_component(arch):
+    """Also resid_post (TL has no sweep for it) and single-position head cells."""
+    model = tinymodels.tiny_model(arch)
+    clean = model.to_tokens("The cat sat on the mat and the dog")
+    corrupt = clean.clone()
+    corrupt[0, 3] = 70
+    fast = Patcher(model, clean, corrupt, 80, 90)
+    gen = Patcher(model, clean, corrupt, 80, 90, engine="generic")
+    assert fast.engine == "fast" and gen.engine == "generic"
+    scale = tol(fast) / TOL
+    for d in ("denoise", "noise"):
+        for comp in ["resid_post"] + components(model):
+            a, b = fast.sweep(comp, d), gen.sweep(comp, d)
+            assert float((a.values - b.values).abs().max()) <= TOL * scale, (comp, d)
+        cells = [(l, h, -1) for l in range(fast.n_layers) for h in range(fast.n_heads)]
+        a, b = fast.cells_value("heads", cells, d), gen.cells_value("heads", cells, d)
+        assert float((a - b).abs().max()) <= TOL * scale
+
+
+@pytest.mark.parametrize("arch", tinymodels.ARCHS)
+@SETTINGS
+@given(data=st.data())
+def test_joint(arch, data):
+    model = tinymodels.tiny_model(arch)
+    clean, corrupt, e, f = prompt_pair(data, model)
+    p = Patcher(model, clean, corrupt, e, f)
+    assume(abs(p.clean_metric - p.corrupt_metric) > 1e-3)
+    TOL = tol(p)
+    n = p.n_positions
+    for d in ("denoise", "noise"):
+        sweep = p.sweep("resid_pre", d)
+        l = data.draw(st.integers(0, p.n_layers - 1), label="layer")
+        pos = data.draw(st.integers(0, n - 1), label="pos")
+        assert abs(p.joint("resid_pre", [(l, pos)], d) - float(sweep.values[l, pos])) <= TOL
+        # every position of resid_pre at layer 0 = the whole source run
+        assert abs(p.joint("resid_pre", [(0, q) for q in range(n)], d) - 1.0) <= TOL
+        h = data.draw(st.integers(0, p.n_heads - 1), label="head")
+        assert abs(p.joint("heads", [(l, h, None)], d) - float(p.sweep("heads", d).values[l, h])) <= TOL
