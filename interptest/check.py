@@ -271,7 +271,10 @@ def _localization_check(bound_claim: BoundClaim, patcher, result: BehaviorResult
     failing = tuple(cell for cell, ok in zip(bound_claim.cells, holds) if not ok)
     passed = any(holds) if claim.quantifier == "any" else all(holds)
     label = "best" if claim.quantifier == "any" else "worst"
-    detail = f"{label} cell {_cell_label(bound_claim.cells[index], result.tokens)} of {len(values)}"
+    cell = bound_claim.cells[index]
+    where = f"head {cell[0]}.{cell[1]}" if claim.component == "heads" and len(cell) == 2 else \
+        _cell_label(cell, result.tokens)
+    detail = f"{label} cell {where} of {len(values)}"
     if not passed and claim.quantifier != "any":
         detail += f"; {len(failing)} of {len(values)} cells fail"
     return CheckResult(claim.text, passed, values[index], detail, claim, bound_claim, patch_map, failing)
@@ -280,9 +283,7 @@ def _localization_check(bound_claim: BoundClaim, patcher, result: BehaviorResult
 def _cell_label(cell, tokens) -> str:
     if len(cell) == 3:
         return f"head {cell[0]}.{cell[1]} at position {cell[2]} {tokens[cell[2]]!r}"
-    if len(tokens) and isinstance(cell, tuple) and len(cell) == 2:
-        return f"(layer {cell[0]}, position {cell[1]} {tokens[cell[1]]!r})"
-    return str(cell)
+    return f"(layer {cell[0]}, position {cell[1]} {tokens[cell[1]]!r})"
 
 
 def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None) -> BehaviorResult:
