@@ -196,7 +196,7 @@ class InterpSession:
                 continue
             spec_file, name = record["nodeid"].split("::", 1)
             by_file.setdefault(self.rootpath / spec_file, {})[name] = record
-        notes = []
+        notes, never_recorded = [], []
         for spec_file, ran in sorted(by_file.items()):
             if self.options.baseline_update:
                 entries = {name: {"model": r["model"], "tokens": r["tokens"], "maps": r["maps"]}
@@ -212,10 +212,15 @@ class InterpSession:
                 continue
             missing = sorted(n for n, r in ran.items() if r["maps"] and n not in stored)
             unused = sorted(set(stored) - set(ran))
-            if missing:
+            if missing and not baselines.baseline_path(spec_file).exists():
+                never_recorded.append(spec_file)
+            elif missing:
                 notes.append(f"no baseline for {', '.join(missing)} in {baselines.baseline_path(spec_file)}")
             if unused:
                 notes.append(f"unused baseline entries in {baselines.baseline_path(spec_file)}: {', '.join(unused)}")
+        if never_recorded:
+            notes.append(f"no baselines recorded for {len(never_recorded)} spec file(s) "
+                         "(--interp-baseline-update records them)")
         return notes
 
     def default_model(self):

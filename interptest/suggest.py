@@ -38,7 +38,7 @@ def _layers(first: int, last: int, n_layers: int) -> str:
     if first == last:
         return str(first)
     if last == n_layers - 1:
-        return f"{first}:"
+        return ":" if first == 0 else f"{first}:"
     return f"{first}:{last + 1}"
 
 
