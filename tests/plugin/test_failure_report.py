@@ -36,7 +36,7 @@ def test_every_failed_check_with_values_predictions_and_map(pytester, write):
         "*prompt:  'Her name was Alex Hart. When Alex'",
         "*corrupt: 'Her name was Alex Cole. When Alex'",
         "*logit diff ' Hart' − ' Cole': m_clean = *, m_corrupt = * (Δ = *)",
-        "*clean top-5:   ' Hart' 0.9*",
+        "*clean top-5:   ' Hart' *",
         "*corrupt top-5: ' Cole' *",
         "*map for 'resid_pre[:, 1] recovers >= 0.5'",
         "*resid_pre (recovers: clean patched into corrupted run), layer × position*",
