@@ -75,6 +75,7 @@ class BehaviorResult:
     maps: dict = field(default_factory=dict)   # (component, direction) -> PatchMap
     baseline: dict | None = None               # {"status": missing|ok|moved, "detail": ...} when compared
     suggestion: str | None = None              # --interp-suggest's YAML
+    samples: int = 1                           # prompt families: how many samples the numbers summarise
 
     @property
     def passed(self) -> bool:
@@ -148,12 +149,23 @@ def available_components(model) -> tuple[str, ...]:
     return tuple(c for c, hook in names.items() if hook in hooks)
 
 
-def bind_behavior(spec: BehaviorSpec, model, model_name: str = "") -> BoundBehavior:
-    """Resolve ``spec`` against ``model``; raises :class:`SpecError` for anything the model cannot do."""
+def bind_behavior(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0):
+    """Resolve ``spec`` against ``model``; raises :class:`SpecError` for anything the model cannot do.
+
+    Families (and noise corruptions) bind to a :class:`~interptest.check_family.BoundFamily`."""
+    if spec.family is not None or (spec.corruption is not None and spec.corruption.kind == "noise"):
+        from interptest.check_family import bind_family
+
+        return bind_family(spec, model, model_name, seed)
     n_ctx = model.cfg.n_ctx
     clean_ids, tokens = _check_prompt(spec, model, spec.prompt, "prompt", n_ctx)
     corrupt_ids = corrupt_tokens = None
-    if spec.corrupt is not None:
+    if spec.corruption is not None and spec.corruption.kind == "replace":
+        from interptest.check_family import _swap_tokens
+
+        corrupt_ids = _swap_tokens(spec, model, clean_ids, spec.corruption.replace)
+        corrupt_tokens = _decode(model, corrupt_ids[0].tolist())
+    elif spec.corrupt is not None:
         corrupt_ids, corrupt_tokens = _check_prompt(spec, model, spec.corrupt, "corrupt", n_ctx)
         if corrupt_ids.shape[-1] != clean_ids.shape[-1]:
             raise spec.error(f"the clean and corrupted prompts tokenize to different lengths "
@@ -286,9 +298,13 @@ def _cell_label(cell, tokens) -> str:
     return f"(layer {cell[0]}, position {cell[1]} {tokens[cell[1]]!r})"
 
 
-def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None) -> BehaviorResult:
+def run_behavior(bound, *, batch_size: int | None = None) -> BehaviorResult:
     import torch
 
+    if not isinstance(bound, BoundBehavior):
+        from interptest.check_family import run_family
+
+        return run_family(bound, batch_size=batch_size)
     spec, model = bound.spec, bound.model
     with torch.inference_mode():
         clean_logits = _last_logits(model, bound.clean_ids)
@@ -366,7 +382,8 @@ class ModelCache:
 _DEFAULT_CACHE = ModelCache()
 
 
-def check_behavior(spec, model=None, *, batch_size: int | None = None, raise_on_failure: bool = True) -> BehaviorResult:
+def check_behavior(spec, model=None, *, batch_size: int | None = None, seed: int = 0,
+                   raise_on_failure: bool = True) -> BehaviorResult:
     """Check one behavior given as a dict with the YAML keys (or a parsed :class:`BehaviorSpec`).
 
     ``model`` is a loaded TransformerBridge, a model name / checkpoint directory, or None for the
@@ -380,7 +397,7 @@ def check_behavior(spec, model=None, *, batch_size: int | None = None, raise_on_
         model = _DEFAULT_CACHE.get(name)
     else:
         name = getattr(model.cfg, "model_name", "model")
-    result = run_behavior(bind_behavior(behavior, model, name), batch_size=batch_size)
+    result = run_behavior(bind_behavior(behavior, model, name, seed), batch_size=batch_size)
     if raise_on_failure and not result.passed:
         raise BehaviorFailed(result)
     return result

@@ -383,6 +383,15 @@ def parse_claim(text: str) -> Claim:
     return _Parser(text).claim()
 
 
+def parse_position(text: str) -> PositionSelection:
+    """One position reference, as written inside a claim: ``-1``, ``last``, ``' Alex'#2``, ``{first}``."""
+    parser = _Parser(str(text))
+    selection = parser.positions()
+    if parser.tok.kind != "end":
+        parser.fail("the end of the position")
+    return selection
+
+
 def _did_you_mean(word: str, choices) -> str:
     import difflib
 

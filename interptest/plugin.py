@@ -18,6 +18,7 @@ OPTION_REPORT = "interp_report"
 OPTION_BASELINE_UPDATE = "interp_baseline_update"
 OPTION_BASELINE_TOLERANCE = "interp_baseline_tolerance"
 OPTION_SUGGEST = "interp_suggest"
+OPTION_SEED = "interp_seed"
 INI_FILES = "interp_files"
 
 _OPTIONS = {
@@ -30,6 +31,7 @@ _OPTIONS = {
     OPTION_BATCH_SIZE: ("patched rows per forward pass; bounds memory (default: chosen by the engine)", ""),
     OPTION_REPORT: ("write results.json and report.html (heatmaps) into this directory", ""),
     OPTION_BASELINE_TOLERANCE: ("how far a map cell may move from its baseline (default 0.05)", "0.05"),
+    OPTION_SEED: ("seed of the samples drawn for prompt families and of noise corruptions (default 0)", "0"),
 }
 _SESSION_KEY = pytest.StashKey()
 
@@ -74,6 +76,7 @@ def pytest_configure(config: pytest.Config) -> None:
             baseline_update=bool(_option(config, OPTION_BASELINE_UPDATE)),
             baseline_tolerance=Options.tolerance(_option(config, OPTION_BASELINE_TOLERANCE)),
             suggest=bool(_option(config, OPTION_SUGGEST)),
+            seed=Options.integer(_option(config, OPTION_SEED), "--interp-seed"),
         )
     except OptionError as error:
         raise pytest.UsageError(str(error)) from None

@@ -41,15 +41,27 @@ def render_failure(result, color: bool = False) -> str:
         if color:
             status = f"{_RED}{status}{_RESET}" if not check.passed else f"{_DIM}{status}{_RESET}"
         line = f"  {status}  {check.text.ljust(min(width, 48))}  measured {_format_value(check)}"
-        if check.detail and (not check.passed or check.claim is not None):
-            line += f"  ({check.detail})"
+        detail, _, extra = (check.detail or "").partition("\n")
+        if detail and (not check.passed or check.claim is not None):
+            line += f"  ({detail})"
         lines.append(line)
+        if extra and not check.passed:
+            lines.extend("      " + row for row in extra.splitlines())
     lines.append("")
-    lines.append(f"  prompt:  {_shorten(repr(result.behavior.prompt), WIDTH - 11)}")
-    if result.behavior.corrupt is not None:
-        lines.append(f"  corrupt: {_shorten(repr(result.behavior.corrupt), WIDTH - 11)}")
+    behavior = result.behavior
+    if behavior.family is not None:
+        lines.append(f"  template: {_shorten(repr(behavior.prompt), WIDTH - 12)}  ({result.samples} samples; "
+                     "numbers below are means, predictions are the first sample's)")
+    else:
+        lines.append(f"  prompt:  {_shorten(repr(behavior.prompt), WIDTH - 11)}")
+    if behavior.corrupt is not None:
+        lines.append(f"  corrupt: {_shorten(repr(behavior.corrupt), WIDTH - 11)}")
+    elif behavior.corruption is not None:
+        lines.append(f"  corrupt: {behavior.corruption.kind} {_corruption_detail(behavior.corruption)}")
     if result.clean_metric is not None:
-        metrics = f"  logit diff {result.expect!r} − {result.foil!r}: m_clean = {result.clean_metric:.3f}"
+        label = (f"mean logit diff expect − foil over {result.samples} samples (first: {result.expect!r} − {result.foil!r})"
+                 if behavior.family is not None else f"logit diff {result.expect!r} − {result.foil!r}")
+        metrics = f"  {label}: m_clean = {result.clean_metric:.3f}"
         if result.corrupt_metric is not None:
             delta = result.clean_metric - result.corrupt_metric
             metrics += f", m_corrupt = {result.corrupt_metric:.3f} (Δ = {delta:.3f})"
@@ -63,6 +75,14 @@ def render_failure(result, color: bool = False) -> str:
             lines.extend(render_map(check.patch_map, claimed=check.bound.cells, failing=check.failing_cells,
                                     title=f"map for {check.text!r}", color=color))
     return "\n".join(lines)
+
+
+def _corruption_detail(corruption) -> str:
+    if corruption.kind == "replace":
+        return ", ".join(f"{a!r} ↔ {b!r}" for a, b in corruption.replace)
+    if corruption.kind == "resample":
+        return ", ".join(corruption.resample)
+    return f"at {', '.join(p.source for p in corruption.positions)}, scale {corruption.scale:g}"
 
 
 def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool = False) -> list[str]:

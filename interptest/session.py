@@ -38,6 +38,7 @@ class Options:
     baseline_update: bool = False     # --interp-baseline-update
     baseline_tolerance: float = 0.05  # ini interp_baseline_tolerance
     suggest: bool = False             # --interp-suggest
+    seed: int = 0                     # --interp-seed: which samples prompt families draw
 
     @staticmethod
     def validate_device(value: str) -> str:
@@ -50,6 +51,13 @@ class Options:
         if value in DTYPES:
             return value
         raise OptionError(f"--interp-dtype: invalid value {value!r}; allowed: {', '.join(DTYPES)}")
+
+    @staticmethod
+    def integer(value, option: str) -> int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise OptionError(f"{option}: invalid value {value!r}; expected an integer") from None
 
     @staticmethod
     def tolerance(value) -> float:
@@ -119,14 +127,14 @@ class InterpSession:
         except InterpError as error:
             raise SpecError(str(error), path=behavior.path, line=behavior.key_lines.get("model", behavior.line),
                             behavior=behavior.name, key="model") from None
-        return bind_behavior(behavior, model, name)
+        return bind_behavior(behavior, model, name, self.options.seed)
 
     # -- running
     def run(self, bound: BoundBehavior):
         result = run_behavior(bound, batch_size=self.options.batch_size)
         if not self.options.baseline_update:
             self._compare_baseline(result)
-        if self.options.suggest:
+        if self.options.suggest and isinstance(bound, BoundBehavior):   # single prompts only
             from interptest.suggest import suggest
 
             result.suggestion = suggest(bound, batch_size=self.options.batch_size)

@@ -29,6 +29,9 @@ DEFAULT_MIN_EFFECT = 1.0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 _STR, _NUM, _STR_LIST = "a string", "a number", "a list of strings"
+_INT, _MAPPING, _CORRUPT = "an integer", "a mapping", "a string or a mapping (replace, resample or noise)"
+_CLAIMS = "a list of claims (strings, or mappings with 'claim' and 'min_pass_rate')"
+DEFAULT_SAMPLES = 20
 
 # Every key a behavior may carry, with the type it must have. The README documents each one.
 BEHAVIOR_KEYS = {
@@ -36,16 +39,41 @@ BEHAVIOR_KEYS = {
     "description": _STR,
     "model": _STR,
     "prompt": _STR,
+    "template": _STR,
+    "vars": _MAPPING,
+    "samples": _INT,
     "expect": _STR,
-    "corrupt": _STR,
+    "corrupt": _CORRUPT,
     "foil": _STR,
-    "claims": _STR_LIST,
+    "claims": _CLAIMS,
     "min_effect": _NUM,
+    "min_pass_rate": _NUM,
     "marks": _STR_LIST,
     "skip": _STR,
     "xfail": _STR,
 }
-FILE_KEYS = {"model": _STR, "description": _STR, "defaults": "a mapping", "behaviors": "a list of behaviors"}
+FILE_KEYS = {"model": _STR, "description": _STR, "defaults": _MAPPING, "behaviors": "a list of behaviors"}
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """How the corrupted run is made: ``text`` (an explicit prompt, a template for families),
+    ``replace`` (symmetric token swaps), ``resample`` (re-draw template variables) or ``noise``
+    (Gaussian noise on the token embeddings at some positions, ROME-style)."""
+    kind: str
+    text: str | None = None
+    replace: tuple[tuple[str, str], ...] = ()
+    resample: tuple[str, ...] = ()
+    positions: tuple = ()             # PositionSelection, for noise
+    scale: float = 3.0
+
+
+@dataclass(frozen=True)
+class Family:
+    """A prompt family: the template's variables, each with its values, and how many samples to draw."""
+    variables: dict
+    samples: int
+    sources: dict                     # variable -> where its values came from (for messages)
 
 
 @dataclass(frozen=True)
@@ -62,6 +90,10 @@ class BehaviorSpec:
     skip: str | None = None
     xfail: str | None = None
     description: str | None = None
+    family: Family | None = None
+    corruption: Corruption | None = None
+    min_pass_rate: float | None = None
+    claim_pass_rates: tuple[float | None, ...] = ()
     path: str = "<dict>"
     line: int | None = None
     key_lines: dict = field(default_factory=dict, compare=False, hash=False)
@@ -174,8 +206,14 @@ def _type_ok(value, expected: str) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected == _STR_LIST:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if expected == "a mapping":
+    if expected == _MAPPING:
         return isinstance(value, dict)
+    if expected == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected == _CORRUPT:
+        return isinstance(value, (str, dict))
+    if expected == _CLAIMS:
+        return isinstance(value, list) and all(isinstance(v, (str, dict)) for v in value)
     if expected == "a list of behaviors":
         return isinstance(value, list)
     raise AssertionError(expected)
@@ -272,7 +310,8 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
     display_name = name if isinstance(name, str) else None
 
     def error(message, key=None):
-        raise SpecError(message, path=path, line=key_lines.get(key, line), behavior=display_name, key=key)
+        raise SpecError(message, path=path, line=key_lines.get(key.split(".")[0] if key else key, line),
+                        behavior=display_name, key=key)
 
     if "name" not in entry:
         error(f"behavior #{index + 1} is missing required key 'name'")
@@ -280,39 +319,237 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
     if not NAME_PATTERN.fullmatch(name):
         error(f"invalid name {name!r}: use letters, digits, '_', '.' and '-' only", "name")
     merged = {**defaults, **entry}
-    for required in ("prompt", "expect"):
+    if "prompt" in merged and "template" in merged:
+        error("give either 'prompt' (one prompt) or 'template' (a prompt family), not both", "template")
+    prompt_key = "template" if "template" in merged else "prompt"
+    for required in (prompt_key, "expect"):
         if required not in merged:
-            error(f"missing required key {required!r}")
-    for key in ("prompt", "expect", "foil"):
+            error(f"missing required key {required!r}" + (" (or 'template' for a prompt family)"
+                                                           if required == "prompt" else ""))
+    for key in (prompt_key, "expect", "foil"):
         if key in merged and merged[key] == "":
             error(f"{key!r} is empty", key)
-    if "corrupt" in merged and merged["corrupt"] == merged["prompt"]:
-        error("'corrupt' is identical to 'prompt': a corruption must change the prompt", "corrupt")
-    if "corrupt" in merged and merged["corrupt"] == "":
-        error("'corrupt' is empty", "corrupt")
     if "foil" in merged and merged["foil"] == merged["expect"]:
         error(f"'foil' equals 'expect' ({merged['expect']!r}): the logit difference would always be 0", "foil")
+    prompt = merged[prompt_key]
+    family = _parse_family(merged, path, error) if prompt_key == "template" else None
+    if family is None:
+        for key in ("vars", "samples"):
+            if key in merged:
+                error(f"{key!r} only applies to a prompt family: write 'template' instead of 'prompt'", key)
+    corruption = _parse_corruption(merged.get("corrupt"), prompt, family, error)
 
     claim_source = merged.get("claims", [])
     claim_lines = list(getattr(claim_source, "item_lines", [None] * len(claim_source)))
-    claims = []
-    for i, text in enumerate(claim_source):
+    claims, pass_rates = [], []
+    for i, item in enumerate(claim_source):
+        claim_line = claim_lines[i] or key_lines.get("claims", line)
+        text, rate = item, None
+        if isinstance(item, dict):
+            unknown = set(item) - {"claim", "min_pass_rate"}
+            if unknown or not isinstance(item.get("claim"), str):
+                raise SpecError("a claim given as a mapping needs 'claim' (the claim text) and may have "
+                                f"'min_pass_rate'; got keys {sorted(item)}", path=path, line=claim_line,
+                                behavior=name, key=f"claims[{i}]")
+            text, rate = item["claim"], _pass_rate(item.get("min_pass_rate"), error, f"claims[{i}].min_pass_rate")
         try:
             claims.append(parse_claim(text))
         except ClaimSyntaxError as syntax:
-            raise SpecError(syntax.render(), path=path, line=claim_lines[i] or key_lines.get("claims", line),
-                            behavior=name, key=f"claims[{i}]") from None
+            raise SpecError(syntax.render(), path=path, line=claim_line, behavior=name, key=f"claims[{i}]") from None
+        pass_rates.append(rate)
     behavior = BehaviorSpec(
-        name=name, prompt=merged["prompt"], expect=merged["expect"], corrupt=merged.get("corrupt"),
+        name=name, prompt=prompt, expect=merged["expect"],
+        corrupt=corruption.text if corruption is not None and corruption.kind == "text" else None,
         foil=merged.get("foil"), claims=tuple(claims), model=entry.get("model") or defaults.get("model"),
         min_effect=float(merged.get("min_effect", DEFAULT_MIN_EFFECT)), marks=tuple(merged.get("marks", ())),
         skip=merged.get("skip"), xfail=merged.get("xfail"), description=merged.get("description"),
-        path=path, line=line, key_lines=key_lines, claim_lines=tuple(claim_lines),
+        family=family, corruption=corruption, min_pass_rate=_pass_rate(merged.get("min_pass_rate"), error),
+        claim_pass_rates=tuple(pass_rates), path=path, line=line, key_lines=key_lines,
+        claim_lines=tuple(claim_lines),
     )
     _check_claims_need(behavior)
+    if family is not None:
+        _check_family_references(behavior, error)
     if behavior.model is None and file_model is not None:
         behavior = _replace(behavior, model=file_model)
     return behavior
+
+
+def _pass_rate(value, error, key="min_pass_rate"):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        error(f"expected a fraction between 0 and 1, got {_describe(value)}", key)
+    return float(value)
+
+
+def template_fields(text: str) -> list[str]:
+    """The ``{variable}`` names a template uses, in order of first use."""
+    import string
+
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+    except ValueError as problem:
+        raise ValueError(f"malformed template {text!r}: {problem} (write '{{{{' for a literal brace)") from None
+    return list(dict.fromkeys(names))
+
+
+def _parse_family(merged: dict, path: str, error) -> Family:
+    template = merged["template"]
+    try:
+        used = template_fields(template)
+    except ValueError as problem:
+        error(str(problem), "template")
+    if not used:
+        error("the template has no {variables}; use 'prompt' for a single prompt", "template")
+    if "vars" not in merged:
+        error(f"the template uses {', '.join('{' + v + '}' for v in used)} but 'vars' is missing", "vars")
+    variables, sources = {}, {}
+    for var in used:
+        if var not in merged["vars"]:
+            error(f"template variable {{{var}}} has no values in 'vars'", "vars")
+    for var, values in merged["vars"].items():
+        if var not in used:
+            error(f"variable {var!r} in 'vars' is not used by the template", f"vars.{var}")
+        variables[var], sources[var] = _values(var, values, path, error)
+    samples = merged.get("samples", DEFAULT_SAMPLES)
+    if samples < 1:
+        error(f"'samples' must be at least 1, got {samples}", "samples")
+    available = count_assignments(variables, limit=samples)
+    if available < samples:
+        error(f"'samples' is {samples} but the variables allow only {available} distinct combinations "
+              "(all variables of one sample take different values)", "samples")
+    return Family(variables, samples, sources)
+
+
+def _values(var: str, values, path: str, error) -> tuple[tuple[str, ...], str]:
+    key = f"vars.{var}"
+    if isinstance(values, str) and values.startswith("@"):
+        return load_lexicon(values[1:], path, error, key), values
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+        error(f"expected a non-empty list of strings or '@lexicon', got {_describe(values)}", key)
+    if len(set(values)) != len(values):
+        error("the list names a value twice", key)
+    return tuple(values), "list"
+
+
+def lexicon_paths(name: str, spec_path: str) -> list[Path]:
+    """Where ``@name`` is looked up: lexicons/ beside the spec file, then interptest's own lexicons."""
+    return [Path(spec_path).parent / "lexicons" / f"{name}.txt",
+            Path(__file__).parent / "lexicons" / f"{name}.txt"]
+
+
+def load_lexicon(name: str, spec_path: str, error, key: str) -> tuple[str, ...]:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        error(f"invalid lexicon name {name!r}", key)
+    for candidate in lexicon_paths(name, spec_path):
+        if candidate.is_file():
+            entries = [ln.strip() for ln in candidate.read_text(encoding="utf-8").splitlines()]
+            entries = tuple(dict.fromkeys(e for e in entries if e and not e.startswith("#")))
+            if not entries:
+                error(f"lexicon @{name} ({candidate}) is empty", key)
+            return entries
+    searched = " or ".join(str(p) for p in lexicon_paths(name, spec_path))
+    error(f"lexicon @{name} not found: looked for {searched}", key)
+
+
+def count_assignments(variables: dict, limit: int) -> int:
+    """How many assignments give every variable a different value (exact up to ``limit``)."""
+    import itertools
+
+    names = list(variables)
+    total = 1
+    for n in names:
+        total *= len(variables[n])
+    if total > 200_000:                       # far more than any sample size; no need to count exactly
+        return max(total, limit)
+    return sum(1 for combo in itertools.product(*(variables[n] for n in names)) if len(set(combo)) == len(combo))
+
+
+def _parse_corruption(value, prompt: str, family: Family | None, error) -> Corruption | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value == "":
+            error("'corrupt' is empty", "corrupt")
+        if value == prompt:
+            error(f"'corrupt' is identical to '{'template' if family else 'prompt'}': a corruption must change "
+                  "the prompt", "corrupt")
+        return Corruption("text", text=value)
+    if len(value) != 1 or next(iter(value)) not in ("replace", "resample", "noise"):
+        error(f"expected one of {{replace: ...}}, {{resample: [...]}}, {{noise: ...}}, got keys {sorted(value)}",
+              "corrupt")
+    kind, spec = next(iter(value.items()))
+    key = f"corrupt.{kind}"
+    if kind == "replace":
+        if not isinstance(spec, dict) or not spec or not all(isinstance(a, str) and isinstance(b, str) and a and b
+                                                              for a, b in spec.items()):
+            error("expected a mapping of token texts, e.g. {\" Hart\": \" Cole\"}", key)
+        for a, b in spec.items():
+            if a == b:
+                error(f"{a!r} is replaced by itself", key)
+        return Corruption("replace", replace=tuple(spec.items()))
+    if kind == "resample":
+        if family is None:
+            error("resample re-draws template variables: it needs a 'template' with 'vars'", key)
+        if not isinstance(spec, list) or not spec or not all(isinstance(v, str) for v in spec):
+            error("expected a list of template variables, e.g. [last]", key)
+        for var in spec:
+            if var not in family.variables:
+                error(f"{var!r} is not a template variable (variables: {', '.join(family.variables)})", key)
+            if len(family.variables[var]) < 2:
+                error(f"variable {var!r} has a single value, so it cannot be re-drawn to a different one", key)
+        return Corruption("resample", resample=tuple(spec))
+    if not isinstance(spec, dict) or set(spec) - {"positions", "scale"} or "positions" not in spec:
+        error("expected {positions: [...], scale: 3.0}", key)
+    positions = spec["positions"]
+    if not isinstance(positions, list) or not positions:
+        error("'positions' must be a non-empty list of positions, e.g. [\"{first}\", -2]", key)
+    from interptest.claims import parse_position
+
+    parsed = []
+    for item in positions:
+        try:
+            parsed.append(parse_position(str(item)))
+        except ClaimSyntaxError as syntax:
+            error(f"bad position {item!r}: {syntax.message}", key)
+    scale = spec.get("scale", 3.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        error(f"'scale' must be a positive number, got {_describe(scale)}", key)
+    return Corruption("noise", positions=tuple(parsed), scale=float(scale))
+
+
+def _check_family_references(behavior: BehaviorSpec, error) -> None:
+    """Variables used by expect, foil, a corrupted template or a claim must exist in the template."""
+    used = set(behavior.family.variables)
+    texts = [("expect", behavior.expect), ("foil", behavior.foil)]
+    if behavior.corruption.kind == "text" if behavior.corruption else False:
+        texts.append(("corrupt", behavior.corrupt))
+    for key, text in texts:
+        if text is None:
+            continue
+        try:
+            fields = template_fields(text)
+        except ValueError as problem:
+            error(str(problem), key)
+        for var in fields:
+            if var not in used:
+                error(f"{{{var}}} is used in {key!r} but is not a variable of the template", key)
+    for i, claim in enumerate(behavior.claims):
+        names = []
+        if getattr(claim, "token", None):
+            names += template_fields(claim.token)
+        positions = getattr(claim, "positions", None)
+        if positions is not None and positions.kind == "variable":
+            names.append(positions.values[0])
+        for var in names:
+            if var not in used:
+                raise behavior.error(f"{{{var}}} is not a variable of the template "
+                                     f"(variables: {', '.join(sorted(used))})", claim_index=i)
+    if behavior.corruption and behavior.corruption.kind == "noise":
+        for position in behavior.corruption.positions:
+            if position.kind == "variable" and position.values[0] not in used:
+                error(f"{{{position.values[0]}}} is not a variable of the template", "corrupt")
 
 
 def _replace(behavior: BehaviorSpec, **changes) -> BehaviorSpec:
@@ -326,11 +563,11 @@ def _check_claims_need(behavior: BehaviorSpec) -> None:
     if behavior.min_effect < 0:
         raise behavior.error(f"'min_effect' must be >= 0, got {behavior.min_effect:g}", "min_effect")
     for i, claim in enumerate(behavior.claims):
-        if isinstance(claim, LocalizationClaim) and behavior.corrupt is None:
+        if isinstance(claim, LocalizationClaim) and behavior.corruption is None:
             raise behavior.error(f"claim {claim.text!r} patches activations between a clean and a corrupted "
                                  "run; add a 'corrupt' prompt to the behavior", claim_index=i)
         if isinstance(claim, PredictionClaim) and claim.function == "logit_diff" \
-                and behavior.corrupt is None and behavior.foil is None:
+                and behavior.corruption is None and behavior.foil is None:
             raise behavior.error("'logit_diff' compares expect against a foil: add 'foil' or 'corrupt' "
                                  "(the foil defaults to the model's top-1 prediction on the corrupted prompt)",
                                  claim_index=i)

@@ -70,7 +70,8 @@ def test_parse_behavior_from_dict():
     ("behaviors:\n  - name: a\n    prompt: 3\n    expect: y\n",
      "specs/f.yaml:3: behavior 'a', key 'prompt': expected a string, got a number (3)"),
     ("behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    claims: \"prob(' y') > 0\"\n",
-     "specs/f.yaml:5: behavior 'a', key 'claims': expected a list of strings, got a string"),
+     "specs/f.yaml:5: behavior 'a', key 'claims': expected a list of claims (strings, or mappings with 'claim' "
+     "and 'min_pass_rate'), got a string"),
     ("behaviors:\n  - name: a b\n    prompt: x\n    expect: y\n",
      "specs/f.yaml:2: behavior 'a b', key 'name': invalid name 'a b': use letters, digits"),
     ("behaviors:\n  - name: a\n    prompt: x\n    expect: y\n  - name: a\n    prompt: z\n    expect: y\n",

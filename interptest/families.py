@@ -1,0 +1,145 @@
+"""Prompt families: draw the samples of a templated behavior, reproducibly.
+
+Samples are drawn uniformly without replacement from every assignment that gives each template
+variable a different value (a bootstrap over the samples is only honest if they are an i.i.d.-like
+draw from the stated distribution — hypothesis's generator deliberately is not, it favours simple
+and boundary values). Hypothesis does what it is best at instead: shrinking a failure to the
+smallest failing instance (see :func:`instance_strategy`). Pure Python; no torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import zlib
+from dataclasses import dataclass
+
+from interptest.spec import BehaviorSpec
+
+ENUMERATION_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class Sample:
+    values: dict                 # variable -> value of the clean prompt
+    corrupt_values: dict | None  # variable -> value after resampling (resample corruption only)
+    prompt: str
+    corrupt: str | None          # the corrupted prompt text (text and resample corruptions)
+    expect: str
+    foil: str | None
+
+
+def sample_seed(seed: int, behavior: BehaviorSpec) -> int:
+    """Stable across processes, machines and xdist workers: depends on the seed and the name only."""
+    return zlib.crc32(f"{seed}|{behavior.name}".encode())
+
+
+def _distinct(values) -> bool:
+    values = list(values)
+    return len(set(values)) == len(values)
+
+
+def draw_assignments(variables: dict, count: int, rng: random.Random) -> list[dict]:
+    names = list(variables)
+    total = 1
+    for name in names:
+        total *= len(variables[name])
+    if total <= ENUMERATION_LIMIT:
+        combos = [c for c in itertools.product(*(variables[n] for n in names)) if _distinct(c)]
+        return [dict(zip(names, c)) for c in rng.sample(combos, count)]
+    seen, out = set(), []
+    while len(out) < count:
+        combo = tuple(rng.choice(variables[n]) for n in names)
+        if _distinct(combo) and combo not in seen:
+            seen.add(combo)
+            out.append(dict(zip(names, combo)))
+    return out
+
+
+def resampled(behavior: BehaviorSpec, values: dict, rng: random.Random) -> dict:
+    """The corrupted assignment: each resampled variable re-drawn to a value different from its clean
+    value and from every other variable's value."""
+    new = dict(values)
+    for var in behavior.corruption.resample:
+        taken = set(new.values()) | {values[var]}
+        choices = [v for v in behavior.family.variables[var] if v not in taken]
+        if not choices:
+            raise ValueError(f"no value left to resample {var!r} to")
+        new[var] = rng.choice(choices)
+    return new
+
+
+def instance(behavior: BehaviorSpec, values: dict, corrupt_values: dict | None = None) -> Sample:
+    corruption = behavior.corruption
+    corrupt = None
+    if corruption is not None and corruption.kind == "text":
+        corrupt = corruption.text.format(**values)
+    elif corruption is not None and corruption.kind == "resample":
+        corrupt = behavior.prompt.format(**corrupt_values)
+    return Sample(values, corrupt_values, behavior.prompt.format(**values), corrupt,
+                  behavior.expect.format(**values), behavior.foil.format(**values) if behavior.foil else None)
+
+
+def expand(behavior: BehaviorSpec, seed: int = 0) -> list[Sample]:
+    """The family's samples for this seed."""
+    rng = random.Random(sample_seed(seed, behavior))
+    assignments = draw_assignments(behavior.family.variables, behavior.family.samples, rng)
+    resample = behavior.corruption is not None and behavior.corruption.kind == "resample"
+    return [instance(behavior, a, resampled(behavior, a, rng) if resample else None) for a in assignments]
+
+
+def instance_strategy(behavior: BehaviorSpec):
+    """A hypothesis strategy over single instances (clean values, corrupted values), for shrinking."""
+    from hypothesis import strategies as st
+
+    variables = behavior.family.variables
+    clean = st.fixed_dictionaries({v: st.sampled_from(vals) for v, vals in variables.items()}).filter(
+        lambda d: _distinct(d.values()))
+    if behavior.corruption is None or behavior.corruption.kind != "resample":
+        return clean.map(lambda d: (d, None))
+
+    def corrupt_for(values):
+        taken = set(values.values())
+        fields = {}
+        for var in behavior.corruption.resample:
+            choices = [v for v in variables[var] if v not in taken]
+            fields[var] = st.sampled_from(choices)
+        return st.fixed_dictionaries(fields).filter(lambda new: _distinct(new.values())).map(
+            lambda new: (values, {**values, **new}))
+
+    return clean.flatmap(corrupt_for)
+
+
+def variable_token_texts(behavior: BehaviorSpec, values: dict) -> dict:
+    """The token text each variable becomes in the prompt: with the leading space the template gives it."""
+    out = {}
+    for var, value in values.items():
+        at = behavior.prompt.find("{" + var + "}")
+        out[var] = (" " + value) if at > 0 and behavior.prompt[at - 1] == " " else value
+    return out
+
+
+def as_yaml(behavior: BehaviorSpec, sample: Sample, claim_text: str, value: float | None) -> str:
+    """A ready-to-paste single-behavior YAML block for one instance."""
+    import json
+
+    def q(text):
+        return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid YAML double-quoted scalar
+
+    lines = [f"- name: {behavior.name}-minimal", f"  prompt: {q(sample.prompt)}", f"  expect: {q(sample.expect)}"]
+    if sample.corrupt is not None:
+        lines.append(f"  corrupt: {q(sample.corrupt)}")
+    elif behavior.corruption is not None and behavior.corruption.kind == "replace":
+        lines.append("  corrupt: {replace: {" + ", ".join(f"{q(a)}: {q(b)}" for a, b in behavior.corruption.replace)
+                     + "}}")
+    elif behavior.corruption is not None and behavior.corruption.kind == "noise":
+        positions = ", ".join(q(p.source) for p in behavior.corruption.positions)
+        lines.append(f"  corrupt: {{noise: {{positions: [{positions}], scale: {behavior.corruption.scale:g}}}}}")
+    if sample.foil is not None:
+        lines.append(f"  foil: {q(sample.foil)}")
+    text = claim_text
+    for var, token in variable_token_texts(behavior, sample.values).items():
+        text = text.replace("{" + var + "}", repr(token))
+    comment = f"   # this instance: {value:.3f}" if value is not None else ""
+    lines += ["  claims:", f"    - {q(text)}{comment}"]
+    return "\n".join(lines)
