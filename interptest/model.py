@@ -33,7 +33,7 @@ TINY_MODEL_NAME = "interptest-tiny"
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt", "model.pth",
             "model.ckpt")
-_HOW_TO_GET = ("(no local directory of that name either); pre-download it on a machine with network (e.g. `hf download {name}` or "
+_HOW_TO_GET = ("there is no local directory of that name either; pre-download it on a machine with network (e.g. `hf download {name}` or "
                "`huggingface-cli download {name}`) into the Hugging Face cache, or point `model:` at a "
                "local save_pretrained directory")
 # A hub id: "name" or "org/name" (letters, digits, '-', '_', '.'); anything else is taken as a path.

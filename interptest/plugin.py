@@ -137,13 +137,23 @@ class SpecFile(pytest.File):
     """One YAML spec file; each behavior in it is one item."""
 
     def collect(self):
+        from interptest.session import ModelSkipped
+
         session = _session(self.config)
         try:
             spec = session.load_file(self.path)
             for behavior in spec.behaviors:
-                bound = None if behavior.skip else session.bind(behavior)
-                yield BehaviorItem.from_parent(self, name=behavior.name, behavior=behavior, bound=bound,
-                                               model_name=session.model_name(behavior))
+                bound, unavailable = None, None
+                if not behavior.skip:
+                    try:
+                        bound = session.bind(behavior)
+                    except ModelSkipped as skipped:
+                        unavailable = str(skipped)
+                item = BehaviorItem.from_parent(self, name=behavior.name, behavior=behavior, bound=bound,
+                                                model_name=session.model_name(behavior))
+                if unavailable:
+                    item.add_marker(pytest.mark.skip(reason=f"model not available: {unavailable}"))
+                yield item
         except InterpError as error:
             raise self.CollectError(str(error)) from None
 

@@ -21,6 +21,10 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+class ModelSkipped(InterpError):
+    """The behavior's model is not available and its spec says ``if_model_unavailable: skip``."""
+
+
 class OptionError(InterpError):
     """An option has a value interptest cannot use; the plugin raises it as a pytest.UsageError."""
 
@@ -125,6 +129,8 @@ class InterpSession:
         try:
             model = self.models.get(name)
         except InterpError as error:
+            if behavior.if_model_unavailable == "skip":
+                raise ModelSkipped(str(error)) from None
             raise SpecError(str(error), path=behavior.path, line=behavior.key_lines.get("model", behavior.line),
                             behavior=behavior.name, key="model") from None
         return bind_behavior(behavior, model, name, self.options.seed)

@@ -49,10 +49,13 @@ BEHAVIOR_KEYS = {
     "min_effect": _NUM,
     "min_pass_rate": _NUM,
     "marks": _STR_LIST,
+    "if_model_unavailable": _STR,
     "skip": _STR,
     "xfail": _STR,
 }
-FILE_KEYS = {"model": _STR, "description": _STR, "defaults": _MAPPING, "behaviors": "a list of behaviors"}
+FILE_KEYS = {"model": _STR, "description": _STR, "defaults": _MAPPING, "behaviors": "a list of behaviors",
+             "if_model_unavailable": _STR}
+UNAVAILABLE_POLICIES = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class BehaviorSpec:
     family: Family | None = None
     corruption: Corruption | None = None
     min_pass_rate: float | None = None
+    if_model_unavailable: str = "error"
     claim_pass_rates: tuple[float | None, ...] = ()
     path: str = "<dict>"
     line: int | None = None
@@ -277,7 +281,8 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
         if not isinstance(entry, dict):
             raise SpecError(f"each behavior must be a mapping, got {_describe(entry)}", path=path, line=line,
                             key=f"behaviors[{index}]")
-        behavior = _parse_behavior(entry, defaults, path, file_model=data.get("model"), index=index)
+        behavior = _parse_behavior(entry, defaults, path, file_model=data.get("model"), index=index,
+                                   file_policy=data.get("if_model_unavailable"))
         if behavior.name in seen:
             raise SpecError(f"duplicate behavior name (first on line {seen[behavior.name]})", path=path,
                             line=behavior.key_lines.get("name", line), behavior=behavior.name, key="name")
@@ -302,7 +307,8 @@ def parse_behavior(spec: dict, path: str = "<dict>") -> BehaviorSpec:
     return _parse_behavior(spec, {}, path, file_model=None, index=0)
 
 
-def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | None, index: int) -> BehaviorSpec:
+def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | None, index: int,
+                    file_policy: str | None = None) -> BehaviorSpec:
     name = entry.get("name")
     line = getattr(entry, "line", None)
     key_lines = dict(getattr(defaults, "key_lines", {}))
@@ -331,6 +337,9 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
             error(f"{key!r} is empty", key)
     if "foil" in merged and merged["foil"] == merged["expect"]:
         error(f"'foil' equals 'expect' ({merged['expect']!r}): the logit difference would always be 0", "foil")
+    policy = merged.get("if_model_unavailable", file_policy or "error")
+    if policy not in UNAVAILABLE_POLICIES:
+        error(f"expected one of {', '.join(UNAVAILABLE_POLICIES)}, got {policy!r}", "if_model_unavailable")
     prompt = merged[prompt_key]
     family = _parse_family(merged, path, error) if prompt_key == "template" else None
     if family is None:
@@ -364,6 +373,7 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
         min_effect=float(merged.get("min_effect", DEFAULT_MIN_EFFECT)), marks=tuple(merged.get("marks", ())),
         skip=merged.get("skip"), xfail=merged.get("xfail"), description=merged.get("description"),
         family=family, corruption=corruption, min_pass_rate=_pass_rate(merged.get("min_pass_rate"), error),
+        if_model_unavailable=policy,
         claim_pass_rates=tuple(pass_rates), path=path, line=line, key_lines=key_lines,
         claim_lines=tuple(claim_lines),
     )

@@ -72,3 +72,17 @@ def test_model_directory_relative_to_the_spec_file(pytester, write):
     write("behaviors/f.yaml", spec("./ckpt", ("a", None)))
     assert models_of(pytester)["a"].endswith("behaviors/ckpt")
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_if_model_unavailable_skip_turns_a_missing_model_into_skips(pytester, write):
+    write("behaviors/hub.yaml", "model: ./not-downloaded\nif_model_unavailable: skip\n" + spec(None, ("a", None))[0:]
+          .replace("behaviors:\n", "behaviors:\n", 1))
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*model not available: model directory './not-downloaded' does not exist*"])
+
+
+def test_if_model_unavailable_rejects_other_values(pytester, write):
+    write("behaviors/hub.yaml", "if_model_unavailable: maybe\n" + spec(None, ("a", None)))
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["*behavior 'a', key 'if_model_unavailable': expected one of error, skip, got 'maybe'*"])
