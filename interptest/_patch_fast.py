@@ -368,7 +368,6 @@ class FastEngine:
     def run_cells(self, component, cells, direction, rows_per_batch):
         base = self.runs["corrupt" if direction == "denoise" else "clean"]
         src = self.runs["clean" if direction == "denoise" else "corrupt"]
-        nL = len(self.layers)
         n = self.n
         out = torch.empty(len(cells), dtype=torch.float32)
         start = 0 if component == "resid_pre" else 1

@@ -149,6 +149,16 @@ def available_components(model) -> tuple[str, ...]:
     return tuple(c for c, hook in names.items() if hook in hooks)
 
 
+def localization_claims_on(spec: BehaviorSpec, model) -> list:
+    """The behavior's localization claims, once each names a component this model exposes."""
+    components = available_components(model)
+    for claim in spec.localization_claims:
+        if claim.component not in components:
+            raise spec.error(f"claim {claim.text!r}: this model does not expose {claim.component!r} "
+                             f"(available: {', '.join(components)})", claim_index=spec.claim_index(claim))
+    return spec.localization_claims
+
+
 def bind_behavior(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0):
     """Resolve ``spec`` against ``model``; raises :class:`SpecError` for anything the model cannot do.
 
@@ -192,12 +202,7 @@ def bind_behavior(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0
             raise spec.error(f"{claim.function}() needs a single token the model can produce; {claim.token!r} "
                              f"encodes to {_decode(model, ids)}", claim_index=index)
         prediction_ids[claim.token] = ids[0]
-    components = available_components(model)
-    localization = spec.localization_claims
-    for claim in localization:
-        if claim.component not in components:
-            raise spec.error(f"claim {claim.text!r}: this model does not expose {claim.component!r} "
-                             f"(available: {', '.join(components)})", claim_index=spec.claim_index(claim))
+    localization = localization_claims_on(spec, model)
     try:
         bound = bind_claims(localization, tokens, model.cfg.n_layers, model.cfg.n_heads)
     except ClaimBindIndexError as error:

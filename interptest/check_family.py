@@ -9,11 +9,10 @@ from interptest import families
 from interptest.check import (
     BehaviorResult,
     CheckResult,
-    Prediction,
     _decode,
     _encode,
     _top,
-    available_components,
+    localization_claims_on,
 )
 from interptest.claims import BoundClaim, ClaimBindError, ClaimBindIndexError, bind_claims, resolve_positions
 from interptest.spec import BehaviorSpec, bind_error
@@ -68,8 +67,6 @@ def _check_lexicons(spec: BehaviorSpec, model) -> None:
 
 
 def _swap_tokens(spec, model, ids, replace):
-    import torch
-
     mapping = {}
     for a, b in replace:
         ia, ib = _encode(model, a), _encode(model, b)
@@ -149,12 +146,7 @@ def bind_family(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0) 
                                      f"{_decode(model, encoded)}", claim_index=index)
                 ids.append(encoded[0])
             prediction_ids[index] = ids
-    components = available_components(model)
-    localization = spec.localization_claims
-    for claim in localization:
-        if claim.component not in components:
-            raise spec.error(f"claim {claim.text!r}: this model does not expose {claim.component!r} "
-                             f"(available: {', '.join(components)})", claim_index=spec.claim_index(claim))
+    localization = localization_claims_on(spec, model)
     try:
         bound = bind_claims(localization, tokens, model.cfg.n_layers, model.cfg.n_heads, variables)
         for sample in samples[1:]:      # positions must not move between samples
@@ -192,8 +184,6 @@ def _noise(bound: BoundFamily, n_samples: int, salt: int = 0):
 
 
 def _patcher(bound: BoundFamily, clean_ids, corrupt_ids, expect_ids, foil_ids, noise, batch_size):
-    import torch
-
     from interptest.patching_batch import BatchPatcher
 
     model = bound.model

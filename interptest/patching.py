@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -97,7 +97,61 @@ def _str_tokens(model, tokens: torch.Tensor) -> list[str]:
         return [str(int(i)) for i in tokens[0]]
 
 
-class Patcher:
+class _PatchShape:
+    """What Patcher and BatchPatcher share: cell validation, batch sizing, component availability.
+    Subclasses set model, batch_size, n_layers, n_positions and n_heads."""
+
+    def _check_available(self, component: str) -> None:
+        _check_component(component)
+        name = _HOOK[component].format(0)
+        hook_dict = getattr(self.model, "hook_dict", {})
+        if name not in hook_dict:
+            extra = ""
+            if component == "resid_mid" and getattr(self.model.cfg, "parallel_attn_mlp", False):
+                extra = " (parallel attention/MLP blocks have no residual stream between them)"
+            avail = [c for c in COMPONENTS if _HOOK[c].format(0) in hook_dict]
+            raise InterpError(
+                f"component {component!r} is not available on model {_model_name(self.model)}{extra}; "
+                f"available: {', '.join(avail)}")
+
+    def _norm_cell(self, component: str, cell) -> tuple:
+        L, n, H = self.n_layers, self.n_positions, self.n_heads
+
+        def idx(v, size, what):
+            try:
+                i = int(v)
+            except (TypeError, ValueError):
+                raise InterpError(f"{component} cell {cell!r}: {what} must be an integer") from None
+            if not -size <= i < size:
+                raise InterpError(f"{component} cell {cell!r}: {what} {i} out of range (0..{size - 1})")
+            return i % size
+
+        cell = tuple(cell)
+        if component == "heads":
+            if len(cell) == 2:
+                cell = cell + (None,)
+            if len(cell) != 3:
+                raise InterpError(f"heads cell {cell!r} must be (layer, head, position_or_None)")
+            pos = None if cell[2] is None else idx(cell[2], n, "position")
+            return (idx(cell[0], L, "layer"), idx(cell[1], H, "head"), pos)
+        if len(cell) != 2:
+            raise InterpError(f"{component} cell {cell!r} must be (layer, position)")
+        return (idx(cell[0], L, "layer"), idx(cell[1], n, "position"))
+
+    def _rows_per_batch(self, generic: bool) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        cfg = self.model.cfg
+        d = int(cfg.d_model)
+        d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d)
+        n = self.n_positions
+        per_row = n * (8 * d + 2 * d_mlp + 2 * self.n_heads * n) * 4
+        if generic:
+            per_row += n * int(cfg.d_vocab) * 4
+        return max(1, min(_MAX_ROWS, _BATCH_BUDGET // max(per_row, 1)))
+
+
+class Patcher(_PatchShape):
     """One clean/corrupted prompt pair.
 
     Runs the clean and corrupted forwards once, caches only what the requested sweeps need and
@@ -198,19 +252,6 @@ class Patcher:
         num = raw64 - mx if direction == "denoise" else mc - raw64
         return (num / den).float()  # den == 0 -> inf / nan, by design
 
-    def _check_available(self, component: str) -> None:
-        _check_component(component)
-        name = _HOOK[component].format(0)
-        hook_dict = getattr(self.model, "hook_dict", {})
-        if name not in hook_dict:
-            extra = ""
-            if component == "resid_mid" and getattr(self.model.cfg, "parallel_attn_mlp", False):
-                extra = " (parallel attention/MLP blocks have no residual stream between them)"
-            avail = [c for c in COMPONENTS if _HOOK[c].format(0) in hook_dict]
-            raise InterpError(
-                f"component {component!r} is not available on model {_model_name(self.model)}{extra}; "
-                f"available: {', '.join(avail)}")
-
     # ---- public API -------------------------------------------------------------------------
 
     def sweep(self, component: str, direction: str = "denoise") -> PatchMap:
@@ -280,42 +321,6 @@ class Patcher:
         return float(self._normalize(raw, direction)[0])
 
     # ---- internals --------------------------------------------------------------------------
-
-    def _norm_cell(self, component: str, cell) -> tuple:
-        L, n, H = self.n_layers, self.n_positions, self.n_heads
-
-        def idx(v, size, what):
-            try:
-                i = int(v)
-            except (TypeError, ValueError):
-                raise InterpError(f"{component} cell {cell!r}: {what} must be an integer") from None
-            if not -size <= i < size:
-                raise InterpError(f"{component} cell {cell!r}: {what} {i} out of range (0..{size - 1})")
-            return i % size
-
-        cell = tuple(cell)
-        if component == "heads":
-            if len(cell) == 2:
-                cell = cell + (None,)
-            if len(cell) != 3:
-                raise InterpError(f"heads cell {cell!r} must be (layer, head, position_or_None)")
-            pos = None if cell[2] is None else idx(cell[2], n, "position")
-            return (idx(cell[0], L, "layer"), idx(cell[1], H, "head"), pos)
-        if len(cell) != 2:
-            raise InterpError(f"{component} cell {cell!r} must be (layer, position)")
-        return (idx(cell[0], L, "layer"), idx(cell[1], n, "position"))
-
-    def _rows_per_batch(self, generic: bool) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        cfg = self.model.cfg
-        d = int(cfg.d_model)
-        d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d)
-        n = self.n_positions
-        per_row = n * (8 * d + 2 * d_mlp + 2 * self.n_heads * n) * 4
-        if generic:
-            per_row += n * int(cfg.d_vocab) * 4
-        return max(1, min(_MAX_ROWS, _BATCH_BUDGET // max(per_row, 1)))
 
     def _raw_cells(self, component: str, cells: Sequence[tuple], direction: str) -> torch.Tensor:
         """Patched metric m for each cell, patched individually."""

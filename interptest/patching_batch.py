@@ -34,10 +34,10 @@ import torch
 from interptest.errors import InterpError
 from interptest.patching import (
     _HOOK,
-    Patcher,
     _check_component,
     _check_direction,
     _model_name,
+    _PatchShape,
     _str_tokens,
 )
 
@@ -68,7 +68,7 @@ def _as_ids(ids: Any, what: str, n_samples: int) -> torch.Tensor:
     return t.long().cpu()
 
 
-class BatchPatcher:
+class BatchPatcher(_PatchShape):
     """S clean/corrupted prompt pairs of one length, patched together.
 
     Runs the clean and corrupted forwards once (batched), caches only the source activations the
@@ -161,8 +161,7 @@ class BatchPatcher:
     # ---- basic runs -------------------------------------------------------------------------
 
     def _rows(self) -> int:
-        # Patcher's sizing only reads batch_size, model.cfg, n_positions and n_heads.
-        return Patcher._rows_per_batch(self, True)  # type: ignore[arg-type]
+        return self._rows_per_batch(True)
 
     def _noise_hook(self, samples: torch.Tensor):
         noise = self.embed_noise[samples.to(self.embed_noise.device)]
@@ -199,9 +198,6 @@ class BatchPatcher:
     def _base_metrics(self, direction: str) -> torch.Tensor:
         return self.corrupt_metrics if direction == "denoise" else self.clean_metrics
 
-    def _check_available(self, component: str) -> None:
-        Patcher._check_available(self, component)  # type: ignore[arg-type]  (reads self.model only)
-
     def _source_acts(self, component: str, run: str) -> dict[str, torch.Tensor]:
         """{hook name: [S, ...]} activations of the clean or corrupted (+ noise) run, every layer."""
         key = (component, run)
@@ -225,8 +221,7 @@ class BatchPatcher:
         return self._src_cache[key]
 
     def _norm_cells(self, component: str, cells) -> list[tuple]:
-        # Patcher's validation only reads n_layers, n_positions and n_heads.
-        return [Patcher._norm_cell(self, component, c) for c in cells]  # type: ignore[arg-type]
+        return [self._norm_cell(component, c) for c in cells]
 
     def _run_rows(self, component: str, direction: str, rows: Sequence[tuple[int, Sequence[tuple]]]
                   ) -> torch.Tensor:
