@@ -97,6 +97,16 @@ def _str_tokens(model, tokens: torch.Tensor) -> list[str]:
         return [str(int(i)) for i in tokens[0]]
 
 
+def check_same_length(model, clean: torch.Tensor, corrupt: torch.Tensor) -> None:
+    """Positions are matched one to one, so both runs need the same token count; show both when not."""
+    if clean.shape[-1] != corrupt.shape[-1]:
+        raise InterpError(
+            f"clean and corrupted prompts must have the same number of tokens, got "
+            f"{clean.shape[-1]} vs {corrupt.shape[-1]}:\n"
+            f"  clean     ({clean.shape[-1]}): {_str_tokens(model, clean[:1])}\n"
+            f"  corrupted ({corrupt.shape[-1]}): {_str_tokens(model, corrupt[:1])}")
+
+
 class _PatchShape:
     """What Patcher and BatchPatcher share: cell validation, batch sizing, component availability.
     Subclasses set model, batch_size, n_layers, n_positions and n_heads."""
@@ -167,12 +177,7 @@ class Patcher(_PatchShape):
         self.model = model
         clean = _as_tokens(clean_tokens, "clean")
         corrupt = _as_tokens(corrupt_tokens, "corrupted")
-        if clean.shape[1] != corrupt.shape[1]:
-            raise InterpError(
-                f"clean and corrupted prompts must have the same number of tokens, got "
-                f"{clean.shape[1]} vs {corrupt.shape[1]}:\n"
-                f"  clean     ({clean.shape[1]}): {_str_tokens(model, clean)}\n"
-                f"  corrupted ({corrupt.shape[1]}): {_str_tokens(model, corrupt)}")
+        check_same_length(model, clean, corrupt)
         expect_id, foil_id = int(expect_id), int(foil_id)
         if expect_id == foil_id:
             raise InterpError(

@@ -39,6 +39,7 @@ from interptest.patching import (
     _model_name,
     _PatchShape,
     _str_tokens,
+    check_same_length,
 )
 
 __all__ = ["BatchPatcher"]
@@ -85,12 +86,7 @@ class BatchPatcher(_PatchShape):
         self.model = model
         clean = _as_batch(clean_tokens, "clean")
         corrupt = _as_batch(corrupt_tokens, "corrupted")
-        if clean.shape[1] != corrupt.shape[1]:
-            raise InterpError(
-                f"clean and corrupted prompts must have the same number of tokens, got "
-                f"{clean.shape[1]} vs {corrupt.shape[1]}:\n"
-                f"  clean     ({clean.shape[1]}): {_str_tokens(model, clean[:1])}\n"
-                f"  corrupted ({corrupt.shape[1]}): {_str_tokens(model, corrupt[:1])}")
+        check_same_length(model, clean, corrupt)
         if clean.shape[0] != corrupt.shape[0]:
             raise InterpError(
                 f"clean and corrupted batches must have the same number of samples, got "
