@@ -84,8 +84,12 @@ def _load_tiny():
         return None, f"interptest-tiny could not be loaded ({type(e).__name__}: {e}) (skipped)"
 
 
-def _case_tokens(model, n: int, seed: int):
-    """n tokens (BOS first), corrupted at the 5th token."""
+def _case_tokens(model, n: int, seed: int, repeated: bool = False):
+    """n tokens (BOS first), corrupted at the 5th token.
+
+    ``repeated``: a trained model's case — a random span followed by its own repeat, corrupted at the
+    token the repeat is about to copy, so that induction makes the corruption matter (on plain random
+    tokens a trained model's logit difference barely moves, and normalized values only amplify rounding)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -94,8 +98,13 @@ def _case_tokens(model, n: int, seed: int):
     bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
     if bos is not None and getattr(model.cfg, "default_prepend_bos", True):
         clean[0, 0] = bos
+    where = min(4, n - 1)
+    if repeated:
+        span = (n - 1) - (n - 1) // 2                # the first copy; the second stops one token short
+        clean[0, 1 + span:] = clean[0, 1:n - span]
+        where = span                                 # the token the last position will copy
     corrupt = clean.clone()
-    corrupt[0, min(4, n - 1)] = (clean[0, min(4, n - 1)] + 7) % (vocab - 1) + 1
+    corrupt[0, where] = (clean[0, where] + 7) % (vocab - 1) + 1
     return clean, corrupt
 
 
@@ -136,7 +145,7 @@ def run_case(model, name, n, components, repeats, out=print):
 
     from interptest.patching import Patcher
 
-    clean, corrupt = _case_tokens(model, n, seed=n)
+    clean, corrupt = _case_tokens(model, n, seed=n, repeated=name == "interptest-tiny")
     with torch.inference_mode():
         lc = model(clean)[0, -1]
         expect = int(lc.argmax())
