@@ -140,10 +140,13 @@ class InterpSession:
         result = run_behavior(bound, batch_size=self.options.batch_size)
         if not self.options.baseline_update:
             self._compare_baseline(result)
-        if self.options.suggest and isinstance(bound, BoundBehavior):   # single prompts only
+        if self.options.suggest:
             from interptest.suggest import suggest
 
-            result.suggestion = suggest(bound, batch_size=self.options.batch_size)
+            result.suggestion = suggest(bound, batch_size=self.options.batch_size) \
+                if isinstance(bound, BoundBehavior) else \
+                (f"# --interp-suggest for {bound.spec.name!r}: suggestions are made for single prompts; "
+                 "run it on one instance of the family (its prompt, expect and corrupt)")
         return result
 
     def _compare_baseline(self, result) -> None:
