@@ -113,8 +113,13 @@ class _Reporter:
         if record is not None:
             self.session.add_record(record)
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        # Here, not in the terminal summary, so that the report is written even without a terminal.
+        self.summary = self.session.finish()
+
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        lines, written = self.session.finish()
+        lines, written = getattr(self, "summary", None) or self.session.finish()
         if lines:
             terminalreporter.write_sep("-", "interptest")
             for line in lines:
@@ -186,7 +191,8 @@ class BehaviorItem(pytest.Item):
         from interptest.render import render_failure
 
         if isinstance(excinfo.value, BehaviorFailed):
-            markup = self.config.get_terminal_writer().hasmarkup
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")   # absent with -p no:terminal
+            markup = reporter is not None and self.config.get_terminal_writer().hasmarkup
             return render_failure(excinfo.value.result, color=markup)
         if isinstance(excinfo.value, InterpError):
             return str(excinfo.value)

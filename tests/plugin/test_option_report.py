@@ -49,3 +49,9 @@ def test_report_from_ini_and_merged_across_xdist_workers(pytester, write):
     pytester.makeini("[pytest]\ninterp_report = merged\n")
     pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider").assert_outcomes(passed=1, failed=1, skipped=1)
     check_report(pytester.path / "merged")
+
+
+def test_report_written_without_the_terminal_reporter(pytester, write):
+    write("behaviors/f.yaml", SPEC)
+    pytester.runpytest_subprocess("--interp-report=quiet", "-p", "no:terminal", "-p", "no:cacheprovider")
+    check_report(pytester.path / "quiet")
