@@ -107,6 +107,32 @@ def check_same_length(model, clean: torch.Tensor, corrupt: torch.Tensor) -> None
             f"  corrupted ({corrupt.shape[-1]}): {_str_tokens(model, corrupt[:1])}")
 
 
+def check_answer_ids(model, expect: torch.Tensor, foil: torch.Tensor, per_sample: bool) -> None:
+    """expect/foil: one id per sample. Refuse a zero logit difference by construction, ids outside the
+    vocabulary, and a model in training mode; ``per_sample`` names the offending sample."""
+    def where(s: int) -> str:
+        return f"sample {s}: " if per_sample else ""
+
+    same = (expect == foil).nonzero()
+    if same.numel():
+        s = int(same[0, 0])
+        tid = int(expect[s])
+        raise InterpError(
+            f"{where(s)}expect and foil are the same token (id {tid}"
+            f"{', ' + repr(_str_tokens(model, torch.tensor([[tid]]))[0])}); "
+            "the logit difference would be 0 — pick a different foil")
+    if getattr(model, "training", False):
+        raise InterpError("activation patching needs the model in eval mode; call model.eval() first")
+    d_vocab = int(getattr(model.cfg, "d_vocab", 0) or 0)
+    if d_vocab:
+        for name, ids in (("expect", expect), ("foil", foil)):
+            bad = ((ids < 0) | (ids >= d_vocab)).nonzero()
+            if bad.numel():
+                s = int(bad[0, 0])
+                raise InterpError(f"{where(s)}{name} token id {int(ids[s])} is outside the vocabulary "
+                                  f"(0..{d_vocab - 1})")
+
+
 class _PatchShape:
     """What Patcher and BatchPatcher share: cell validation, batch sizing, component availability.
     Subclasses set model, batch_size, n_layers, n_positions and n_heads."""
@@ -179,18 +205,8 @@ class Patcher(_PatchShape):
         corrupt = _as_tokens(corrupt_tokens, "corrupted")
         check_same_length(model, clean, corrupt)
         expect_id, foil_id = int(expect_id), int(foil_id)
-        if expect_id == foil_id:
-            raise InterpError(
-                f"expect and foil are the same token (id {expect_id}"
-                f"{', ' + repr(_str_tokens(model, torch.tensor([[expect_id]]))[0])}); "
-                "the logit difference would be 0 — pick a different foil")
-        if getattr(model, "training", False):
-            raise InterpError("activation patching needs the model in eval mode; call model.eval() first")
+        check_answer_ids(model, torch.tensor([expect_id]), torch.tensor([foil_id]), per_sample=False)
         cfg = model.cfg
-        d_vocab = int(getattr(cfg, "d_vocab", 0) or 0)
-        for name, tid in (("expect", expect_id), ("foil", foil_id)):
-            if d_vocab and not 0 <= tid < d_vocab:
-                raise InterpError(f"{name} token id {tid} is outside the vocabulary (0..{d_vocab - 1})")
         device = getattr(cfg, "device", None) or "cpu"
         self.clean_tokens = clean.to(device)
         self.corrupt_tokens = corrupt.to(device)

@@ -38,7 +38,7 @@ from interptest.patching import (
     _check_direction,
     _model_name,
     _PatchShape,
-    _str_tokens,
+    check_answer_ids,
     check_same_length,
 )
 
@@ -94,25 +94,8 @@ class BatchPatcher(_PatchShape):
         S, n = int(clean.shape[0]), int(clean.shape[1])
         expect = _as_ids(expect_ids, "expect_ids", S)
         foil = _as_ids(foil_ids, "foil_ids", S)
-        same = (expect == foil).nonzero()
-        if same.numel():
-            s = int(same[0, 0])
-            tid = int(expect[s])
-            raise InterpError(
-                f"sample {s}: expect and foil are the same token (id {tid}"
-                f"{', ' + repr(_str_tokens(model, torch.tensor([[tid]]))[0])}); "
-                "the logit difference would be 0 — pick a different foil")
-        if getattr(model, "training", False):
-            raise InterpError("activation patching needs the model in eval mode; call model.eval() first")
+        check_answer_ids(model, expect, foil, per_sample=True)
         cfg = model.cfg
-        d_vocab = int(getattr(cfg, "d_vocab", 0) or 0)
-        if d_vocab:
-            for name, ids in (("expect", expect), ("foil", foil)):
-                bad = ((ids < 0) | (ids >= d_vocab)).nonzero()
-                if bad.numel():
-                    s = int(bad[0, 0])
-                    raise InterpError(f"sample {s}: {name} token id {int(ids[s])} is outside the vocabulary "
-                                      f"(0..{d_vocab - 1})")
         device = getattr(cfg, "device", None) or "cpu"
         noise_pos = torch.zeros(S, n, dtype=torch.bool)
         self.embed_noise: torch.Tensor | None = None
