@@ -1,0 +1,63 @@
+"""The one table of patchable components: name, TransformerLens hook, axes, what a model must expose.
+
+The claim grammar, the binding errors, the patching engines and the renderers all read this table;
+a new component (q/k/v inputs, attention patterns) is a new row. Imports neither torch nor pytest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    hook: str              # TransformerLens hook name, with ``{layer}`` to format
+    columns: str           # the second axis of a sweep map: "position", or "head" (then positions are optional)
+    meaning: str           # what the activation is, for messages and documentation
+    needs: str = ""        # why a model may lack it, for the "not available" error
+
+    def hook_name(self, layer: int) -> str:
+        return self.hook.format(layer=layer)
+
+    @property
+    def per_head(self) -> bool:
+        return self.columns == "head"
+
+
+_ROWS = (
+    Component("resid_pre", "blocks.{layer}.hook_resid_pre", "position", "the residual stream entering layer L"),
+    Component("resid_mid", "blocks.{layer}.hook_resid_mid", "position",
+              "the residual stream between layer L's attention and its MLP",
+              "parallel attention/MLP blocks have no residual stream between them"),
+    Component("resid_post", "blocks.{layer}.hook_resid_post", "position", "the residual stream leaving layer L"),
+    Component("attn_out", "blocks.{layer}.hook_attn_out", "position", "layer L's attention output"),
+    Component("mlp_out", "blocks.{layer}.hook_mlp_out", "position", "layer L's MLP output"),
+    Component("heads", "blocks.{layer}.attn.hook_z", "head",
+              "one attention head's output (its z, before the output projection), at every position or at "
+              "the positions given after ';'"),
+)
+
+COMPONENTS: dict[str, Component] = {row.name: row for row in _ROWS}
+NAMES: tuple[str, ...] = tuple(COMPONENTS)
+
+
+def get(name: str) -> Component:
+    """The component called ``name``; ``KeyError`` with the valid names when there is none."""
+    try:
+        return COMPONENTS[name]
+    except KeyError:
+        raise KeyError(f"unknown component {name!r}; valid components: {', '.join(NAMES)}") from None
+
+
+def available(hook_dict) -> tuple[str, ...]:
+    """The components whose hooks a model exposes (``hook_dict``: its hook names)."""
+    return tuple(row.name for row in _ROWS if row.hook_name(0) in hook_dict)
+
+
+def unavailable_message(name: str, model_name: str, hook_dict) -> str:
+    """Why ``name`` cannot be patched on this model, and what can."""
+    row = COMPONENTS[name]
+    why = f" ({row.needs})" if row.needs else ""
+    return (f"component {name!r} is not available on model {model_name}{why}; "
+            f"available: {', '.join(available(hook_dict))}")
