@@ -129,22 +129,25 @@ class FastEngine:
                    "GPTNeoXForCausalLM": cls._neox}.get(kind)
         if builder is None:
             raise Unsupported(f"architecture {kind} not covered by the fast engine")
-        for p in hf.parameters():
-            if p.dtype != torch.float32:
-                raise Unsupported(f"fast engine needs float32 weights, found {p.dtype}")
-            break
+        dtypes = {p.dtype for p in hf.parameters()}
+        devices = {p.device for p in hf.parameters()}
+        if dtypes != {torch.float32}:
+            raise Unsupported(f"fast engine needs float32 weights, found {sorted(map(str, dtypes))}")
+        if len(devices) != 1:
+            raise Unsupported(f"fast engine needs the weights on one device, found {sorted(map(str, devices))}")
         if getattr(hf, "training", False):
             raise Unsupported("model is in training mode")
         eng = builder(hf)
+        eng.device = next(iter(devices))
         eng.expect_id, eng.foil_id = int(expect_id), int(foil_id)
-        w = eng.unembed_w[[eng.expect_id, eng.foil_id]]
-        eng.w2 = w.detach()
-        eng.b2 = None if eng.unembed_b is None else eng.unembed_b[[eng.expect_id, eng.foil_id]].detach()
-        diff = (clean_tokens[0] != corrupt_tokens[0]).nonzero()
+        two = [eng.expect_id, eng.foil_id]
+        eng.w2 = eng.unembed_w[two].detach()
+        eng.b2 = None if eng.unembed_b is None else eng.unembed_b[two].detach()
+        diff = (clean_tokens[0].cpu() != corrupt_tokens[0].cpu()).nonzero()
         eng.n = int(clean_tokens.shape[1])
         eng.first_diff = int(diff[0, 0]) if diff.numel() else eng.n
-        eng.runs["clean"] = eng._full_run(clean_tokens[0])
-        eng.runs["corrupt"] = eng._full_run(corrupt_tokens[0])
+        eng.runs["clean"] = eng._full_run(clean_tokens[0].to(eng.device))
+        eng.runs["corrupt"] = eng._full_run(corrupt_tokens[0].to(eng.device))
         return eng
 
     @classmethod
@@ -337,7 +340,7 @@ class FastEngine:
         two = h @ self.w2.T
         if self.b2 is not None:
             two = two + self.b2
-        return (two[:, 0] - two[:, 1]).float().cpu()
+        return (two[:, 0] - two[:, 1]).float()  # on the device; run_cells moves all rows at once
 
     def self_check(self, clean_logits, corrupt_logits):
         for name, ref in (("clean", clean_logits), ("corrupt", corrupt_logits)):
@@ -348,14 +351,13 @@ class FastEngine:
             if not err <= tol:
                 raise Unsupported(f"self-check failed on the {name} run: max |Δlogit| = {err:.3g} vs bridge")
 
-    def _run_from(self, s, X, pmin, base: _Run):
+    def _run_from(self, s, X, pmin, q0, base: _Run):
         """Continue patched residuals X [R, n, d] (entering layer s) to the metric.
 
-        Row r differs from the base run only at positions >= pmin[r]."""
+        Row r differs from the base run only at positions >= pmin[r] (a device tensor); q0 = min(pmin)."""
         R, n, _ = X.shape
         if s >= len(self.layers):
             return self._metric_rows(X[:, -1])
-        q0 = int(pmin.min())
         M = torch.arange(n, device=X.device).unsqueeze(0) >= pmin.unsqueeze(1)
         rows, pos = M.nonzero(as_tuple=True)
         x = X[rows, pos]
@@ -369,7 +371,7 @@ class FastEngine:
         base = self.runs["corrupt" if direction == "denoise" else "clean"]
         src = self.runs["clean" if direction == "denoise" else "corrupt"]
         n = self.n
-        out = torch.empty(len(cells), dtype=torch.float32)
+        parts: list[torch.Tensor] = []
         start = 0 if component == "resid_pre" else 1
 
         def first_pos(c):
@@ -387,9 +389,12 @@ class FastEngine:
             idx = order[i0:i1]
             chunk = [cells[i] for i in idx]
             s = layer + start
-            X, pmin = self._patched_start(component, layer, chunk, base, src)
-            out[torch.tensor(idx)] = self._run_from(s, X, pmin, base)
+            X, pmin, q0 = self._patched_start(component, layer, chunk, base, src)
+            parts.append(self._run_from(s, X, pmin, q0, base))
             i0 = i1
+        out = torch.empty(len(cells), dtype=torch.float32, device="cpu")
+        if parts:
+            out[torch.tensor(order, dtype=torch.long, device="cpu")] = torch.cat(parts).cpu()  # one transfer
         return out
 
     def _finish_layer(self, li, base: _Run, P, attn=None, mid=None, mlp=None):
@@ -408,7 +413,7 @@ class FastEngine:
 
     def _patched_start(self, component, li, chunk, base: _Run, src: _Run):
         R = len(chunk)
-        n = self.n
+        n, dev = self.n, self.device
         if component == "resid_pre":
             X = base.resid_pre[li].unsqueeze(0).repeat(R, 1, 1)
         else:
@@ -417,24 +422,26 @@ class FastEngine:
             H, dh = self.n_heads, self.d_head
             pieces, rows_idx, pos_idx, pmin = [], [], [], []
             for r, (_, h, p) in enumerate(chunk):
-                P = torch.arange(self.first_diff, n) if p is None else torch.tensor([p])
-                if P.numel() == 0:  # no differing position: nothing changes
+                first = self.first_diff if p is None else p
+                last = n if p is None else p + 1
+                if first >= last:  # no differing position: nothing changes
                     pmin.append(n - 1)
                     continue
+                P = torch.arange(first, last, device=dev)
                 z = base.z[li][P].clone()
                 z[:, h] = src.z[li][P, h]
                 pieces.append(z)
-                rows_idx.append(torch.full((P.numel(),), r, dtype=torch.long))
+                rows_idx.append(torch.full((last - first,), r, dtype=torch.long, device=dev))
                 pos_idx.append(P)
-                pmin.append(int(P[0]))
+                pmin.append(first)
             if pieces:
                 z = torch.cat(pieces)
                 rows_t, pos_t = torch.cat(rows_idx), torch.cat(pos_idx)
                 attn = _linear(self.layers[li].o, z.reshape(z.shape[0], H * dh))
                 X[rows_t, pos_t] = self._finish_layer(li, base, pos_t, attn=attn)
-            return X, torch.tensor(pmin)
-        P = torch.tensor([c[1] for c in chunk])
-        rows_t = torch.arange(R)
+            return X, torch.tensor(pmin, dtype=torch.long, device=dev), min(pmin)
+        P = torch.tensor([c[1] for c in chunk], dtype=torch.long, device=dev)
+        rows_t = torch.arange(R, device=dev)
         if component == "resid_pre":
             X[rows_t, P] = src.resid_pre[li][P]
         elif component == "resid_post":
@@ -447,4 +454,4 @@ class FastEngine:
             X[rows_t, P] = self._finish_layer(li, base, P, mlp=src.mlp_out[li][P])
         else:
             raise ValueError(component)
-        return X, P
+        return X, P, min(c[1] for c in chunk)

@@ -80,8 +80,23 @@ def _check_direction(direction: str) -> None:
             "(denoise = patch clean into corrupted, 'recovers'; noise = patch corrupted into clean, 'breaks')")
 
 
+def model_device(model) -> torch.device:
+    """The device the model's inputs go to: ``cfg.device``, else its first parameter's device, else CPU.
+
+    Every tensor the engines use in a forward is created on (or moved to) this device; bookkeeping
+    (token ids for messages, first differences, metrics) is kept on the CPU, created there explicitly."""
+    dev = getattr(getattr(model, "cfg", None), "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    try:
+        return next(iter(model.parameters())).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
 def _as_tokens(tokens: Any, what: str) -> torch.Tensor:
-    t = torch.as_tensor(tokens)
+    """[1, n] int64 token ids on the CPU (bookkeeping copy; the engines move them to the device once)."""
+    t = torch.as_tensor(tokens, device="cpu") if not isinstance(tokens, torch.Tensor) else tokens.detach().cpu()
     if t.ndim == 2 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 1 or t.is_floating_point() or t.numel() == 0:
@@ -92,7 +107,7 @@ def _as_tokens(tokens: Any, what: str) -> torch.Tensor:
 
 def _str_tokens(model, tokens: torch.Tensor) -> list[str]:
     try:
-        return [str(s) for s in model.to_str_tokens(tokens[0])]
+        return [str(s) for s in model.to_str_tokens(tokens[0].cpu())]
     except Exception:  # a tokenizer-less model: show ids
         return [str(int(i)) for i in tokens[0]]
 
@@ -119,7 +134,7 @@ def check_answer_ids(model, expect: torch.Tensor, foil: torch.Tensor, per_sample
         tid = int(expect[s])
         raise InterpError(
             f"{where(s)}expect and foil are the same token (id {tid}"
-            f"{', ' + repr(_str_tokens(model, torch.tensor([[tid]]))[0])}); "
+            f"{', ' + repr(_str_tokens(model, torch.tensor([[tid]], device='cpu'))[0])}); "
             "the logit difference would be 0 — pick a different foil")
     if getattr(model, "training", False):
         raise InterpError("activation patching needs the model in eval mode; call model.eval() first")
@@ -205,9 +220,10 @@ class Patcher(_PatchShape):
         corrupt = _as_tokens(corrupt_tokens, "corrupted")
         check_same_length(model, clean, corrupt)
         expect_id, foil_id = int(expect_id), int(foil_id)
-        check_answer_ids(model, torch.tensor([expect_id]), torch.tensor([foil_id]), per_sample=False)
+        check_answer_ids(model, torch.tensor([expect_id], device="cpu"), torch.tensor([foil_id], device="cpu"),
+                         per_sample=False)
         cfg = model.cfg
-        device = getattr(cfg, "device", None) or "cpu"
+        self.device = device = model_device(model)
         self.clean_tokens = clean.to(device)
         self.corrupt_tokens = corrupt.to(device)
         self.expect_id, self.foil_id = expect_id, foil_id
@@ -269,7 +285,7 @@ class Patcher(_PatchShape):
     def _normalize(self, raw: torch.Tensor, direction: str) -> torch.Tensor:
         mc, mx = self.clean_metric, self.corrupt_metric
         raw64 = raw.double()
-        den = torch.tensor(mc - mx, dtype=torch.float64)
+        den = torch.tensor(mc - mx, dtype=torch.float64, device="cpu")
         num = raw64 - mx if direction == "denoise" else mc - raw64
         return (num / den).float()  # den == 0 -> inf / nan, by design
 
@@ -287,19 +303,19 @@ class Patcher(_PatchShape):
         if component == "heads":
             cells = [(l, h, None) for l in range(L) for h in range(self.n_heads)]
             shape = (L, self.n_heads)
-            raw = torch.full(shape, base_metric, dtype=torch.float32)
+            raw = torch.full(shape, base_metric, dtype=torch.float32, device="cpu")
             if fd < n:
                 raw.view(-1)[:] = self._raw_cells(component, cells, direction)
         else:
             shape = (L, n)
-            raw = torch.full(shape, base_metric, dtype=torch.float32)  # positions < first_diff: unchanged run
+            raw = torch.full(shape, base_metric, dtype=torch.float32, device="cpu")  # before first_diff: unchanged
             cells = [(l, p) for l in range(L) for p in range(fd, n)]
             if cells:
                 raw[:, fd:] = self._raw_cells(component, cells, direction).view(L, n - fd)
         values = self._normalize(raw, direction)
         if component != "heads" and fd > 0:
             # Patching identical activations is the identity: the value is exactly 0 (nan when undefined).
-            values[:, :fd] = self._normalize(torch.tensor([base_metric]), direction)
+            values[:, :fd] = self._normalize(torch.tensor([base_metric], device="cpu"), direction)
         pm = PatchMap(component=component, direction=direction, values=values, raw=raw,
                       tokens=list(self.tokens), clean_metric=self.clean_metric,
                       corrupt_metric=self.corrupt_metric)
@@ -315,7 +331,7 @@ class Patcher(_PatchShape):
         self._check_available(component)
         norm = [self._norm_cell(component, c) for c in cells]
         if not norm:
-            return torch.zeros(0)
+            return torch.zeros(0, device="cpu")
         raw = self._raw_cells(component, norm, direction)
         return self._normalize(raw, direction)
 
@@ -338,7 +354,7 @@ class Patcher(_PatchShape):
                      for l, cs in sorted(by_layer.items())]
             logits = self.model.run_with_hooks(base, fwd_hooks=hooks)
             last = logits[0, -1].float().cpu()
-        raw = torch.tensor([self._metric(last)])
+        raw = torch.tensor([self._metric(last)], device="cpu")
         return float(self._normalize(raw, direction)[0])
 
     # ---- internals --------------------------------------------------------------------------
@@ -364,7 +380,7 @@ class Patcher(_PatchShape):
         base, _src, _bn, sn = self._runs(direction)
         src = self._source_acts(component, sn)
         rows = self._rows_per_batch(True)
-        out = torch.empty(len(cells), dtype=torch.float32)
+        parts: list[torch.Tensor] = []
         # Group by layer so one batch touches few hook points; keep the caller's order in `out`.
         order = sorted(range(len(cells)), key=lambda i: (cells[i][0], i))
         for start in range(0, len(order), rows):
@@ -377,8 +393,9 @@ class Patcher(_PatchShape):
             tokens = base.expand(len(chunk), -1)
             logits = self.model.run_with_hooks(tokens, fwd_hooks=hooks)
             last = logits[:, -1].float()
-            m = (last[:, self.expect_id] - last[:, self.foil_id]).cpu()
-            out[torch.tensor(chunk)] = m
+            parts.append(last[:, self.expect_id] - last[:, self.foil_id])
+        out = torch.empty(len(cells), dtype=torch.float32, device="cpu")
+        out[torch.tensor(order, dtype=torch.long, device="cpu")] = torch.cat(parts).cpu()  # one transfer
         return out
 
 
@@ -400,8 +417,8 @@ def _make_hook(component: str, row_cells: list, src: torch.Tensor):
             return act
         return hook
 
-    rows = torch.tensor([r for r, _ in row_cells])
-    poss = torch.tensor([c[1] for _, c in row_cells])
+    rows = torch.tensor([r for r, _ in row_cells], dtype=torch.long, device=src.device)
+    poss = torch.tensor([c[1] for _, c in row_cells], dtype=torch.long, device=src.device)
 
     def hook(act, hook=None):
         act[rows, poss] = src[0, poss].to(act.dtype)

@@ -40,13 +40,15 @@ from interptest.patching import (
     _PatchShape,
     check_answer_ids,
     check_same_length,
+    model_device,
 )
 
 __all__ = ["BatchPatcher"]
 
 
 def _as_batch(tokens: Any, what: str) -> torch.Tensor:
-    t = torch.as_tensor(tokens)
+    """[S, n] int64 token ids on the CPU (bookkeeping copy; moved to the model's device once)."""
+    t = tokens.detach().cpu() if isinstance(tokens, torch.Tensor) else torch.as_tensor(tokens, device="cpu")
     if t.ndim == 1:
         t = t.reshape(1, -1)
     if t.ndim != 2 or t.is_floating_point() or t.is_complex() or t.numel() == 0:
@@ -57,7 +59,7 @@ def _as_batch(tokens: Any, what: str) -> torch.Tensor:
 
 def _as_ids(ids: Any, what: str, n_samples: int) -> torch.Tensor:
     try:
-        t = torch.as_tensor(ids)
+        t = ids.detach().cpu() if isinstance(ids, torch.Tensor) else torch.as_tensor(ids, device="cpu")
     except (TypeError, ValueError, RuntimeError):
         raise InterpError(f"{what} must be a sequence of {n_samples} token ids, got {ids!r}") from None
     if t.ndim == 0:
@@ -96,11 +98,12 @@ class BatchPatcher(_PatchShape):
         foil = _as_ids(foil_ids, "foil_ids", S)
         check_answer_ids(model, expect, foil, per_sample=True)
         cfg = model.cfg
-        device = getattr(cfg, "device", None) or "cpu"
-        noise_pos = torch.zeros(S, n, dtype=torch.bool)
+        self.device = device = model_device(model)
+        noise_pos = torch.zeros(S, n, dtype=torch.bool, device="cpu")
         self.embed_noise: torch.Tensor | None = None
         if embed_noise is not None:
-            noise = torch.as_tensor(embed_noise)
+            noise = (embed_noise.detach() if isinstance(embed_noise, torch.Tensor)
+                     else torch.as_tensor(embed_noise, device="cpu"))
             d_model = int(cfg.d_model)
             if not noise.is_floating_point():
                 raise InterpError(f"embed_noise must be a floating-point tensor, got dtype {noise.dtype}")
@@ -116,13 +119,14 @@ class BatchPatcher(_PatchShape):
 
         self.clean_tokens = clean.to(device)
         self.corrupt_tokens = corrupt.to(device)
-        self.expect_ids, self.foil_ids = expect, foil
+        self.expect_ids, self.foil_ids = expect, foil  # CPU
+        self._expect_dev, self._foil_dev = expect.to(device), foil.to(device)
         self.n_samples = S
         self.n_layers = int(cfg.n_layers)
         self.n_heads = int(cfg.n_heads)
         self.n_positions = n
         differs = (clean != corrupt) | noise_pos
-        pos = torch.arange(n).expand(S, n)
+        pos = torch.arange(n, device="cpu").expand(S, n)
         self.first_diff = torch.where(differs, pos, torch.full_like(pos, n)).min(dim=1).values
         self.batch_size = None if batch_size is None else max(1, int(batch_size))
         self._src_cache: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
@@ -134,8 +138,10 @@ class BatchPatcher(_PatchShape):
             corrupt_logits = self._last_logits(self.corrupt_tokens, noise=self.embed_noise is not None)
         # cloned outside inference mode: ordinary tensors the caller may modify
         self.clean_logits, self.corrupt_logits = clean_logits.clone(), corrupt_logits.clone()
-        self.clean_metrics = self._metrics(self.clean_logits, torch.arange(S))
-        self.corrupt_metrics = self._metrics(self.corrupt_logits, torch.arange(S))
+        self.clean_metrics = (self.clean_logits.gather(1, expect.unsqueeze(1))
+                              - self.clean_logits.gather(1, foil.unsqueeze(1))).squeeze(1)
+        self.corrupt_metrics = (self.corrupt_logits.gather(1, expect.unsqueeze(1))
+                                - self.corrupt_logits.gather(1, foil.unsqueeze(1))).squeeze(1)
 
     # ---- basic runs -------------------------------------------------------------------------
 
@@ -143,7 +149,8 @@ class BatchPatcher(_PatchShape):
         return self._rows_per_batch(True)
 
     def _noise_hook(self, samples: torch.Tensor):
-        noise = self.embed_noise[samples.to(self.embed_noise.device)]
+        """samples: row -> sample index, on the model's device."""
+        noise = self.embed_noise[samples]
 
         def hook(act, hook=None):
             return act + noise.to(act.dtype)
@@ -153,17 +160,18 @@ class BatchPatcher(_PatchShape):
         out = []
         rows = self._rows()
         for start in range(0, tokens.shape[0], rows):
-            samples = torch.arange(start, min(start + rows, tokens.shape[0]))
+            samples = torch.arange(start, min(start + rows, tokens.shape[0]), device=tokens.device)
             hooks = [("hook_embed", self._noise_hook(samples))] if noise else []
-            logits = self.model.run_with_hooks(tokens[samples.to(tokens.device)], fwd_hooks=hooks)
-            out.append(logits[:, -1].detach().float().cpu().clone())
-        return torch.cat(out)
+            logits = self.model.run_with_hooks(tokens[samples], fwd_hooks=hooks)
+            out.append(logits[:, -1].detach().float())
+        return torch.cat(out).cpu()  # one transfer
 
     def _metrics(self, last: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-        """m per row: last[r, expect[s_r]] - last[r, foil[s_r]] (float32, CPU)."""
-        e = self.expect_ids[samples].unsqueeze(1).to(last.device)
-        f = self.foil_ids[samples].unsqueeze(1).to(last.device)
-        return (last.gather(1, e).float() - last.gather(1, f).float()).squeeze(1).cpu()
+        """m per row: last[r, expect[s_r]] - last[r, foil[s_r]] (float32, on last's device).
+        samples: row -> sample index, on last's device."""
+        e = self._expect_dev[samples].unsqueeze(1)
+        f = self._foil_dev[samples].unsqueeze(1)
+        return (last.gather(1, e).float() - last.gather(1, f).float()).squeeze(1)
 
     def _normalize(self, raw: torch.Tensor, direction: str) -> torch.Tensor:
         """raw: [S, ...] patched metrics -> normalized values, per sample (float64 arithmetic)."""
@@ -189,10 +197,10 @@ class BatchPatcher(_PatchShape):
             rows = self._rows()
             with torch.inference_mode():
                 for start in range(0, self.n_samples, rows):
-                    samples = torch.arange(start, min(start + rows, self.n_samples))
+                    samples = torch.arange(start, min(start + rows, self.n_samples), device=tokens.device)
                     hooks = [("hook_embed", self._noise_hook(samples))] if noise else []
                     with self.model.hooks(fwd_hooks=hooks):
-                        _, cache = self.model.run_with_cache(tokens[samples.to(tokens.device)],
+                        _, cache = self.model.run_with_cache(tokens[samples],
                                                              names_filter=lambda nm: nm in wanted)
                     for nm in names:
                         parts[nm].append(cache[nm].detach().clone())
@@ -206,9 +214,8 @@ class BatchPatcher(_PatchShape):
                   ) -> torch.Tensor:
         """Patched metric for each row (sample, cells): the sample's base run with all of ``cells``
         patched from the same sample's source run.  Batched, grouped by (first) layer."""
-        out = torch.empty(len(rows), dtype=torch.float32)
         if not rows:
-            return out
+            return torch.empty(0, dtype=torch.float32, device="cpu")
         if direction == "denoise":
             base, src_run, noise = self.corrupt_tokens, "clean", self.embed_noise is not None
         else:
@@ -216,10 +223,11 @@ class BatchPatcher(_PatchShape):
         src = self._source_acts(component, src_run)
         per_batch = self._rows()
         order = sorted(range(len(rows)), key=lambda i: (min(c[0] for c in rows[i][1]), rows[i][0], i))
+        parts: list[torch.Tensor] = []
         with torch.inference_mode():
             for start in range(0, len(order), per_batch):
                 chunk = order[start:start + per_batch]
-                samples = torch.tensor([rows[i][0] for i in chunk], dtype=torch.long)
+                samples = torch.tensor([rows[i][0] for i in chunk], dtype=torch.long, device=base.device)
                 by_layer: dict[int, list] = {}
                 for r, i in enumerate(chunk):
                     s = rows[i][0]
@@ -229,9 +237,10 @@ class BatchPatcher(_PatchShape):
                 for l in sorted(by_layer):
                     name = _HOOK[component].format(l)
                     hooks.append((name, _make_batch_hook(component, by_layer[l], src[name])))
-                tokens = base[samples.to(base.device)]
-                logits = self.model.run_with_hooks(tokens, fwd_hooks=hooks)
-                out[torch.tensor(chunk)] = self._metrics(logits[:, -1], samples)
+                logits = self.model.run_with_hooks(base[samples], fwd_hooks=hooks)
+                parts.append(self._metrics(logits[:, -1], samples.to(logits.device)))
+        out = torch.empty(len(rows), dtype=torch.float32, device="cpu")
+        out[torch.tensor(order, dtype=torch.long, device="cpu")] = torch.cat(parts).cpu()  # one transfer
         return out
 
     def _before_diff(self, s: int, cell: tuple) -> bool:
@@ -271,7 +280,7 @@ class BatchPatcher(_PatchShape):
                             rows.append((s, [(l, p)]))
                             where.append((s, l, p))
             if rows:
-                idx = torch.tensor(where, dtype=torch.long)
+                idx = torch.tensor(where, dtype=torch.long, device="cpu")
                 raw[idx[:, 0], idx[:, 1], idx[:, 2]] = self._run_rows(component, direction, rows)
             self._raw[key] = raw
             self._values[key] = self._normalize(raw, direction)
@@ -299,7 +308,7 @@ class BatchPatcher(_PatchShape):
                     rows.append((s, [c]))
                     where.append((s, j))
         if rows:
-            idx = torch.tensor(where, dtype=torch.long)
+            idx = torch.tensor(where, dtype=torch.long, device="cpu")
             raw[idx[:, 0], idx[:, 1]] = self._run_rows(component, direction, rows)
         return self._normalize(raw, direction)
 
@@ -318,7 +327,7 @@ class BatchPatcher(_PatchShape):
                 rows.append((s, cs))
                 where.append(s)
         if rows:
-            raw[torch.tensor(where, dtype=torch.long)] = self._run_rows(component, direction, rows)
+            raw[torch.tensor(where, dtype=torch.long, device="cpu")] = self._run_rows(component, direction, rows)
         return self._normalize(raw, direction)
 
 
