@@ -17,6 +17,8 @@ from interptest.claims import (
     resolve_positions,
 )
 
+pytestmark = pytest.mark.torchfree   # no torch, no transformer_lens, no model: `pytest tests -m torchfree`
+
 ISSUE_EXAMPLES = [
     "resid_pre[0:2, ' Hart'] recovers >= 0.9",
     "resid_pre[2:, -1] recovers >= 0.9",

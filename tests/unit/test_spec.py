@@ -9,6 +9,8 @@ import pytest
 from interptest.errors import SpecError
 from interptest.spec import parse_behavior, parse_spec
 
+pytestmark = pytest.mark.torchfree   # no torch, no transformer_lens, no model: `pytest tests -m torchfree`
+
 GOOD = """\
 model: interptest-tiny
 defaults:
