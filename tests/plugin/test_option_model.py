@@ -28,7 +28,6 @@ def test_default_is_interptest_tiny(pytester, write):
 
 def test_behavior_beats_file_beats_ini(pytester, write):
     write("behaviors/f.yaml", spec("./ckpt-file", ("a", None), ("b", "interptest-tiny")))
-    write("behaviors/g.yaml", spec(None, ("c", None)))
     pytester.makeini("[pytest]\ninterp_model = interptest-tiny\n")
     (pytester.path / "behaviors" / "ckpt-file").mkdir()
     result = pytester.runpytest("--co")
@@ -75,8 +74,7 @@ def test_model_directory_relative_to_the_spec_file(pytester, write):
 
 
 def test_if_model_unavailable_skip_turns_a_missing_model_into_skips(pytester, write):
-    write("behaviors/hub.yaml", "model: ./not-downloaded\nif_model_unavailable: skip\n" + spec(None, ("a", None))[0:]
-          .replace("behaviors:\n", "behaviors:\n", 1))
+    write("behaviors/hub.yaml", "model: ./not-downloaded\nif_model_unavailable: skip\n" + spec(None, ("a", None)))
     result = pytester.runpytest("-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*model not available: model directory './not-downloaded' does not exist*"])

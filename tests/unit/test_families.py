@@ -138,7 +138,7 @@ def test_minimal_instance_yaml_is_valid_and_pasteable():
     assert parsed["claims"] == [f"resid_pre[0, ' {sample.values['last']}'] recovers >= 0.8"]
     assert "this instance: 0.410" in block
     # the block is itself a valid single-prompt behavior
-    parse_spec("behaviors:\n" + textwrap.indent(block, ""), "x.yaml")
+    parse_spec("behaviors:\n" + block, "x.yaml")
 
 
 def test_bootstrap_bound_brackets_the_mean_and_bonferroni_widens_it():
