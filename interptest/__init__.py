@@ -16,7 +16,7 @@ def __getattr__(name: str):
         from interptest.model import load_model
         return load_model
     if name == "patch_sweep":
-        from interptest.patching import patch_sweep
+        from interptest.check import patch_sweep
         return patch_sweep
     if name == "check_behavior":
         from interptest.check import check_behavior

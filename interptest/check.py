@@ -1,27 +1,34 @@
-"""Check one behavior on one model: bind the spec to the model's tokenizer, then run it.
+"""Check one behavior on one model: one pipeline for a single prompt and a prompt family alike.
 
-``bind_behavior`` does every check that needs the model but no forward pass (token counts,
-single-token answers, positions, layer and head ranges); its errors are :class:`SpecError`, so the
-plugin reports them at collection. ``run_behavior`` runs the forwards: the prediction checks and
-every localization claim through one shared :class:`~interptest.patching.Patcher`.
+A single prompt is a family of one sample. ``bind_behavior`` draws the samples and does every check
+that needs the model but no forward pass (token counts, unknown words, producible answers, single
+tokens, positions, layers, heads) — for every sample; its errors are :class:`SpecError`, so the
+plugin reports them at collection. ``run_behavior`` runs the samples together through the patching
+engine and asks each claim kind to measure and judge itself (:mod:`interptest.claims`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
+from interptest import families
 from interptest.claims import (
-    BoundClaim,
+    BindContext,
+    ClaimBindError,
     ClaimBindIndexError,
-    LocalizationClaim,
-    PredictionClaim,
-    bind_claims,
+    Unjudgeable,
+    bind_all,
+    judge,
+    resolve_positions,
 )
 from interptest.errors import InterpError, SpecError
 from interptest.spec import BehaviorSpec, bind_error, parse_behavior
 
 DEFAULT_MODEL = "interptest-tiny"
 TOP_K = 5
+SHRINK_EXAMPLES = 60
 
 
 @dataclass(frozen=True)
@@ -37,26 +44,33 @@ class CheckResult:
     passed: bool
     value: float | None
     detail: str = ""
-    claim: object = None
-    bound: BoundClaim | None = None
-    patch_map: object = None          # the PatchMap the verdict was read from, for the failure map
+    claim: Any = None
+    bound: Any = None                 # what the claim bound to (cells, token ids, ...)
+    patch_map: Any = None             # the PatchMap the verdict was read from, for the failure map
     failing_cells: tuple = ()
 
 
 @dataclass
 class BoundBehavior:
-    """A behavior resolved against one model's tokenizer and dimensions; ready to run."""
+    """A behavior resolved against one model: its samples (one for a single prompt), their token ids,
+    and every claim bound; ready to run."""
     spec: BehaviorSpec
-    model: object
+    model: Any
     model_name: str
-    clean_ids: object                 # LongTensor [1, n]
-    corrupt_ids: object | None
-    tokens: list[str]
+    seed: int
+    samples: list                     # families.Sample, one per sample
+    clean_ids: Any                    # LongTensor [S, n], CPU
+    corrupt_ids: Any                  # LongTensor [S, n] (a noise corruption: equal to clean_ids), or None
+    noise_positions: list | None      # positions whose embeddings get noise
+    tokens: list[str]                 # the first sample's tokens, for maps and messages
     corrupt_tokens: list[str] | None
-    expect_ids: list[int]
-    foil_id: int | None               # None: the top-1 prediction on the corrupted prompt, found at run time
-    prediction_ids: dict[str, int]    # token text of prob()/rank()/logit() claims -> id
-    bound_claims: list[BoundClaim]
+    expect_ids: list[list[int]]       # every token of each sample's expected completion
+    foil_ids: list[int] | None        # None: the top-1 prediction on each corrupted prompt, found at run time
+    bound_claims: list                # one per claim of the spec, in order
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.samples)
 
 
 @dataclass
@@ -72,10 +86,10 @@ class BehaviorResult:
     clean_top: list[Prediction]
     corrupt_top: list[Prediction]
     checks: list[CheckResult]
-    maps: dict = field(default_factory=dict)   # (component, direction) -> PatchMap
+    maps: dict = field(default_factory=dict)   # (component, direction) -> PatchMap (a family: the mean)
     baseline: dict | None = None               # {"status": missing|ok|moved, "detail": ...} when compared
     suggestion: str | None = None              # --interp-suggest's YAML
-    samples: int = 1                           # prompt families: how many samples the numbers summarise
+    samples: int = 1                           # how many samples the numbers summarise
 
     @property
     def passed(self) -> bool:
@@ -97,122 +111,362 @@ class BehaviorFailed(AssertionError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Binding
+# Binding: every tokenizer check, in one place, for every sample
 
 
-def _encode(model, text: str) -> list[int]:
-    return model.to_tokens(text, prepend_bos=False, truncate=False)[0].tolist()
+class _Tokenizer:
+    """The model's tokenizer as binding needs it; every message names the spec key."""
+
+    def __init__(self, spec: BehaviorSpec, model):
+        self.spec, self.model = spec, model
+
+    def encode(self, text: str) -> list[int]:
+        return self.model.to_tokens(text, prepend_bos=False, truncate=False)[0].tolist()
+
+    def decode(self, ids) -> list[str]:
+        return [self.model.tokenizer.decode([i]) for i in ids]
+
+    def unknown_words(self, text: str) -> list[str]:
+        unk = getattr(self.model.tokenizer, "unk_token_id", None)
+        if unk is None:
+            return []
+        return [word for word in text.split() if unk in self.encode(" " + word)]
+
+    def prompt(self, text: str, key: str):
+        """[1, n] ids (BOS included) of a prompt the model knows every word of and that fits its context."""
+        unknown = self.unknown_words(text)
+        if unknown:
+            raise self.spec.error(f"the model's tokenizer maps {', '.join(map(repr, unknown))} to its unknown "
+                                  "token", key)
+        ids = self.model.to_tokens(text, truncate=False)   # TL truncates to n_ctx silently by default
+        n_ctx = self.model.cfg.n_ctx
+        if ids.shape[-1] > n_ctx:
+            raise self.spec.error(f"the prompt is {ids.shape[-1]} tokens long but the model's context holds "
+                                  f"{n_ctx}", key)
+        return ids.cpu()
+
+    def producible(self, text: str, key: str) -> list[int]:
+        """The ids of a completion the model can produce exactly."""
+        try:
+            ids = self.encode(text)
+        except Exception as error:  # the tokenizer's own complaint, e.g. about unencodable characters
+            raise self.spec.error(f"{text!r} cannot be encoded by the model's tokenizer ({error})", key) from None
+        unknown = self.unknown_words(text)
+        if unknown:
+            raise self.spec.error(f"the model's tokenizer maps {', '.join(map(repr, unknown))} to its unknown "
+                                  "token; use words the model knows", key)
+        if not ids or self.model.tokenizer.decode(ids) != text:
+            raise self.spec.error(f"{text!r} cannot be produced by the model's tokenizer (it encodes to "
+                                  f"{self.decode(ids)})", key)
+        return ids
+
+    def single(self, text: str, what: str) -> int:
+        """The id of a text that must be exactly one token; ``ClaimBindError`` otherwise."""
+        ids = self.encode(text)
+        if len(ids) != 1 or self.model.tokenizer.decode(ids) != text or self.unknown_words(text):
+            raise ClaimBindError(f"{what} needs a single token the model can produce; {text!r} encodes to "
+                                 f"{self.decode(ids)}")
+        return ids[0]
 
 
-def _decode(model, ids) -> list[str]:
-    return [model.tokenizer.decode([i]) for i in ids]
+def _check_lexicons(spec: BehaviorSpec, tok: _Tokenizer) -> None:
+    """Every value of every variable must be one token where the template puts it."""
+    for var, values in spec.family.variables.items():
+        bad = []
+        for value in values:
+            text = families.variable_token_texts(spec, {var: value})[var]
+            ids = tok.encode(text)
+            if len(ids) != 1:
+                bad.append(f"{value!r} → {tok.decode(ids)}")
+        if bad:
+            source = spec.family.sources[var]
+            where = f"lexicon {source}" if source.startswith("@") else "the list"
+            # Every offending entry: this list is how a user checks a lexicon against another model.
+            raise spec.error(f"{len(bad)} value(s) of {{{var}}} in {where} are not single tokens for this model: "
+                             f"{', '.join(bad)}", f"vars.{var}")
 
 
-def _unknown_words(model, text: str) -> list[str]:
-    unk = getattr(model.tokenizer, "unk_token_id", None)
-    if unk is None:
-        return []
-    return [word for word in text.split() if unk in _encode(model, " " + word)]
+def _swap_tokens(spec: BehaviorSpec, tok: _Tokenizer, ids, replace):
+    mapping = {}
+    for a, b in replace:
+        ia, ib = tok.encode(a), tok.encode(b)
+        if len(ia) != 1 or len(ib) != 1:
+            raise spec.error(f"replace needs single tokens: {a!r} → {tok.decode(ia)}, {b!r} → {tok.decode(ib)}",
+                             "corrupt.replace")
+        mapping[ia[0]], mapping[ib[0]] = ib[0], ia[0]
+    out = ids.clone()
+    for row in range(ids.shape[0]):
+        for p in range(ids.shape[1]):
+            out[row, p] = mapping.get(int(ids[row, p]), int(ids[row, p]))
+    if bool((out == ids).all(dim=1).any()):
+        raise spec.error(f"the replacement changes nothing in the prompt: none of "
+                         f"{', '.join(repr(a) for a, _ in replace)} occurs as a token", "corrupt.replace")
+    return out
 
 
-def _producible_ids(spec: BehaviorSpec, model, text: str, key: str) -> list[int]:
-    try:
-        ids = _encode(model, text)
-    except Exception as error:  # the tokenizer's own complaint, e.g. about unencodable characters
-        raise spec.error(f"{text!r} cannot be encoded by the model's tokenizer ({error})", key) from None
-    unknown = _unknown_words(model, text)
-    if unknown:
-        raise spec.error(f"the model's tokenizer maps {', '.join(map(repr, unknown))} to its unknown token; "
-                         "use words the model knows", key)
-    if not ids or model.tokenizer.decode(ids) != text:
-        raise spec.error(f"{text!r} cannot be produced by the model's tokenizer (it encodes to {_decode(model, ids)})",
-                         key)
-    return ids
+def _sample_tensors(spec: BehaviorSpec, tok: _Tokenizer, samples) -> tuple:
+    """clean ids [S, n], corrupted ids [S, n] or None, expect ids per sample, foil id per sample or None."""
+    import torch
 
-
-def _check_prompt(spec: BehaviorSpec, model, text: str, key: str, n_ctx: int):
-    unknown = _unknown_words(model, text)
-    if unknown:
-        raise spec.error(f"the model's tokenizer maps {', '.join(map(repr, unknown))} to its unknown token", key)
-    ids = model.to_tokens(text, truncate=False)   # TL truncates to n_ctx silently by default
-    if ids.shape[-1] > n_ctx:
-        raise spec.error(f"the prompt is {ids.shape[-1]} tokens long but the model's context holds {n_ctx}", key)
-    return ids, model.to_str_tokens(text)
-
-
-def available_components(model) -> tuple[str, ...]:
-    """The claim components whose hooks this model exposes."""
-    hooks = getattr(model, "hook_dict", {})
-    names = {"resid_pre": "blocks.0.hook_resid_pre", "resid_mid": "blocks.0.hook_resid_mid",
-             "resid_post": "blocks.0.hook_resid_post", "attn_out": "blocks.0.hook_attn_out",
-             "mlp_out": "blocks.0.hook_mlp_out", "heads": "blocks.0.attn.hook_z"}
-    return tuple(c for c, hook in names.items() if hook in hooks)
-
-
-def localization_claims_on(spec: BehaviorSpec, model) -> list:
-    """The behavior's localization claims, once each names a component this model exposes."""
-    components = available_components(model)
-    for claim in spec.localization_claims:
-        if claim.component not in components:
-            raise spec.error(f"claim {claim.text!r}: this model does not expose {claim.component!r} "
-                             f"(available: {', '.join(components)})", claim_index=spec.claim_index(claim))
-    return spec.localization_claims
-
-
-def bind_behavior(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0):
-    """Resolve ``spec`` against ``model``; raises :class:`SpecError` for anything the model cannot do.
-
-    Families (and noise corruptions) bind to a :class:`~interptest.check_family.BoundFamily`."""
-    if spec.family is not None or (spec.corruption is not None and spec.corruption.kind == "noise"):
-        from interptest.check_family import bind_family
-
-        return bind_family(spec, model, model_name, seed)
-    n_ctx = model.cfg.n_ctx
-    clean_ids, tokens = _check_prompt(spec, model, spec.prompt, "prompt", n_ctx)
-    corrupt_ids = corrupt_tokens = None
-    if spec.corruption is not None and spec.corruption.kind == "replace":
-        from interptest.check_family import _swap_tokens
-
-        corrupt_ids = _swap_tokens(spec, model, clean_ids, spec.corruption.replace)
-        corrupt_tokens = _decode(model, corrupt_ids[0].tolist())
-    elif spec.corrupt is not None:
-        corrupt_ids, corrupt_tokens = _check_prompt(spec, model, spec.corrupt, "corrupt", n_ctx)
-        if corrupt_ids.shape[-1] != clean_ids.shape[-1]:
-            raise spec.error(f"the clean and corrupted prompts tokenize to different lengths "
-                             f"({clean_ids.shape[-1]} vs {corrupt_ids.shape[-1]}), so positions cannot be "
-                             f"matched: prompt {tokens} vs corrupt {corrupt_tokens}", "corrupt")
-    expect_ids = _producible_ids(spec, model, spec.expect, "expect")
-    foil_id = None
+    model = tok.model
+    key = "template" if spec.family else "prompt"
+    clean = [tok.prompt(s.prompt, key)[0] for s in samples]
+    if len({len(c) for c in clean}) != 1:
+        a, b = samples[0], next(s for s, c in zip(samples, clean) if len(c) != len(clean[0]))
+        raise spec.error(f"samples tokenize to different lengths: {model.to_str_tokens(a.prompt)} vs "
+                         f"{model.to_str_tokens(b.prompt)}", key)
+    clean_ids = torch.stack(clean)
+    corruption = spec.corruption
+    corrupt_ids = None
+    if corruption is not None and corruption.kind == "replace":
+        corrupt_ids = _swap_tokens(spec, tok, clean_ids, corruption.replace)
+    elif corruption is not None and corruption.kind == "noise":
+        corrupt_ids = clean_ids.clone()
+    elif corruption is not None:
+        corrupt = [tok.prompt(s.corrupt, "corrupt")[0] for s in samples]
+        for s, c, k in zip(samples, clean, corrupt):
+            if len(k) != len(c):
+                raise spec.error(f"the clean and corrupted prompts tokenize to different lengths ({len(c)} vs "
+                                 f"{len(k)}), so positions cannot be matched: prompt {model.to_str_tokens(s.prompt)} "
+                                 f"vs corrupt {model.to_str_tokens(s.corrupt)}", "corrupt")
+        corrupt_ids = torch.stack(corrupt)
+    expect_ids = [tok.producible(s.expect, "expect") for s in samples]
+    foil_ids = None
     if spec.foil is not None:
-        foil_ids = _producible_ids(spec, model, spec.foil, "foil")
-        if len(foil_ids) != 1:
-            raise spec.error(f"the foil must be a single token; {spec.foil!r} is {len(foil_ids)} tokens "
-                             f"{_decode(model, foil_ids)}", "foil")
-        foil_id = foil_ids[0]
-        if foil_id == expect_ids[0]:
-            raise spec.error(f"'expect' {spec.expect!r} and 'foil' {spec.foil!r} start with the same token "
-                             f"{_decode(model, [foil_id])[0]!r}: the logit difference would always be 0", "foil")
-    prediction_ids = {}
-    for claim in spec.prediction_claims:
-        if claim.token is None:
-            continue
-        index = spec.claim_index(claim)
-        ids = _encode(model, claim.token)
-        if len(ids) != 1 or model.tokenizer.decode(ids) != claim.token or _unknown_words(model, claim.token):
-            raise spec.error(f"{claim.function}() needs a single token the model can produce; {claim.token!r} "
-                             f"encodes to {_decode(model, ids)}", claim_index=index)
-        prediction_ids[claim.token] = ids[0]
-    localization = localization_claims_on(spec, model)
+        foil_ids = []
+        for s, expect in zip(samples, expect_ids):
+            ids = tok.producible(s.foil, "foil")
+            if len(ids) != 1:
+                raise spec.error(f"the foil must be a single token; {s.foil!r} is {len(ids)} tokens "
+                                 f"{tok.decode(ids)}", "foil")
+            if ids[0] == expect[0]:
+                raise spec.error(f"'expect' {s.expect!r} and 'foil' {s.foil!r} start with the same token "
+                                 f"{tok.decode(ids)[0]!r}: the logit difference would always be 0", "foil")
+            foil_ids.append(ids[0])
+    return clean_ids, corrupt_ids, expect_ids, foil_ids
+
+
+def bind_samples(spec: BehaviorSpec, model, samples: list, model_name: str = "", seed: int = 0) -> BoundBehavior:
+    """Bind ``samples`` of ``spec`` to ``model``; raises :class:`SpecError` for anything the model cannot do."""
+    from interptest import components
+
+    tok = _Tokenizer(spec, model)
+    clean_ids, corrupt_ids, expect_ids, foil_ids = _sample_tensors(spec, tok, samples)
+    tokens = [list(model.to_str_tokens(s.prompt)) for s in samples]
+    variables = [families.variable_token_texts(spec, s.values) for s in samples]
+    noise_positions = None
+    if spec.corruption is not None and spec.corruption.kind == "noise":
+        try:
+            noise_positions = sorted({p for sel in spec.corruption.positions
+                                      for p in resolve_positions(sel, tokens[0], variables[0])})
+        except ClaimBindError as problem:
+            raise spec.error(f"noise position: {problem}", "corrupt.noise") from None
+    corrupt_tokens = None
+    if corrupt_ids is not None and spec.corruption.kind != "noise":
+        corrupt_tokens = tok.decode(corrupt_ids[0].tolist())
+
+    def single_token_ids(text: str, what: str) -> list[int]:
+        return [tok.single(text.format(**s.values) if spec.family else text, what) for s in samples]
+
+    context = BindContext([s.prompt for s in samples], tokens, variables, int(model.cfg.n_layers),
+                          int(model.cfg.n_heads), components.available(getattr(model, "hook_dict", {})),
+                          model_name, single_token_ids)
     try:
-        bound = bind_claims(localization, tokens, model.cfg.n_layers, model.cfg.n_heads)
+        bound_claims = bind_all(list(spec.claims), context)
     except ClaimBindIndexError as error:
-        raise bind_error(spec, error, localization) from None
-    return BoundBehavior(spec, model, model_name, clean_ids, corrupt_ids, tokens, corrupt_tokens, expect_ids,
-                         foil_id, prediction_ids, bound)
+        raise bind_error(spec, error) from None
+    return BoundBehavior(spec, model, model_name, seed, samples, clean_ids, corrupt_ids, noise_positions, tokens[0],
+                         corrupt_tokens, expect_ids, foil_ids, bound_claims)
+
+
+def bind_behavior(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0) -> BoundBehavior:
+    """Draw the behavior's samples (one for a single prompt) and bind them to ``model``."""
+    if spec.family is not None:
+        _check_lexicons(spec, _Tokenizer(spec, model))
+        samples = families.expand(spec, seed)
+    else:
+        samples = [families.instance(spec, {})]
+    return bind_samples(spec, model, samples, model_name, seed)
 
 
 # ---------------------------------------------------------------------------------------------
 # Running
+
+
+class Run:
+    """The forwards of one bound behavior, computed once and shared by every claim: clean and
+    corrupted logits, the foils, the metrics, and the patching engine (opened on first use)."""
+
+    def __init__(self, bound: BoundBehavior, batch_size: int | None = None):
+        import torch
+
+        self.bound, self.batch_size = bound, batch_size
+        self.model = bound.model
+        self.tokens = bound.tokens
+        self.maps: dict = {}
+        self._patcher = None
+        self._sweeps: dict = {}
+        device = _device(self.model)
+        self.noise = _noise(bound, device)
+        self.clean_logits = _last_logits(self.model, bound.clean_ids, device, None, batch_size)
+        self.corrupt_logits = None
+        if bound.corrupt_ids is not None:
+            self.corrupt_logits = _last_logits(self.model, bound.corrupt_ids, device, self.noise, batch_size)
+        first = torch.tensor([ids[0] for ids in bound.expect_ids], device="cpu")
+        self.expect_first = first
+        self.foil_ids = None
+        if bound.foil_ids is not None:
+            self.foil_ids = torch.tensor(bound.foil_ids, device="cpu")
+        elif self.corrupt_logits is not None:
+            self.foil_ids = self.corrupt_logits.argmax(-1)
+        self.clean_metrics = self.corrupt_metrics = None
+        if self.foil_ids is not None:
+            self.clean_metrics = _metrics(self.clean_logits, first, self.foil_ids)
+            if self.corrupt_logits is not None:
+                self.corrupt_metrics = _metrics(self.corrupt_logits, first, self.foil_ids)
+
+    def foil_problem(self) -> str | None:
+        if self.foil_ids is None:
+            return None
+        same = (self.foil_ids == self.expect_first).nonzero()
+        if not same.numel():
+            return None
+        where = f" on sample {int(same[0, 0])} ({self.bound.samples[int(same[0, 0])].prompt!r})" \
+            if self.bound.n_samples > 1 else ""
+        return (f"the foil (top-1 on the corrupted prompt) is the expected token {self.bound.spec.expect!r} "
+                f"itself{where}; set 'foil' or choose a corruption that changes the prediction")
+
+    def effect_problem(self) -> str | None:
+        """Why patching claims cannot be judged on this run, or None."""
+        problem = self.foil_problem()
+        if problem:
+            return problem
+        spec = self.bound.spec
+        delta = self.clean_metrics - self.corrupt_metrics
+        weak = int((delta.abs() < spec.min_effect).sum())
+        if not weak:
+            return None
+        if self.bound.n_samples == 1:
+            return (f"the corruption barely changes the behavior (Δ = {float(delta[0]):.3f}, below min_effect "
+                    f"{spec.min_effect:g}); the claim cannot be judged")
+        return (f"the corruption barely changes the behavior on {weak} of {self.bound.n_samples} samples "
+                f"(|Δ| < min_effect {spec.min_effect:g}; smallest Δ = {float(delta.abs().min()):.3f}); the claim "
+                "cannot be judged")
+
+    def patcher(self):
+        """The patching engine for every sample at once (BatchPatcher's interface: [S, ...] values)."""
+        if self._patcher is None:
+            self._patcher = open_patcher(self.model, self.bound.clean_ids, self.bound.corrupt_ids,
+                                         self.expect_first.tolist(), self.foil_ids.tolist(), self.noise,
+                                         self.batch_size)
+        return self._patcher
+
+    def sweep(self, component: str, direction: str):
+        """Every sample's map of a component [S, layers, columns], and their mean as a PatchMap."""
+        key = (component, direction)
+        if key not in self._sweeps:
+            from interptest.patching import PatchMap
+
+            patcher = self.patcher()
+            values = patcher.sweep(component, direction)
+            patch_map = getattr(patcher, "patch_map", None)
+            if patch_map is not None:                 # one sample: the engine's own map, raw values included
+                patch_map = patch_map(component, direction)
+            else:
+                raw = patcher.sweep_raw(component, direction)
+                patch_map = PatchMap(component, direction, values.mean(dim=0), raw.mean(dim=0), list(self.tokens),
+                                     float(patcher.clean_metrics.mean()), float(patcher.corrupt_metrics.mean()))
+            self._sweeps[key] = (values, patch_map)
+            self.maps[key] = patch_map
+        return self._sweeps[key]
+
+
+def _device(model):
+    return getattr(model.cfg, "device", None) or "cpu"
+
+
+def _noise(bound: BoundBehavior, device):
+    """Gaussian noise on the token embeddings at the noised positions; scale in units of the
+    embedding matrix's standard deviation (ROME's causal tracing). Seeded: same seed, same noise."""
+    import torch
+
+    if bound.noise_positions is None:
+        return None
+    model = bound.model
+    d_model = int(model.cfg.d_model)
+    std = float(model.W_E.float().std())
+    generator = torch.Generator(device="cpu").manual_seed(families.sample_seed(bound.seed, bound.spec))
+    noise = torch.zeros(bound.n_samples, bound.clean_ids.shape[1], d_model, device="cpu")
+    draws = torch.randn(bound.n_samples, len(bound.noise_positions), d_model, generator=generator,
+                        device="cpu")
+    noise[:, bound.noise_positions] = draws * bound.spec.corruption.scale * std
+    return noise.to(device)
+
+
+def _last_logits(model, ids, device, noise, batch_size):
+    """Next-token logits at the last position [S, vocab], float32 on the CPU."""
+    import torch
+
+    rows = batch_size or 32
+    out = []
+    for start in range(0, ids.shape[0], rows):
+        chunk = ids[start:start + rows].to(device)
+        hooks = []
+        if noise is not None:
+            part = noise[start:start + rows]
+
+            def add_noise(act, hook=None, part=part):
+                return act + part.to(act.dtype)
+            hooks = [("hook_embed", add_noise)]
+        logits = model.run_with_hooks(chunk, fwd_hooks=hooks) if hooks else model(chunk)
+        out.append(logits[:, -1].float().cpu())
+    return torch.cat(out)
+
+
+def _metrics(logits, expect, foil):
+    import torch
+
+    rows = torch.arange(logits.shape[0], device="cpu")
+    return (logits[rows, expect] - logits[rows, foil]).double()
+
+
+def open_patcher(model, clean_ids, corrupt_ids, expect_ids: list[int], foil_ids: list[int], noise, batch_size):
+    """The fastest engine for these samples: a single prompt without noise takes :class:`Patcher`
+    (fast engine where supported), everything else :class:`BatchPatcher`."""
+    from interptest.patching import Patcher
+    from interptest.patching_batch import BatchPatcher
+
+    if clean_ids.shape[0] == 1 and noise is None:
+        return _OneSample(Patcher(model, clean_ids, corrupt_ids, expect_ids[0], foil_ids[0], batch_size=batch_size))
+    return BatchPatcher(model, clean_ids, corrupt_ids, expect_ids, foil_ids, embed_noise=noise, batch_size=batch_size)
+
+
+class _OneSample:
+    """A :class:`Patcher` seen through BatchPatcher's interface (a leading sample axis of size 1)."""
+
+    def __init__(self, patcher):
+        import torch
+
+        self._p = patcher
+        self.clean_metrics = torch.tensor([patcher.clean_metric], dtype=torch.float64, device="cpu")
+        self.corrupt_metrics = torch.tensor([patcher.corrupt_metric], dtype=torch.float64, device="cpu")
+
+    def patch_map(self, component: str, direction: str):
+        return self._p.sweep(component, direction)
+
+    def sweep(self, component: str, direction: str = "denoise"):
+        return self._p.sweep(component, direction).values[None]
+
+    def sweep_raw(self, component: str, direction: str = "denoise"):
+        return self._p.sweep(component, direction).raw[None]
+
+    def cells_value(self, component: str, cells, direction: str = "denoise"):
+        return self._p.cells_value(component, cells, direction)[None]
+
+    def joint(self, component: str, cells, direction: str = "denoise"):
+        import torch
+
+        return torch.tensor([self._p.joint(component, cells, direction)], device="cpu")
 
 
 def _top(model, logits, k: int = TOP_K) -> list[Prediction]:
@@ -223,135 +477,175 @@ def _top(model, logits, k: int = TOP_K) -> list[Prediction]:
     return [Prediction(model.tokenizer.decode([i]), float(p)) for p, i in zip(values.tolist(), ids.tolist())]
 
 
-def _last_logits(model, ids):
-    return model(ids)[0, -1].float()
+def _greedy_failure(run: Run, s: int) -> str | None:
+    """Why sample s's ``expect`` is not what the model predicts token after token, or None."""
+    import torch
+
+    bound, model = run.bound, run.model
+    expect = bound.expect_ids[s]
+    ids = bound.clean_ids[s:s + 1]
+    logits = run.clean_logits[s]
+    for step, target in enumerate(expect):
+        predicted = int(logits.argmax())
+        if predicted != target:
+            produced = model.tokenizer.decode(expect[:step] + [predicted])
+            prob = float(torch.softmax(logits, -1)[target])
+            where = f" after {model.tokenizer.decode(expect[:step])!r}" if step else ""
+            return (f"the model predicts {produced!r}{where}; p({model.tokenizer.decode([target])!r}) = "
+                    f"{prob:.3f}")
+        if step + 1 < len(expect):
+            ids = torch.cat([ids, torch.tensor([[target]], device="cpu")], dim=1)
+            logits = _last_logits(model, ids, _device(model), None, None)[0]
+    return None
 
 
-def _greedy_check(bound: BoundBehavior, clean_logits) -> CheckResult:
+def _top1_check(run: Run) -> CheckResult:
     """``expect`` must be what the model predicts: its top-1 next token, token after token."""
     import torch
 
-    model = bound.model
-    ids = bound.clean_ids
-    logits = clean_logits
-    for step, target in enumerate(bound.expect_ids):
-        predicted = int(logits.argmax())
-        if predicted != target:
-            produced = model.tokenizer.decode(bound.expect_ids[:step] + [predicted])
-            prob = float(torch.softmax(logits, -1)[target])
-            where = f" after {model.tokenizer.decode(bound.expect_ids[:step])!r}" if step else ""
-            return CheckResult(f"top-1 prediction is {bound.spec.expect!r}", False, prob,
-                               f"the model predicts {produced!r}{where}; p({_decode(model, [target])[0]!r}) = "
-                               f"{prob:.3f}")
-        if step + 1 < len(bound.expect_ids):
-            ids = torch.cat([ids, torch.tensor([[target]], device=ids.device)], dim=1)
-            logits = _last_logits(model, ids)
-    first = bound.expect_ids[0]
-    return CheckResult(f"top-1 prediction is {bound.spec.expect!r}", True,
-                       float(torch.softmax(clean_logits, -1)[first]), "the measured value is p(first token)")
+    bound = run.bound
+    text = f"top-1 prediction is {bound.spec.expect!r}"
+    failures = [_greedy_failure(run, s) for s in range(bound.n_samples)]
+    if bound.n_samples == 1:
+        first = bound.expect_ids[0][0]
+        prob = float(torch.softmax(run.clean_logits[0], -1)[first])
+        if failures[0]:
+            return CheckResult(text, False, prob, failures[0])
+        return CheckResult(text, True, prob, "the measured value is p(first token)")
+    from interptest.stats import pass_rate
+
+    rate = pass_rate([f is None for f in failures])
+    wrong = [s for s, f in enumerate(failures) if f]
+    detail = f"top-1 accuracy {rate:.2f} over {bound.n_samples} samples"
+    if wrong:
+        detail += f"; wrong on e.g. {bound.samples[wrong[0]].prompt!r}: {failures[wrong[0]]}"
+    return CheckResult(text, not wrong, rate, detail)
 
 
-def _prediction_value(claim: PredictionClaim, bound: BoundBehavior, logits, foil_id) -> float:
+def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink: bool = True) -> BehaviorResult:
     import torch
 
-    if claim.function == "logit_diff":
-        return float(logits[bound.expect_ids[0]] - logits[foil_id])
-    token = bound.prediction_ids[claim.token]
-    if claim.function == "prob":
-        return float(torch.softmax(logits, -1)[token])
-    if claim.function == "logit":
-        return float(logits[token])
-    return float((logits > logits[token]).sum()) + 1.0  # rank, 1 = top
-
-
-def _localization_check(bound_claim: BoundClaim, patcher, result: BehaviorResult, min_effect: float) -> CheckResult:
-    claim: LocalizationClaim = bound_claim.claim
-    delta = patcher.clean_metric - patcher.corrupt_metric
-    if not abs(delta) >= min_effect:
-        return CheckResult(claim.text, False, None,
-                           f"the corruption barely changes the behavior (Δ = {delta:.3f}, below min_effect "
-                           f"{min_effect:g}); the claim cannot be judged", claim, bound_claim)
-    if claim.quantifier == "together":
-        value = float(patcher.joint(claim.component, bound_claim.cells, claim.direction))
-        return CheckResult(claim.text, claim.comparison.holds(value), value, "one joint patch of the region",
-                           claim, bound_claim)
-    if claim.component == "heads" and bound_claim.positions:
-        values = [float(v) for v in patcher.cells_value(claim.component, bound_claim.cells, claim.direction)]
-        patch_map = None
-    else:
-        patch_map = patcher.sweep(claim.component, claim.direction)
-        result.maps[(claim.component, claim.direction)] = patch_map
-        values = [float(patch_map.values[cell[0], cell[1]]) for cell in bound_claim.cells]
-    holds = [claim.comparison.holds(v) for v in values]
-    pick = max if claim.comparison.wants_high == (claim.quantifier == "any") else min
-    index = pick(range(len(values)), key=lambda i: values[i])
-    failing = tuple(cell for cell, ok in zip(bound_claim.cells, holds) if not ok)
-    passed = any(holds) if claim.quantifier == "any" else all(holds)
-    label = "best" if claim.quantifier == "any" else "worst"
-    cell = bound_claim.cells[index]
-    where = f"head {cell[0]}.{cell[1]}" if claim.component == "heads" and len(cell) == 2 else \
-        _cell_label(cell, result.tokens)
-    detail = f"{label} cell {where} of {len(values)}"
-    if not passed and claim.quantifier != "any":
-        detail += f"; {len(failing)} of {len(values)} cells fail"
-    return CheckResult(claim.text, passed, values[index], detail, claim, bound_claim, patch_map, failing)
-
-
-def _cell_label(cell, tokens) -> str:
-    if len(cell) == 3:
-        return f"head {cell[0]}.{cell[1]} at position {cell[2]} {tokens[cell[2]]!r}"
-    return f"(layer {cell[0]}, position {cell[1]} {tokens[cell[1]]!r})"
-
-
-def run_behavior(bound, *, batch_size: int | None = None) -> BehaviorResult:
-    import torch
-
-    if not isinstance(bound, BoundBehavior):
-        from interptest.check_family import run_family
-
-        return run_family(bound, batch_size=batch_size)
     spec, model = bound.spec, bound.model
     with torch.inference_mode():
-        clean_logits = _last_logits(model, bound.clean_ids)
-        corrupt_logits = _last_logits(model, bound.corrupt_ids) if bound.corrupt_ids is not None else None
-        foil_id = bound.foil_id
-        if foil_id is None and corrupt_logits is not None:
-            foil_id = int(corrupt_logits.argmax())
+        run = Run(bound, batch_size)
+        foil = model.tokenizer.decode([int(run.foil_ids[0])]) if run.foil_ids is not None else None
         result = BehaviorResult(
-            spec, bound.model_name, bound.tokens, bound.corrupt_tokens, spec.expect,
-            model.tokenizer.decode([foil_id]) if foil_id is not None else None,
-            None, None, _top(model, clean_logits), _top(model, corrupt_logits) if corrupt_logits is not None else [],
-            [_greedy_check(bound, clean_logits)],
-        )
-        if foil_id is not None:
-            e = bound.expect_ids[0]
-            result.clean_metric = float(clean_logits[e] - clean_logits[foil_id])
-            if corrupt_logits is not None:
-                result.corrupt_metric = float(corrupt_logits[e] - corrupt_logits[foil_id])
-        for claim in spec.prediction_claims:
-            value = _prediction_value(claim, bound, clean_logits, foil_id)
-            result.checks.append(CheckResult(claim.text, claim.comparison.holds(value), value, claim=claim))
-        if bound.bound_claims:
-            if foil_id == bound.expect_ids[0]:
-                detail = (f"the foil (top-1 on the corrupted prompt) is the expected token {spec.expect!r} itself; "
-                          "set 'foil' or choose a corruption that changes the prediction")
-                result.checks += [CheckResult(b.claim.text, False, None, detail, b.claim, b) for b in bound.bound_claims]
-                return _in_spec_order(result)
-            from interptest.patching import Patcher
-
-            patcher = Patcher(model, bound.clean_ids, bound.corrupt_ids, bound.expect_ids[0], foil_id,
-                              batch_size=batch_size)
-            result.clean_metric, result.corrupt_metric = patcher.clean_metric, patcher.corrupt_metric
-            for bound_claim in bound.bound_claims:
-                result.checks.append(_localization_check(bound_claim, patcher, result, spec.min_effect))
-    return _in_spec_order(result)
-
-
-def _in_spec_order(result: BehaviorResult) -> BehaviorResult:
-    """The implicit top-1 check first, then the claims in the order the spec lists them."""
-    order = {id(c): i for i, c in enumerate(result.behavior.claims)}
-    result.checks.sort(key=lambda c: -1 if c.claim is None else order[id(c.claim)])
+            spec, bound.model_name, bound.tokens, bound.corrupt_tokens, bound.samples[0].expect, foil,
+            None if run.clean_metrics is None else float(run.clean_metrics.mean()),
+            None if run.corrupt_metrics is None else float(run.corrupt_metrics.mean()),
+            _top(model, run.clean_logits[0]),
+            _top(model, run.corrupt_logits[0]) if run.corrupt_logits is not None else [],
+            [_top1_check(run)], samples=bound.n_samples)
+        seed = families.sample_seed(bound.seed, spec)
+        for index, (claim, bound_claim) in enumerate(zip(spec.claims, bound.bound_claims)):
+            try:
+                measurement = claim.measure(bound_claim, run)
+            except Unjudgeable as why:
+                result.checks.append(CheckResult(claim.text, False, None, why.detail, claim, bound_claim))
+                continue
+            verdict = judge(claim, measurement, spec.claim_pass_rate(index), seed)
+            check = CheckResult(claim.text, verdict.passed, verdict.value, verdict.detail, claim, bound_claim,
+                                measurement.patch_map, verdict.failing)
+            if not verdict.passed and spec.family is not None and shrink:
+                check.detail += _minimal_instance(bound, index, batch_size)
+            result.checks.append(check)
+        result.maps = dict(run.maps)
     return result
+
+
+def _minimal_instance(bound: BoundBehavior, index: int, batch_size) -> str:
+    """Hypothesis shrinks to the smallest instance on which claim ``index`` fails on its own."""
+    from hypothesis import HealthCheck, Phase, find, settings
+    from hypothesis.errors import NoSuchExample
+
+    spec = bound.spec
+    claim = spec.claims[index]
+    last: dict = {}
+
+    def fails(pair) -> bool:
+        values, corrupt_values = pair
+        sample = families.instance(spec, values, corrupt_values)
+        try:
+            single = bind_samples(spec, bound.model, [sample], bound.model_name, bound.seed)
+        except SpecError:        # this instance cannot even be bound (e.g. another token count)
+            return False
+        run = Run(single, batch_size)
+        try:
+            measurement = claim.measure(single.bound_claims[index], run)
+        except Unjudgeable:
+            return False
+        verdict = judge(claim, measurement, None, 0)
+        if not verdict.passed:
+            last["value"] = verdict.value
+        return not verdict.passed
+
+    config = settings(max_examples=SHRINK_EXAMPLES, database=None, derandomize=True, deadline=None,
+                      phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+    try:
+        values, corrupt_values = find(families.instance_strategy(spec), fails, settings=config)
+        fails((values, corrupt_values))
+    except NoSuchExample:
+        return (f"\nno single instance fails on its own within {SHRINK_EXAMPLES} tries: the claim fails on the "
+                "family's mean")
+    sample = families.instance(spec, values, corrupt_values)
+    block = families.as_yaml(spec, sample, claim.text, last.get("value"))
+    return "\nminimal failing instance (shrunk by hypothesis), ready to paste:\n" + block
+
+
+# ---------------------------------------------------------------------------------------------
+# The public sweep: as strict as a spec
+
+
+def patch_sweep(model, prompt: str, corrupt: str, component: str, expect: str, foil: str | None = None,
+                direction: str = "denoise", batch_size: int | None = None):
+    """Patch ``component`` at every (layer, position) — (layer, head) for ``heads`` — and return the
+    :class:`~interptest.patching.PatchMap` of normalized values (``raw`` patched logit differences,
+    ``clean_metric``, ``corrupt_metric`` and ``delta`` beside them).
+
+    The inputs are checked as a spec's are, with the same messages: ``expect`` and ``foil`` must be
+    single tokens the model produces, every word must be known to the tokenizer, the prompts must differ
+    and tokenize to the same length, and the corruption must change the logit difference."""
+    import warnings
+
+    import torch
+
+    from interptest import components
+    from interptest.spec import DEFAULT_MIN_EFFECT
+
+    if component not in components.COMPONENTS:
+        raise InterpError(f"unknown component {component!r}; valid components: {', '.join(components.NAMES)}")
+    if direction not in ("denoise", "noise"):
+        raise InterpError(f"unknown direction {direction!r}; valid directions: denoise, noise (denoise = patch clean "
+                          "into corrupted, 'recovers'; noise = patch corrupted into clean, 'breaks')")
+    entry = {"name": "patch_sweep", "prompt": prompt, "expect": expect, "corrupt": corrupt}
+    if foil is not None:
+        entry["foil"] = foil
+    try:
+        spec = parse_behavior(entry, path="patch_sweep()")
+        bound = bind_behavior(spec, model, getattr(model.cfg, "model_name", "model"))
+        if len(bound.expect_ids[0]) != 1:
+            raise spec.error(f"expect must be a single token; {expect!r} is {len(bound.expect_ids[0])} tokens "
+                             f"{_Tokenizer(spec, model).decode(bound.expect_ids[0])}", "expect")
+    except SpecError as error:
+        raise InterpError(f"patch_sweep: {error.key}: {error.message}" if error.key else
+                          f"patch_sweep: {error.message}") from None
+    if component not in components.available(getattr(model, "hook_dict", {})):
+        raise InterpError(components.unavailable_message(component, bound.model_name, model.hook_dict))
+    with torch.inference_mode():
+        run = Run(bound, batch_size)
+        problem = run.foil_problem()
+        if problem:
+            raise InterpError(f"patch_sweep: {problem}")
+        delta = float(run.clean_metrics[0] - run.corrupt_metrics[0])
+        if not math.isfinite(delta) or delta == 0:
+            raise InterpError(f"patch_sweep: the clean and corrupted runs give the same logit difference "
+                              f"(m_clean − m_corrupt = {delta}), so normalized values are undefined; choose a "
+                              "corruption that changes the prediction")
+        if abs(delta) < DEFAULT_MIN_EFFECT:
+            warnings.warn(f"patch_sweep: the corruption barely changes the behavior (Δm = {delta:.3g}, below "
+                          f"{DEFAULT_MIN_EFFECT:g}); normalized values divide by Δm and amplify rounding",
+                          stacklevel=2)
+        return run.sweep(component, direction)[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,4 +703,4 @@ def check_behavior(spec, model=None, *, batch_size: int | None = None, seed: int
 
 
 __all__ = ["BehaviorFailed", "BehaviorResult", "BoundBehavior", "CheckResult", "InterpError", "ModelCache",
-           "SpecError", "bind_behavior", "check_behavior", "run_behavior"]
+           "SpecError", "bind_behavior", "bind_samples", "check_behavior", "patch_sweep", "run_behavior"]

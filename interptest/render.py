@@ -3,6 +3,8 @@ map of each failing localization claim, sized for a 100-column terminal."""
 
 from __future__ import annotations
 
+from interptest import components
+
 WIDTH = 100
 CELL = 6            # one marker character + a value such as "-0.12"
 ROW_LABEL = 5       # "L11  "
@@ -22,8 +24,8 @@ def _shorten(text: str, width: int) -> str:
 def _format_value(check) -> str:
     if check.value is None:
         return "n/a"
-    if getattr(check.claim, "function", None) == "rank":
-        return f"{check.value:.0f}"
+    if check.claim is not None:
+        return check.claim.format_value(check.value)
     return f"{check.value:.3f}"
 
 
@@ -70,10 +72,8 @@ def render_failure(result, color: bool = False) -> str:
     if result.corrupt_top:
         lines.append(f"  corrupt top-5: {_predictions(result.corrupt_top)}")
     for check in failures:
-        if check.patch_map is not None:
-            lines.append("")
-            lines.extend(render_map(check.patch_map, claimed=check.bound.cells, failing=check.failing_cells,
-                                    title=f"map for {check.text!r}", color=color))
+        if check.claim is not None:
+            lines.extend(check.claim.render(check, color=color))
     return "\n".join(lines)
 
 
@@ -89,7 +89,7 @@ def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool =
     """A layer × position (or layer × head) table, two decimals, wrapped to ``WIDTH`` columns."""
     values = patch_map.values
     n_layers, n_cols = values.shape
-    heads = patch_map.component == "heads"
+    heads = components.get(patch_map.component).per_head
     direction = "recovers: clean patched into corrupted run" if patch_map.direction == "denoise" \
         else "breaks: corrupted patched into clean run"
     lines = [f"  {title}" if title else "",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from interptest.files import atomic_write
+from interptest.results import FORMAT
 
 __all__ = ["write_report", "render_html", "results_json"]
 
@@ -62,7 +63,8 @@ def write_report(records: list[dict], directory: str | Path, *, version: str, cr
 
 def results_json(records: list[dict], *, version: str, created: str) -> str:
     """The text of results.json: strict JSON (NaN and infinities written as null)."""
-    document = {"interptest_version": version, "created": created, "behaviors": _jsonable(list(records))}
+    document = {"format": FORMAT, "interptest_version": version, "created": created,
+                "behaviors": _jsonable(list(records))}
     return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 

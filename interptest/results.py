@@ -1,13 +1,50 @@
 """Machine-readable records of behavior results: what results.json holds, what xdist workers send
-to the controller, and what the terminal summary prints. Plain dicts of JSON types only."""
+to the controller, and what the terminal summary prints. Plain dicts of JSON types only.
+
+The schema (``FORMAT`` = 1) is documented in the README. Every behavior — passed, failed, skipped
+or errored — gets a record with every key, built by :func:`behavior_record`.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any, TypedDict
 
-from interptest.check import BehaviorResult
+from interptest import components
 
+FORMAT = 1
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
+
+
+class ClaimRecord(TypedDict):
+    text: str
+    kind: str | None            # the claim kind (e.g. "localization"); None for the implicit top-1 check
+    passed: bool | None         # None: the behavior did not run
+    value: float | None
+    detail: str
+    map: str | None             # key into the record's maps, when the value was read off a map
+    cells: list                 # claimed cells of that map
+    failing_cells: list
+
+
+class BehaviorRecord(TypedDict):
+    nodeid: str
+    model: str
+    outcome: str                # one of OUTCOMES
+    prompt: str                 # a family: the template
+    corrupt: str | None
+    samples: int
+    tokens: list
+    expect: str
+    foil: str | None
+    clean_metric: float | None
+    corrupt_metric: float | None
+    clean_top: list
+    corrupt_top: list
+    claims: list[ClaimRecord]
+    maps: dict
+    baseline: dict | None
+    suggestion: str | None
 
 
 def map_key(component: str, direction: str) -> str:
@@ -21,53 +58,60 @@ def _number(value):
     return value if math.isfinite(value) else None
 
 
-def map_entries(result: BehaviorResult) -> dict:
+def map_entries(result) -> dict:
     """The behavior's patching maps as JSON: key -> {component, direction, values, layers, positions|heads}."""
     maps = {}
     for (component, direction), patch_map in result.maps.items():
         values = [[_number(v) for v in row] for row in patch_map.values.tolist()]
         entry = {"component": component, "direction": direction, "values": values,
                  "layers": list(range(len(values)))}
-        entry["heads" if component == "heads" else "positions"] = list(range(len(values[0]) if values else 0))
+        columns = "heads" if components.get(component).per_head else "positions"
+        entry[columns] = list(range(len(values[0]) if values else 0))
         maps[map_key(component, direction)] = entry
     return maps
 
 
-def result_record(result: BehaviorResult, nodeid: str) -> dict:
-    """Everything a report needs about one behavior's run; ``outcome`` is filled in by the caller,
-    which knows about skip and xfail."""
-    maps = map_entries(result)
-    claims = []
-    for check in result.checks:
-        claim = check.claim
-        on_map = check.patch_map is not None
-        claims.append({
-            "text": check.text, "passed": check.passed, "value": _number(check.value), "detail": check.detail,
-            "map": map_key(claim.component, claim.direction) if on_map else None,
-            "cells": [list(cell[:2]) for cell in check.bound.cells] if on_map else [],
-            "failing_cells": [list(cell[:2]) for cell in check.failing_cells] if on_map else [],
-        })
-    behavior = result.behavior
-    return {
-        "nodeid": nodeid, "model": result.model_name, "prompt": behavior.prompt, "corrupt": behavior.corrupt,
-        "tokens": list(result.tokens), "expect": result.expect, "foil": result.foil,
+def _kind(claim: Any) -> str | None:
+    if claim is None:
+        return None
+    return type(claim).__module__.rsplit(".", 1)[-1]
+
+
+def _claim_record(check) -> ClaimRecord:
+    entry: ClaimRecord = {"text": check.text, "kind": _kind(check.claim), "passed": check.passed,
+                          "value": _number(check.value), "detail": check.detail, "map": None, "cells": [],
+                          "failing_cells": []}
+    if check.claim is not None:
+        entry.update(check.claim.record(check))     # type: ignore[typeddict-item]
+    return entry
+
+
+def behavior_record(behavior, nodeid: str, model: str, outcome: str | None = None, result=None) -> BehaviorRecord:
+    """The record of one behavior; ``result`` is None when it did not run (skipped, or an error before it
+    could). ``outcome`` defaults to passed/failed from the result."""
+    if outcome is None:
+        outcome = "passed" if result is not None and result.passed else "failed"
+    record: BehaviorRecord = {
+        "nodeid": nodeid, "model": model, "outcome": outcome, "prompt": behavior.prompt,
+        "corrupt": behavior.corrupt, "samples": behavior.family.samples if behavior.family else 1, "tokens": [],
+        "expect": behavior.expect, "foil": behavior.foil, "clean_metric": None, "corrupt_metric": None,
+        "clean_top": [], "corrupt_top": [],
+        "claims": [{"text": c.text, "kind": _kind(c), "passed": None, "value": None, "detail": "", "map": None,
+                    "cells": [], "failing_cells": []} for c in behavior.claims],
+        "maps": {}, "baseline": None, "suggestion": None,
+    }
+    if result is None:
+        return record
+    record.update({
+        "model": result.model_name or model, "samples": result.samples, "tokens": list(result.tokens),
+        "expect": result.expect, "foil": result.foil,
         "clean_metric": _number(result.clean_metric), "corrupt_metric": _number(result.corrupt_metric),
-        "outcome": "passed" if result.passed else "failed",
         "clean_top": [{"token": p.token, "prob": p.prob} for p in result.clean_top],
         "corrupt_top": [{"token": p.token, "prob": p.prob} for p in result.corrupt_top],
-        "claims": claims, "maps": maps, "baseline": result.baseline,
-        "suggestion": result.suggestion,
-    }
-
-
-def skipped_record(behavior, nodeid: str, model: str, outcome: str) -> dict:
-    """A behavior that did not run (skipped, or an error before it could)."""
-    return {"nodeid": nodeid, "model": model, "prompt": behavior.prompt, "corrupt": behavior.corrupt, "tokens": [],
-            "expect": behavior.expect, "foil": behavior.foil, "clean_metric": None, "corrupt_metric": None,
-            "outcome": outcome, "clean_top": [], "corrupt_top": [],
-            "claims": [{"text": c.text, "passed": None, "value": None, "detail": "", "map": None, "cells": [],
-                        "failing_cells": []} for c in behavior.claims],
-            "maps": {}, "baseline": None}
+        "claims": [_claim_record(check) for check in result.checks], "maps": map_entries(result),
+        "baseline": result.baseline, "suggestion": result.suggestion,
+    })
+    return record
 
 
 def summary_line(record: dict) -> str:

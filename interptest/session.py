@@ -143,10 +143,7 @@ class InterpSession:
         if self.options.suggest:
             from interptest.suggest import suggest
 
-            result.suggestion = suggest(bound, batch_size=self.options.batch_size) \
-                if isinstance(bound, BoundBehavior) else \
-                (f"# --interp-suggest for {bound.spec.name!r}: suggestions are made for single prompts; "
-                 "run it on one instance of the family (its prompt, expect and corrupt)")
+            result.suggestion = suggest(bound, batch_size=self.options.batch_size)
         return result
 
     def _compare_baseline(self, result) -> None:
@@ -170,19 +167,19 @@ class InterpSession:
 
     def record(self, behavior: BehaviorSpec, nodeid: str, result, report) -> dict | None:
         """The record of one behavior, from the report phase that decides its outcome."""
-        from interptest.results import result_record, skipped_record
+        from interptest.results import behavior_record
 
         if report.when == "call" and result is not None:
-            record = result_record(result, nodeid)
+            outcome = None
         elif report.when == "setup" and not report.passed:
-            record = skipped_record(behavior, nodeid, self.model_name(behavior), "error")
+            outcome = "skipped" if report.skipped else "error"
         else:
             return None
         if hasattr(report, "wasxfail"):
-            record["outcome"] = "xfailed" if report.skipped else "xpassed"
+            outcome = "xfailed" if report.skipped else "xpassed"
         elif report.skipped:
-            record["outcome"] = "skipped"
-        return record
+            outcome = "skipped"
+        return dict(behavior_record(behavior, nodeid, self.model_name(behavior), outcome, result))
 
     def add_record(self, record: dict) -> None:
         self.records.append(record)

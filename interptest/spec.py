@@ -15,14 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from interptest.claims import (
-    Claim,
-    ClaimBindIndexError,
-    ClaimSyntaxError,
-    LocalizationClaim,
-    PredictionClaim,
-    parse_claim,
-)
+from interptest.claims import Claim, ClaimBindIndexError, ClaimSyntaxError, parse_claim
 from interptest.errors import SpecError
 
 DEFAULT_MIN_EFFECT = 1.0
@@ -111,16 +104,13 @@ class BehaviorSpec:
             if claim_index < len(self.claim_lines) and self.claim_lines[claim_index]:
                 line = self.claim_lines[claim_index]
         elif key is not None:
-            line = self.key_lines.get(key.split("[")[0], line)
+            line = self.key_lines.get(re.split(r"[.\[]", key)[0], line)
         return SpecError(message, path=self.path, line=line, behavior=self.name, key=key)
 
-    @property
-    def localization_claims(self) -> list[LocalizationClaim]:
-        return [c for c in self.claims if isinstance(c, LocalizationClaim)]
-
-    @property
-    def prediction_claims(self) -> list[PredictionClaim]:
-        return [c for c in self.claims if isinstance(c, PredictionClaim)]
+    def claim_pass_rate(self, index: int) -> float | None:
+        """The pass rate the index-th claim requires of a family's samples (its own, else the behavior's)."""
+        own = self.claim_pass_rates[index] if index < len(self.claim_pass_rates) else None
+        return own if own is not None else self.min_pass_rate
 
     def claim_index(self, claim: Claim) -> int:
         return next(i for i, c in enumerate(self.claims) if c is claim)
@@ -546,12 +536,7 @@ def _check_family_references(behavior: BehaviorSpec, error) -> None:
             if var not in used:
                 error(f"{{{var}}} is used in {key!r} but is not a variable of the template", key)
     for i, claim in enumerate(behavior.claims):
-        names = []
-        if getattr(claim, "token", None):
-            names += template_fields(claim.token)
-        positions = getattr(claim, "positions", None)
-        if positions is not None and positions.kind == "variable":
-            names.append(positions.values[0])
+        names = claim.template_variables()
         for var in names:
             if var not in used:
                 raise behavior.error(f"{{{var}}} is not a variable of the template "
@@ -569,33 +554,16 @@ def _replace(behavior: BehaviorSpec, **changes) -> BehaviorSpec:
 
 
 def _check_claims_need(behavior: BehaviorSpec) -> None:
-    """Claims that compare clean against corrupted runs need a corrupted prompt (or a foil)."""
+    """What each claim kind needs of the spec (e.g. a corruption), checked before any model loads."""
     if behavior.min_effect < 0:
         raise behavior.error(f"'min_effect' must be >= 0, got {behavior.min_effect:g}", "min_effect")
     for i, claim in enumerate(behavior.claims):
-        if isinstance(claim, LocalizationClaim) and behavior.corruption is None:
-            raise behavior.error(f"claim {claim.text!r} patches activations between a clean and a corrupted "
-                                 "run; add a 'corrupt' prompt to the behavior", claim_index=i)
-        if isinstance(claim, PredictionClaim) and claim.function == "logit_diff" \
-                and behavior.corruption is None and behavior.foil is None:
-            raise behavior.error("'logit_diff' compares expect against a foil: add 'foil' or 'corrupt' "
-                                 "(the foil defaults to the model's top-1 prediction on the corrupted prompt)",
-                                 claim_index=i)
-    for error in _elsewhere_errors(behavior):
-        raise error
+        problem = claim.requirement(behavior)
+        if problem:
+            raise behavior.error(problem, claim_index=i)
 
 
-def _elsewhere_errors(behavior: BehaviorSpec):
-    claims = behavior.localization_claims
-    explicit = {c.component for c in claims if not c.elsewhere}
-    for claim in claims:
-        if claim.elsewhere and claim.component not in explicit:
-            yield behavior.error(f"{claim.component}[elsewhere] needs another claim on {claim.component} in "
-                                 "the same behavior to define what 'elsewhere' excludes",
-                                 claim_index=behavior.claim_index(claim))
-
-
-def bind_error(behavior: BehaviorSpec, error: ClaimBindIndexError, claims: list) -> SpecError:
-    """Map a binding error on the behavior's n-th localization claim back to its line."""
-    claim = claims[error.index]
-    return behavior.error(f"claim {claim.text!r}: {error}", claim_index=behavior.claim_index(claim))
+def bind_error(behavior: BehaviorSpec, error: ClaimBindIndexError) -> SpecError:
+    """Map a binding error on the behavior's n-th claim back to its line."""
+    claim = behavior.claims[error.index]
+    return behavior.error(f"claim {claim.text!r}: {error}", claim_index=error.index)

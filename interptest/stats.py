@@ -25,13 +25,13 @@ def bootstrap_bounds(values, wants_high: bool, n_cells: int, seed: int = 0) -> l
     """
     import torch
 
-    x = torch.as_tensor(values, dtype=torch.float64)
+    x = torch.as_tensor(values, dtype=torch.float64, device="cpu")
     if x.ndim == 1:
         x = x[:, None]
     n = x.shape[0]
     alpha = (1 - CONFIDENCE) / max(1, n_cells)
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randint(0, n, (BOOTSTRAP_RESAMPLES, n), generator=generator)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    index = torch.randint(0, n, (BOOTSTRAP_RESAMPLES, n), generator=generator, device="cpu")
     means = x[index].mean(dim=1)                       # [B, cells]
     q = alpha if wants_high else 1 - alpha
     bounds = torch.quantile(means, q, dim=0)

@@ -76,7 +76,7 @@ def head_claims(patcher, head_values) -> list[str]:
         if value <= 0:
             break
         chosen.append((layer, head, None))
-        joint = float(patcher.joint("heads", chosen, "denoise"))
+        joint = float(patcher.joint("heads", chosen, "denoise")[0])
         if joint >= CARRIER:
             names = ", ".join(f"{l}.{h}" for l, h, _ in sorted(chosen))
             return [f"heads[{names}] together recovers >= {_floor(joint):.2f}"]
@@ -87,28 +87,28 @@ def suggest(bound, batch_size: int | None = None) -> str:
     """YAML for the behavior's strongest holding claims (a comment when nothing can be suggested)."""
     import torch
 
-    from interptest.patching import Patcher
+    from interptest.check import Run
 
     spec = bound.spec
     header = f"# --interp-suggest for {spec.name!r} ({bound.model_name})"
+    if spec.family is not None:
+        return (f"# --interp-suggest for {spec.name!r}: suggestions are made for single prompts; run it on one "
+                "instance of the family (its prompt, expect and corrupt)")
     if bound.corrupt_ids is None:
         return f"{header}: no 'corrupt' prompt, so nothing to patch"
     with torch.inference_mode():
-        foil = bound.foil_id
-        if foil is None:
-            foil = int(bound.model(bound.corrupt_ids)[0, -1].argmax())
-        if foil == bound.expect_ids[0]:
+        run = Run(bound, batch_size)
+        if run.foil_problem():
             return f"{header}: the corrupted prompt predicts the expected token too; set 'foil'"
-        patcher = Patcher(bound.model, bound.clean_ids, bound.corrupt_ids, bound.expect_ids[0], foil,
-                          batch_size=batch_size)
-        delta = patcher.clean_metric - patcher.corrupt_metric
+        delta = float(run.clean_metrics[0] - run.corrupt_metrics[0])
         if abs(delta) < spec.min_effect:
             return f"{header}: the corruption barely changes the behavior (Δ = {delta:.3f})"
         claims = []
         for component in SUGGESTED_COMPONENTS:
-            patch_map = patcher.sweep(component, "denoise")
+            _, patch_map = run.sweep(component, "denoise")
             claims += residual_claims(component, patch_map.values.tolist(), bound.tokens)
-        claims += head_claims(patcher, patcher.sweep("heads", "denoise").values.tolist())
+        _, heads = run.sweep("heads", "denoise")
+        claims += head_claims(run.patcher(), heads.values.tolist())
     lines = [header, f"- name: {spec.name}", "  claims:"]
     lines += [f'    - "{claim}"' for claim in claims]
     return "\n".join(lines)

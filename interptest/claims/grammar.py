@@ -1,19 +1,9 @@
-"""The claim grammar: parse a claim string into a typed claim, then bind it to a prompt's tokens.
+"""The shared grammar of claims: lexer, parser helpers, comparisons, layer/position selections,
+and their binding to a prompt's tokens and a model's dimensions.
 
-One grammar serves every claim a spec can state::
-
-    prob(' Hart') >= 0.5                       prediction claims, on the clean prompt
-    rank(' Hart') <= 3
-    logit_diff >= 2.0
-    resid_pre[2:, -1] recovers >= 0.9          localization claims, verified by activation patching
-    any resid_mid[1:, last] recovers >= 0.5
-    heads[1.0, 2.3] together recovers >= 0.6
-    resid_post[:, ' Alex'#2] breaks <= 0.05
-    resid_pre[elsewhere] recovers <= 0.1
-
-Parsing needs no model and imports neither torch nor pytest. Binding (turning ``2:`` and
-``' Alex'#2`` into concrete layers and positions) needs only the prompt's token strings and the
-model's dimensions, so it stays pure as well; evaluation lives in :mod:`interptest.check`.
+Each claim kind (one module beside this one) parses its own syntax with these helpers; the
+registry in :mod:`interptest.claims` dispatches on a claim's first word. Pure Python: imports
+neither torch nor pytest.
 """
 
 from __future__ import annotations
@@ -22,10 +12,6 @@ import math
 import re
 from dataclasses import dataclass, field
 
-RESIDUAL_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-COMPONENTS = RESIDUAL_COMPONENTS + ("heads",)
-PREDICTION_FUNCTIONS = ("prob", "rank", "logit")
-VERBS = {"recovers": "denoise", "breaks": "noise"}
 OPERATORS = (">=", "<=", "==", ">", "<")
 
 
@@ -75,14 +61,6 @@ class Comparison:
 
 
 @dataclass(frozen=True)
-class PredictionClaim:
-    text: str
-    function: str            # prob | rank | logit | logit_diff
-    token: str | None        # the token text for prob/rank/logit; None for logit_diff
-    comparison: Comparison
-
-
-@dataclass(frozen=True)
 class LayerSelection:
     """``2`` / ``a:b`` / ``[0, 2]``; ``kind`` is index, slice or list."""
     kind: str
@@ -97,26 +75,6 @@ class PositionSelection:
     kind: str
     values: tuple
     source: str
-
-
-@dataclass(frozen=True)
-class LocalizationClaim:
-    text: str
-    component: str
-    direction: str                                   # denoise (recovers) | noise (breaks)
-    quantifier: str                                  # every | any | together
-    comparison: Comparison
-    elsewhere: bool = False
-    layers: LayerSelection | None = None             # residual components
-    positions: PositionSelection | None = None       # residual components, or heads[...; POS]
-    heads: tuple[tuple[int, int], ...] = ()          # heads[L.H, ...]
-
-    @property
-    def verb(self) -> str:
-        return "recovers" if self.direction == "denoise" else "breaks"
-
-
-Claim = PredictionClaim | LocalizationClaim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +153,7 @@ def _lex(text: str) -> list[_Token]:
 # Parser
 
 
-class _Parser:
+class Parser:
     def __init__(self, text: str):
         self.text = text
         self.tokens = _lex(text)
@@ -231,22 +189,7 @@ class _Parser:
         self.i += 1
         return int(tok.value)
 
-    # -- grammar
-    def claim(self) -> Claim:
-        head = self.tok
-        if head.kind != "ident":
-            self.fail("a claim: prob(...), rank(...), logit(...), logit_diff, or a component such as "
-                      "resid_pre[...]")
-        if head.value == "any":
-            self.i += 1
-            return self.localization(quantifier="any")
-        if head.value in PREDICTION_FUNCTIONS or head.value == "logit_diff":
-            return self.prediction()
-        if head.value in COMPONENTS:
-            return self.localization(quantifier="every")
-        self.fail(f"a claim kind ({', '.join(PREDICTION_FUNCTIONS + ('logit_diff',) + COMPONENTS)})"
-                  + _did_you_mean(head.value, PREDICTION_FUNCTIONS + ("logit_diff", "any") + COMPONENTS))
-
+    # -- pieces every kind shares
     def comparison(self) -> Comparison:
         op = self.accept("op")
         if op is None:
@@ -255,60 +198,11 @@ class _Parser:
         if tok.kind != "number":
             self.fail("a number")
         self.i += 1
-        value = float(tok.value)
+        return Comparison(op.value, float(tok.value))
+
+    def end(self) -> None:
         if self.tok.kind != "end":
             self.fail("the end of the claim")
-        return Comparison(op.value, value)
-
-    def prediction(self) -> PredictionClaim:
-        name = self.expect("ident").value
-        token = None
-        if name != "logit_diff":
-            self.expect("punct", "(", f"'(' after {name}")
-            string = self.accept("string")
-            if string is None:
-                self.fail(f"a quoted token text, e.g. {name}(' Paris')")
-            token = string.value
-            if token == "":
-                raise ClaimSyntaxError("the token text is empty", self.text, string.start)
-            self.expect("punct", ")", "')'")
-        comparison = self.comparison()
-        return PredictionClaim(self.text, name, token, comparison)
-
-    def localization(self, quantifier: str) -> LocalizationClaim:
-        comp_tok = self.tok
-        if comp_tok.kind != "ident" or comp_tok.value not in COMPONENTS:
-            self.fail(f"a component ({', '.join(COMPONENTS)})"
-                      + (_did_you_mean(comp_tok.value, COMPONENTS) if comp_tok.kind == "ident" else ""))
-        self.i += 1
-        component = comp_tok.value
-        self.expect("punct", "[", f"'[' after {component}")
-        fields: dict = {}
-        if self.tok.kind == "ident" and self.tok.value == "elsewhere":
-            self.i += 1
-            fields["elsewhere"] = True
-        elif component == "heads":
-            fields["heads"] = self.head_list()
-            if self.accept("punct", ";"):
-                fields["positions"] = self.positions()
-        else:
-            fields["layers"] = self.layers()
-            if not self.accept("punct", ","):
-                self.fail("',' and a position part, e.g. resid_pre[2, -1] (use ':' for every position)")
-            fields["positions"] = self.positions()
-        self.expect("punct", "]", "']'")
-        together = self.tok
-        if self.accept("ident", "together"):
-            if quantifier == "any":
-                raise ClaimSyntaxError("'any' and 'together' cannot be combined", self.text, together.start)
-            quantifier = "together"
-        verb = self.tok
-        if verb.kind != "ident" or verb.value not in VERBS:
-            self.fail("'recovers' or 'breaks'"
-                      + (_did_you_mean(verb.value, tuple(VERBS) + ("together",)) if verb.kind == "ident" else ""))
-        self.i += 1
-        comparison = self.comparison()
-        return LocalizationClaim(self.text, component, VERBS[verb.value], quantifier, comparison, **fields)
 
     def head_list(self) -> tuple[tuple[int, int], ...]:
         heads = []
@@ -376,23 +270,16 @@ class _Parser:
         return n
 
 
-def parse_claim(text: str) -> Claim:
-    """Parse one claim string. Raises :class:`ClaimSyntaxError` pointing at the offending column."""
-    if not isinstance(text, str) or not text.strip():
-        raise ClaimSyntaxError("the claim is empty", str(text), 0)
-    return _Parser(text).claim()
-
-
 def parse_position(text: str) -> PositionSelection:
     """One position reference, as written inside a claim: ``-1``, ``last``, ``' Alex'#2``, ``{first}``."""
-    parser = _Parser(str(text))
+    parser = Parser(str(text))
     selection = parser.positions()
     if parser.tok.kind != "end":
         parser.fail("the end of the position")
     return selection
 
 
-def _did_you_mean(word: str, choices) -> str:
+def did_you_mean(word: str, choices) -> str:
     import difflib
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
@@ -403,19 +290,7 @@ def _did_you_mean(word: str, choices) -> str:
 # Binding: concrete layers, positions and heads for one prompt and one model
 
 
-@dataclass(frozen=True)
-class BoundClaim:
-    """A localization claim resolved to concrete cells.
-
-    Cells are ``(layer, position)`` for residual components; ``(layer, head)`` for heads over all
-    positions; ``(layer, head, position)`` for heads restricted to positions.
-    """
-    claim: LocalizationClaim
-    cells: tuple[tuple[int, ...], ...]
-    positions: tuple[int, ...] = field(default=())
-
-
-def _resolve_index(value: int, size: int, noun: str, plural: str) -> int:
+def resolve_index(value: int, size: int, noun: str, plural: str) -> int:
     if not -size <= value < size:
         raise ClaimBindError(f"{noun} {value} is out of range: there are {size} {plural} "
                              f"(0 to {size - 1}, or -1 to -{size} from the end)")
@@ -434,10 +309,10 @@ def _resolve_slice(start, stop, size: int, noun: str, plural: str, source: str) 
 
 def resolve_layers(selection: LayerSelection, n_layers: int) -> list[int]:
     if selection.kind == "index":
-        return [_resolve_index(selection.values[0], n_layers, "layer", "layers")]
+        return [resolve_index(selection.values[0], n_layers, "layer", "layers")]
     if selection.kind == "slice":
         return _resolve_slice(*selection.values, n_layers, "layer", "layers", selection.source)
-    layers = [_resolve_index(v, n_layers, "layer", "layers") for v in selection.values]
+    layers = [resolve_index(v, n_layers, "layer", "layers") for v in selection.values]
     if len(set(layers)) != len(layers):
         raise ClaimBindError(f"layer list {selection.source} names a layer twice")
     return layers
@@ -449,7 +324,7 @@ def resolve_positions(selection: PositionSelection, tokens: list[str],
     if selection.kind == "last":
         return [n - 1]
     if selection.kind == "index":
-        return [_resolve_index(selection.values[0], n, "position", "positions")]
+        return [resolve_index(selection.values[0], n, "position", "positions")]
     if selection.kind == "slice":
         return _resolve_slice(*selection.values, n, "position", "positions", selection.source)
     text, occurrence = selection.values
@@ -475,62 +350,3 @@ def resolve_positions(selection: PositionSelection, tokens: list[str],
         raise ClaimBindError(f"position {selection.source} asks for occurrence {occurrence} but "
                              f"{text!r} occurs {len(matches)} time(s) in the prompt")
     return [matches[occurrence - 1]]
-
-
-def bind_claims(claims: list[LocalizationClaim], tokens: list[str], n_layers: int, n_heads: int,
-                variables: dict[str, str] | None = None) -> list[BoundClaim]:
-    """Resolve every localization claim of one behavior; ``elsewhere`` is resolved last because
-    it depends on the other claims on the same component. Errors carry the claim's index."""
-    bound: dict[int, BoundClaim] = {}
-    covered: dict[str, set] = {}
-    for index, claim in enumerate(claims):
-        if claim.elsewhere:
-            continue
-        try:
-            bound[index] = _bind_one(claim, tokens, n_layers, n_heads, variables)
-        except ClaimBindError as error:
-            raise ClaimBindIndexError(index, str(error)) from None
-        cover = covered.setdefault(claim.component, set())
-        for cell in bound[index].cells:
-            cover.add(cell[:2])
-    for index, claim in enumerate(claims):
-        if not claim.elsewhere:
-            continue
-        if claim.component not in covered:
-            raise ClaimBindIndexError(index, f"{claim.component}[elsewhere] needs another claim on "
-                                             f"{claim.component} in the same behavior to define what "
-                                             "'elsewhere' excludes")
-        width = n_heads if claim.component == "heads" else len(tokens)
-        cells = tuple((layer, j) for layer in range(n_layers) for j in range(width)
-                      if (layer, j) not in covered[claim.component])
-        if not cells:
-            raise ClaimBindIndexError(index, f"{claim.component}[elsewhere] is empty: the other claims "
-                                             f"cover every cell")
-        bound[index] = BoundClaim(claim, cells)
-    return [bound[i] for i in range(len(claims))]
-
-
-class ClaimBindIndexError(ClaimBindError):
-    def __init__(self, index: int, message: str):
-        self.index = index
-        super().__init__(message)
-
-
-def _bind_one(claim: LocalizationClaim, tokens, n_layers, n_heads, variables) -> BoundClaim:
-    if claim.component == "heads":
-        heads = []
-        for layer, head in claim.heads:
-            layer = _resolve_index(layer, n_layers, "layer", "layers")
-            if not 0 <= head < n_heads:
-                raise ClaimBindError(f"head {layer}.{head} is out of range: each layer has {n_heads} heads "
-                                     f"(0 to {n_heads - 1})")
-            heads.append((layer, head))
-        if len(set(heads)) != len(heads):
-            raise ClaimBindError("the head list names a head twice")
-        if claim.positions is None:
-            return BoundClaim(claim, tuple(heads))
-        positions = resolve_positions(claim.positions, tokens, variables)
-        return BoundClaim(claim, tuple((l, h, p) for l, h in heads for p in positions), tuple(positions))
-    layers = resolve_layers(claim.layers, n_layers)
-    positions = resolve_positions(claim.positions, tokens, variables)
-    return BoundClaim(claim, tuple((l, p) for l in layers for p in positions), tuple(positions))

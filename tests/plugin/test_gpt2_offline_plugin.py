@@ -148,18 +148,13 @@ def test_multi_token_lexicon_entries_are_collection_errors_on_gpt2(pytester, wri
     objects = ", ".join(shown(w, t) for w, t in MULTI_TOKEN["objects"].items())
     assert (f"behavior 'gift', key 'vars.object': 2 value(s) of {{object}} in lexicon "
             f"@objects are not single tokens for this model: {objects}") in output
-    first8 = ", ".join(shown(w, t) for w, t in list(MULTI_TOKEN["capitals"].items())[:8])
+    every = ", ".join(shown(w, t) for w, t in MULTI_TOKEN["capitals"].items())
     assert (f"behavior 'flight', key 'vars.origin': 18 value(s) of {{origin}} in "
-            f"lexicon @capitals are not single tokens for this model: {first8}, … 10 more") in output
+            f"lexicon @capitals are not single tokens for this model: {every}") in output
     # every other entry of these lexicons is one GPT-2 token: none else is named
     assert "'Emma'" not in output and "'Paris'" not in output and "'Rome'" not in output
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "interptest's lexicon check (_check_lexicons; interptest/check_family.py at f8a60d1) names at most 8 "
-    "offending entries, then '… N more', so the README's lexicon check ('run your spec with --interp-model "
-    "that-model --co: collection fails and lists the offending entries') shows 8 of @capitals' 18 multi-token "
-    "GPT-2 entries and hides Caracas, Hanoi, Kathmandu, Reykjavik, Tallinn, Riga, Vilnius, Montevideo, Quito, Doha"))
 def test_lexicon_check_lists_every_offending_entry(pytester, write, offline):
     write("behaviors/capitals.yaml", CAPITALS)
     output = pytester.runpytest("--co", "--interp-model", "gpt2").stdout.str()
@@ -167,11 +162,6 @@ def test_lexicon_check_lists_every_offending_entry(pytester, write, offline):
     assert not missing, missing
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BehaviorSpec.error (interptest/spec.py at f8a60d1) looks a key's line up with key.split('[')[0], so the "
-    "bind-time key 'vars.object' misses key_lines['vars'] and the error points at the behavior's first line "
-    "(objects.yaml:2, induction.yaml:44) instead of its 'vars' key (objects.yaml:5, induction.yaml:49), unlike "
-    "parse-time errors for 'vars.<name>', which look up key.split('.')[0] and point at 'vars'"))
 def test_lexicon_error_points_at_the_vars_key(pytester, write, offline):
     (pytester.path / "behaviors").mkdir()
     (pytester.path / "behaviors" / "induction.yaml").write_text((SHIPPED / "induction.yaml").read_text())

@@ -23,7 +23,7 @@ behaviors:
 
 def check_report(directory):
     data = json.loads((directory / "results.json").read_text())
-    assert set(data) == {"interptest_version", "created", "behaviors"}
+    assert set(data) == {"format", "interptest_version", "created", "behaviors"} and data["format"] == 1
     records = {r["nodeid"]: r for r in data["behaviors"]}
     assert set(records) == {"behaviors/f.yaml::alex-hart", "behaviors/f.yaml::france", "behaviors/f.yaml::later"}
     alex = records["behaviors/f.yaml::alex-hart"]

@@ -158,7 +158,7 @@ def test_results_json_round_trips_the_records(tmp_path):
     write_report(recs, tmp_path / "out", version=VERSION, created=CREATED)
     loaded = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"),
                         parse_constant=no_constants)
-    assert loaded == {"interptest_version": VERSION, "created": CREATED, "behaviors": recs}
+    assert loaded == {"format": 1, "interptest_version": VERSION, "created": CREATED, "behaviors": recs}
 
 
 def test_non_finite_numbers_become_null_and_input_is_untouched(tmp_path):

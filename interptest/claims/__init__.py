@@ -1,0 +1,86 @@
+"""Claims: the grammar's registry of claim kinds.
+
+Every claim is one string; its first word picks its kind. A kind is one module of this package
+(see :mod:`interptest.claims.base` for what it provides); adding a kind is that module plus one
+line in :data:`KINDS`. Imports neither torch nor pytest.
+"""
+
+from __future__ import annotations
+
+from interptest.claims.base import BindContext, Claim, Measurement, Unjudgeable, Verdict, judge
+from interptest.claims.grammar import (
+    ClaimBindError,
+    ClaimSyntaxError,
+    Comparison,
+    LayerSelection,
+    Parser,
+    PositionSelection,
+    did_you_mean,
+    parse_position,
+    resolve_layers,
+    resolve_positions,
+)
+from interptest.claims.localization import BoundClaim, LocalizationClaim
+from interptest.claims.prediction import PredictionClaim
+
+# The registry: each kind owns the first words listed in its ``keywords``.
+KINDS: tuple[type[Claim], ...] = (
+    PredictionClaim,
+    LocalizationClaim,
+)
+
+
+def parse_claim(text: str) -> Claim:
+    """Parse one claim string. Raises :class:`ClaimSyntaxError` pointing at the offending column."""
+    if not isinstance(text, str) or not text.strip():
+        raise ClaimSyntaxError("the claim is empty", str(text), 0)
+    parser = Parser(text)
+    head = parser.tok
+    if head.kind == "ident":
+        for kind in KINDS:
+            if head.value in kind.keywords:
+                return kind.parse(parser)
+        words = [word for kind in KINDS for word in kind.keywords]
+        parser.fail(f"a claim kind ({', '.join(words)})" + did_you_mean(head.value, words))
+    parser.fail("a claim: " + ", or ".join(kind.hint for kind in KINDS))
+    raise AssertionError("unreachable")
+
+
+class ClaimBindIndexError(ClaimBindError):
+    """A binding error on the index-th claim of a list."""
+
+    def __init__(self, index: int, message: str):
+        self.index = index
+        super().__init__(message)
+
+
+def bind_claims(claims: list, tokens: list[str], n_layers: int, n_heads: int,
+                variables: dict[str, str] | None = None) -> list:
+    """Bind claims for one prompt (``elsewhere`` last, since it depends on the others); errors carry
+    the claim's index. For models, the pipeline builds a richer :class:`BindContext`."""
+    from interptest import components
+
+    def no_tokens(text, what):
+        raise ClaimBindError(f"{what} needs a tokenizer to bind {text!r}")
+
+    context = BindContext([""], [list(tokens)], [dict(variables or {})], n_layers, n_heads, components.NAMES,
+                          "model", no_tokens)
+    return bind_all(claims, context)
+
+
+def bind_all(claims: list, context: BindContext) -> list:
+    bound: dict[int, object] = {}
+    for late in (False, True):
+        for index, claim in enumerate(claims):
+            if claim.bind_late == late:
+                try:
+                    bound[index] = claim.bind(context)
+                except ClaimBindError as error:
+                    raise ClaimBindIndexError(index, str(error)) from None
+    return [bound[i] for i in range(len(claims))]
+
+
+__all__ = ["KINDS", "BindContext", "BoundClaim", "Claim", "ClaimBindError", "ClaimBindIndexError",
+           "ClaimSyntaxError", "Comparison", "LayerSelection", "LocalizationClaim", "Measurement",
+           "PositionSelection", "PredictionClaim", "Unjudgeable", "Verdict", "bind_all", "bind_claims", "judge",
+           "parse_claim", "parse_position", "resolve_layers", "resolve_positions"]

@@ -1,0 +1,158 @@
+"""What a claim kind is: the one interface every kind module implements, and the shared judgement.
+
+A kind is a frozen dataclass (its parsed form) deriving from :class:`Claim`. It provides
+
+* ``keywords`` and ``parse``: the first words it owns in the grammar, and its parser;
+* ``requirement``: what it needs of the spec before any model is loaded (e.g. a corruption);
+* ``bind``: its resolution against the model's dimensions and every sample's tokens;
+* ``measure``: the values it reads from a run, per sample and cell (asking the engine for them);
+* ``record`` and ``render``: its extra fields in results.json and its extra terminal lines.
+
+Judging is shared: one sample is compared directly, several are gated on a one-sided bootstrap
+bound of their mean (Bonferroni over the claim's cells). Pure Python apart from ``judge``, which
+receives tensors from ``measure``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from interptest.claims.grammar import Comparison, Parser
+
+
+class Unjudgeable(Exception):
+    """A claim cannot be judged on this run (e.g. the corruption barely changes the behavior)."""
+
+    def __init__(self, detail: str):
+        self.detail = detail
+        super().__init__(detail)
+
+
+@dataclass
+class Measurement:
+    """A claim's values on one run: ``values`` [samples, cells] (a float tensor)."""
+    values: Any
+    cells: tuple = ()                  # what each column is, for failing-cell marks
+    labels: Sequence[str] = ()         # each column in words, e.g. "(layer 0, position 5 ' Hart')"
+    quantifier: str = "every"          # every | any | together (one column)
+    note: str = ""                     # replaces the worst-cell detail of a single sample
+    patch_map: Any = None              # the map the values were read from, for the failure map
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    value: float | None
+    detail: str
+    failing: tuple = field(default=())
+
+
+class Claim:
+    """Base class of every claim kind (see the module docstring)."""
+
+    keywords: ClassVar[tuple[str, ...]] = ()
+    hint: ClassVar[str] = ""           # how the kind's claims start, for the "unknown claim" message
+    text: str
+    comparison: Comparison
+
+    @classmethod
+    def parse(cls, parser: Parser) -> "Claim":
+        raise NotImplementedError
+
+    @property
+    def bind_late(self) -> bool:
+        """True when binding needs the other claims bound first (``elsewhere``)."""
+        return False
+
+    def requirement(self, behavior) -> str | None:
+        """What the behavior lacks for this claim (a message), or None."""
+        return None
+
+    def template_variables(self) -> list[str]:
+        """Template variables this claim names (checked against a family's variables)."""
+        return []
+
+    def bind(self, context) -> Any:
+        """The claim resolved for the model and every sample; raises ``ClaimBindError``."""
+        return None
+
+    def measure(self, bound, run) -> Measurement:
+        raise NotImplementedError
+
+    def format_value(self, value: float) -> str:
+        return f"{value:.3f}"
+
+    def record(self, check) -> dict:
+        """Extra results.json fields of one checked claim."""
+        return {}
+
+    def render(self, check, color: bool = False) -> list[str]:
+        """Extra terminal lines under a failing claim (e.g. its patching map)."""
+        return []
+
+
+def judge(claim: Claim, measurement: Measurement, required_rate: float | None, seed: int) -> Verdict:
+    """Compare a measurement with the claim's threshold: directly for one sample, on the bootstrap
+    bound of the mean for several."""
+    values = measurement.values
+    n_samples, n_cells = int(values.shape[0]), int(values.shape[1])
+    if n_samples == 1:
+        return _judge_one(claim.comparison, measurement, [float(v) for v in values[0].tolist()])
+    return _judge_many(claim.comparison, measurement, values, required_rate, seed, n_samples, n_cells)
+
+
+def _worst(values: list[float], comparison: Comparison, quantifier: str) -> int:
+    pick = max if comparison.wants_high == (quantifier == "any") else min
+    return pick(range(len(values)), key=lambda i: values[i])
+
+
+def _judge_one(comparison: Comparison, m: Measurement, values: list[float]) -> Verdict:
+    holds = [comparison.holds(v) for v in values]
+    passed = any(holds) if m.quantifier == "any" else all(holds)
+    index = _worst(values, comparison, m.quantifier)
+    failing = tuple(cell for cell, ok in zip(m.cells, holds) if not ok) if m.quantifier != "together" else ()
+    if m.note or not m.labels:
+        return Verdict(passed, values[index], m.note, failing)
+    label = "best" if m.quantifier == "any" else "worst"
+    detail = f"{label} cell {m.labels[index]} of {len(values)}"
+    if not passed and m.quantifier != "any":
+        detail += f"; {len(failing)} of {len(values)} cells fail"
+    return Verdict(passed, values[index], detail, failing)
+
+
+def _judge_many(comparison: Comparison, m: Measurement, values, required_rate, seed, n_samples, n_cells) -> Verdict:
+    from interptest.stats import bootstrap_bounds, pass_rate
+
+    corrected = n_cells if m.quantifier in ("every", "any") else 1
+    stats = bootstrap_bounds(values, comparison.wants_high, corrected, seed)
+    bounds = [s.mean if comparison.op == "==" else s.bound for s in stats]
+    holds = [comparison.holds(b) for b in bounds]
+    passed = any(holds) if m.quantifier == "any" else all(holds)
+    i = _worst(bounds, comparison, m.quantifier)
+    per_sample = [[comparison.holds(float(v)) for v in row] for row in values.tolist()]
+    rate = pass_rate([any(row) if m.quantifier == "any" else all(row) for row in per_sample])
+    side = "lower" if comparison.wants_high else "upper"
+    detail = (f"mean {stats[i].mean:.3f}, {stats[i].level * 100:.4g}% {side} bound {stats[i].bound:.3f}"
+              + (f" (Bonferroni over {corrected} cells)" if corrected > 1 else "")
+              + f"; pass rate {rate:.2f} over {n_samples} samples")
+    if required_rate is not None:
+        detail += f" (required {required_rate:.2f})"
+        passed = passed and rate >= required_rate
+    failing = tuple(m.cells[k] for k, ok in enumerate(holds) if not ok) if m.quantifier != "together" else ()
+    return Verdict(passed, bounds[i], detail, failing)
+
+
+@dataclass
+class BindContext:
+    """What binding may know: each sample's tokens and variables, the model's dimensions, and a
+    tokenizer check. Built by the pipeline; claim kinds read it."""
+    prompts: list[str]                           # each sample's clean prompt
+    tokens: list[list[str]]                      # each sample's clean tokens (BOS included)
+    variables: list[dict]                        # each sample's template variables, as token texts
+    n_layers: int
+    n_heads: int
+    components: tuple[str, ...]                  # the components this model exposes
+    model_name: str
+    single_token_ids: Any                        # (text or template, what) -> [one id per sample]
+    covered: dict = field(default_factory=dict)  # component -> cells claimed so far (for elsewhere)

@@ -1,0 +1,214 @@
+"""Localization claims, verified by activation patching::
+
+    resid_pre[0:2, ' Hart'] recovers >= 0.9      every cell of the region
+    any resid_mid[1:, last] recovers >= 0.5      at least one cell
+    heads[1.0, 2.3] together recovers >= 0.6     all cells patched jointly, one value
+    heads[2.3; -1] breaks >= 0.2                 a head at given positions
+    resid_pre[elsewhere] recovers <= 0.1         every cell no other claim on the component covers
+
+``recovers`` patches clean activations into the corrupted run (denoising), ``breaks`` corrupted
+activations into the clean run (noising); values are normalized logit differences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from interptest import components
+from interptest.claims.base import BindContext, Claim, Measurement, Unjudgeable
+from interptest.claims.grammar import (
+    ClaimBindError,
+    ClaimSyntaxError,
+    Comparison,
+    LayerSelection,
+    Parser,
+    PositionSelection,
+    did_you_mean,
+    resolve_index,
+    resolve_layers,
+    resolve_positions,
+)
+
+VERBS = {"recovers": "denoise", "breaks": "noise"}
+
+
+@dataclass(frozen=True)
+class BoundClaim:
+    """A localization claim resolved to concrete cells.
+
+    Cells are ``(layer, position)`` for residual components; ``(layer, head)`` for heads over all
+    positions; ``(layer, head, position)`` for heads restricted to positions.
+    """
+    claim: "LocalizationClaim"
+    cells: tuple[tuple[int, ...], ...]
+    positions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LocalizationClaim(Claim):
+    text: str
+    component: str
+    direction: str                                   # denoise (recovers) | noise (breaks)
+    quantifier: str                                  # every | any | together
+    comparison: Comparison
+    elsewhere: bool = False
+    layers: LayerSelection | None = None             # per-position components
+    positions: PositionSelection | None = None       # per-position components, or heads[...; POS]
+    heads: tuple[tuple[int, int], ...] = ()          # heads[L.H, ...]
+
+    keywords: ClassVar[tuple[str, ...]] = ("any",) + components.NAMES
+    hint: ClassVar[str] = "a component such as resid_pre[...]"
+
+    @property
+    def verb(self) -> str:
+        return "recovers" if self.direction == "denoise" else "breaks"
+
+    @property
+    def bind_late(self) -> bool:
+        return self.elsewhere
+
+    # -- grammar
+    @classmethod
+    def parse(cls, p: Parser) -> "LocalizationClaim":
+        quantifier = "any" if p.accept("ident", "any") else "every"
+        comp_tok = p.tok
+        if comp_tok.kind != "ident" or comp_tok.value not in components.COMPONENTS:
+            p.fail(f"a component ({', '.join(components.NAMES)})"
+                   + (did_you_mean(comp_tok.value, components.NAMES) if comp_tok.kind == "ident" else ""))
+        p.i += 1
+        component = components.get(comp_tok.value)
+        p.expect("punct", "[", f"'[' after {component.name}")
+        fields: dict = {}
+        if p.tok.kind == "ident" and p.tok.value == "elsewhere":
+            p.i += 1
+            fields["elsewhere"] = True
+        elif component.per_head:
+            fields["heads"] = p.head_list()
+            if p.accept("punct", ";"):
+                fields["positions"] = p.positions()
+        else:
+            fields["layers"] = p.layers()
+            if not p.accept("punct", ","):
+                p.fail(f"',' and a position part, e.g. {component.name}[2, -1] (use ':' for every position)")
+            fields["positions"] = p.positions()
+        p.expect("punct", "]", "']'")
+        together = p.tok
+        if p.accept("ident", "together"):
+            if quantifier == "any":
+                raise ClaimSyntaxError("'any' and 'together' cannot be combined", p.text, together.start)
+            quantifier = "together"
+        verb = p.tok
+        if verb.kind != "ident" or verb.value not in VERBS:
+            p.fail("'recovers' or 'breaks'"
+                   + (did_you_mean(verb.value, tuple(VERBS) + ("together",)) if verb.kind == "ident" else ""))
+        p.i += 1
+        comparison = p.comparison()
+        p.end()
+        return cls(p.text, component.name, VERBS[verb.value], quantifier, comparison, **fields)
+
+    # -- what the spec must give
+    def requirement(self, behavior) -> str | None:
+        if behavior.corruption is None:
+            return (f"claim {self.text!r} patches activations between a clean and a corrupted run; add a "
+                    "'corrupt' prompt to the behavior")
+        if self.elsewhere and not any(isinstance(c, LocalizationClaim) and c.component == self.component
+                                      and not c.elsewhere for c in behavior.claims):
+            return (f"{self.component}[elsewhere] needs another claim on {self.component} in the same behavior "
+                    "to define what 'elsewhere' excludes")
+        return None
+
+    def template_variables(self) -> list[str]:
+        if self.positions is not None and self.positions.kind == "variable":
+            return [self.positions.values[0]]
+        return []
+
+    # -- binding
+    def bind(self, context: BindContext) -> BoundClaim:
+        if self.component not in context.components:
+            raise ClaimBindError(f"this model does not expose {self.component!r} "
+                                 f"(available: {', '.join(context.components)})")
+        if self.elsewhere:
+            return self._bind_elsewhere(context)
+        bound = self._bind_cells(context.tokens[0], context.variables[0], context.n_layers, context.n_heads)
+        for s in range(1, len(context.tokens)):    # positions must not move between samples
+            other = self._bind_cells(context.tokens[s], context.variables[s], context.n_layers, context.n_heads)
+            if other.cells != bound.cells:
+                raise ClaimBindError(f"its positions differ between samples ({context.prompts[s]!r}); use "
+                                     "template variables such as {last} or numeric positions")
+        context.covered.setdefault(self.component, set()).update(cell[:2] for cell in bound.cells)
+        return bound
+
+    def _bind_cells(self, tokens, variables, n_layers: int, n_heads: int) -> BoundClaim:
+        if components.get(self.component).per_head:
+            heads = []
+            for layer, head in self.heads:
+                layer = resolve_index(layer, n_layers, "layer", "layers")
+                if not 0 <= head < n_heads:
+                    raise ClaimBindError(f"head {layer}.{head} is out of range: each layer has {n_heads} heads "
+                                         f"(0 to {n_heads - 1})")
+                heads.append((layer, head))
+            if len(set(heads)) != len(heads):
+                raise ClaimBindError("the head list names a head twice")
+            if self.positions is None:
+                return BoundClaim(self, tuple(heads))
+            positions = resolve_positions(self.positions, tokens, variables)
+            return BoundClaim(self, tuple((l, h, p) for l, h in heads for p in positions), tuple(positions))
+        layers = resolve_layers(self.layers, n_layers)
+        positions = resolve_positions(self.positions, tokens, variables)
+        return BoundClaim(self, tuple((l, p) for l in layers for p in positions), tuple(positions))
+
+    def _bind_elsewhere(self, context: BindContext) -> BoundClaim:
+        covered = context.covered.get(self.component)
+        if covered is None:
+            raise ClaimBindError(f"{self.component}[elsewhere] needs another claim on {self.component} in the "
+                                 "same behavior to define what 'elsewhere' excludes")
+        width = context.n_heads if components.get(self.component).per_head else len(context.tokens[0])
+        cells = tuple((layer, j) for layer in range(context.n_layers) for j in range(width)
+                      if (layer, j) not in covered)
+        if not cells:
+            raise ClaimBindError(f"{self.component}[elsewhere] is empty: the other claims cover every cell")
+        return BoundClaim(self, cells)
+
+    # -- measuring
+    def measure(self, bound: BoundClaim, run) -> Measurement:
+        problem = run.effect_problem()
+        if problem:
+            raise Unjudgeable(problem)
+        patcher = run.patcher()
+        cells = list(bound.cells)
+        if self.quantifier == "together":
+            values = patcher.joint(self.component, cells, self.direction)[:, None]
+            return Measurement(values, quantifier="together", note="one joint patch of the region")
+        labels = [cell_label(cell, run.tokens, components.get(self.component).per_head) for cell in cells]
+        if components.get(self.component).per_head and bound.positions:
+            values = patcher.cells_value(self.component, cells, self.direction)
+            return Measurement(values, tuple(cells), labels, self.quantifier)
+        sweep, patch_map = run.sweep(self.component, self.direction)
+        values = sweep[:, [c[0] for c in cells], [c[1] for c in cells]]
+        return Measurement(values, tuple(cells), labels, self.quantifier, patch_map=patch_map)
+
+    # -- reporting
+    def record(self, check) -> dict:
+        from interptest.results import map_key
+
+        on_map = check.patch_map is not None
+        return {"map": map_key(self.component, self.direction) if on_map else None,
+                "cells": [list(cell[:2]) for cell in check.bound.cells] if on_map else [],
+                "failing_cells": [list(cell[:2]) for cell in check.failing_cells] if on_map else []}
+
+    def render(self, check, color: bool = False) -> list[str]:
+        if check.patch_map is None:
+            return []
+        from interptest.render import render_map
+
+        return [""] + render_map(check.patch_map, claimed=check.bound.cells, failing=check.failing_cells,
+                                 title=f"map for {check.text!r}", color=color)
+
+
+def cell_label(cell, tokens, per_head: bool = False) -> str:
+    if per_head and len(cell) == 2:
+        return f"head {cell[0]}.{cell[1]}"
+    if len(cell) == 3:
+        return f"head {cell[0]}.{cell[1]} at position {cell[2]} {tokens[cell[2]]!r}"
+    return f"(layer {cell[0]}, position {cell[1]} {tokens[cell[1]]!r})"

@@ -1,0 +1,77 @@
+"""Prediction claims: ``prob(' Hart') >= 0.5``, ``rank(' Hart') <= 3``, ``logit(' Hart') > 10``,
+``logit_diff >= 2.0`` — read off the clean run's next-token logits at the last position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from interptest.claims.base import Claim, Measurement
+from interptest.claims.grammar import ClaimSyntaxError, Comparison, Parser
+
+FUNCTIONS = ("prob", "rank", "logit")
+
+
+@dataclass(frozen=True)
+class PredictionClaim(Claim):
+    text: str
+    function: str            # prob | rank | logit | logit_diff
+    token: str | None        # the token text for prob/rank/logit; None for logit_diff
+    comparison: Comparison
+
+    keywords: ClassVar[tuple[str, ...]] = FUNCTIONS + ("logit_diff",)
+    hint: ClassVar[str] = "prob(...), rank(...), logit(...), logit_diff"
+
+    @classmethod
+    def parse(cls, p: Parser) -> "PredictionClaim":
+        name = p.expect("ident").value
+        token = None
+        if name != "logit_diff":
+            p.expect("punct", "(", f"'(' after {name}")
+            string = p.accept("string")
+            if string is None:
+                p.fail(f"a quoted token text, e.g. {name}(' Paris')")
+            token = string.value
+            if token == "":
+                raise ClaimSyntaxError("the token text is empty", p.text, string.start)
+            p.expect("punct", ")", "')'")
+        comparison = p.comparison()
+        p.end()
+        return cls(p.text, name, token, comparison)
+
+    def requirement(self, behavior) -> str | None:
+        if self.function == "logit_diff" and behavior.corruption is None and behavior.foil is None:
+            return ("'logit_diff' compares expect against a foil: add 'foil' or 'corrupt' "
+                    "(the foil defaults to the model's top-1 prediction on the corrupted prompt)")
+        return None
+
+    def template_variables(self) -> list[str]:
+        from interptest.spec import template_fields
+
+        return template_fields(self.token) if self.token else []
+
+    def bind(self, context):
+        """One token id per sample (None for logit_diff)."""
+        if self.token is None:
+            return None
+        return context.single_token_ids(self.token, f"{self.function}()")
+
+    def measure(self, token_ids, run) -> Measurement:
+        import torch
+
+        logits = run.clean_logits                   # [S, vocab]
+        rows = torch.arange(logits.shape[0], device="cpu")
+        if self.function == "logit_diff":
+            values = run.clean_metrics
+        else:
+            target = torch.tensor(token_ids, device="cpu")
+            if self.function == "prob":
+                values = torch.softmax(logits, -1)[rows, target]
+            elif self.function == "logit":
+                values = logits[rows, target]
+            else:                                   # rank, 1 = top
+                values = (logits > logits[rows, target][:, None]).sum(-1).double() + 1
+        return Measurement(values.double()[:, None])
+
+    def format_value(self, value: float) -> str:
+        return f"{value:.0f}" if self.function == "rank" else f"{value:.3f}"
