@@ -19,6 +19,8 @@ import pytest
 from interptest import report
 from interptest.report import write_report
 
+pytestmark = pytest.mark.torchfree   # no torch, no transformer_lens, no model: `pytest tests -m torchfree`
+
 VERSION = "0.1.0"
 CREATED = "2026-11-27T13:00:00Z"
 
