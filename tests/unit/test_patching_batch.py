@@ -15,8 +15,7 @@ import torch  # noqa: E402
 
 import tinymodels  # noqa: E402
 from interptest.errors import InterpError  # noqa: E402
-from interptest.patching import COMPONENTS, Patcher  # noqa: E402
-from interptest.patching_batch import BatchPatcher  # noqa: E402
+from interptest.patching import COMPONENTS, BatchPatcher, Patcher  # noqa: E402
 
 MODELS = tinymodels.ARCHS + ("interptest-tiny",)
 TOL = 1e-5

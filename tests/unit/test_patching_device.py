@@ -32,8 +32,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import tinymodels  # noqa: E402
-from interptest.patching import Patcher, patch_sweep  # noqa: E402
-from interptest.patching_batch import BatchPatcher  # noqa: E402
+from interptest.patching import BatchPatcher, Patcher, patch_sweep  # noqa: E402
 
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads")
 

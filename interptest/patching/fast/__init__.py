@@ -6,9 +6,9 @@ run only recomputes positions ``>= p`` of layers ``>= l``; the keys and values o
 are those of the unpatched run, cached once.  The metric reads two logits at the last position, so
 only those two columns of the unembedding are computed.
 
-Covered: GPT-2 (``GPT2LMHeadModel``), Llama (``LlamaForCausalLM``: RMSNorm, rotary, gated MLP, GQA)
-and GPT-NeoX / Pythia (``GPTNeoXForCausalLM``: partial rotary, parallel or sequential residual),
-float32 weights.  ``FastEngine.self_check`` compares this forward's last-position logits with the
+Covered, one module per architecture family: GPT-2 (:mod:`.gpt2`), Llama (:mod:`.llama`: RMSNorm,
+rotary, gated MLP, GQA) and GPT-NeoX / Pythia (:mod:`.neox`: partial rotary, parallel or sequential
+residual), float32 weights on one device.  ``FastEngine.self_check`` compares this forward's last-position logits with the
 bridge's own and raises :class:`Unsupported` on disagreement, so a variant this module misreads
 (compatibility mode, an attached hook, an unusual config flag) falls back to the hook engine.
 """
@@ -19,71 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from interptest.patching.fast import gpt2, llama, neox
+from interptest.patching.fast.blocks import Unsupported, linear, rotate_half
 
-class Unsupported(Exception):
-    """The fast engine does not cover this model; use the generic hook engine."""
+__all__ = ["FastEngine", "Unsupported"]
 
-
-def _raw(mod):
-    """Strip TransformerLens bridge wrappers down to the Hugging Face module."""
-    seen = 0
-    while seen < 8:
-        inner = getattr(mod, "original_component", None)
-        if inner is None or inner is mod:
-            return mod
-        mod = inner
-        seen += 1
-    return mod
-
-
-def _norm_fn(mod):
-    """The normalization exactly as the bridge computes it.
-
-    TransformerLens' NormalizationBridge re-implements LayerNorm in Python (different rounding
-    from ``F.layer_norm``) unless it is set to use the native module; mirror whichever it does."""
-    raw = _raw(mod)
-    cfg = getattr(mod, "config", None)
-    if (raw is mod or cfg is None or getattr(mod, "use_native_layernorm_autograd", True)
-            or getattr(cfg, "layer_norm_folding", False) or not hasattr(mod, "uses_rms_norm")):
-        return raw
-    rms = bool(mod.uses_rms_norm)
-    eps = getattr(cfg, "eps", 1e-05)
-    weight = (1.0 + mod.weight) if getattr(mod, "uses_weight_offset", False) else mod.weight
-    bias = None if rms else getattr(raw, "bias", None)
-
-    def norm(x):
-        if not rms:
-            x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        x = x * weight
-        return x + bias if bias is not None else x
-    return norm
-
-
-def _rotate_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
-def _linear(mod, x):
-    """Apply an nn.Linear or a GPT-2 Conv1D given as raw module."""
-    if type(mod).__name__ == "Conv1D":  # as HF computes it
-        if mod.bias is None:
-            return x @ mod.weight
-        return torch.addmm(mod.bias, x.reshape(-1, x.shape[-1]), mod.weight).view(*x.shape[:-1], -1)
-    return torch.nn.functional.linear(x, mod.weight, mod.bias)
-
-
-@dataclass
-class _Layer:
-    ln1: object
-    ln2: object
-    attn_scale: float
-    parallel: bool
-    qkv: object  # callable(h [T,d]) -> q [T,H,dh], k [T,Hkv,dh], v [T,Hkv,dh] (before rotary)
-    o: object  # raw module
-    mlp: object  # callable(h [T,d]) -> [T,d]
-    rotary_dims: int = 0  # 0 = no rotary
+_FAMILIES = {cls: mod.build for mod in (gpt2, llama, neox) for cls in mod.HF_CLASSES}
 
 
 @dataclass
@@ -103,15 +44,15 @@ class _Run:
 
 
 class FastEngine:
-    def __init__(self, arch, layers, embed_fn, lnf, unembed_w, unembed_b, rotary, n_heads, n_kv, d_head):
-        self.arch = arch
-        self.layers = layers
-        self.embed_fn = embed_fn
-        self.lnf = lnf
-        self.unembed_w = unembed_w
-        self.unembed_b = unembed_b
-        self.rotary = rotary
-        self.n_heads, self.n_kv, self.d_head = n_heads, n_kv, d_head
+    def __init__(self, arch):
+        self.arch = arch.name
+        self.layers = arch.layers
+        self.embed = arch.embed
+        self.lnf = arch.lnf
+        self.unembed_w = arch.unembed_w
+        self.unembed_b = arch.unembed_b
+        self.rotary = arch.rotary
+        self.n_heads, self.n_kv, self.d_head = arch.n_heads, arch.n_kv, arch.d_head
         self.runs: dict[str, _Run] = {}
         self.first_diff = 0
 
@@ -125,8 +66,7 @@ class FastEngine:
         if hf is None:
             raise Unsupported("no underlying Hugging Face model found")
         kind = type(hf).__name__
-        builder = {"GPT2LMHeadModel": cls._gpt2, "LlamaForCausalLM": cls._llama,
-                   "GPTNeoXForCausalLM": cls._neox}.get(kind)
+        builder = _FAMILIES.get(kind)
         if builder is None:
             raise Unsupported(f"architecture {kind} not covered by the fast engine")
         dtypes = {p.dtype for p in hf.parameters()}
@@ -137,7 +77,7 @@ class FastEngine:
             raise Unsupported(f"fast engine needs the weights on one device, found {sorted(map(str, devices))}")
         if getattr(hf, "training", False):
             raise Unsupported("model is in training mode")
-        eng = builder(hf)
+        eng = cls(builder(hf))
         eng.device = next(iter(devices))
         eng.expect_id, eng.foil_id = int(expect_id), int(foil_id)
         two = [eng.expect_id, eng.foil_id]
@@ -150,110 +90,6 @@ class FastEngine:
         eng.runs["corrupt"] = eng._full_run(corrupt_tokens[0].to(eng.device))
         return eng
 
-    @classmethod
-    def _gpt2(cls, hf):
-        cfg = hf.config
-        if getattr(cfg, "add_cross_attention", False):
-            raise Unsupported("GPT-2 with cross attention")
-        tr = _raw(hf.transformer)
-        H = cfg.n_head
-        d = cfg.n_embd
-        dh = d // H
-        wte, wpe = _raw(tr.wte).weight, _raw(tr.wpe).weight
-        layers = []
-        for i, blk in enumerate(tr.h):
-            b = _raw(blk)
-            attn, mlp = _raw(b.attn), _raw(b.mlp)
-            c_attn, c_proj = _raw(attn.c_attn), _raw(attn.c_proj)
-            c_fc, m_proj, act = _raw(mlp.c_fc), _raw(mlp.c_proj), _raw(mlp.act)
-            scale = dh ** -0.5 if cfg.scale_attn_weights else 1.0
-            if cfg.scale_attn_by_inverse_layer_idx:
-                scale /= float(i + 1)
-
-            battn = getattr(blk, "attn", None)  # the bridge splits c_attn into q/k/v linears: use them
-            split = [getattr(battn, nm, None) for nm in ("q", "k", "v")] if battn is not None else []
-            if len(split) == 3 and all(sp is not None and isinstance(_raw(sp), torch.nn.Linear) for sp in split):
-                ql, kl, vl = (_raw(sp) for sp in split)
-
-                def qkv(h, ql=ql, kl=kl, vl=vl):
-                    return (_linear(ql, h).view(-1, H, dh), _linear(kl, h).view(-1, H, dh),
-                            _linear(vl, h).view(-1, H, dh))
-            else:
-                def qkv(h, c_attn=c_attn):
-                    q, k, v = _linear(c_attn, h).split(d, dim=-1)
-                    return q.view(-1, H, dh), k.view(-1, H, dh), v.view(-1, H, dh)
-
-            def mlp_fn(h, c_fc=c_fc, m_proj=m_proj, act=act):
-                return _linear(m_proj, act(_linear(c_fc, h)))
-
-            layers.append(_Layer(ln1=_norm_fn(b.ln_1), ln2=_norm_fn(b.ln_2), attn_scale=scale, parallel=False,
-                                 qkv=qkv, o=c_proj, mlp=mlp_fn))
-
-        def embed(tokens):
-            return wte[tokens] + wpe[torch.arange(tokens.shape[0], device=tokens.device)]
-
-        head = _raw(hf.lm_head)
-        return cls("gpt2", layers, embed, _norm_fn(tr.ln_f), head.weight, getattr(head, "bias", None), None, H, H, dh)
-
-    @classmethod
-    def _llama(cls, hf):
-        cfg = hf.config
-        if getattr(cfg, "sliding_window", None):
-            raise Unsupported("sliding-window attention")
-        m = _raw(hf.model)
-        H = cfg.num_attention_heads
-        Hkv = cfg.num_key_value_heads or H
-        dh = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-        emb = _raw(m.embed_tokens).weight
-        layers = []
-        for blk in m.layers:
-            b = _raw(blk)
-            attn, mlp = _raw(b.self_attn), _raw(b.mlp)
-            qp, kp, vp, op = (_raw(attn.q_proj), _raw(attn.k_proj), _raw(attn.v_proj), _raw(attn.o_proj))
-            gp, up, dp, act = _raw(mlp.gate_proj), _raw(mlp.up_proj), _raw(mlp.down_proj), _raw(mlp.act_fn)
-
-            def qkv(h, qp=qp, kp=kp, vp=vp):
-                return (_linear(qp, h).view(-1, H, dh), _linear(kp, h).view(-1, Hkv, dh),
-                        _linear(vp, h).view(-1, Hkv, dh))
-
-            def mlp_fn(h, gp=gp, up=up, dp=dp, act=act):
-                return _linear(dp, act(_linear(gp, h)) * _linear(up, h))
-
-            layers.append(_Layer(ln1=_norm_fn(b.input_layernorm), ln2=_norm_fn(b.post_attention_layernorm),
-                                 attn_scale=float(getattr(attn, "scaling", dh ** -0.5)), parallel=False,
-                                 qkv=qkv, o=op, mlp=mlp_fn, rotary_dims=dh))
-        head = _raw(hf.lm_head)
-        return cls("llama", layers, lambda t: emb[t], _norm_fn(m.norm), head.weight, getattr(head, "bias", None),
-                   _raw(m.rotary_emb), H, Hkv, dh)
-
-    @classmethod
-    def _neox(cls, hf):
-        cfg = hf.config
-        m = _raw(hf.gpt_neox)
-        H = cfg.num_attention_heads
-        dh = cfg.hidden_size // H
-        emb = _raw(m.embed_in).weight
-        layers = []
-        for blk in m.layers:
-            b = _raw(blk)
-            attn, mlp = _raw(b.attention), _raw(b.mlp)
-            qkv_p, dense = _raw(attn.query_key_value), _raw(attn.dense)
-            up, down, act = _raw(mlp.dense_h_to_4h), _raw(mlp.dense_4h_to_h), _raw(mlp.act)
-
-            def qkv(h, qkv_p=qkv_p):
-                q, k, v = _linear(qkv_p, h).view(-1, H, 3 * dh).chunk(3, dim=-1)
-                return q, k, v
-
-            def mlp_fn(h, up=up, down=down, act=act):
-                return _linear(down, act(_linear(up, h)))
-
-            layers.append(_Layer(ln1=_norm_fn(b.input_layernorm), ln2=_norm_fn(b.post_attention_layernorm),
-                                 attn_scale=float(getattr(attn, "scaling", dh ** -0.5)),
-                                 parallel=bool(getattr(b, "use_parallel_residual", cfg.use_parallel_residual)),
-                                 qkv=qkv, o=dense, mlp=mlp_fn, rotary_dims=int(attn.rotary_ndims)))
-        head = _raw(hf.get_output_embeddings())
-        return cls("neox", layers, lambda t: emb[t], _norm_fn(m.final_layer_norm), head.weight,
-                   getattr(head, "bias", None), _raw(m.rotary_emb), H, H, dh)
 
     # ---- the forward ---------------------------------------------------------------------
 
@@ -270,9 +106,9 @@ class FastEngine:
         """x [T, heads, dh]; cos/sin [T, rd]."""
         c, s = cos.unsqueeze(1), sin.unsqueeze(1)
         if rd == x.shape[-1]:
-            return x * c + _rotate_half(x) * s
+            return x * c + rotate_half(x) * s
         xr, xp = x[..., :rd], x[..., rd:]
-        return torch.cat((xr * c + _rotate_half(xr) * s, xp), dim=-1)
+        return torch.cat((xr * c + rotate_half(xr) * s, xp), dim=-1)
 
     def _layer(self, li, x, rows, pos, R, q0, n, base_k, base_v, store: _Run | None = None):
         """One block on packed tokens x [T, d] (row ``rows``, position ``pos`` each).
@@ -304,7 +140,7 @@ class FastEngine:
         pattern = torch.softmax(scores, dim=-1)
         zf = torch.matmul(pattern, vf.transpose(1, 2)).transpose(1, 2)  # [R, nq, H, dh]
         z = zf[rows, pos - q0]
-        attn = _linear(L.o, z.reshape(z.shape[0], H * dh))
+        attn = linear(L.o, z.reshape(z.shape[0], H * dh))
         if L.parallel:
             mlp = L.mlp(L.ln2(x))
             out = mlp + attn + x
@@ -326,7 +162,7 @@ class FastEngine:
     def _full_run(self, tokens):
         n = tokens.shape[0]
         run = _Run()
-        x = self.embed_fn(tokens)
+        x = self.embed(tokens, torch.arange(tokens.shape[0], device=tokens.device))
         rows = torch.zeros(n, dtype=torch.long, device=x.device)
         pos = torch.arange(n, device=x.device)
         zeros = x.new_zeros(n, self.n_kv, self.d_head)
@@ -437,7 +273,7 @@ class FastEngine:
             if pieces:
                 z = torch.cat(pieces)
                 rows_t, pos_t = torch.cat(rows_idx), torch.cat(pos_idx)
-                attn = _linear(self.layers[li].o, z.reshape(z.shape[0], H * dh))
+                attn = linear(self.layers[li].o, z.reshape(z.shape[0], H * dh))
                 X[rows_t, pos_t] = self._finish_layer(li, base, pos_t, attn=attn)
             return X, torch.tensor(pmin, dtype=torch.long, device=dev), min(pmin)
         P = torch.tensor([c[1] for c in chunk], dtype=torch.long, device=dev)
