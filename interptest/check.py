@@ -48,6 +48,7 @@ class CheckResult:
     bound: Any = None                 # what the claim bound to (cells, token ids, ...)
     patch_map: Any = None             # the PatchMap the verdict was read from, for the failure map
     failing_cells: tuple = ()
+    figure: dict | None = None        # what the report draws for this claim (see claims.base.Measurement)
 
 
 @dataclass
@@ -67,6 +68,8 @@ class BoundBehavior:
     expect_ids: list[list[int]]       # every token of each sample's expected completion
     foil_ids: list[int] | None        # None: the top-1 prediction on each corrupted prompt, found at run time
     bound_claims: list                # one per claim of the spec, in order
+    options: dict = field(default_factory=dict)   # run settings claim kinds read, e.g. repeat_length
+    reference_ids: Any = None         # LongTensor [R, n] of the 'reference' prompts (CPU), or None
 
     @property
     def n_samples(self) -> int:
@@ -246,7 +249,8 @@ def _sample_tensors(spec: BehaviorSpec, tok: _Tokenizer, samples) -> tuple:
     return clean_ids, corrupt_ids, expect_ids, foil_ids
 
 
-def bind_samples(spec: BehaviorSpec, model, samples: list, model_name: str = "", seed: int = 0) -> BoundBehavior:
+def bind_samples(spec: BehaviorSpec, model, samples: list, model_name: str = "", seed: int = 0,
+                 options: dict | None = None) -> BoundBehavior:
     """Bind ``samples`` of ``spec`` to ``model``; raises :class:`SpecError` for anything the model cannot do."""
     from interptest import components
 
@@ -270,23 +274,43 @@ def bind_samples(spec: BehaviorSpec, model, samples: list, model_name: str = "",
 
     context = BindContext([s.prompt for s in samples], tokens, variables, int(model.cfg.n_layers),
                           int(model.cfg.n_heads), components.available(getattr(model, "hook_dict", {})),
-                          model_name, single_token_ids)
+                          model_name, single_token_ids,
+                          n_kv_heads=getattr(model.cfg, "n_key_value_heads", None))
     try:
         bound_claims = bind_all(list(spec.claims), context)
     except ClaimBindIndexError as error:
         raise bind_error(spec, error) from None
     return BoundBehavior(spec, model, model_name, seed, samples, clean_ids, corrupt_ids, noise_positions, tokens[0],
-                         corrupt_tokens, expect_ids, foil_ids, bound_claims)
+                         corrupt_tokens, expect_ids, foil_ids, bound_claims, dict(options or {}),
+                         _reference_ids(spec, tok, clean_ids))
 
 
-def bind_behavior(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0) -> BoundBehavior:
+def _reference_ids(spec: BehaviorSpec, tok: _Tokenizer, clean_ids):
+    """[R, n] ids of the 'reference' prompts (the mean of 'ablate mean'), each of the prompt's token count."""
+    import torch
+
+    if not spec.reference:
+        return None
+    rows = []
+    for i, text in enumerate(spec.reference):
+        ids = tok.prompt(text, f"reference[{i}]")[0]
+        if len(ids) != clean_ids.shape[1]:
+            raise spec.error(f"reference prompt {text!r} tokenizes to {len(ids)} tokens but the prompt to "
+                             f"{clean_ids.shape[1]}; positions are averaged one to one: "
+                             f"{tok.model.to_str_tokens(text)}", f"reference[{i}]")
+        rows.append(ids)
+    return torch.stack(rows)
+
+
+def bind_behavior(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0,
+                  options: dict | None = None) -> BoundBehavior:
     """Draw the behavior's samples (one for a single prompt) and bind them to ``model``."""
     if spec.family is not None:
         _check_lexicons(spec, _Tokenizer(spec, model))
         samples = families.expand(spec, seed)
     else:
         samples = [families.instance(spec, {})]
-    return bind_samples(spec, model, samples, model_name, seed)
+    return bind_samples(spec, model, samples, model_name, seed, options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +330,8 @@ class Run:
         self.maps: dict = {}
         self._patcher = None
         self._sweeps: dict = {}
+        self._acts: dict = {}
+        self._memo: dict = {}
         device = _device(self.model)
         self.noise = _noise(bound, device)
         self.clean_logits = _last_logits(self.model, bound.clean_ids, device, None, batch_size)
@@ -352,6 +378,57 @@ class Run:
         return (f"the corruption barely changes the behavior on {weak} of {self.bound.n_samples} samples "
                 f"(|Δ| < min_effect {spec.min_effect:g}; smallest Δ = {float(delta.abs().min()):.3f}); the claim "
                 "cannot be judged")
+
+    def activations(self, which: str, names, ids=None) -> dict:
+        """Cached activations {hook name: [rows, ...] float32 CPU tensor} of the clean or corrupted run
+        (a noise corruption's noise included) of every sample, or of other token ids ``ids`` [rows, n]
+        that a claim names ``which``; computed once per (which, name)."""
+        import torch
+
+        missing = [nm for nm in names if (which, nm) not in self._acts]
+        if missing:
+            if ids is None:
+                ids = self.bound.clean_ids if which == "clean" else self.bound.corrupt_ids
+            noise = self.noise if which == "corrupt" else None
+            wanted = set(missing)
+            parts: dict = {nm: [] for nm in missing}
+            rows = self.batch_size or 32
+            device = _device(self.model)
+            for start in range(0, ids.shape[0], rows):
+                hooks = []
+                if noise is not None:
+                    part = noise[start:start + rows]
+
+                    def add_noise(act, hook=None, part=part):
+                        return act + part.to(act.dtype)
+                    hooks = [("hook_embed", add_noise)]
+                with self.model.hooks(fwd_hooks=hooks):
+                    _, cache = self.model.run_with_cache(ids[start:start + rows].to(device),
+                                                         names_filter=lambda nm: nm in wanted)
+                for nm in missing:
+                    parts[nm].append(cache[nm].detach().float().cpu())
+            for nm in missing:
+                self._acts[(which, nm)] = torch.cat(parts[nm])
+        return {nm: self._acts[(which, nm)] for nm in names}
+
+    def memo(self, key: str, compute):
+        """``compute()`` once per run, shared by every claim that asks for ``key``."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def circuits(self):
+        """The path-patching and ablation engine for every sample at once
+        (:class:`interptest.patching.paths.CircuitPatcher`), opened on first use."""
+        if getattr(self, "_circuits", None) is None:
+            from interptest.patching.paths import CircuitPatcher
+
+            bound = self.bound
+            foil = self.foil_ids if self.foil_ids is not None else self.expect_first
+            self._circuits = CircuitPatcher(self.model, bound.clean_ids, bound.corrupt_ids, self.expect_first, foil,
+                                            embed_noise=self.noise, reference_ids=bound.reference_ids,
+                                            batch_size=self.batch_size)
+        return self._circuits
 
     def patcher(self):
         """The patching engine for every sample at once (BatchPatcher's interface: [S, ...] values)."""
@@ -545,7 +622,7 @@ def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink:
                 continue
             verdict = judge(claim, measurement, spec.claim_pass_rate(index), seed)
             check = CheckResult(claim.text, verdict.passed, verdict.value, verdict.detail, claim, bound_claim,
-                                measurement.patch_map, verdict.failing)
+                                measurement.patch_map, verdict.failing, measurement.figure)
             if not verdict.passed and spec.family is not None and shrink:
                 check.detail += _minimal_instance(bound, index, batch_size)
             result.checks.append(check)
@@ -566,7 +643,7 @@ def _minimal_instance(bound: BoundBehavior, index: int, batch_size) -> str:
         values, corrupt_values = pair
         sample = families.instance(spec, values, corrupt_values)
         try:
-            single = bind_samples(spec, bound.model, [sample], bound.model_name, bound.seed)
+            single = bind_samples(spec, bound.model, [sample], bound.model_name, bound.seed, bound.options)
         except SpecError:        # this instance cannot even be bound (e.g. another token count)
             return False
         run = Run(single, batch_size)

@@ -19,6 +19,8 @@ OPTION_BASELINE_UPDATE = "interp_baseline_update"
 OPTION_BASELINE_TOLERANCE = "interp_baseline_tolerance"
 OPTION_SUGGEST = "interp_suggest"
 OPTION_SEED = "interp_seed"
+OPTION_REPEAT_LENGTH = "interp_repeat_length"
+OPTION_RANDOM_SETS = "interp_random_sets"
 INI_FILES = "interp_files"
 
 _OPTIONS = {
@@ -32,6 +34,10 @@ _OPTIONS = {
     OPTION_REPORT: ("write results.json and report.html (heatmaps) into this directory", ""),
     OPTION_BASELINE_TOLERANCE: ("how far a map cell may move from its baseline (default 0.05)", "0.05"),
     OPTION_SEED: ("seed of the samples drawn for prompt families and of noise corruptions (default 0)", "0"),
+    OPTION_REPEAT_LENGTH: ("length of the random token sequence that head-score claims 'on random_repeat' "
+                           "repeat twice (default 20)", "20"),
+    OPTION_RANDOM_SETS: ("how many random node sets of the same composition a 'beats random' claim is compared "
+                         "with (default 200)", "200"),
 }
 _SESSION_KEY = pytest.StashKey()
 
@@ -77,6 +83,8 @@ def pytest_configure(config: pytest.Config) -> None:
             baseline_tolerance=Options.tolerance(_option(config, OPTION_BASELINE_TOLERANCE)),
             suggest=bool(_option(config, OPTION_SUGGEST)),
             seed=Options.integer(_option(config, OPTION_SEED), "--interp-seed"),
+            repeat_length=Options.positive_int(_option(config, OPTION_REPEAT_LENGTH), "--interp-repeat-length"),
+            random_sets=Options.positive_int(_option(config, OPTION_RANDOM_SETS), "--interp-random-sets"),
         )
     except OptionError as error:
         raise pytest.UsageError(str(error)) from None

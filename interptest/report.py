@@ -353,6 +353,7 @@ def _behavior(index: int, record: dict) -> str:
              + _predictions("corrupted top-5", record.get("corrupt_top"), expect, foil))
     maps = record.get("maps") or {}
     heatmaps = "".join(_heatmap(str(key), spec or {}, tokens, claims) for key, spec in maps.items())
+    figures = "".join(_figure(claim) for claim in _distinct_figures(claims))
     return (f'<section class="card behavior {_e(outcome)}" id="{_anchor(index)}">'
             f'<h2>{_pill(outcome)} <span class="nodeid">{_e(record.get("nodeid", f"behavior {index}"))}</span>'
             f'<a class="top" href="#" title="back to top">↑</a></h2>'
@@ -360,7 +361,109 @@ def _behavior(index: int, record: dict) -> str:
             + (f'<div class="pred-row">{preds}</div>' if preds else "")
             + f'<h3>Claims <span class="muted">{passed}/{total} passed</span></h3>{_claims(claims)}'
             + (f"<h3>Patching maps</h3>{heatmaps}" if heatmaps else "")
+            + (f"<h3>Attention, direct effects and logit lens</h3>{figures}" if figures else "")
             + "</section>")
+
+
+_CLAIMED = ' class="claimed"'
+
+
+def _distinct_figures(claims: list[dict]) -> list[dict]:
+    """Claims whose figures differ: a direct-effect chart or a logit-lens table shared by several claims
+    is drawn once, with every claim's marks and texts."""
+    kept: dict[str, dict] = {}
+    for claim in claims:
+        figure = claim.get("figure")
+        if not figure:
+            continue
+        kind = figure.get("type")
+        if kind == "direct":
+            key = f"direct:{figure.get('relative')}"
+        elif kind == "lens":
+            key = f"lens:{figure.get('position')}"
+        else:
+            key = f"{kind}:{json.dumps(figure, sort_keys=True)}"
+        if key not in kept:
+            kept[key] = {**claim, "figure": json.loads(json.dumps(figure))}
+            continue
+        first = kept[key]
+        first["text"] = f"{first.get('text', '')}; {claim.get('text', '')}"
+        if kind == "direct":
+            first["figure"]["claimed"] = first["figure"].get("claimed", []) + list(figure.get("claimed") or [])
+        elif kind == "lens":
+            known = {row["stream"]: row for row in first["figure"]["rows"]}
+            for row in figure.get("rows") or []:
+                if row["stream"] in known:
+                    known[row["stream"]]["claimed"] = known[row["stream"]].get("claimed") or row.get("claimed")
+                else:
+                    first["figure"]["rows"].append(dict(row))
+    return list(kept.values())
+
+
+def _figure(claim: dict) -> str:
+    """What a claim kind asked the report to draw (its record's ``figure``), by type."""
+    figure = claim["figure"]
+    draw = {"attention": _attention_figure, "direct": _direct_figure, "lens": _lens_figure}.get(figure.get("type"))
+    if draw is None:
+        return ""
+    return (f'<figure class="map claim-figure" data-figure="{_e(figure.get("type"))}"><figcaption>'
+            f'<code>{_e(claim.get("text", ""))}</code></figcaption>{draw(figure)}</figure>')
+
+
+def _attention_figure(figure: dict) -> str:
+    tokens = [show_token(t) for t in figure.get("tokens") or []]
+    query, key = figure.get("query"), figure.get("key")
+    out = []
+    for head, pattern in (figure.get("heads") or {}).items():
+        n = len(pattern)
+        labels = tokens if len(tokens) == n else [str(i) for i in range(n)]
+        head_row = "".join(f'<th class="col" title="key {k}: {_e(labels[k])}"><span class="tok">{_e(labels[k])}</span>'
+                           f'<span class="idx">{k}</span></th>' for k in range(n))
+        rows = []
+        for q in range(n):
+            cells = []
+            for k in range(n):
+                value = pattern[q][k] if k <= q else None
+                mark = ' class="claimed"' if (q, k) == (query, key) else ""
+                if value is None:
+                    cells.append('<td class="nan" title="after the query: masked"></td>')
+                    continue
+                style = f' style="background:{_colour(float(value))}' + (';color:#fff"' if value > 0.62 else '"')
+                cells.append(f'<td{mark}{style} title="query {q} → key {k}: {value:.3f}">{_num(value)}</td>')
+            rows.append(f'<tr><th class="row" title="query {q}">{_e(labels[q])}</th>{"".join(cells)}</tr>')
+        out.append(f'<div class="small muted">head {_e(head)}, {_e(figure.get("run", "clean"))} run, queries × keys'
+                   f'</div><div class="heatmap-scroll"><table class="heatmap attention" data-head="{_e(head)}">'
+                   f'<thead><tr><th class="corner">query \\ key</th>{head_row}</tr></thead>'
+                   f'<tbody>{"".join(rows)}</tbody></table></div>')
+    return "".join(out)
+
+
+def _direct_figure(figure: dict) -> str:
+    unit = "fraction of m<sub>clean</sub>" if figure.get("relative") else "logits"
+    claimed = {tuple(c) for c in figure.get("claimed") or []}
+    bars = [(f"L{l}H{h}", v, (l, h) in claimed) for l, row in enumerate(figure.get("heads") or [])
+            for h, v in enumerate(row)]
+    bars += [(f"MLP {l}", v, False) for l, v in enumerate(figure.get("mlp_out") or [])]
+    top = max((abs(v) for _, v, _ in bars), default=1.0) or 1.0
+    rows = []
+    for name, value, mark in bars:
+        width = 100.0 * abs(value) / top
+        side = "pos" if value >= 0 else "neg"
+        rows.append(f'<tr{_CLAIMED if mark else ""}><th>{_e(name)}</th>'
+                    f'<td class="num">{_fmt(value, 2)}</td><td class="bar {side}"><span style="width:{width:.1f}%">'
+                    f"</span></td></tr>")
+    return (f'<div class="small muted">direct effect on expect − foil at the last position ({unit}); '
+            f'sample means; claimed heads in bold</div><table class="bars">{"".join(rows)}</table>')
+
+
+def _lens_figure(figure: dict) -> str:
+    rows = "".join(f'<tr{_CLAIMED if row.get("claimed") else ""}><th><code>{_e(row.get("stream"))}'
+                   f'</code></th><td class="num">{_fmt(row.get("rank"), 1)}</td><td class="num">'
+                   f'{_fmt(row.get("prob"), 3)}</td><td class="num">{_fmt(row.get("logit_diff"), 2)}</td></tr>'
+                   for row in figure.get("rows") or [])
+    return (f'<div class="small muted">logit lens at position {_e(figure.get("position"))} (sample means)</div>'
+            '<table class="lens"><thead><tr><th>residual stream</th><th>rank of expect</th><th>p(expect)</th>'
+            f"<th>logit diff</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 _CSS = """
@@ -424,6 +527,12 @@ li.fail .claim-text { color:var(--ko); }
 .value { font-size:13px; color:var(--muted); } .value b { color:var(--fg); font-variant-numeric:tabular-nums; }
 .detail { font-size:13px; color:var(--muted); white-space:pre-wrap; word-break:break-word; margin-top:2px; }
 figure.map { margin:12px 0 20px; }
+table.bars, table.lens { border-collapse:collapse; font-size:12px; font-variant-numeric:tabular-nums; }
+table.bars th, table.lens th { text-align:left; padding:1px 10px 1px 0; font-weight:400; }
+table.bars td.bar { width:260px; } table.bars td.bar span { display:block; height:10px; }
+table.bars td.bar.pos span { background:#d6604d; } table.bars td.bar.neg span { background:#4393c3; }
+table.bars tr.claimed th, table.lens tr.claimed th { font-weight:700; }
+table.lens td { padding:1px 12px 1px 0; }
 figcaption { font-size:14px; margin-bottom:6px; }
 .fail-count { color:var(--ko); }
 .heatmap-scroll { overflow-x:auto; width:fit-content; max-width:100%; border:1px solid var(--line); border-radius:6px; }

@@ -25,6 +25,7 @@ class ClaimRecord(TypedDict):
     map: str | None             # key into the record's maps, when the value was read off a map
     cells: list                 # claimed cells of that map
     failing_cells: list
+    figure: dict | None         # what the report draws for this claim, e.g. {"type": "attention", ...}
 
 
 class BehaviorRecord(TypedDict):
@@ -80,7 +81,7 @@ def _kind(claim: Any) -> str | None:
 def _claim_record(check) -> ClaimRecord:
     entry: ClaimRecord = {"text": check.text, "kind": _kind(check.claim), "passed": check.passed,
                           "value": _number(check.value), "detail": check.detail, "map": None, "cells": [],
-                          "failing_cells": []}
+                          "failing_cells": [], "figure": check.figure}
     if check.claim is not None:
         entry.update(check.claim.record(check))     # type: ignore[typeddict-item]
     return entry
@@ -97,7 +98,7 @@ def behavior_record(behavior, nodeid: str, model: str, outcome: str | None = Non
         "expect": behavior.expect, "foil": behavior.foil, "clean_metric": None, "corrupt_metric": None,
         "clean_top": [], "corrupt_top": [],
         "claims": [{"text": c.text, "kind": _kind(c), "passed": None, "value": None, "detail": "", "map": None,
-                    "cells": [], "failing_cells": []} for c in behavior.claims],
+                    "cells": [], "failing_cells": [], "figure": None} for c in behavior.claims],
         "maps": {}, "baseline": None, "suggestion": None,
     }
     if result is None:

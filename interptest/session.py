@@ -42,6 +42,8 @@ class Options:
     baseline_update: bool = False     # --interp-baseline-update
     baseline_tolerance: float = 0.05  # ini interp_baseline_tolerance
     suggest: bool = False             # --interp-suggest
+    repeat_length: int | None = None  # --interp-repeat-length: random_repeat sequences of head-score claims
+    random_sets: int | None = None    # --interp-random-sets: random node sets of a 'beats random' claim
     seed: int = 0                     # --interp-seed: which samples prompt families draw
 
     @staticmethod
@@ -133,7 +135,11 @@ class InterpSession:
                 raise ModelSkipped(str(error)) from None
             raise SpecError(str(error), path=behavior.path, line=behavior.key_lines.get("model", behavior.line),
                             behavior=behavior.name, key="model") from None
-        return bind_behavior(behavior, model, name, self.options.seed)
+        return bind_behavior(behavior, model, name, self.options.seed, self.run_options())
+
+    def run_options(self) -> dict:
+        """The settings claim kinds read at run time (BoundBehavior.options)."""
+        return {"repeat_length": self.options.repeat_length, "random_sets": self.options.random_sets}
 
     # -- running
     def run(self, bound: BoundBehavior):

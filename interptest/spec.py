@@ -38,6 +38,7 @@ BEHAVIOR_KEYS = {
     "expect": _STR,
     "corrupt": _CORRUPT,
     "foil": _STR,
+    "reference": _STR_LIST,
     "claims": _CLAIMS,
     "min_effect": _NUM,
     "min_pass_rate": _NUM,
@@ -90,6 +91,7 @@ class BehaviorSpec:
     corruption: Corruption | None = None
     min_pass_rate: float | None = None
     if_model_unavailable: str = "error"
+    reference: tuple[str, ...] = ()   # prompts whose clean mean is 'ablate mean' of a single prompt
     claim_pass_rates: tuple[float | None, ...] = ()
     path: str = "<dict>"
     line: int | None = None
@@ -337,6 +339,9 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
             if key in merged:
                 error(f"{key!r} only applies to a prompt family: write 'template' instead of 'prompt'", key)
     corruption = _parse_corruption(merged.get("corrupt"), prompt, family, error)
+    reference = merged.get("reference", [])
+    if "reference" in merged and (not reference or "" in reference):
+        error("expected a non-empty list of non-empty prompts (each with the prompt's token count)", "reference")
 
     claim_source = merged.get("claims", [])
     claim_lines = list(getattr(claim_source, "item_lines", [None] * len(claim_source)))
@@ -363,7 +368,7 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
         min_effect=float(merged.get("min_effect", DEFAULT_MIN_EFFECT)), marks=tuple(merged.get("marks", ())),
         skip=merged.get("skip"), xfail=merged.get("xfail"), description=merged.get("description"),
         family=family, corruption=corruption, min_pass_rate=_pass_rate(merged.get("min_pass_rate"), error),
-        if_model_unavailable=policy,
+        if_model_unavailable=policy, reference=tuple(reference),
         claim_pass_rates=tuple(pass_rates), path=path, line=line, key_lines=key_lines,
         claim_lines=tuple(claim_lines),
     )

@@ -20,13 +20,25 @@ from interptest.claims.grammar import (
     resolve_layers,
     resolve_positions,
 )
+from interptest.claims.attention import AttentionClaim
+from interptest.claims.circuit import CircuitClaim
+from interptest.claims.direct import DirectClaim
+from interptest.claims.lens import LensClaim
 from interptest.claims.localization import BoundClaim, LocalizationClaim
+from interptest.claims.path import PathClaim
 from interptest.claims.prediction import PredictionClaim
+from interptest.claims.scores import ScoreClaim
 
 # The registry: each kind owns the first words listed in its ``keywords``.
 KINDS: tuple[type[Claim], ...] = (
     PredictionClaim,
     LocalizationClaim,
+    AttentionClaim,
+    ScoreClaim,
+    DirectClaim,
+    LensClaim,
+    PathClaim,
+    CircuitClaim,
 )
 
 

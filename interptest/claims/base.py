@@ -38,6 +38,8 @@ class Measurement:
     quantifier: str = "every"          # every | any | together (one column)
     note: str = ""                     # replaces the worst-cell detail of a single sample
     patch_map: Any = None              # the map the values were read from, for the failure map
+    figure: dict | None = None         # JSON data the report draws for this claim ({"type": ..., ...})
+    comparison: Any = None             # replaces the claim's comparison (e.g. the random-control threshold)
 
 
 @dataclass
@@ -97,9 +99,10 @@ def judge(claim: Claim, measurement: Measurement, required_rate: float | None, s
     bound of the mean for several."""
     values = measurement.values
     n_samples, n_cells = int(values.shape[0]), int(values.shape[1])
+    comparison = measurement.comparison or claim.comparison
     if n_samples == 1:
-        return _judge_one(claim.comparison, measurement, [float(v) for v in values[0].tolist()])
-    return _judge_many(claim.comparison, measurement, values, required_rate, seed, n_samples, n_cells)
+        return _judge_one(comparison, measurement, [float(v) for v in values[0].tolist()])
+    return _judge_many(comparison, measurement, values, required_rate, seed, n_samples, n_cells)
 
 
 def _worst(values: list[float], comparison: Comparison, quantifier: str) -> int:
@@ -107,11 +110,18 @@ def _worst(values: list[float], comparison: Comparison, quantifier: str) -> int:
     return pick(range(len(values)), key=lambda i: values[i])
 
 
+def _failing(m: Measurement, holds: list[bool]) -> tuple:
+    """The cells whose own comparison fails (none for a joint value or a measurement without cells)."""
+    if m.quantifier == "together" or not m.cells:
+        return ()
+    return tuple(cell for cell, ok in zip(m.cells, holds) if not ok)
+
+
 def _judge_one(comparison: Comparison, m: Measurement, values: list[float]) -> Verdict:
     holds = [comparison.holds(v) for v in values]
     passed = any(holds) if m.quantifier == "any" else all(holds)
     index = _worst(values, comparison, m.quantifier)
-    failing = tuple(cell for cell, ok in zip(m.cells, holds) if not ok) if m.quantifier != "together" else ()
+    failing = _failing(m, holds)
     if m.note or not m.labels:
         return Verdict(passed, values[index], m.note, failing)
     label = "best" if m.quantifier == "any" else "worst"
@@ -139,8 +149,19 @@ def _judge_many(comparison: Comparison, m: Measurement, values, required_rate, s
     if required_rate is not None:
         detail += f" (required {required_rate:.2f})"
         passed = passed and rate >= required_rate
-    failing = tuple(m.cells[k] for k, ok in enumerate(holds) if not ok) if m.quantifier != "together" else ()
-    return Verdict(passed, bounds[i], detail, failing)
+    return Verdict(passed, bounds[i], detail, _failing(m, holds))
+
+
+def ablation_requirement(text: str, ablation: str, behavior) -> str | None:
+    """What the behavior lacks for ``ablate <ablation>`` in claim ``text``, or None."""
+    if ablation == "resample" and behavior.corruption is None:
+        return (f"claim {text!r} ablates by resampling: each node takes its value on the corrupted prompt; add a "
+                "'corrupt' prompt to the behavior (or write 'ablate mean' or 'ablate zero')")
+    if ablation == "mean" and behavior.family is None and not getattr(behavior, "reference", ()):
+        return (f"claim {text!r} ablates by the mean: each node takes its mean over the family's clean samples or "
+                "over 'reference' prompts; this single-prompt behavior has neither: add a 'reference' list of "
+                "prompts with the prompt's token count")
+    return None
 
 
 @dataclass
@@ -156,3 +177,4 @@ class BindContext:
     model_name: str
     single_token_ids: Any                        # (text or template, what) -> [one id per sample]
     covered: dict = field(default_factory=dict)  # component -> cells claimed so far (for elsewhere)
+    n_kv_heads: int | None = None                # key/value heads per layer (grouped-query attention), None: n_heads

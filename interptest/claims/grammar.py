@@ -77,6 +77,67 @@ class PositionSelection:
     source: str
 
 
+ABLATIONS = ("resample", "mean", "zero")
+NODE_COMPONENTS = ("heads", "mlp_out")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One entry of a node list: ``heads[L.H, ...]`` or ``mlp_out[LAYERS]``, optionally ``; POSITIONS``."""
+    component: str                                   # heads | mlp_out
+    heads: tuple[tuple[int, int], ...]
+    layers: LayerSelection | None
+    positions: PositionSelection | None
+    source: str
+
+
+@dataclass(frozen=True)
+class ReceiverSpec:
+    """The receiving end of a path: ``heads[...].q|k|v``, ``mlp_in[LAYERS]`` or ``logits``."""
+    kind: str                                        # q | k | v | mlp_in | logits
+    heads: tuple[tuple[int, int], ...]
+    layers: LayerSelection | None
+    positions: PositionSelection | None
+    source: str
+
+
+@dataclass(frozen=True)
+class RandomControl:
+    """``beats random at q``: a negative control against random node sets of the same composition."""
+    quantile: float
+    column: int = 0
+
+
+@dataclass(frozen=True)
+class Node:
+    """A resolved node: an attention head's output (layer, head) or an MLP layer's output (layer,
+    head None), at ``positions`` (None: every position). Random controls of localization claims also
+    use other per-position components (a layer of resid_pre, ...)."""
+    component: str
+    layer: int
+    head: int | None
+    positions: tuple[int, ...] | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.component, self.layer, self.head)
+
+    def edits(self) -> list[tuple]:
+        """The node as cells of the patching engines: ("heads", (L, H, pos)) / (component, (L, pos))."""
+        positions = self.positions if self.positions is not None else (None,)
+        if self.component == "heads":
+            return [("heads", (self.layer, self.head, p)) for p in positions]
+        return [(self.component, (self.layer, p)) for p in positions]
+
+    def label(self, tokens=None) -> str:
+        name = {"heads": f"head {self.layer}.{self.head}", "mlp_out": f"MLP {self.layer}"}.get(
+            self.component, f"{self.component} {self.layer}")
+        if self.positions is None:
+            return name
+        shown = [f"{p} {tokens[p]!r}" if tokens else str(p) for p in self.positions]
+        return f"{name} at position{'s' if len(shown) > 1 else ''} {', '.join(shown)}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Lexer
 
@@ -91,7 +152,7 @@ class _Token:
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PUNCT = "[](),:;#{}"
+_PUNCT = "[](),:;#{}.+"
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
 
 
@@ -118,6 +179,10 @@ def _lex(text: str) -> list[_Token]:
             i = j + 1
             continue
         two = text[i:i + 2]
+        if two == "->":
+            tokens.append(_Token("punct", "->", i, i + 2))
+            i += 2
+            continue
         if two in (">=", "<=", "=="):
             tokens.append(_Token("op", two, i, i + 2))
             i += 2
@@ -269,6 +334,113 @@ class Parser:
             raise ClaimSyntaxError("occurrences count from 1", self.text, tok.start)
         return n
 
+    # -- node lists, receivers, ablations and random controls (circuit and path claims)
+    def node_list(self, what: str = "a node list") -> tuple["NodeSpec", ...]:
+        """``heads[0.3, 1.0] + mlp_out[0, 1]``: attention heads and MLP layers, each optionally at
+        positions after ';' (``heads[1.0; -1]``, ``mlp_out[0; ' Hart']``)."""
+        nodes = [self.node(what)]
+        while self.accept("punct", "+"):
+            nodes.append(self.node("a node after '+'"))
+        return tuple(nodes)
+
+    def node(self, what: str) -> "NodeSpec":
+        start = self.tok
+        if start.kind != "ident" or start.value not in NODE_COMPONENTS:
+            self.fail(f"{what}: attention heads heads[L.H, ...] or MLP layers mlp_out[L, ...]"
+                      + (did_you_mean(start.value, NODE_COMPONENTS) if start.kind == "ident" else ""))
+        self.i += 1
+        self.expect("punct", "[", f"'[' after {start.value}")
+        heads, layers, positions = (), None, None
+        if start.value == "heads":
+            heads = self.head_list()
+        else:
+            layers = self.node_layers()
+        if self.accept("punct", ";"):
+            positions = self.positions()
+        self.expect("punct", "]", "']'" if positions is not None else "';' and positions, or ']'")
+        return NodeSpec(start.value, heads, layers, positions, self.text[start.start:self.tokens[self.i - 1].end])
+
+    def node_layers(self) -> LayerSelection:
+        """``0``, ``0, 1``, ``0:2`` or ``:`` inside ``mlp_out[...]`` of a node list."""
+        start = self.tok
+        kind, values, _ = self._slice_or_index("an MLP layer: an integer, a list such as 0, 1, or a slice such as 0:2")
+        if kind == "index":
+            values = list(values)
+            while self.accept("punct", ","):
+                if self.tok.kind != "number":
+                    self.fail("another layer number (in a node list, positions follow ';', e.g. mlp_out[0; -1])")
+                values.append(self.integer("a layer number"))
+            if len(values) > 1:
+                return LayerSelection("list", tuple(values), self.text[start.start:self.tokens[self.i - 1].end])
+            values = tuple(values)
+        return LayerSelection(kind, values, self.text[start.start:self.tokens[self.i - 1].end])
+
+    def receivers(self) -> tuple["ReceiverSpec", ...]:
+        """``heads[1.0].k``, ``heads[1.0, 1.3; -1].q``, ``mlp_in[1]``, ``logits``, joined by '+'."""
+        out = [self.receiver()]
+        while self.accept("punct", "+"):
+            out.append(self.receiver())
+        return tuple(out)
+
+    def receiver(self) -> "ReceiverSpec":
+        start = self.tok
+        if self.accept("ident", "logits"):
+            return ReceiverSpec("logits", (), None, None, "logits")
+        if start.kind == "ident" and start.value in ("heads", "mlp_in"):
+            self.i += 1
+            self.expect("punct", "[", f"'[' after {start.value}")
+            heads, layers, positions = (), None, None
+            if start.value == "heads":
+                heads = self.head_list()
+            else:
+                layers = self.node_layers()
+            if self.accept("punct", ";"):
+                positions = self.positions()
+            self.expect("punct", "]", "']'")
+            kind = "mlp_in"
+            if start.value == "heads":
+                if not self.accept("punct", "."):
+                    self.fail("'.q', '.k' or '.v' after the receiving heads, e.g. heads[1.0].k")
+                which = self.tok
+                if which.kind != "ident" or which.value not in ("q", "k", "v"):
+                    self.fail("q, k or v: the head's query, key or value input"
+                              + (did_you_mean(which.value, ("q", "k", "v")) if which.kind == "ident" else ""))
+                self.i += 1
+                kind = which.value
+            return ReceiverSpec(kind, heads, layers, positions, self.text[start.start:self.tokens[self.i - 1].end])
+        self.fail("a receiver: heads[L.H].q, heads[L.H].k, heads[L.H].v, mlp_in[L] or logits"
+                  + (did_you_mean(start.value, ("heads", "mlp_in", "logits")) if start.kind == "ident" else ""))
+        raise AssertionError("unreachable")
+
+    def comparison_or_random(self) -> tuple[Comparison, "RandomControl | None"]:
+        """A comparison, or ``beats random at q``: the value must exceed the q-quantile of the same
+        quantity for random node sets of the same composition."""
+        start = self.tok
+        if not self.accept("ident", "beats"):
+            return self.comparison(), None
+        self.expect("ident", "random", "'random' after 'beats'")
+        self.expect("ident", "at", "'at' and a quantile, e.g. beats random at 0.95")
+        tok = self.tok
+        if tok.kind != "number":
+            self.fail("a quantile between 0 and 1, e.g. 0.95")
+        self.i += 1
+        q = float(tok.value)
+        if not 0 < q < 1:
+            raise ClaimSyntaxError(f"the quantile must be between 0 and 1 (exclusive), got {tok.value}", self.text,
+                                   tok.start)
+        return Comparison(">", math.nan), RandomControl(q, start.start)
+
+    def ablation(self) -> str | None:
+        """An optional ``ablate resample|mean|zero`` suffix."""
+        if not self.accept("ident", "ablate"):
+            return None
+        tok = self.tok
+        if tok.kind != "ident" or tok.value not in ABLATIONS:
+            self.fail(f"an ablation after 'ablate' ({', '.join(ABLATIONS)})"
+                      + (did_you_mean(tok.value, ABLATIONS) if tok.kind == "ident" else ""))
+        self.i += 1
+        return tok.value
+
 
 def parse_position(text: str) -> PositionSelection:
     """One position reference, as written inside a claim: ``-1``, ``last``, ``' Alex'#2``, ``{first}``."""
@@ -318,6 +490,20 @@ def resolve_layers(selection: LayerSelection, n_layers: int) -> list[int]:
     return layers
 
 
+def resolve_heads(heads, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """``heads[L.H, ...]`` as (layer, head) pairs, each in range and named once."""
+    resolved = []
+    for layer, head in heads:
+        layer = resolve_index(layer, n_layers, "layer", "layers")
+        if not 0 <= head < n_heads:
+            raise ClaimBindError(f"head {layer}.{head} is out of range: each layer has {n_heads} heads "
+                                 f"(0 to {n_heads - 1})")
+        resolved.append((layer, head))
+    if len(set(resolved)) != len(resolved):
+        raise ClaimBindError("the head list names a head twice")
+    return resolved
+
+
 def resolve_positions(selection: PositionSelection, tokens: list[str],
                       variables: dict[str, str] | None = None) -> list[int]:
     n = len(tokens)
@@ -350,3 +536,26 @@ def resolve_positions(selection: PositionSelection, tokens: list[str],
         raise ClaimBindError(f"position {selection.source} asks for occurrence {occurrence} but "
                              f"{text!r} occurs {len(matches)} time(s) in the prompt")
     return [matches[occurrence - 1]]
+
+
+def resolve_nodes(specs, tokens: list[str], variables: dict | None, n_layers: int, n_heads: int) -> tuple[Node, ...]:
+    """A node list resolved for one prompt and model: every head and MLP layer in range, each named once."""
+    nodes: list[Node] = []
+    for spec in specs:
+        positions = None if spec.positions is None else tuple(resolve_positions(spec.positions, tokens, variables))
+        if spec.component == "heads":
+            for layer, head in spec.heads:
+                layer = resolve_index(layer, n_layers, "layer", "layers")
+                if not 0 <= head < n_heads:
+                    raise ClaimBindError(f"head {layer}.{head} in {spec.source} is out of range: each layer has "
+                                         f"{n_heads} heads (0 to {n_heads - 1})")
+                nodes.append(Node("heads", layer, head, positions))
+        else:
+            for layer in resolve_layers(spec.layers, n_layers):
+                nodes.append(Node("mlp_out", layer, None, positions))
+    seen: dict = {}
+    for node in nodes:
+        if node.key in seen:
+            raise ClaimBindError(f"the node list names {node.label()} twice")
+        seen[node.key] = node
+    return tuple(nodes)

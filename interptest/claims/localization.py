@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from interptest import components
-from interptest.claims.base import BindContext, Claim, Measurement, Unjudgeable
+from interptest.claims.base import BindContext, Claim, Measurement, Unjudgeable, ablation_requirement
 from interptest.claims.grammar import (
     ClaimBindError,
     ClaimSyntaxError,
@@ -24,8 +24,9 @@ from interptest.claims.grammar import (
     LayerSelection,
     Parser,
     PositionSelection,
+    RandomControl,
     did_you_mean,
-    resolve_index,
+    resolve_heads,
     resolve_layers,
     resolve_positions,
 )
@@ -56,6 +57,8 @@ class LocalizationClaim(Claim):
     layers: LayerSelection | None = None             # per-position components
     positions: PositionSelection | None = None       # per-position components, or heads[...; POS]
     heads: tuple[tuple[int, int], ...] = ()          # heads[L.H, ...]
+    ablation: str | None = None                      # breaks ... ablate resample|mean|zero (None: resample)
+    random: RandomControl | None = None              # together ... beats random at q
 
     keywords: ClassVar[tuple[str, ...]] = ("any",) + components.NAMES
     hint: ClassVar[str] = "a component such as resid_pre[...]"
@@ -103,7 +106,15 @@ class LocalizationClaim(Claim):
             p.fail("'recovers' or 'breaks'"
                    + (did_you_mean(verb.value, tuple(VERBS) + ("together",)) if verb.kind == "ident" else ""))
         p.i += 1
-        comparison = p.comparison()
+        comparison, fields["random"] = p.comparison_or_random()
+        if fields["random"] is not None and quantifier != "together":
+            raise ClaimSyntaxError("'beats random' compares one joint patch with random sets of the same size: "
+                                   "write 'together' before the verb", p.text, fields["random"].column)
+        ablation = p.tok
+        fields["ablation"] = p.ablation()
+        if fields["ablation"] is not None and verb.value != "breaks":
+            raise ClaimSyntaxError("'ablate' names what replaces the activations of a 'breaks' claim; 'recovers' "
+                                   "patches clean activations into the corrupted run", p.text, ablation.start)
         p.end()
         return cls(p.text, component.name, VERBS[verb.value], quantifier, comparison, **fields)
 
@@ -116,6 +127,8 @@ class LocalizationClaim(Claim):
                                       and not c.elsewhere for c in behavior.claims):
             return (f"{self.component}[elsewhere] needs another claim on {self.component} in the same behavior "
                     "to define what 'elsewhere' excludes")
+        if self.ablation is not None:
+            return ablation_requirement(self.text, self.ablation, behavior)
         return None
 
     def template_variables(self) -> list[str]:
@@ -137,19 +150,15 @@ class LocalizationClaim(Claim):
                 raise ClaimBindError(f"its positions differ between samples ({context.prompts[s]!r}); use "
                                      "template variables such as {last} or numeric positions")
         context.covered.setdefault(self.component, set()).update(cell[:2] for cell in bound.cells)
+        if self.random is not None:
+            from interptest.claims.circuit import cells_to_nodes, check_random_control
+
+            check_random_control(cells_to_nodes(self.component, bound.cells), context.n_layers, context.n_heads)
         return bound
 
     def _bind_cells(self, tokens, variables, n_layers: int, n_heads: int) -> BoundClaim:
         if components.get(self.component).per_head:
-            heads = []
-            for layer, head in self.heads:
-                layer = resolve_index(layer, n_layers, "layer", "layers")
-                if not 0 <= head < n_heads:
-                    raise ClaimBindError(f"head {layer}.{head} is out of range: each layer has {n_heads} heads "
-                                         f"(0 to {n_heads - 1})")
-                heads.append((layer, head))
-            if len(set(heads)) != len(heads):
-                raise ClaimBindError("the head list names a head twice")
+            heads = resolve_heads(self.heads, n_layers, n_heads)
             if self.positions is None:
                 return BoundClaim(self, tuple(heads))
             positions = resolve_positions(self.positions, tokens, variables)
@@ -172,6 +181,17 @@ class LocalizationClaim(Claim):
 
     # -- measuring
     def measure(self, bound: BoundClaim, run) -> Measurement:
+        from interptest.claims import circuit
+
+        if self.ablation in ("mean", "zero"):
+            measurement = circuit.measure_ablated(self, bound, run)
+        else:
+            measurement = self._patched(bound, run)
+        if self.random is not None:
+            return circuit.measure_random_control(self, bound, run, measurement.values)
+        return measurement
+
+    def _patched(self, bound: BoundClaim, run) -> Measurement:
         problem = run.effect_problem()
         if problem:
             raise Unjudgeable(problem)
@@ -193,11 +213,20 @@ class LocalizationClaim(Claim):
         from interptest.results import map_key
 
         on_map = check.patch_map is not None
-        return {"map": map_key(self.component, self.direction) if on_map else None,
-                "cells": [list(cell[:2]) for cell in check.bound.cells] if on_map else [],
-                "failing_cells": [list(cell[:2]) for cell in check.failing_cells] if on_map else []}
+        out = {"map": map_key(self.component, self.direction) if on_map else None,
+               "cells": [list(cell[:2]) for cell in check.bound.cells] if on_map else [],
+               "failing_cells": [list(cell[:2]) for cell in check.failing_cells] if on_map else []}
+        if self.direction == "noise":
+            out["ablation"] = self.ablation or "resample"
+        if check.figure and check.figure.get("type") == "random":
+            out["random"] = {k: v for k, v in check.figure.items() if k != "type"}
+        return out
 
     def render(self, check, color: bool = False) -> list[str]:
+        if self.random is not None:
+            from interptest.claims.circuit import render_control
+
+            return render_control(check)
         if check.patch_map is None:
             return []
         from interptest.render import render_map

@@ -57,21 +57,22 @@ class PredictionClaim(Claim):
         return context.single_token_ids(self.token, f"{self.function}()")
 
     def measure(self, token_ids, run) -> Measurement:
+        return Measurement(self.values(run.clean_logits, token_ids, run.expect_first, run.foil_ids)[:, None])
+
+    def values(self, logits, token_ids, expect_ids, foil_ids):
+        """[S] values of this function on next-token logits [S, vocab] (float64, CPU)."""
         import torch
 
-        logits = run.clean_logits                   # [S, vocab]
+        logits = logits.double()
         rows = torch.arange(logits.shape[0], device="cpu")
         if self.function == "logit_diff":
-            values = run.clean_metrics
-        else:
-            target = torch.tensor(token_ids, device="cpu")
-            if self.function == "prob":
-                values = torch.softmax(logits, -1)[rows, target]
-            elif self.function == "logit":
-                values = logits[rows, target]
-            else:                                   # rank, 1 = top
-                values = (logits > logits[rows, target][:, None]).sum(-1).double() + 1
-        return Measurement(values.double()[:, None])
+            return logits[rows, expect_ids] - logits[rows, foil_ids]
+        target = torch.tensor(token_ids, device="cpu")
+        if self.function == "prob":
+            return torch.softmax(logits, -1)[rows, target]
+        if self.function == "logit":
+            return logits[rows, target]
+        return (logits > logits[rows, target][:, None]).sum(-1).double() + 1     # rank, 1 = top
 
     def format_value(self, value: float) -> str:
         return f"{value:.0f}" if self.function == "rank" else f"{value:.3f}"

@@ -1,0 +1,413 @@
+"""Path patching, declared ablations and node-set runs, through the bridge's hooks.
+
+One engine, :class:`CircuitPatcher`, for S prompt pairs of one length (a single prompt is S = 1).
+Every forward it runs is the model's own forward with hooks; the rows of a batch are
+(sample, set) pairs, so samples × sets (senders × receivers × random sets) share forwards.
+
+* **Node-set runs** (:meth:`CircuitPatcher.patch_sets`): a *base* run (clean or corrupted) with the
+  cells of each set replaced by a *source* — the clean or corrupted run's value, the ``mean`` over the
+  family's clean samples (or over reference prompts), or ``zero``. With ``complement=True`` a set is
+  what is *kept*: every node outside it (every attention head's output ``attn.hook_z`` and every
+  MLP's output ``hook_mlp_out``, at every position) is replaced instead. A circuit's faithfulness is
+  read off these runs.
+* **Path patching** (:meth:`CircuitPatcher.path`), Wang et al. 2022 (appendix) and Goldowsky-Dill et
+  al. 2023. Step 1: run the base with the senders' outputs replaced by their source values and every
+  *other* attention head's output frozen at its base value — MLPs and LayerNorms recompute (the IOI
+  convention) — and record each receiver's input: a head's query, key or value (``attn.hook_q`` /
+  ``hook_k`` / ``hook_v`` of that head; the projection of its input is a function of that input alone,
+  so patching it equals patching the head's input), an MLP's input (``mlp.hook_in``), or the final
+  residual (``ln_final.hook_in``). Step 2: run the base with only those receiver inputs replaced by
+  the recorded values. On grouped-query models, ``k``/``v`` receivers are the key/value head that the
+  named query head reads.
+
+Values come back raw (patched logit differences m = logit[expect] − logit[foil] at the last
+position, float64 on the CPU); :func:`normalize` turns them into the claims' fractions.
+
+Devices: masks and index tensors are created on the model's device; bookkeeping (results, set
+lists) on the CPU, explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from interptest import components
+from interptest.errors import InterpError
+from interptest.patching import model_device
+
+__all__ = ["ABLATIONS", "CircuitPatcher", "RECEIVER_KINDS", "normalize"]
+
+ABLATIONS = ("resample", "mean", "zero")
+RECEIVER_KINDS = ("q", "k", "v", "mlp_in", "logits")
+BATCH_BUDGET = 256 * 2**20
+MAX_ROWS = 128
+
+# An edit is (component, cell): ("heads", (layer, head, position or None)) or
+# (per-position component, (layer, position or None)); None = every position.
+# A receiver is ("q" | "k" | "v", layer, head, position or None), ("mlp_in", layer, position or None)
+# or ("logits", position or None).
+
+
+def normalize(raw: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor, direction: str) -> torch.Tensor:
+    """Patched metrics [S, ...] as fractions of m_clean − m_corrupt (per sample, float64):
+    denoise (recovers) (m − m_corrupt) / Δ, noise (breaks) (m_clean − m) / Δ."""
+    shape = (-1,) + (1,) * (raw.ndim - 1)
+    mc, mx = clean.double().reshape(shape), corrupt.double().reshape(shape)
+    num = raw.double() - mx if direction == "denoise" else mc - raw.double()
+    return num / (mc - mx)
+
+
+class CircuitPatcher:
+    """S clean (and corrupted) prompts of one length; node-set runs and path patching over them.
+
+    clean_ids, corrupt_ids: [S, n] token ids (corrupt_ids may be None: then only ``zero`` and ``mean``
+    sources exist); expect_ids, foil_ids: S ids; embed_noise: optional [S, n, d_model] added at
+    ``hook_embed`` to every corrupted run; reference_ids: optional [R, n] prompts whose clean mean is
+    the ``mean`` source (default: the mean over the S clean samples); batch_size: rows per forward."""
+
+    def __init__(self, model, clean_ids, corrupt_ids, expect_ids, foil_ids, *, embed_noise=None,
+                 reference_ids=None, batch_size: int | None = None):
+        if getattr(model, "training", False):
+            raise InterpError("activation patching needs the model in eval mode; call model.eval() first")
+        self.model = model
+        self.device = device = model_device(model)
+        cfg = model.cfg
+        clean = torch.as_tensor(clean_ids, device="cpu").long().reshape(-1, torch.as_tensor(clean_ids).shape[-1])
+        self.n_samples, self.n_positions = int(clean.shape[0]), int(clean.shape[1])
+        self.tokens = {"clean": clean.to(device)}
+        if corrupt_ids is not None:
+            corrupt = torch.as_tensor(corrupt_ids, device="cpu").long().reshape(clean.shape)
+            self.tokens["corrupt"] = corrupt.to(device)
+        if reference_ids is not None:
+            reference = torch.as_tensor(reference_ids, device="cpu").long()
+            if reference.ndim != 2 or reference.shape[1] != self.n_positions:
+                raise InterpError(f"reference prompts must be [R, {self.n_positions}] token ids, got "
+                                  f"{tuple(reference.shape)}")
+            self.tokens["reference"] = reference.to(device)
+        self.expect = torch.as_tensor(expect_ids, device="cpu").long().reshape(-1).to(device)
+        self.foil = torch.as_tensor(foil_ids, device="cpu").long().reshape(-1).to(device)
+        self.noise = None if embed_noise is None else embed_noise.to(device)
+        self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
+        self.n_kv = int(getattr(cfg, "n_key_value_heads", None) or self.n_heads)
+        if self.n_heads % self.n_kv:
+            raise InterpError(f"{self.n_heads} query heads cannot share {self.n_kv} key/value heads evenly")
+        self.batch_size = batch_size
+        self._acts: dict[tuple[str, str], torch.Tensor] = {}
+        self._metrics: dict[str, torch.Tensor] = {}
+        self._memo: dict = {}
+
+    # ---- unpatched runs ---------------------------------------------------------------------
+
+    @property
+    def rows_per_batch(self) -> int:
+        if self.batch_size:
+            return int(self.batch_size)
+        cfg = self.model.cfg
+        d = int(cfg.d_model)
+        d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d)
+        n = self.n_positions
+        per_row = n * (10 * d + 2 * d_mlp + 2 * self.n_heads * n + int(cfg.d_vocab)) * 4
+        return max(1, min(MAX_ROWS, BATCH_BUDGET // max(per_row, 1)))
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head ``head`` reads (itself without grouped-query attention)."""
+        return head // (self.n_heads // self.n_kv)
+
+    def _embed_hooks(self, run: str, samples: torch.Tensor) -> list:
+        if run != "corrupt" or self.noise is None:
+            return []
+        noise = self.noise[samples]
+
+        def add_noise(act, hook=None):
+            return act + noise.to(act.dtype)
+        return [("hook_embed", add_noise)]
+
+    def _unpatched(self, run: str, names: Sequence[str]) -> None:
+        """Cache the activations ``names`` of every prompt of ``run`` (and its metrics), on the device."""
+        if run not in self.tokens:
+            raise InterpError(f"no {run} prompts to run" + (": the behavior has no corruption" if run == "corrupt"
+                                                               else ""))
+        missing = [nm for nm in names if (run, nm) not in self._acts]
+        if not missing and (run == "reference" or run in self._metrics):
+            return
+        tokens = self.tokens[run]
+        wanted = set(missing)
+        parts: dict[str, list] = {nm: [] for nm in missing}
+        metrics = []
+        with torch.inference_mode():
+            for start in range(0, tokens.shape[0], self.rows_per_batch):
+                samples = torch.arange(start, min(start + self.rows_per_batch, tokens.shape[0]), device=self.device)
+                with self.model.hooks(fwd_hooks=self._embed_hooks(run, samples)):
+                    logits, cache = self.model.run_with_cache(tokens[samples], names_filter=lambda nm: nm in wanted)
+                for nm in missing:
+                    parts[nm].append(cache[nm].detach().clone())
+                if run != "reference":
+                    metrics.append(self._metric(logits, samples))
+        for nm in missing:
+            self._acts[(run, nm)] = torch.cat(parts[nm])
+        if run != "reference" and run not in self._metrics:
+            self._metrics[run] = torch.cat(metrics).double().cpu()
+
+    def metrics(self, run: str) -> torch.Tensor:
+        """m = logit[expect] − logit[foil] at the last position of each clean or corrupted prompt [S]
+        (float64, CPU)."""
+        self._unpatched(run, [])
+        return self._metrics[run].clone()
+
+    def _metric(self, logits: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1]
+        e, f = self.expect[samples].unsqueeze(1), self.foil[samples].unsqueeze(1)
+        return (last.gather(1, e).float() - last.gather(1, f).float()).squeeze(1)
+
+    def source(self, source: str, name: str) -> torch.Tensor:
+        """The activation at hook ``name`` that a source puts in place, [S, n, ...] (a view for mean
+        and zero): the clean or corrupted run's own (``resample`` is the corrupted run), the mean over
+        the reference prompts (else over the S clean samples) at each position, or zeros."""
+        if source == "resample":
+            source = "corrupt"
+        if source in ("clean", "corrupt"):
+            self._unpatched(source, [name])
+            return self._acts[(source, name)]
+        if source == "mean":
+            key = ("mean", name)
+            if key not in self._acts:
+                run = "reference" if "reference" in self.tokens else "clean"
+                self._unpatched(run, [name])
+                self._acts[key] = self._acts[(run, name)].mean(dim=0, keepdim=True)
+            mean = self._acts[key]
+            return mean.expand(self.n_samples, *mean.shape[1:])
+        if source == "zero":
+            self._unpatched("clean", [name])
+            like = self._acts[("clean", name)]
+            return torch.zeros((1,) + tuple(like.shape[1:]), dtype=like.dtype, device=like.device).expand_as(like)
+        raise InterpError(f"unknown source {source!r}; valid: clean, corrupt, {', '.join(ABLATIONS)}")
+
+    # ---- masks ------------------------------------------------------------------------------
+
+    def _hook(self, component: str, layer: int) -> str:
+        return components.get(component).hook_name(layer)
+
+    def _shape(self, component: str) -> tuple:
+        n = self.n_positions
+        return (n, self.n_heads) if component == "heads" else (n,)
+
+    def _positions(self, pos) -> slice | int:
+        if pos is None:
+            return slice(None)
+        pos = int(pos)
+        if not -self.n_positions <= pos < self.n_positions:
+            raise InterpError(f"position {pos} is out of range (0..{self.n_positions - 1})")
+        return pos % self.n_positions
+
+    def _check_layer(self, layer: int) -> int:
+        if not -self.n_layers <= int(layer) < self.n_layers:
+            raise InterpError(f"layer {layer} is out of range (0..{self.n_layers - 1})")
+        return int(layer) % self.n_layers
+
+    def _masks(self, sets: Sequence[Sequence[tuple]], complement: bool) -> dict[str, torch.Tensor]:
+        """{hook name: bool [n_sets, n(, H)]}: True where the set's run replaces the activation."""
+        masks: dict[str, torch.Tensor] = {}
+
+        def mask(component: str, layer: int) -> torch.Tensor:
+            name = self._hook(component, layer)
+            if name not in masks:
+                masks[name] = torch.full((len(sets),) + self._shape(component), complement, dtype=torch.bool,
+                                         device="cpu")
+            return masks[name]
+
+        if complement:
+            for layer in range(self.n_layers):
+                mask("heads", layer)
+                mask("mlp_out", layer)
+        for j, edits in enumerate(sets):
+            for component, cell in edits:
+                if component not in components.COMPONENTS:
+                    raise InterpError(f"unknown component {component!r}; valid: {', '.join(components.NAMES)}")
+                if complement and component not in ("heads", "mlp_out"):
+                    raise InterpError(f"circuit nodes are heads and mlp_out, not {component!r}")
+                layer = self._check_layer(cell[0])
+                m = mask(component, layer)
+                if component == "heads":
+                    head = int(cell[1])
+                    if not 0 <= head < self.n_heads:
+                        raise InterpError(f"head {layer}.{head} is out of range (0..{self.n_heads - 1})")
+                    m[j, self._positions(cell[2]), head] = not complement
+                else:
+                    m[j, self._positions(cell[1])] = not complement
+        return {name: m.to(self.device) for name, m in masks.items()}
+
+    # ---- batched forwards -------------------------------------------------------------------
+
+    def _forward(self, base: str, samples: torch.Tensor, hooks: list, record: Sequence[str] = (),
+                 stop_at_layer: int | None = None):
+        """One forward of the base prompts ``samples`` with ``hooks``; the metric per row (float32,
+        device) and the recorded activations."""
+        recorded: dict[str, torch.Tensor] = {}
+
+        def keeper(name: str):       # by the name asked for: an alias (attn.hook_k) has another hook.name
+            def keep(act, hook=None):
+                recorded[name] = act.detach().clone()
+                return act
+            return keep
+
+        fwd = self._embed_hooks(base, samples) + list(hooks) + [(name, keeper(name)) for name in record]
+        out = self.model.run_with_hooks(self.tokens[base][samples], fwd_hooks=fwd, stop_at_layer=stop_at_layer)
+        metric = None if stop_at_layer is not None else self._metric(out, samples)
+        return metric, recorded
+
+    def _rows(self, n_sets: int, samples=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(samples, set indices) of each batch; rows are ordered set-major."""
+        samples = list(range(self.n_samples)) if samples is None else list(samples)
+        rows = [(s, j) for j in range(n_sets) for s in samples]
+        out = []
+        for start in range(0, len(rows), self.rows_per_batch):
+            chunk = rows[start:start + self.rows_per_batch]
+            out.append((torch.tensor([s for s, _ in chunk], dtype=torch.long, device=self.device),
+                        torch.tensor([j for _, j in chunk], dtype=torch.long, device=self.device)))
+        return out
+
+    def patch_sets(self, sets: Sequence[Sequence[tuple]], base: str, source: str, *,
+                   complement: bool = False) -> torch.Tensor:
+        """Patched metrics [S, len(sets)] (float64, CPU): for each set, the base run (``clean`` or
+        ``corrupt``) with the set's cells replaced by ``source`` (clean, corrupt, resample, mean,
+        zero); with ``complement``, every head and MLP output *outside* the set replaced instead."""
+        sets = [tuple(edits) for edits in sets]
+        if not sets:
+            return torch.empty(self.n_samples, 0, dtype=torch.float64, device="cpu")
+        masks = self._masks(sets, complement)
+        self._unpatched(base, [])
+        sources = {name: self.source(source, name) for name in masks}
+        out = torch.empty(len(sets) * self.n_samples, dtype=torch.float32, device="cpu")
+        done = 0
+        with torch.inference_mode():
+            for samples, set_index in self._rows(len(sets)):
+                hooks = [(name, _where_hook(masks[name][set_index], sources[name][samples])) for name in masks]
+                metric, _ = self._forward(base, samples, hooks)
+                out[done:done + len(samples)] = metric.float().cpu()
+                done += len(samples)
+        return out.reshape(len(sets), self.n_samples).t().double()
+
+    def path(self, sender_sets: Sequence[Sequence[tuple]], receiver_sets: Sequence[Sequence[tuple]], base: str,
+             source: str) -> torch.Tensor:
+        """Path-patched metrics [S, len(sender_sets), len(receiver_sets)] (float64, CPU).
+
+        Senders are edits of ``heads`` and ``mlp_out`` (replaced together); receivers are patched
+        together (see the module docstring)."""
+        sender_sets = [tuple(s) for s in sender_sets]
+        receiver_sets = [tuple(r) for r in receiver_sets]
+        S = self.n_samples
+        if not sender_sets or not receiver_sets:
+            return torch.empty(S, len(sender_sets), len(receiver_sets), dtype=torch.float64, device="cpu")
+        for edits in sender_sets:
+            for component, _ in edits:
+                if component not in ("heads", "mlp_out"):
+                    raise InterpError(f"path senders are heads and mlp_out, not {component!r}")
+        receivers = sorted({r for rs in receiver_sets for r in rs})
+        names = sorted({self._receiver_hook(r) for r in receivers})
+        logits = any(r[0] == "logits" for r in receivers)
+        stop = None if logits else max(self._check_layer(r[1]) for r in receivers) + 1
+        if stop is not None and stop >= self.n_layers:
+            stop = None
+
+        # step 1: senders from the source, every other head frozen at the base run; record receivers
+        masks = self._masks(sender_sets, complement=False)
+        self._unpatched(base, [])
+        z_names = [self._hook("heads", layer) for layer in range(self.n_layers)]
+        base_z = {name: self.source(base, name) for name in z_names}
+        sources = {name: self.source(source, name) for name in masks}
+        recorded: dict[str, list] = {name: [] for name in names}
+        with torch.inference_mode():
+            for samples, set_index in self._rows(len(sender_sets)):
+                hooks = []
+                for name in z_names:
+                    frozen = base_z[name][samples]
+                    if name in masks:
+                        hooks.append((name, _replace_hook(torch.where(masks[name][set_index][..., None],
+                                                                      sources[name][samples], frozen))))
+                    else:
+                        hooks.append((name, _replace_hook(frozen)))
+                for name in masks:
+                    if name not in base_z:           # MLP senders: the rest recomputes
+                        hooks.append((name, _where_hook(masks[name][set_index], sources[name][samples])))
+                _, rec = self._forward(base, samples, hooks, record=names, stop_at_layer=stop)
+                for name in names:
+                    recorded[name].append(rec[name])
+        step1 = {name: torch.cat(parts) for name, parts in recorded.items()}   # row = set * S + sample
+
+        # step 2: the base run with only the receivers' inputs replaced by the recorded values
+        rmasks = self._receiver_masks(receiver_sets)
+        n_rs = len(receiver_sets)
+        rows = [(i, s, r) for i in range(len(sender_sets)) for r in range(n_rs) for s in range(S)]
+        out = torch.empty(len(rows), dtype=torch.float32, device="cpu")
+        with torch.inference_mode():
+            for start in range(0, len(rows), self.rows_per_batch):
+                chunk = rows[start:start + self.rows_per_batch]
+                samples = torch.tensor([s for _, s, _ in chunk], dtype=torch.long, device=self.device)
+                step1_rows = torch.tensor([i * S + s for i, s, _ in chunk], dtype=torch.long, device=self.device)
+                rset = torch.tensor([r for _, _, r in chunk], dtype=torch.long, device=self.device)
+                hooks = [(name, _where_hook(rmasks[name][rset], step1[name][step1_rows])) for name in rmasks]
+                metric, _ = self._forward(base, samples, hooks)
+                out[start:start + len(chunk)] = metric.float().cpu()
+        return out.reshape(len(sender_sets), n_rs, S).permute(2, 0, 1).double()
+
+    def _receiver_hook(self, receiver: tuple) -> str:
+        kind = receiver[0]
+        if kind in ("q", "k", "v"):
+            return f"blocks.{self._check_layer(receiver[1])}.attn.hook_{kind}"
+        if kind == "mlp_in":
+            return f"blocks.{self._check_layer(receiver[1])}.mlp.hook_in"
+        if kind == "logits":
+            return "ln_final.hook_in"
+        raise InterpError(f"unknown receiver {kind!r}; valid: {', '.join(RECEIVER_KINDS)}")
+
+    def _receiver_masks(self, receiver_sets) -> dict[str, torch.Tensor]:
+        n = self.n_positions
+        masks: dict[str, torch.Tensor] = {}
+        for j, receivers in enumerate(receiver_sets):
+            for receiver in receivers:
+                name = self._receiver_hook(receiver)
+                kind = receiver[0]
+                if kind in ("q", "k", "v"):
+                    width = self.n_heads if kind == "q" else self.n_kv
+                    m = masks.setdefault(name, torch.zeros(len(receiver_sets), n, width, dtype=torch.bool,
+                                                           device="cpu"))
+                    head = int(receiver[2])
+                    if not 0 <= head < self.n_heads:
+                        raise InterpError(f"head {receiver[1]}.{head} is out of range (0..{self.n_heads - 1})")
+                    m[j, self._positions(receiver[3]), head if kind == "q" else self.kv_head(head)] = True
+                else:
+                    m = masks.setdefault(name, torch.zeros(len(receiver_sets), n, dtype=torch.bool, device="cpu"))
+                    m[j, self._positions(receiver[-1])] = True
+        return {name: m.to(self.device) for name, m in masks.items()}
+
+    # ---- what the claims read ---------------------------------------------------------------
+
+    def all_ablated(self, source: str) -> torch.Tensor:
+        """m_∅ [S]: the clean run with every head and MLP output replaced by ``source``; memoized."""
+        key = ("empty", source)
+        if key not in self._memo:
+            self._memo[key] = self.patch_sets([()], "clean", source, complement=True)[:, 0]
+        return self._memo[key].clone()
+
+    def faithfulness(self, kept_sets: Sequence[Sequence[tuple]], ablation: str) -> torch.Tensor:
+        """(m_C − m_∅) / (m_clean − m_∅) [S, len(kept_sets)] for each kept node set C, everything outside
+        it ablated by ``ablation`` (resample, mean or zero)."""
+        m_c = self.patch_sets(kept_sets, "clean", ablation, complement=True)
+        empty = self.all_ablated(ablation)[:, None]
+        clean = self.metrics("clean")[:, None]
+        return (m_c - empty) / (clean - empty)
+
+
+def _where_hook(mask: torch.Tensor, src: torch.Tensor):
+    """Replace ``act`` by ``src`` where ``mask`` ([rows, n(, H)]) is True."""
+    def hook(act, hook=None):
+        return torch.where(mask[..., None], src.to(act.dtype), act)
+    return hook
+
+
+def _replace_hook(values: torch.Tensor):
+    def hook(act, hook=None):
+        return values.to(act.dtype)
+    return hook
