@@ -40,6 +40,7 @@ class Measurement:
     patch_map: Any = None              # the map the values were read from, for the failure map
     figure: dict | None = None         # JSON data the report draws for this claim ({"type": ..., ...})
     comparison: Any = None             # replaces the claim's comparison (e.g. the random-control threshold)
+    context: str = ""                  # appended to the detail, for one sample and for a family alike
 
 
 @dataclass
@@ -101,8 +102,12 @@ def judge(claim: Claim, measurement: Measurement, required_rate: float | None, s
     n_samples, n_cells = int(values.shape[0]), int(values.shape[1])
     comparison = measurement.comparison or claim.comparison
     if n_samples == 1:
-        return _judge_one(comparison, measurement, [float(v) for v in values[0].tolist()])
-    return _judge_many(comparison, measurement, values, required_rate, seed, n_samples, n_cells)
+        verdict = _judge_one(comparison, measurement, [float(v) for v in values[0].tolist()])
+    else:
+        verdict = _judge_many(comparison, measurement, values, required_rate, seed, n_samples, n_cells)
+    if measurement.context:
+        verdict.detail = f"{verdict.detail}; {measurement.context}" if verdict.detail else measurement.context
+    return verdict
 
 
 def _worst(values: list[float], comparison: Comparison, quantifier: str) -> int:

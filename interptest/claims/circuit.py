@@ -294,8 +294,8 @@ def control_measurement(values, random_values, quantile: float, exhaustive: bool
             f"{float(finite.mean()):.3f}, max {float(finite.max()):.3f}; the set beats {beaten:.1%} of them")
     figure = {"type": "random", "value": value, "quantile": quantile, "threshold": threshold,
               "values": [round(float(v), 6) for v in finite.tolist()], "exhaustive": exhaustive, "note": note}
-    return Measurement(values.double(), quantifier="together", note=note, figure=figure,
-                       comparison=Comparison(">", threshold))
+    return Measurement(values.double(), quantifier="together", figure=figure, comparison=Comparison(">", threshold),
+                       context=note)
 
 
 def render_control(check) -> list[str]:

@@ -137,9 +137,10 @@ class PathClaim(Claim):
             base, source = "clean", self.ablation or "resample"
         raw = engine.path([edits_of(bound.senders)], [bound.receivers], base, source)[:, 0, :]
         values = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), self.direction)
-        how = "clean into the corrupted run" if self.direction == "denoise" else f"{source} into the clean run"
+        how = {"clean": "clean values into the corrupted run", "resample": "corrupted values into the clean run",
+               "mean": "mean-ablated in the clean run", "zero": "zero-ablated in the clean run"}[source]
         return Measurement(values, quantifier="together",
-                           note=f"path {bound.description}, senders {how}; other heads frozen, MLPs and "
+                           note=f"path {bound.description}: senders {how}, other heads frozen, MLPs and "
                                 "LayerNorms recompute")
 
     def record(self, check) -> dict:

@@ -1,0 +1,48 @@
+"""--interp-random-sets / interp_random_sets: how many random node sets a 'beats random' claim is compared
+with. It takes effect (the number of sets recorded in results.json), the flag beats the ini key, the
+default compares with every other set when there are fewer than 200, and a bad value is a usage error."""
+
+import json
+
+import pytest
+
+# heads[0.2, 1.0] on interptest-tiny (2 layers x 4 heads): 27 other sets of 2 heads.
+SPEC = """\
+behaviors:
+  - name: kcomp
+    prompt: "Their names were Iris Jones and James Dixon. When James"
+    expect: " Dixon"
+    corrupt: "Their names were James Jones and Iris Dixon. When James"
+    claims:
+      - "heads[0.2, 1.0] together recovers beats random at 0.5"
+"""
+
+
+def random_record(pytester, *args):
+    result = pytester.runpytest("--interp-report=out", *args)
+    result.assert_outcomes(passed=1)
+    record = json.loads((pytester.path / "out" / "results.json").read_text())["behaviors"][0]
+    return record["claims"][1]["random"]
+
+
+def test_default_compares_with_every_other_set_when_there_are_fewer_than_200(pytester, write):
+    write("behaviors/f.yaml", SPEC)
+    control = random_record(pytester)
+    assert len(control["values"]) == 27 and control["exhaustive"] is True and control["quantile"] == 0.5
+
+
+def test_ini_key_and_flag_set_the_number_of_sets_the_flag_wins(pytester, write):
+    write("behaviors/f.yaml", SPEC)
+    pytester.makeini("[pytest]\ninterp_random_sets = 9\n")
+    control = random_record(pytester)
+    assert len(control["values"]) == 9 and control["exhaustive"] is False
+    control = random_record(pytester, "--interp-random-sets=5")
+    assert len(control["values"]) == 5 and control["exhaustive"] is False
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-3"])
+def test_bad_value_is_a_usage_error(pytester, write, value):
+    write("behaviors/f.yaml", SPEC)
+    result = pytester.runpytest(f"--interp-random-sets={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--interp-random-sets: invalid value '{value}'; expected a positive integer*"])
