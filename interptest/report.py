@@ -61,6 +61,24 @@ def write_report(records: list[dict], directory: str | Path, *, version: str, cr
     atomic_write(directory / REPORT_NAME, page)
 
 
+def patch_map_html(patch_map) -> str:
+    """One patching map as a self-contained HTML fragment (the report's heatmap, with its styles)."""
+    from interptest.results import map_entries
+
+    class _One:
+        maps = {(patch_map.component, patch_map.direction): patch_map}
+
+    (key, entry), = map_entries(_One).items()
+    return f"<div class=\"interptest-map\"><style>{_CSS}</style>{_heatmap(key, entry, list(patch_map.tokens), [])}</div>"
+
+
+def map_page(patch_map, title: str) -> str:
+    """A whole HTML page with one map (``interptest map --html FILE``)."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(title)}</title></head><body><main class=\"page\"><h1>{_e(title)}</h1>"
+            f"{patch_map_html(patch_map)}</main></body></html>\n")
+
+
 def results_json(records: list[dict], *, version: str, created: str) -> str:
     """The text of results.json: strict JSON (NaN and infinities written as null)."""
     document = {"format": FORMAT, "interptest_version": version, "created": created,

@@ -47,9 +47,30 @@ BEHAVIOR_KEYS = {
     "skip": _STR,
     "xfail": _STR,
 }
-FILE_KEYS = {"model": _STR, "description": _STR, "defaults": _MAPPING, "behaviors": "a list of behaviors",
+_BEHAVIORS = "a list of behaviors"
+FILE_KEYS = {"model": _STR, "description": _STR, "defaults": _MAPPING, "behaviors": _BEHAVIORS,
              "if_model_unavailable": _STR}
 UNAVAILABLE_POLICIES = ("error", "skip")
+CORRUPTION_KINDS = ("replace", "resample", "noise")
+
+# The JSON Schema of each type above, for editors (interptest.schema builds the spec file's schema from
+# these tables; the parser checks the same types in _type_ok).
+TYPE_SCHEMAS: dict[str, dict] = {
+    _STR: {"type": "string"},
+    _NUM: {"type": "number"},
+    _INT: {"type": "integer"},
+    _STR_LIST: {"type": "array", "items": {"type": "string"}},
+    _MAPPING: {"type": "object"},
+    _CORRUPT: {"oneOf": [{"type": "string", "minLength": 1},
+                         {"type": "object", "minProperties": 1, "maxProperties": 1,
+                          "propertyNames": {"enum": list(CORRUPTION_KINDS)}}]},
+    _CLAIMS: {"type": "array", "items": {"oneOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "object", "required": ["claim"], "additionalProperties": False,
+         "properties": {"claim": {"type": "string"}, "min_pass_rate": {"type": "number", "minimum": 0,
+                                                                        "maximum": 1}}}]}},
+    _BEHAVIORS: {"type": "array"},
+}
 
 
 @dataclass(frozen=True)
@@ -210,7 +231,7 @@ def _type_ok(value, expected: str) -> bool:
         return isinstance(value, (str, dict))
     if expected == _CLAIMS:
         return isinstance(value, list) and all(isinstance(v, (str, dict)) for v in value)
-    if expected == "a list of behaviors":
+    if expected == _BEHAVIORS:
         return isinstance(value, list)
     raise AssertionError(expected)
 
@@ -481,7 +502,7 @@ def _parse_corruption(value, prompt: str, family: Family | None, error) -> Corru
             error(f"'corrupt' is identical to '{'template' if family else 'prompt'}': a corruption must change "
                   "the prompt", "corrupt")
         return Corruption("text", text=value)
-    if len(value) != 1 or next(iter(value)) not in ("replace", "resample", "noise"):
+    if len(value) != 1 or next(iter(value)) not in CORRUPTION_KINDS:
         error(f"expected one of {{replace: ...}}, {{resample: [...]}}, {{noise: ...}}, got keys {sorted(value)}",
               "corrupt")
     kind, spec = next(iter(value.items()))

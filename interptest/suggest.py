@@ -6,6 +6,12 @@ that alone recover ≥ 0.9 of the effect); each band becomes one claim with the 
 its bound, and the rest of the component gets the matching ``elsewhere`` bound. For heads, the
 smallest set of heads (greedy by single-head value) whose joint patch recovers ≥ 0.9 becomes one
 ``together`` claim.
+
+Margins: a suggested bound stays at least ``MARGIN`` (0.05) away from what was measured, rounded
+outwards to 0.05 steps (a measured 1.000 suggests ``>= 0.95``, a measured 0.008 ``<= 0.10``), so that
+rounding and small model changes do not flip a fresh claim; baselines catch smaller moves. For a prompt
+family, "measured" is the one-sided 95 % bootstrap bound of the samples' mean (Bonferroni over the
+component's cells) — the number the claim will be gated on.
 """
 
 from __future__ import annotations
@@ -14,15 +20,18 @@ import math
 
 CARRIER = 0.9
 STEP = 0.05
+MARGIN = 0.05
 SUGGESTED_COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
 
 
 def _floor(value: float) -> float:
-    return round(math.floor(value / STEP + 1e-9) * STEP, 2)
+    """The bound a ``>=`` claim on ``value`` gets: MARGIN below it, rounded down to a STEP."""
+    return round(math.floor((value - MARGIN) / STEP + 1e-9) * STEP, 2)
 
 
 def _ceil(value: float) -> float:
-    return round(max(STEP, math.ceil(value / STEP - 1e-9) * STEP), 2)
+    """The bound a ``<=`` claim on ``value`` gets: MARGIN above it, rounded up to a STEP."""
+    return round(max(STEP, math.ceil((value + MARGIN) / STEP - 1e-9) * STEP), 2)
 
 
 def _position(tokens: list[str], p: int) -> str:
@@ -42,10 +51,11 @@ def _layers(first: int, last: int, n_layers: int) -> str:
     return f"{first}:{last + 1}"
 
 
-def residual_claims(component: str, values, tokens: list[str]) -> list[str]:
-    """Band claims plus the ``elsewhere`` bound for one denoising map (``values``: [layers][positions])."""
-    n_layers = len(values)
-    carriers = [tuple(p for p, v in enumerate(row) if v is not None and v >= CARRIER) for row in values]
+def residual_claims(component: str, lower, upper, tokens: list[str]) -> list[str]:
+    """Band claims plus the ``elsewhere`` bound for one denoising map; ``lower``/``upper`` [layers][positions]
+    are the measured values (one sample) or the bootstrap bounds of their mean (a family)."""
+    n_layers = len(lower)
+    carriers = [tuple(p for p, v in enumerate(row) if v is not None and v >= CARRIER) for row in lower]
     claims, covered = [], set()
     layer = 0
     while layer < n_layers:
@@ -55,20 +65,21 @@ def residual_claims(component: str, values, tokens: list[str]) -> list[str]:
             end += 1
         if positions:
             for p in positions:
-                weakest = min(values[l][p] for l in range(layer, end + 1))
+                weakest = min(lower[l][p] for l in range(layer, end + 1))
                 claims.append(f"{component}[{_layers(layer, end, n_layers)}, {_position(tokens, p)}] recovers >= "
                               f"{_floor(weakest):.2f}")
                 covered.update((l, p) for l in range(layer, end + 1))
         layer = end + 1
-    rest = [abs(v) for l, row in enumerate(values) for p, v in enumerate(row)
+    rest = [max(abs(v), abs(lower[l][p])) for l, row in enumerate(upper) for p, v in enumerate(row)
             if (l, p) not in covered and v is not None]
     if claims and rest:
         claims.append(f"{component}[elsewhere] recovers <= {_ceil(max(rest)):.2f}")
     return claims
 
 
-def head_claims(patcher, head_values) -> list[str]:
-    """The smallest greedy set of heads whose joint patch recovers ≥ 0.9, as one ``together`` claim."""
+def head_claims(patcher, head_values, seed: int = 0) -> list[str]:
+    """The smallest greedy set of heads whose joint patch recovers ≥ 0.9 (on the bootstrap bound of the
+    samples' mean for a family), as one ``together`` claim."""
     ranked = sorted(((v, l, h) for l, row in enumerate(head_values) for h, v in enumerate(row) if v == v),
                     reverse=True)
     chosen = []
@@ -76,39 +87,73 @@ def head_claims(patcher, head_values) -> list[str]:
         if value <= 0:
             break
         chosen.append((layer, head, None))
-        joint = float(patcher.joint("heads", chosen, "denoise")[0])
+        joint = _lower(patcher.joint("heads", chosen, "denoise")[:, None], seed, 1)[0]
         if joint >= CARRIER:
             names = ", ".join(f"{l}.{h}" for l, h, _ in sorted(chosen))
             return [f"heads[{names}] together recovers >= {_floor(joint):.2f}"]
     return []
 
 
+def _lower(values, seed: int, n_cells: int) -> list[float]:
+    """Per column of [samples, cells]: the value itself (one sample), else the lower bootstrap bound."""
+    if values.shape[0] == 1:
+        return [float(v) for v in values[0]]
+    from interptest.stats import bootstrap_bounds
+
+    return [s.bound for s in bootstrap_bounds(values, True, n_cells, seed)]
+
+
+def _upper(values, seed: int, n_cells: int) -> list[float]:
+    if values.shape[0] == 1:
+        return [float(v) for v in values[0]]
+    from interptest.stats import bootstrap_bounds
+
+    return [s.bound for s in bootstrap_bounds(values, False, n_cells, seed)]
+
+
 def suggest(bound, batch_size: int | None = None) -> str:
     """YAML for the behavior's strongest holding claims (a comment when nothing can be suggested)."""
     import torch
 
+    from interptest import families
     from interptest.check import Run
 
     spec = bound.spec
     header = f"# --interp-suggest for {spec.name!r} ({bound.model_name})"
-    if spec.family is not None:
-        return (f"# --interp-suggest for {spec.name!r}: suggestions are made for single prompts; run it on one "
-                "instance of the family (its prompt, expect and corrupt)")
     if bound.corrupt_ids is None:
         return f"{header}: no 'corrupt' prompt, so nothing to patch"
+    if spec.family is not None:
+        header += f": bounds of the mean over {bound.n_samples} samples"
+    seed = families.sample_seed(bound.seed, spec)
     with torch.inference_mode():
         run = Run(bound, batch_size)
         if run.foil_problem():
             return f"{header}: the corrupted prompt predicts the expected token too; set 'foil'"
-        delta = float(run.clean_metrics[0] - run.corrupt_metrics[0])
-        if abs(delta) < spec.min_effect:
-            return f"{header}: the corruption barely changes the behavior (Δ = {delta:.3f})"
+        problem = run.effect_problem()
+        if problem:
+            return f"{header}: {problem}"
         claims = []
         for component in SUGGESTED_COMPONENTS:
-            _, patch_map = run.sweep(component, "denoise")
-            claims += residual_claims(component, patch_map.values.tolist(), bound.tokens)
+            values, _ = run.sweep(component, "denoise")
+            n_layers, width = values.shape[1], values.shape[2]
+            flat = values.reshape(values.shape[0], -1).double()
+            lower = _lower(flat, seed, n_layers * width)
+            upper = _upper(flat, seed, n_layers * width)
+            claims += residual_claims(component, [lower[l * width:(l + 1) * width] for l in range(n_layers)],
+                                      [upper[l * width:(l + 1) * width] for l in range(n_layers)], bound.tokens)
         _, heads = run.sweep("heads", "denoise")
-        claims += head_claims(run.patcher(), heads.values.tolist())
+        claims += head_claims(run.patcher(), heads.values.tolist(), seed)
+    if spec.family is not None:        # positions as template variables where the tokens came from one
+        claims = [_templated(claim, bound) for claim in claims]
     lines = [header, f"- name: {spec.name}", "  claims:"]
     lines += [f'    - "{claim}"' for claim in claims]
     return "\n".join(lines)
+
+
+def _templated(claim: str, bound) -> str:
+    """A family's claim with a quoted token position replaced by the template variable it came from."""
+    from interptest import families
+
+    for var, text in families.variable_token_texts(bound.spec, bound.samples[0].values).items():
+        claim = claim.replace(f", {text!r}]", f", {{{var}}}]")
+    return claim

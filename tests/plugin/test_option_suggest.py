@@ -24,17 +24,32 @@ def test_suggested_claims_hold_when_pasted(pytester, write):
     pytester.runpytest().assert_outcomes(passed=1)
 
 
-def test_families_get_a_pointer_instead_of_claims(pytester, write):
-    write("behaviors/f.yaml", """\
-        behaviors:
-          - name: fam
-            template: "Her name was {first} {last}. When {first}"
-            expect: " {last}"
-            corrupt: {resample: [last]}
-            vars: {first: [Alex, Mary], last: [Hart, Cole, Jones]}
-            samples: 3
-        """)
+FAMILY = """\
+behaviors:
+  - name: fam
+    template: "Her name was {first} {last}. When {first}"
+    expect: " {last}"
+    corrupt: {resample: [last]}
+    vars: {first: [Alex, Mary, John], last: [Hart, Cole, Jones, Baker]}
+    samples: 12
+"""
+
+
+def test_families_get_claims_on_their_bootstrap_bounds_that_hold_when_pasted(pytester, write):
+    spec = write("behaviors/f.yaml", FAMILY)
     result = pytester.runpytest("--interp-suggest")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["# --interp-suggest for 'fam': suggestions are made for single prompts; run it on "
-                                 "one instance of the family*"])
+    output = result.stdout.str()
+    assert "# --interp-suggest for 'fam' (interptest-tiny): bounds of the mean over 12 samples" in output
+    block = output[output.index("# --interp-suggest for 'fam'"):].split("\n=")[0]
+    suggested = yaml.safe_load(block)[0]["claims"]
+    assert "resid_pre[:, {last}] recovers >= 0.90" in suggested      # the position as a template variable
+    spec.write_text(FAMILY + "    claims:\n" + "".join(f'      - "{c}"\n' for c in suggested))
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_suggested_bounds_keep_a_margin_to_the_measured_values():
+    from interptest.suggest import _ceil, _floor
+
+    assert (_floor(1.0), _floor(0.992), _floor(0.95), _floor(0.9)) == (0.95, 0.9, 0.9, 0.85)
+    assert (_ceil(0.0), _ceil(0.008), _ceil(0.05), _ceil(0.51)) == (0.05, 0.1, 0.1, 0.6)

@@ -1,0 +1,64 @@
+"""The `interptest` command (and `python -m interptest`) on the shipped model: map, suggest, schema."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import interptest
+from interptest.cli import main
+from interptest.schema import SCHEMA_FILE
+
+ALEX = ["Her name was Alex Hart. When Alex", "--corrupt", "Her name was Alex Cole. When Alex", "--expect", " Hart"]
+
+
+def test_map_prints_the_heatmap_and_writes_html(capsys, tmp_path):
+    assert main(["map", *ALEX, "--component", "heads", "--html", str(tmp_path / "m.html")]) == 0
+    out = capsys.readouterr().out
+    assert "interptest-tiny: m_clean 18.881, m_corrupt -20.231, Δm 39.111" in out
+    assert "heads (recovers: clean patched into corrupted run), layer × head" in out
+    assert "L1     0.59   0.00   0.11   0.31" in out
+    page = (tmp_path / "m.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'data-map="heads"' in page
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys):
+    assert main(["map", *ALEX[:3], "--expect", "Hart"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("interptest map: patch_sweep: expect: expect must be a single token; 'Hart' is 2 tokens")
+
+
+def test_suggest_prints_yaml_for_every_behavior_and_writes_nothing(capsys, tmp_path):
+    spec = tmp_path / "s.yaml"
+    text = ('behaviors:\n  - name: paris\n    prompt: "The capital of France is"\n    expect: " Paris"\n'
+            '    corrupt: "The capital of Japan is"\n')
+    spec.write_text(text)
+    assert main(["suggest", str(spec)]) == 0
+    out = capsys.readouterr().out
+    claims = yaml.safe_load(out[out.index("- name: paris"):])[0]["claims"]
+    assert "resid_pre[0, ' France'] recovers >= 0.90" in claims and spec.read_text() == text
+
+
+def test_python_dash_m_and_schema():
+    done = subprocess.run([sys.executable, "-m", "interptest", "schema"], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert json.loads(done.stdout) == json.loads(SCHEMA_FILE.read_text())
+
+
+def test_patch_map_repr_html_and_plot():
+    model = interptest.load_model("interptest-tiny")
+    pm = interptest.patch_sweep(model, ALEX[0], ALEX[2], "resid_pre", expect=" Hart")
+    text = repr(pm)
+    assert text.splitlines()[0] == "PatchMap(resid_pre, denoise: m_clean 18.881, m_corrupt -20.231, Δm 39.111)"
+    assert "·Hart" in text and "L0     0.00   0.00   0.00   0.00   0.00   1.00" in text
+    assert 'data-map="resid_pre"' in pm._repr_html_() and "<style>" in pm._repr_html_()
+    assert pm.delta == pytest.approx(39.111, abs=1e-3)
+    matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is the 'plot' extra")
+    matplotlib.use("Agg")
+    ax = pm.plot()
+    assert ax.get_title() == "resid_pre recovers" and [t.get_text() for t in ax.get_xticklabels()][5] == " Hart"
+    image = ax.images[0].get_array()
+    assert torch.allclose(torch.as_tensor(image.data), pm.values)
