@@ -33,9 +33,9 @@ TINY_MODEL_NAME = "interptest-tiny"
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt", "model.pth",
             "model.ckpt")
-_HOW_TO_GET = ("there is no local directory of that name either; pre-download it on a machine with network (e.g. `hf download {name}` or "
-               "`huggingface-cli download {name}`) into the Hugging Face cache, or point `model:` at a "
-               "local save_pretrained directory")
+_HOW_TO_GET = ("there is no local directory of that name either; {hint}pre-download it on a machine with network (e.g. `hf download {name}` or "
+               "`huggingface-cli download {name}`) into the Hugging Face cache, or name a "
+               "local save_pretrained directory instead")
 # A hub id: "name" or "org/name" (letters, digits, '-', '_', '.'); anything else is taken as a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 
@@ -88,6 +88,32 @@ def resolve_device(device: Any = None) -> str:
             return "mps"
         return "cpu"
     return str(device)
+
+
+def device_problem(device: str) -> str | None:
+    """Why torch cannot use ``device`` here (a message naming the cause and the fix), or None."""
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            why = f"CUDA is not available in this torch build (torch {torch.__version__} is a CPU-only build)"
+        else:
+            why = (f"torch {torch.__version__} has CUDA support but no CUDA device is visible "
+                   f"(torch.cuda.is_available() is False; CUDA_VISIBLE_DEVICES="
+                   f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!s})")
+        return f"device {device!r}: {why}; use device 'cpu' or 'auto' (pytest: --interp-device cpu or auto)"
+    if kind == "cuda" and ":" in str(device):
+        index = str(device).split(":", 1)[1]
+        if index.isdigit() and int(index) >= torch.cuda.device_count():
+            return (f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s) (cuda:0 to "
+                    f"cuda:{torch.cuda.device_count() - 1}); use one of those, 'cpu' or 'auto'")
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            return (f"device {device!r}: MPS is not available in this torch build or on this machine; use device "
+                    "'cpu' or 'auto' (pytest: --interp-device cpu or auto)")
+    return None
 
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16",
@@ -238,10 +264,36 @@ def _cached(repo: str, filename: str) -> bool:
         return False
 
 
+def _known_local_names() -> list[str]:
+    """The model names that load here without a network: interptest-tiny and the hub cache's models."""
+    names = [TINY_MODEL_NAME]
+    try:
+        from huggingface_hub import constants
+
+        cache = Path(constants.HF_HUB_CACHE)
+        names += sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*"))
+    except Exception:  # pragma: no cover - no hub library or unreadable cache
+        pass
+    return names
+
+
+def _did_you_mean(name: str) -> str:
+    """ "did you mean 'interptest-tiny'? " when a locally known model name is close to ``name``."""
+    import difflib
+
+    known = _known_local_names()
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75) or \
+        difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=1, cutoff=0.75)
+    if not close:
+        return ""
+    match = next(k for k in known if k.lower() == close[0].lower())
+    return f"did you mean {match!r} (models available here: {', '.join(known)})? If not, "
+
+
 def _ensure_hub_model(name: str, official: str) -> None:
     """Make sure config and safetensors weights of hub model ``official`` are in the local cache."""
     shown = name if name == official else f"{name} ({official})"
-    how = _HOW_TO_GET.format(name=official)
+    how = _HOW_TO_GET.format(name=official, hint=_did_you_mean(name))
     has_cfg = _cached(official, "config.json")
     has_weights = any(_cached(official, f) for f in _SAFETENSORS)
     if has_cfg and has_weights:
@@ -332,6 +384,9 @@ def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any =
         configure_threads(None)
     _quiet_transformers()
     dev = resolve_device(device)
+    problem = device_problem(dev)
+    if problem:
+        raise ModelNotAvailable(f"model {name!r} cannot be loaded on {problem}")
     from transformer_lens import TransformerBridge
     import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
 
