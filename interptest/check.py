@@ -21,6 +21,7 @@ from interptest.claims import (
     Unjudgeable,
     bind_all,
     judge,
+    precision_limit,
     resolve_positions,
 )
 from interptest.errors import InterpError, SpecError
@@ -160,7 +161,7 @@ class _Tokenizer:
                                   "token; use words the model knows", key)
         if not ids or self.model.tokenizer.decode(ids) != text:
             raise self.spec.error(f"{text!r} cannot be produced by the model's tokenizer (it encodes to "
-                                  f"{self.decode(ids)})", key)
+                                  f"{self.decode(ids)}){self.space_hint(text, key)}", key)
         return ids
 
     def single(self, text: str, what: str) -> int:
@@ -168,8 +169,25 @@ class _Tokenizer:
         ids = self.encode(text)
         if len(ids) != 1 or self.model.tokenizer.decode(ids) != text or self.unknown_words(text):
             raise ClaimBindError(f"{what} needs a single token the model can produce; {text!r} encodes to "
-                                 f"{self.decode(ids)}")
+                                 f"{self.decode(ids)}{self.space_hint(text, None, single=True)}")
         return ids[0]
+
+    def space_hint(self, text: str, key: str | None, single: bool = False) -> str:
+        """When ``text`` fails but the same text with a leading space would work: say so, and (for a spec
+        key) that YAML drops the leading space of an unquoted value, so it must be quoted."""
+        spaced = " " + text
+        if not text or text.startswith(" "):
+            return ""
+        try:
+            ids = self.encode(spaced)
+        except Exception:
+            return ""
+        if self.model.tokenizer.decode(ids) != spaced or (single and len(ids) != 1) or self.unknown_words(spaced):
+            return ""
+        if key is None:
+            return f"; {spaced!r}, with a leading space, is one token: did you mean {spaced!r}?"
+        return (f"; {spaced!r}, with a leading space, would work: YAML drops the leading space of an unquoted "
+                f"value, so quote it with the space: {key}: \"{spaced}\"")
 
 
 def _check_lexicons(spec: BehaviorSpec, tok: _Tokenizer) -> None:
@@ -241,7 +259,7 @@ def _sample_tensors(spec: BehaviorSpec, tok: _Tokenizer, samples) -> tuple:
             ids = tok.producible(s.foil, "foil")
             if len(ids) != 1:
                 raise spec.error(f"the foil must be a single token; {s.foil!r} is {len(ids)} tokens "
-                                 f"{tok.decode(ids)}", "foil")
+                                 f"{tok.decode(ids)}{tok.space_hint(s.foil, 'foil', single=True)}", "foil")
             if ids[0] == expect[0]:
                 raise spec.error(f"'expect' {s.expect!r} and 'foil' {s.foil!r} start with the same token "
                                  f"{tok.decode(ids)[0]!r}: the logit difference would always be 0", "foil")
@@ -326,6 +344,7 @@ class Run:
 
         self.bound, self.batch_size = bound, batch_size
         self.model = bound.model
+        self.dtype = str(next(iter(self.model.parameters())).dtype).removeprefix("torch.")
         self.tokens = bound.tokens
         self.maps: dict = {}
         self._patcher = None
@@ -568,8 +587,14 @@ def _greedy_failure(run: Run, s: int) -> str | None:
             produced = model.tokenizer.decode(expect[:step] + [predicted])
             prob = float(torch.softmax(logits, -1)[target])
             where = f" after {model.tokenizer.decode(expect[:step])!r}" if step else ""
+            hint = ""
+            text = bound.samples[s].expect
+            if not step and not text.startswith(" ") and \
+                    model.to_tokens(" " + text, prepend_bos=False)[0].tolist()[:1] == [predicted]:
+                hint = (f"; that is {text!r} with a leading space: YAML drops the leading space of an unquoted "
+                        f"value, so quote it with the space: expect: \"{' ' + text}\"")
             return (f"the model predicts {produced!r}{where}; p({model.tokenizer.decode([target])!r}) = "
-                    f"{prob:.3f}")
+                    f"{prob:.3f}{hint}")
         if step + 1 < len(expect):
             ids = torch.cat([ids, torch.tensor([[target]], device="cpu")], dim=1)
             logits = _last_logits(model, ids, _device(model), None, None)[0]
@@ -623,6 +648,10 @@ def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink:
             verdict = judge(claim, measurement, spec.claim_pass_rate(index), seed)
             check = CheckResult(claim.text, verdict.passed, verdict.value, verdict.detail, claim, bound_claim,
                                 measurement.patch_map, verdict.failing, measurement.figure)
+            undecided = precision_limit(claim, verdict, run.dtype, result.clean_metric)
+            if undecided:        # too close to the threshold for this precision: never a silent pass or fail
+                check.passed = False
+                check.detail += undecided
             if not verdict.passed and spec.family is not None and shrink:
                 check.detail += _minimal_instance(bound, index, batch_size)
             result.checks.append(check)
@@ -767,13 +796,18 @@ def check_behavior(spec, model=None, *, batch_size: int | None = None, seed: int
     (an AssertionError whose message is the full report) when a check fails, unless
     ``raise_on_failure`` is False; bad input raises :class:`SpecError`.
     """
-    behavior = spec if isinstance(spec, BehaviorSpec) else parse_behavior(spec)
-    if model is None or isinstance(model, str):
-        name = model or behavior.model or DEFAULT_MODEL
-        model = _DEFAULT_CACHE.get(name)
-    else:
-        name = getattr(model.cfg, "model_name", "model")
-    result = run_behavior(bind_behavior(behavior, model, name, seed), batch_size=batch_size)
+    __tracebackhide__ = True     # pytest shows the user's call, not interptest's frames
+    try:
+        behavior = spec if isinstance(spec, BehaviorSpec) else parse_behavior(spec)
+        if model is None or isinstance(model, str):
+            name = model or behavior.model or DEFAULT_MODEL
+            model = _DEFAULT_CACHE.get(name)
+        else:
+            name = getattr(model.cfg, "model_name", "model")
+        result = run_behavior(bind_behavior(behavior, model, name, seed), batch_size=batch_size)
+    except InterpError as error:
+        # The message says everything; raised from here, the traceback ends at the user's own line.
+        raise error.with_traceback(None) from None
     if raise_on_failure and not result.passed:
         raise BehaviorFailed(result)
     return result

@@ -7,7 +7,15 @@ line in :data:`KINDS`. Imports neither torch nor pytest.
 
 from __future__ import annotations
 
-from interptest.claims.base import BindContext, Claim, Measurement, Unjudgeable, Verdict, judge
+from interptest.claims.base import (
+    BindContext,
+    Claim,
+    Measurement,
+    Unjudgeable,
+    Verdict,
+    judge,
+    precision_limit,
+)
 from interptest.claims.grammar import (
     ClaimBindError,
     ClaimSyntaxError,
@@ -95,4 +103,5 @@ def bind_all(claims: list, context: BindContext) -> list:
 __all__ = ["KINDS", "BindContext", "BoundClaim", "Claim", "ClaimBindError", "ClaimBindIndexError",
            "ClaimSyntaxError", "Comparison", "LayerSelection", "LocalizationClaim", "Measurement",
            "PositionSelection", "PredictionClaim", "Unjudgeable", "Verdict", "bind_all", "bind_claims", "judge",
+           "precision_limit",
            "parse_claim", "parse_position", "resolve_layers", "resolve_positions"]

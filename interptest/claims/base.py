@@ -21,6 +21,12 @@ from typing import Any, ClassVar, Sequence
 from interptest.claims.grammar import Comparison, Parser
 
 
+# How far a value may move when the model runs in reduced precision instead of float32, in normalized
+# units (logit-valued claims: as a fraction of |m_clean|). Three times the largest difference measured on
+# the shipped suite (bfloat16: 0.0066, float16: 0.0022 on normalized values; README "Reduced precision").
+DTYPE_ERROR = {"bfloat16": 0.02, "float16": 0.01}
+
+
 class Unjudgeable(Exception):
     """A claim cannot be judged on this run (e.g. the corruption barely changes the behavior)."""
 
@@ -86,6 +92,11 @@ class Claim:
     def format_value(self, value: float) -> str:
         return f"{value:.3f}"
 
+    def unit(self) -> str:
+        """What the value measures, for the reduced-precision check: "normalized" (fractions, probabilities),
+        "logits" (scaled like m_clean) or "exact" (ranks: no tolerance)."""
+        return "normalized"
+
     def record(self, check) -> dict:
         """Extra results.json fields of one checked claim."""
         return {}
@@ -108,6 +119,24 @@ def judge(claim: Claim, measurement: Measurement, required_rate: float | None, s
     if measurement.context:
         verdict.detail = f"{verdict.detail}; {measurement.context}" if verdict.detail else measurement.context
     return verdict
+
+
+def precision_limit(claim: Claim, verdict: Verdict, dtype: str, m_clean: float | None) -> str | None:
+    """Why the verdict cannot be trusted at this dtype (its value lies within the dtype's error of the
+    threshold), or None."""
+    error = DTYPE_ERROR.get(dtype)
+    unit = claim.unit()
+    if error is None or verdict.value is None or unit == "exact" or claim.comparison.op == "==":
+        return None
+    if unit == "logits":
+        if m_clean is None:
+            return None
+        error *= abs(m_clean)
+    margin = abs(verdict.value - claim.comparison.threshold)
+    if margin >= error:
+        return None
+    return (f"; undecided at {dtype}: the value is {margin:.3g} from the threshold, within this precision's error "
+            f"(±{error:.3g}); run with --interp-dtype float32 to decide it")
 
 
 def _worst(values: list[float], comparison: Comparison, quantifier: str) -> int:

@@ -136,6 +136,9 @@ class DirectClaim(Claim):
                                figure=figure)
         return Measurement(values, cells, labels, figure=figure)
 
+    def unit(self) -> str:
+        return "normalized" if self.relative else "logits"
+
     def render(self, check, color: bool = False) -> list[str]:
         figure = check.figure
         if not figure:

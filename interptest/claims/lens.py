@@ -144,6 +144,9 @@ class LensClaim(Claim):
     def format_value(self, value: float) -> str:
         return self.prediction.format_value(value)
 
+    def unit(self) -> str:
+        return self.prediction.unit()
+
 
 def lens_logits(run, component: str, layer: int, position: int):
     """[S, vocab] logits read off ``component`` at (layer, position): final norm, then unembedding."""

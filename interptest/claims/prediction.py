@@ -76,3 +76,6 @@ class PredictionClaim(Claim):
 
     def format_value(self, value: float) -> str:
         return f"{value:.0f}" if self.function == "rank" else f"{value:.3f}"
+
+    def unit(self) -> str:
+        return {"rank": "exact", "prob": "normalized"}.get(self.function, "logits")
