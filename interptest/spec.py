@@ -208,8 +208,22 @@ def _load_yaml(text: str, path: str):
         problem = getattr(error, "problem", None) or str(error)
         context = getattr(error, "context", None)
         detail = f"{context}, {problem}" if context else problem
+        tab = _tab_line(text, mark.line + 1 if mark else None, "'\\t'" in detail)
+        if tab is not None:
+            raise SpecError("invalid YAML: this line is indented with a tab character; YAML indentation must use "
+                            "spaces, not tabs (replace the tab with spaces)", path=path, line=tab) from None
         raise SpecError(f"invalid YAML: {detail}", path=path,
                         line=mark.line + 1 if mark else None) from None
+
+
+def _tab_line(text: str, line: int | None, about_tabs: bool) -> int | None:
+    """The line (1-based) of a YAML error caused by a tab in the indentation: the error's own line when
+    it is indented with a tab, else the first such line when PyYAML complains about a tab; or None."""
+    lines = text.splitlines()
+    tabbed = [i + 1 for i, row in enumerate(lines) if "\t" in row[:len(row) - len(row.lstrip(" \t"))]]
+    if line in tabbed:
+        return line
+    return tabbed[0] if tabbed and about_tabs else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,7 +490,12 @@ def load_lexicon(name: str, spec_path: str, error, key: str) -> tuple[str, ...]:
                 error(f"lexicon @{name} ({candidate}) is empty", key)
             return entries
     searched = " or ".join(str(p) for p in lexicon_paths(name, spec_path))
-    error(f"lexicon @{name} not found: looked for {searched}", key)
+    beside, shipped = (sorted(p.stem for p in path.parent.glob("*.txt")) for path in lexicon_paths(name, spec_path))
+    close = difflib.get_close_matches(name, beside + shipped, n=1, cutoff=0.6)
+    hint = f"did you mean @{close[0]}? " if close else ""
+    listing = (f"lexicons beside the spec: {', '.join('@' + n for n in beside) or 'none'}; shipped with interptest: "
+               f"{', '.join('@' + n for n in shipped)}")
+    error(f"lexicon @{name} not found: looked for {searched}; {hint}{listing}", key)
 
 
 def count_assignments(variables: dict, limit: int) -> int:
@@ -538,11 +557,25 @@ def _parse_corruption(value, prompt: str, family: Family | None, error) -> Corru
         try:
             parsed.append(parse_position(str(item)))
         except ClaimSyntaxError as syntax:
-            error(f"bad position {item!r}: {syntax.message}", key)
+            error(f"bad position {item!r}: {syntax.message}{_quote_hint(item)}", key)
     scale = spec.get("scale", 3.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
         error(f"'scale' must be a positive number, got {_describe(scale)}", key)
     return Corruption("noise", positions=tuple(parsed), scale=float(scale))
+
+
+def _quote_hint(item) -> str:
+    """For a token text written without its own quotes, e.g. [" Peru"]: how to quote it."""
+    from interptest.claims import parse_position
+
+    if not isinstance(item, str) or "'" in item:
+        return ""
+    try:
+        parse_position(f"'{item}'")
+    except ClaimSyntaxError:
+        return ""
+    return (f"; a token position needs its own quotes inside the YAML string (the YAML quotes only delimit the "
+            f"string): write positions: [\"'{item}'\"]")
 
 
 def _check_family_references(behavior: BehaviorSpec, error) -> None:
