@@ -190,6 +190,125 @@ def run_case(model, name, n, components, repeats, out=print):
             f"{best_ours / floor_time_at_tl_rate:>7.2f}  [{pt.engine}]")
 
 
+def _tl_faithful_reference(model, clean, corrupt, expect, foil, kept_sets):
+    """Resample-ablation faithfulness the plain way: one TransformerLens forward per node set, hooks
+    writing the corrupted run's head and MLP outputs outside the set."""
+    import torch
+
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    names = [f"blocks.{l}.attn.hook_z" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+
+    def m(hooks):
+        logits = model.run_with_hooks(clean, fwd_hooks=hooks)
+        return float(logits[0, -1, expect] - logits[0, -1, foil])
+
+    _, cache = model.run_with_cache(corrupt, names_filter=lambda nm: nm in set(names))
+    mc = m([])
+
+    def run(kept):
+        hooks = []
+        for layer in range(L):
+            heads = [h for h in range(H) if ("heads", (layer, h, None)) not in kept]
+            src = cache[f"blocks.{layer}.attn.hook_z"]
+
+            def z(act, hook=None, heads=heads, src=src):
+                act[:, :, heads] = src[:, :, heads]
+                return act
+            hooks.append((f"blocks.{layer}.attn.hook_z", z))
+            if ("mlp_out", (layer, None)) not in kept:
+                hooks.append((f"blocks.{layer}.hook_mlp_out",
+                              lambda act, hook=None, v=cache[f"blocks.{layer}.hook_mlp_out"]: v.clone()))
+        return m(hooks)
+
+    empty = run(set())
+    return [(run(set(kept)) - empty) / (mc - empty) for kept in kept_sets]
+
+
+def _tl_path_reference(model, clean, corrupt, expect, foil, sender, receiver):
+    """Path patching the plain way (denoise): one forward to record the receiver's key input with the sender
+    clean and every other head frozen corrupted, one to patch it; TransformerLens hooks, batch 1."""
+    import torch
+
+    L = int(model.cfg.n_layers)
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    _, base = model.run_with_cache(corrupt, names_filter=lambda nm: nm in set(z_names))
+    _, src = model.run_with_cache(clean, names_filter=lambda nm: nm in set(z_names))
+    layer, head = sender
+    hooks = []
+    for name in z_names:
+        frozen = base[name].clone()
+        if name == f"blocks.{layer}.attn.hook_z":
+            frozen[:, :, head] = src[name][:, :, head]
+        hooks.append((name, lambda act, hook=None, v=frozen: v))
+    rl, rh = receiver
+    kname = f"blocks.{rl}.attn.hook_k"
+    recorded = {}
+
+    def keep(act, hook=None):
+        recorded["k"] = act[:, :, rh].clone()
+        return act
+    model.run_with_hooks(corrupt, fwd_hooks=hooks + [(kname, keep)], stop_at_layer=rl + 1)
+
+    def patch(act, hook=None):
+        act[:, :, rh] = recorded["k"]
+        return act
+    logits = model.run_with_hooks(corrupt, fwd_hooks=[(kname, patch)])
+    return float(logits[0, -1, expect] - logits[0, -1, foil])
+
+
+def run_circuit_cases(model, name, n, sets=200, out=print):
+    """A 200-set negative control (faithfulness of random node sets of 4 heads and 1 MLP, resample
+    ablation) and a sender sweep (path patching from every head before the last layer into one head's
+    key): the plain TransformerLens-hook way, one forward at a time, against interptest's batched engine."""
+    import random
+
+    import torch
+
+    from interptest.patching.paths import CircuitPatcher, normalize
+
+    clean, corrupt = _case_tokens(model, n, seed=n, repeated=name == "interptest-tiny")
+    with torch.inference_mode():
+        lc = model(clean)[0, -1]
+        expect = int(lc.argmax())
+        foil = int(model(corrupt)[0, -1].argmax())
+        if foil == expect:
+            foil = int(lc.topk(2).indices[1])
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    rng = random.Random(0)
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    kept_sets = [[("heads", (l, h, None)) for l, h in rng.sample(heads, min(4, len(heads)))]
+                 + [("mlp_out", (rng.randrange(L), None))] for _ in range(sets)]
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        ref = _tl_faithful_reference(model, clean, corrupt, expect, foil, kept_sets)
+        t_tl = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        engine = CircuitPatcher(model, clean, corrupt, [expect], [foil])
+        ours = engine.faithfulness(kept_sets, "resample")[0]
+        t_ours = time.perf_counter() - t0
+    delta = float((ours - torch.tensor(ref, dtype=torch.float64)).abs().max())
+    out(f"{name:<16} {n:>4} {f'control {sets} sets':<22} {t_tl:>8.3f} {t_ours:>8.3f} {t_tl / t_ours:>7.1f}x "
+        f"{delta:>9.1e}")
+    receiver = (L - 1, 0)
+    senders = [(l, h) for l in range(L - 1) for h in range(H)]
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        mc = float(lc[expect] - lc[foil])
+        lx = model(corrupt)[0, -1]
+        mx = float(lx[expect] - lx[foil])
+        ref = [(_tl_path_reference(model, clean, corrupt, expect, foil, s, receiver) - mx) / (mc - mx) for s in senders]
+        t_tl = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        engine = CircuitPatcher(model, clean, corrupt, [expect], [foil])
+        raw = engine.path([[("heads", (l, h, None))] for l, h in senders], [[("k", L - 1, 0, None)]], "corrupt",
+                          "clean")
+        ours = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), "denoise")[0, :, 0]
+        t_ours = time.perf_counter() - t0
+    delta = float((ours - torch.tensor(ref, dtype=torch.float64)).abs().max())
+    out(f"{name:<16} {n:>4} {f'path {len(senders)} senders -> k':<22} {t_tl:>8.3f} {t_ours:>8.3f} "
+        f"{t_tl / t_ours:>7.1f}x {delta:>9.1e}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m interptest.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--components", default="resid_pre,resid_mid,attn_out,mlp_out,heads")
@@ -199,6 +318,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="resid_pre only, 16 tokens, one repeat")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-tiny", action="store_true")
+    ap.add_argument("--circuits", action="store_true",
+                    help="instead of the node sweeps: a 200-set negative control and a path-patching sender sweep")
     args = ap.parse_args(argv)
 
     import torch
@@ -229,6 +350,13 @@ def main(argv=None) -> int:
                 models.append(("interptest-tiny", tiny))
         hdr = (f"{'model':<16} {'tok':>4} {'component':<10} {'TL s':>8} {'ours s':>8} {'ratio':>8} "
                f"{'max|Δ|':>9} {'Δm':>7} {'TL units':>9} {'floor':>8} {'TL/fl':>7} {'vs floor':>7}")
+        if args.circuits:
+            print(f"{'model':<16} {'tok':>4} {'case':<22} {'TL s':>8} {'ours s':>8} {'ratio':>8} {'max|Δ|':>9}")
+            for name, model in models:
+                for n in ([16] if args.lengths == ap.get_default("lengths") else lengths):
+                    run_circuit_cases(model, name, n)
+                    sys.stdout.flush()
+            return 0
         for nt in threads:
             torch.set_num_threads(nt)
             print(f"\n## torch threads = {nt}")

@@ -62,24 +62,49 @@ def model_for(arch: str):
 # Inputs: S random prompt pairs of one length, answers with a clear logit difference
 
 
-def inputs(model, S=2, n=9, seed=0, R=3):
+def inputs(model, S=2, n=9, seed=0, R=3, tiny=False):
+    """S prompt pairs of n tokens whose corruption moves the logit difference by at least 1 (so that
+    normalized values do not amplify rounding), and R reference prompts. Random tokens on the random
+    models; the two-people induction prompts (first names swapped) on interptest-tiny."""
+    if tiny:
+        return tiny_inputs(model)
     vocab = int(model.cfg.d_vocab)
     bos = int(model.tokenizer.bos_token_id)
     g = torch.Generator().manual_seed(seed)
     clean = torch.randint(1, vocab, (S, n), generator=g)
     clean[:, 0] = bos
     corrupt = clean.clone()
-    corrupt[:, 2] = torch.randint(1, vocab, (S,), generator=g)
-    corrupt[:, 5] = torch.randint(1, vocab, (S,), generator=g)
+    with torch.inference_mode():
+        lc = model(clean)[:, -1]
+        expect = lc.argmax(-1)
+        foil = torch.zeros_like(expect)
+        for s in range(S):
+            for _ in range(100):                      # a corruption that matters
+                corrupt[s, 2], corrupt[s, 5] = torch.randint(1, vocab, (2,), generator=g)
+                lx = model(corrupt[s:s + 1])[0, -1]
+                f = int(lx.argmax()) if int(lx.argmax()) != int(expect[s]) else int(lc[s].topk(2).indices[1])
+                if abs(float(lc[s, expect[s]] - lc[s, f] - lx[expect[s]] + lx[f])) >= 1.0:
+                    foil[s] = f
+                    break
+            else:
+                raise AssertionError("no corruption moves the logit difference by 1")
     reference = torch.randint(1, vocab, (R, n), generator=g)
     reference[:, 0] = bos
-    with torch.inference_mode():
-        lc, lx = model(clean)[:, -1], model(corrupt)[:, -1]
-    expect = lc.argmax(-1)
-    foil = lx.argmax(-1)
-    same = foil == expect
-    foil[same] = lc[same].topk(2).indices[:, 1]
     return clean, corrupt, expect, foil, reference
+
+
+def tiny_inputs(model):
+    two = "Their names were {} {} and {} {}. When {}"
+    clean = [two.format("Iris", "Jones", "James", "Dixon", "James"), two.format("Anna", "Hill", "Tom", "Baker", "Tom")]
+    corrupt = [two.format("James", "Jones", "Iris", "Dixon", "James"), two.format("Tom", "Hill", "Anna", "Baker", "Tom")]
+    reference = [two.format("Mary", "Smith", "John", "Brown", "John"), two.format("Kate", "Wilson", "Mark", "Moore", "Mark"),
+                 two.format("Emma", "Taylor", "Paul", "Clark", "Paul")]
+    ids = [model.to_tokens(t)[0] for t in clean + corrupt + reference]
+    assert len({len(i) for i in ids}) == 1
+    ids = torch.stack(ids)
+    expect = torch.tensor([model.to_tokens(" Dixon", prepend_bos=False)[0, 0], model.to_tokens(" Baker", prepend_bos=False)[0, 0]])
+    foil = torch.tensor([model.to_tokens(" Jones", prepend_bos=False)[0, 0], model.to_tokens(" Hill", prepend_bos=False)[0, 0]])
+    return ids[:2], ids[2:4], expect, foil, ids[4:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,12 +253,12 @@ def as_ref_senders(edits):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_path_patching_equals_the_one_forward_reference(arch):
     model = model_for(arch)
-    clean, corrupt, expect, foil, reference = inputs(model, n=11 if arch == "interptest-tiny" else 9)
+    clean, corrupt, expect, foil, reference = inputs(model, tiny=arch == "interptest-tiny")
     engine = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference)
     senders, receivers = path_cases(model)
     z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
     names = node_names(model)
-    worst = 0.0
+    worst = worst_raw = 0.0
     for d, (direction, base, source) in enumerate([("denoise", "corrupt", "clean"), ("noise", "clean", "resample"),
                                                    ("noise", "clean", "mean"), ("noise", "clean", "zero")]):
         raw = engine.path(senders, receivers, base, source)             # one batched call: [S, senders, receivers]
@@ -247,28 +272,30 @@ def test_path_patching_equals_the_one_forward_reference(arch):
             mx = metric(model, corrupt[s:s + 1], int(expect[s]), int(foil[s]))
             for i, sender in enumerate(senders):
                 for j, receiver in enumerate(receivers):
-                    if (i + j + d + s) % 2:      # the engine computed every pair; the reference checks half
+                    if (i + j + d + s) % 3:      # the engine computed every pair; the reference checks a third
                         continue
                     m = ref_path(model, base_ids, src, base_z, as_ref_senders(sender), receiver[0], int(expect[s]),
                                  int(foil[s]))
+                    assert abs(mc - mx) >= 1.0
                     want = (m - mx) / (mc - mx) if direction == "denoise" else (mc - m) / (mc - mx)
                     delta = abs(float(values[s, i, j]) - want)
                     worst = max(worst, delta)
-                    assert delta <= TOL * max(1.0, 1.0 / abs(mc - mx)), (direction, source, s, sender, receiver)
-    print(f"{arch}: path patching max |Δ| = {worst:.2e}")
+                    worst_raw = max(worst_raw, abs(float(raw[s, i, j]) - m))
+                    assert delta <= TOL, (direction, source, s, sender, receiver)
+    print(f"{arch}: path patching max |Δ| = {worst:.2e} (normalized), {worst_raw:.2e} (logit difference)")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_ablations_and_faithfulness_equal_the_one_forward_reference(arch):
     model = model_for(arch)
-    clean, corrupt, expect, foil, reference = inputs(model, n=11 if arch == "interptest-tiny" else 9)
+    clean, corrupt, expect, foil, reference = inputs(model, tiny=arch == "interptest-tiny")
     engine = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     kept_sets = [[("heads", (0, 1, None)), ("heads", (L - 1, 2, None)), ("mlp_out", (0, None))],
                  [("heads", (l, h, None)) for l in range(L) for h in range(H)], []]
     region = [("heads", (0, 2, 4)), ("mlp_out", (L - 1, 6)), ("heads", (L - 1, 0, None))]
     names = node_names(model)
-    worst = 0.0
+    worst = worst_raw = 0.0
     for ablation in ("resample", "mean", "zero"):
         faithful = engine.faithfulness(kept_sets, ablation)
         patched = engine.patch_sets([region, region[:1]], "clean", ablation)
@@ -286,9 +313,9 @@ def test_ablations_and_faithfulness_equal_the_one_forward_reference(arch):
             for k, edits in enumerate([region, region[:1]]):
                 m = ref_ablated(model, clean[s:s + 1], values, edits, e, f)
                 delta = abs(float(patched[s, k]) - m)
-                worst = max(worst, delta)
-                assert delta <= TOL * max(1.0, abs(m)), (ablation, s, k)
-    print(f"{arch}: ablations max |Δ| = {worst:.2e}")
+                worst_raw = max(worst_raw, delta)
+                assert delta <= TOL * max(1.0, abs(m) / 10), (ablation, s, k)     # float32 rounding of the logits
+    print(f"{arch}: faithfulness max |Δ| = {worst:.2e}, ablated logit difference max |Δ| = {worst_raw:.2e}")
 
 
 def test_grouped_query_k_and_v_receivers_are_the_key_value_head_the_query_head_reads():
