@@ -5,7 +5,9 @@ Per residual component, layers are grouped into bands that share the same carrie
 that alone recover ≥ 0.9 of the effect); each band becomes one claim with the band's weakest value as
 its bound, and the rest of the component gets the matching ``elsewhere`` bound. For heads, the
 smallest set of heads (greedy by single-head value) whose joint patch recovers ≥ 0.9 becomes one
-``together`` claim.
+``together`` claim. Then the smallest node set (heads and MLPs, greedy pruning) whose resample-faithfulness
+stays ≥ 0.9, with its minimality and a random control, and the strongest path into each query, key and
+value input of the heads it keeps (:func:`interptest.claims.circuit.suggest_claims`).
 
 Margins: a suggested bound stays at least ``MARGIN`` (0.05) away from what was measured, rounded
 outwards to 0.05 steps (a measured 1.000 suggests ``>= 0.95``, a measured 0.008 ``<= 0.10``), so that
@@ -143,6 +145,9 @@ def suggest(bound, batch_size: int | None = None) -> str:
                                       [upper[l * width:(l + 1) * width] for l in range(n_layers)], bound.tokens)
         _, heads = run.sweep("heads", "denoise")
         claims += head_claims(run.patcher(), heads.values.tolist(), seed)
+        from interptest.claims.circuit import suggest_claims
+
+        claims += suggest_claims(run, seed)
     if spec.family is not None:        # positions as template variables where the tokens came from one
         claims = [_templated(claim, bound) for claim in claims]
     lines = [header, f"- name: {spec.name}", "  claims:"]

@@ -378,3 +378,94 @@ def measure_random_control(claim, bound, run, values) -> Measurement:
     raw = engine.patch_sets([edits_of(s) for s in sets], base, source)
     random_values = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), claim.direction)
     return control_measurement(values, random_values, claim.random.quantile, exhaustive, claim.verb)
+
+
+# ---------------------------------------------------------------------------------------------
+# --interp-suggest: the smallest faithful node set, and the strongest paths into its heads
+
+SUGGEST_FAITHFUL = 0.9
+SUGGEST_PATH = 0.15
+
+
+def node_list(nodes) -> str:
+    """Node-list syntax for whole nodes: ``heads[0.2, 1.0] + mlp_out[0, 1]``."""
+    heads = sorted((n.layer, n.head) for n in nodes if n.component == "heads")
+    mlps = sorted(n.layer for n in nodes if n.component == "mlp_out")
+    parts = []
+    if heads:
+        parts.append(f"heads[{', '.join(f'{l}.{h}' for l, h in heads)}]")
+    if mlps:
+        parts.append(f"mlp_out[{', '.join(map(str, mlps))}]")
+    return " + ".join(parts)
+
+
+def suggest_claims(run, seed: int = 0) -> list[str]:
+    """The smallest node set (greedy pruning on nodes, ACDC-style) whose resample-faithfulness stays
+    >= 0.9, as faithful / minimal / beats-random claims, and the strongest path into each query, key
+    and value input of the heads it keeps. On a family the measured values are the lower bootstrap
+    bounds of the samples' mean, as the claims will be judged."""
+    from interptest.suggest import _floor, _lower
+
+    engine = run.circuits()
+    n_layers, n_heads = int(run.model.cfg.n_layers), int(run.model.cfg.n_heads)
+    nodes = [Node("heads", l, h) for l in range(n_layers) for h in range(n_heads)] + \
+            [Node("mlp_out", l, None) for l in range(n_layers)]
+    delta = engine.metrics("clean") - engine.all_ablated("resample")
+    if bool((delta.abs() < run.bound.spec.min_effect).any()):
+        return []
+
+    def faithful(sets):
+        return engine.faithfulness([edits_of(s) for s in sets], "resample")
+
+    def lower(values) -> float:
+        return _lower(values[:, :1], seed, 1)[0]
+
+    # least important first: the node whose removal alone keeps the most faithfulness
+    alone = faithful([[m for m in nodes if m is not v] for v in nodes]).mean(dim=0).tolist()
+    kept = list(nodes)
+    for i in sorted(range(len(nodes)), key=lambda i: -alone[i]):
+        trial = [m for m in kept if m is not nodes[i]]
+        if trial and lower(faithful([trial])) >= SUGGEST_FAITHFUL:
+            kept = trial
+    value = lower(faithful([kept]))
+    if value < SUGGEST_FAITHFUL:
+        return []
+    text = node_list(kept)
+    claims = [f"circuit {text} faithful >= {_floor(value):.2f}"]
+    values = faithful([kept] + [[m for m in kept if m is not v] for v in kept])
+    drops = values[:, :1] - values[:, 1:]
+    weakest = min(_lower(drops.double(), seed, len(kept)))
+    if _floor(weakest) > 0:
+        claims.append(f"circuit {text} minimal >= {_floor(weakest):.2f}")
+    if count_node_sets(kept, n_layers, n_heads) > 1:
+        sets, exhaustive = random_node_sets(kept, n_layers, n_heads, random_count(run), control_seed(run, text))
+        control = control_measurement(values[:, :1], faithful(sets), 0.95, exhaustive, "faithfulness")
+        if value > control.comparison.threshold:
+            claims.append(f"circuit {text} faithful beats random at 0.95")
+    claims += _path_suggestions(run, engine, kept, seed)
+    return claims
+
+
+def _path_suggestions(run, engine, kept, seed: int) -> list[str]:
+    from interptest.patching.paths import normalize
+    from interptest.suggest import _floor, _lower
+
+    heads = [n for n in kept if n.component == "heads" and n.layer > 0]
+    senders = [n for n in kept if n.layer < max((h.layer for h in heads), default=0)]
+    if not heads or not senders:
+        return []
+    receivers = [(kind, h.layer, h.head, None) for h in heads for kind in ("q", "k", "v")]
+    raw = engine.path([edits_of([s]) for s in senders], [[r] for r in receivers], "corrupt", "clean")
+    values = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), "denoise")    # [S, senders, receivers]
+    claims = []
+    for j, (kind, layer, head, _) in enumerate(receivers):
+        best, best_value = None, SUGGEST_PATH
+        for i, sender in enumerate(senders):
+            if sender.layer >= layer:
+                continue
+            bound = _lower(values[:, i, j][:, None].double(), seed, 1)[0]
+            if bound >= best_value:
+                best, best_value = sender, bound
+        if best is not None:
+            claims.append(f"path {node_list([best])} -> heads[{layer}.{head}].{kind} recovers >= {_floor(best_value):.2f}")
+    return claims
