@@ -759,7 +759,13 @@ def patch_sweep(model, prompt: str, corrupt: str, component: str, expect: str, f
 
 
 class ModelCache:
-    """Loads each (model, device, dtype) once; ``clear()`` releases them."""
+    """Loads each (model, device, dtype) once; ``clear()`` releases them.
+
+    ``ModelCache.shared``, when a test harness sets it to a dict, is one store for every cache of the
+    process (pytester's in-process runs then load each model once); a cache still sets its own thread
+    count on first use, and ``clear()`` leaves the shared store alone."""
+
+    shared: dict | None = None
 
     def __init__(self, device: str | None = None, dtype: str | None = None, threads: int | None = None):
         self.device, self.dtype, self.threads = device, dtype, threads
@@ -767,15 +773,16 @@ class ModelCache:
         self._configured = False
 
     def get(self, name: str):
-        key = (name, self.device, self.dtype)
-        if key not in self._models:
-            from interptest.model import configure_threads, load_model
+        from interptest.model import configure_threads, load_model
 
-            if not self._configured:
-                configure_threads(self.threads)
-                self._configured = True
-            self._models[key] = load_model(name, device=self.device, dtype=self.dtype)
-        return self._models[key]
+        if not self._configured:
+            configure_threads(self.threads)
+            self._configured = True
+        store = ModelCache.shared if ModelCache.shared is not None else self._models
+        key = (name, self.device, self.dtype)
+        if key not in store:
+            store[key] = load_model(name, device=self.device, dtype=self.dtype)
+        return store[key]
 
     def clear(self) -> None:
         self._models.clear()

@@ -52,6 +52,14 @@ def shown(word: str, tokens: list[str]) -> str:
     return f"{word!r} → {tokens!r}"
 
 
+@pytest.fixture(autouse=True)
+def load_every_time(monkeypatch):
+    """These tests are about loading from the cache: no model store shared between in-process runs."""
+    import interptest.check
+
+    monkeypatch.setattr(interptest.check.ModelCache, "shared", None)
+
+
 @pytest.fixture
 def offline(monkeypatch):
     """HF_HOME/HF_HUB_CACHE at the random-gpt2 cache, HF_HUB_OFFLINE=1, sockets refused; the inner
