@@ -421,7 +421,8 @@ def _distinct_figures(claims: list[dict]) -> list[dict]:
 def _figure(claim: dict) -> str:
     """What a claim kind asked the report to draw (its record's ``figure``), by type."""
     figure = claim["figure"]
-    draw = {"attention": _attention_figure, "direct": _direct_figure, "lens": _lens_figure}.get(figure.get("type"))
+    draw = {"attention": _attention_figure, "direct": _direct_figure, "lens": _lens_figure,
+            "random": _random_figure}.get(figure.get("type"))
     if draw is None:
         return ""
     return (f'<figure class="map claim-figure" data-figure="{_e(figure.get("type"))}"><figcaption>'
@@ -472,6 +473,36 @@ def _direct_figure(figure: dict) -> str:
                     f"</span></td></tr>")
     return (f'<div class="small muted">direct effect on expect − foil at the last position ({unit}); '
             f'sample means; claimed heads in bold</div><table class="bars">{"".join(rows)}</table>')
+
+
+def _random_figure(figure: dict, bins: int = 12) -> str:
+    """A random control: the distribution of the random node sets' values, the claim's value and the
+    quantile it must beat."""
+    values = [float(v) for v in figure.get("values") or []]
+    value, threshold = figure.get("value"), figure.get("threshold")
+    if not values or value is None:
+        return ""
+    lo, hi = min(values + [value]), max(values + [value])
+    width = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int((v - lo) / width))] += 1
+    own = min(bins - 1, int((value - lo) / width))
+    top = max(counts) or 1
+    rows = []
+    for b, count in enumerate(counts):
+        start = lo + b * width
+        note = " ← the claim" if b == own else ""
+        if threshold is not None and start <= threshold < start + width:
+            note += f" · {figure.get('quantile')}-quantile {threshold:.3f}"
+        rows.append(f'<tr{_CLAIMED if b == own else ""}><th>{start:.3f} – {start + width:.3f}</th>'
+                    f'<td class="num">{count}</td><td class="bar pos"><span style="width:{100.0 * count / top:.1f}%">'
+                    f'</span></td><td class="small">{_e(note)}</td></tr>')
+    sets = f"{len(values)} random node sets" + (" (every other set)" if figure.get("exhaustive") else "")
+    return (f'<div class="small muted">{_e(sets)}: value of each; the claim {value:.3f} must exceed the '
+            f'{_e(figure.get("quantile"))}-quantile {_fmt(threshold, 3)}</div>'
+            f'<table class="direct random"><thead><tr><th>value</th><th>sets</th><th></th><th></th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
 
 
 def _lens_figure(figure: dict) -> str:
