@@ -22,7 +22,10 @@ def random_record(pytester, *args):
     result = pytester.runpytest("--interp-report=out", *args)
     result.assert_outcomes(passed=1)
     record = json.loads((pytester.path / "out" / "results.json").read_text())["behaviors"][0]
-    return record["claims"][1]["random"]
+    control = record["claims"][1]["random"]
+    html = (pytester.path / "out" / "report.html").read_text()
+    assert html.count('data-figure="random"') == 1 and f"{len(control['values'])} random node sets" in html
+    return control
 
 
 def test_default_compares_with_every_other_set_when_there_are_fewer_than_200(pytester, write):
