@@ -41,14 +41,31 @@ def _close(old, new, tolerance: float) -> bool:
     return abs(float(new) - float(old)) <= tolerance
 
 
+def _shape(values) -> tuple[int, int]:
+    return len(values), len(values[0]) if values else 0
+
+
+def shape_change(old: dict, new: dict) -> str | None:
+    """Why the cells of two maps cannot be compared one to one (their shapes differ), or None."""
+    (layers_old, cols_old), (layers_new, cols_new) = _shape(old["values"]), _shape(new["values"])
+    if (layers_old, cols_old) == (layers_new, cols_new):
+        return None
+    what = "heads" if new.get("component") == "heads" else "positions"
+    causes = []
+    if layers_old != layers_new:
+        causes.append(f"the model has {layers_new} layers, the baseline {layers_old}")
+    if cols_old != cols_new:
+        causes.append(f"the prompt now has {cols_new} token positions, the baseline {cols_old}: its token count "
+                      "changed" if what == "positions" else
+                      f"the model has {cols_new} heads per layer, the baseline {cols_old}")
+    return (f"the map's shape changed from {layers_old}×{cols_old} to {layers_new}×{cols_new} ({'; '.join(causes)}), "
+            "so its cells cannot be compared; re-record the baseline with --interp-baseline-update")
+
+
 def moved_cells(old: dict, new: dict, tolerance: float, tokens: list[str]) -> list[str]:
-    """Human-readable descriptions of the cells of one map that moved by more than ``tolerance``."""
+    """Human-readable descriptions of the cells of one map (of the same shape) that moved by more than
+    ``tolerance``."""
     old_values, new_values = old["values"], new["values"]
-    shape_old = (len(old_values), len(old_values[0]) if old_values else 0)
-    shape_new = (len(new_values), len(new_values[0]) if new_values else 0)
-    if shape_old != shape_new:
-        return [f"shape changed from {shape_old[0]}×{shape_old[1]} to {shape_new[0]}×{shape_new[1]} "
-                "(prompt or model changed; update the baseline)"]
     heads = new.get("component") == "heads"
     moved = []
     for layer, (row_old, row_new) in enumerate(zip(old_values, new_values)):
@@ -56,12 +73,22 @@ def moved_cells(old: dict, new: dict, tolerance: float, tokens: list[str]) -> li
             if not _close(a, b, tolerance):
                 where = f"head {layer}.{col}" if heads else \
                     f"L{layer} pos {col} {tokens[col]!r}" if col < len(tokens) else f"L{layer} pos {col}"
-                moved.append(f"{where}: {_fmt(a)} → {_fmt(b)}")
+                moved.append(f"{where}: {_pair(a, b)}")
     return moved
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{float(value):.2f}"
+def _pair(old, new) -> str:
+    """'0.50 → 1.00': two decimals, or as many more as it takes for the two values to differ (at most 6)."""
+    if old is None or new is None:
+        return f"{_fmt(old, 2)} → {_fmt(new, 2)}"
+    digits = 2
+    while digits < 6 and _fmt(old, digits) == _fmt(new, digits):
+        digits += 1
+    return f"{_fmt(old, digits)} → {_fmt(new, digits)}"
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{float(value):.{digits}f}"
 
 
 def compare(stored: dict | None, maps: dict, tokens: list[str], tolerance: float) -> tuple[bool, str]:
@@ -71,6 +98,10 @@ def compare(stored: dict | None, maps: dict, tokens: list[str], tolerance: float
     problems = []
     for key, new in maps.items():
         if key not in stored.get("maps", {}):
+            continue
+        changed = shape_change(stored["maps"][key], new)
+        if changed:
+            problems.append(f"{key}: {changed}")
             continue
         moved = moved_cells(stored["maps"][key], new, tolerance, tokens)
         if moved:

@@ -20,6 +20,7 @@ OPTION_BASELINE_TOLERANCE = "interp_baseline_tolerance"
 OPTION_SUGGEST = "interp_suggest"
 OPTION_SEED = "interp_seed"
 OPTION_REPEAT_LENGTH = "interp_repeat_length"
+OPTION_REPORT_ALL = "interp_report_all"
 OPTION_RANDOM_SETS = "interp_random_sets"
 INI_FILES = "interp_files"
 
@@ -54,6 +55,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--interp-suggest", dest=OPTION_SUGGEST, action="store_true", default=None,
                     help="print, per behavior, the strongest localization claims that hold, as YAML to paste")
     parser.addini(OPTION_SUGGEST, "always print suggested claims (see --interp-suggest)", type="bool", default=False)
+    group.addoption("--interp-report-all", dest=OPTION_REPORT_ALL, action="store_true", default=None,
+                    help="sweep every component of every behavior with a corruption, so that the report draws "
+                         "every map, not only those of the claimed components")
+    parser.addini(OPTION_REPORT_ALL, "always sweep every component (see --interp-report-all)", type="bool",
+                  default=False)
     parser.addini(INI_FILES, "glob patterns of spec files; replaces the default rule (YAML files inside a "
                              "'behaviors' directory)", type="linelist", default=[])
 
@@ -82,6 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
             baseline_update=bool(_option(config, OPTION_BASELINE_UPDATE)),
             baseline_tolerance=Options.tolerance(_option(config, OPTION_BASELINE_TOLERANCE)),
             suggest=bool(_option(config, OPTION_SUGGEST)),
+            report_all=bool(_option(config, OPTION_REPORT_ALL)),
             seed=Options.integer(_option(config, OPTION_SEED), "--interp-seed"),
             repeat_length=Options.positive_int(_option(config, OPTION_REPEAT_LENGTH), "--interp-repeat-length"),
             random_sets=Options.positive_int(_option(config, OPTION_RANDOM_SETS), "--interp-random-sets"),
@@ -93,6 +100,8 @@ def pytest_configure(config: pytest.Config) -> None:
     session = config.stash[_SESSION_KEY] = InterpSession(options, config.rootpath, explicit)
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(_Reporter(session), "interptest-reporter")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(session), "interptest-xdist")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -106,7 +115,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     if isinstance(item, BehaviorItem):
         # An attribute of the report travels from xdist workers to the controller with it.
-        report.interptest = _session(item.config).record(item.behavior, report.nodeid, item.result, report)
+        record = _session(item.config).record(item.behavior, report.nodeid, item.result, report)
+        report.interptest = record
+        if record is not None:
+            # JUnit XML takes the properties of the teardown report, which copies the item's.
+            from interptest.results import junit_properties
+
+            item.user_properties.extend(junit_properties(record))
     return report
 
 
@@ -122,9 +137,9 @@ class _Reporter:
             self.session.add_record(record)
 
     @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
         # Here, not in the terminal summary, so that the report is written even without a terminal.
-        self.summary = self.session.finish()
+        self.summary = self.session.finish(verbose=getattr(session.config.option, "verbose", 0) > 0)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         lines, written = getattr(self, "summary", None) or self.session.finish()
@@ -136,9 +151,28 @@ class _Reporter:
             terminalreporter.write_line(f"interptest report written to {written}")
 
 
+class _XdistHooks:
+    """pytest-xdist's hooks, registered only where xdist is installed: YAML files a worker saw but did not
+    collect as specs travel to the controller, which prints the collection-rule hint."""
+
+    def __init__(self, session):
+        self.session = session
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        self.session.unclaimed.update(getattr(node, "workeroutput", {}).get("interptest_unclaimed", ()))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        output = getattr(session.config, "workeroutput", None)
+        if output is not None:
+            output["interptest_unclaimed"] = [] if self.session.collected else sorted(self.session.unclaimed)
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
-    if _session(parent.config).is_spec_file(file_path):
+    session = _session(parent.config)
+    if session.is_spec_file(file_path):
         return SpecFile.from_parent(parent, path=file_path)
+    session.note_unclaimed(file_path)
     return None
 
 
@@ -164,6 +198,7 @@ class SpecFile(pytest.File):
                         unavailable = str(skipped)
                 item = BehaviorItem.from_parent(self, name=behavior.name, behavior=behavior, bound=bound,
                                                 model_name=session.model_name(behavior))
+                session.collected += 1
                 if unavailable:
                     item.add_marker(pytest.mark.skip(reason=f"model not available: {unavailable}"))
                 yield item

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from interptest.files import atomic_write
-from interptest.results import FORMAT
+from interptest.results import FORMAT, claim_counts, claims_text
 
 __all__ = ["write_report", "render_html", "results_json"]
 
@@ -178,17 +178,17 @@ def _pill(outcome: str, label: str | None = None) -> str:
             f"{_e(label if label is not None else outcome)}</span>")
 
 
-def _claim_counts(record: dict) -> tuple[int, int]:
-    claims = record.get("claims") or []
-    return sum(1 for c in claims if c.get("passed")), len(claims)
+def _claims_failed(record: dict) -> bool:
+    counts = claim_counts(record)
+    return counts["ran"] and (counts["passed"] < counts["total"]
+                              or counts["implicit_passed"] < counts["implicit_total"])
 
 
 def _summary(records: list[dict]) -> str:
     rows = []
     for i, record in enumerate(records):
-        passed, total = _claim_counts(record)
-        claims = f"{passed}/{total}" if total else "—"
-        bad = ' class="bad"' if total and passed < total else ""
+        claims = claims_text(record)          # as the terminal summary says it
+        bad = ' class="bad"' if _claims_failed(record) else ""
         rows.append(
             "<tr>"
             f'<td class="nodeid"><a href="#{_anchor(i)}">{_e(record.get("nodeid", f"behavior {i}"))}</a></td>'
@@ -366,7 +366,6 @@ def _behavior(index: int, record: dict) -> str:
                        f' · m<sub>corrupt</sub> = <b>{_fmt(record.get("corrupt_metric"), 3)}</b></dd>')
     if tokens:
         metrics.append(f"<dt>tokens</dt><dd>{len(tokens)}</dd>")
-    passed, total = _claim_counts(record)
     preds = (_predictions("clean top-5", record.get("clean_top"), expect, foil)
              + _predictions("corrupted top-5", record.get("corrupt_top"), expect, foil))
     maps = record.get("maps") or {}
@@ -377,7 +376,7 @@ def _behavior(index: int, record: dict) -> str:
             f'<a class="top" href="#" title="back to top">↑</a></h2>'
             f'<dl class="facts">{"".join(prompts + metrics)}</dl>'
             + (f'<div class="pred-row">{preds}</div>' if preds else "")
-            + f'<h3>Claims <span class="muted">{passed}/{total} passed</span></h3>{_claims(claims)}'
+            + f'<h3>Claims <span class="muted">passed {_e(claims_text(record))}</span></h3>{_claims(claims)}'
             + (f"<h3>Patching maps</h3>{heatmaps}" if heatmaps else "")
             + (f"<h3>Attention, direct effects and logit lens</h3>{figures}" if figures else "")
             + "</section>")

@@ -115,11 +115,72 @@ def behavior_record(behavior, nodeid: str, model: str, outcome: str | None = Non
     return record
 
 
+def _implicit_name(text: str) -> str:
+    return "top-1" if text.startswith("top-1") else "baseline" if "baseline" in text else text
+
+
+def claim_counts(record: dict) -> dict:
+    """The user's claims and the implicit checks (the top-1 prediction, the baseline) counted apart:
+    {"ran", "passed", "total", "implicit_passed", "implicit_total", "implicit"}."""
+    claims = record.get("claims") or []
+    user = [c for c in claims if "kind" not in c or c["kind"] is not None]
+    implicit = [c for c in claims if "kind" in c and c["kind"] is None and c.get("passed") is not None]
+    ran = bool(implicit) or any(c.get("passed") is not None for c in user)
+    return {"ran": ran, "passed": sum(1 for c in user if c.get("passed")), "total": len(user),
+            "implicit_passed": sum(1 for c in implicit if c["passed"]), "implicit_total": len(implicit),
+            "implicit": [_implicit_name(c["text"]) for c in implicit]}
+
+
+def claims_text(record: dict) -> str:
+    """"3/4 + implicit 2/2 (top-1, baseline)", or "–/3 (skipped)" for a behavior that did not run: the
+    terminal summary and the report say the same."""
+    counts = claim_counts(record)
+    if not counts["ran"]:
+        return f"–/{counts['total']} ({record.get('outcome', 'not run')})"
+    text = f"{counts['passed']}/{counts['total']}"
+    if counts["implicit_total"]:
+        text += (f" + implicit {counts['implicit_passed']}/{counts['implicit_total']} "
+                 f"({', '.join(counts['implicit'])})")
+    return text
+
+
 def summary_line(record: dict) -> str:
     def fmt(value):
         return "n/a" if value is None else f"{value:.2f}"
 
-    claims = [c for c in record["claims"] if c["passed"] is not None]
-    passed = sum(1 for c in claims if c["passed"])
     return (f"{record['outcome'].upper():8} {record['nodeid']}  [{record['model']}]  m_clean {fmt(record['clean_metric'])}"
-            f"  m_corrupt {fmt(record['corrupt_metric'])}  claims {passed}/{len(claims)}")
+            f"  m_corrupt {fmt(record['corrupt_metric'])}  claims {claims_text(record)}")
+
+
+def claim_lines(record: dict) -> list[str]:
+    """One line per check with its verdict and measured value (the terminal summary under -v)."""
+    lines = []
+    for claim in record.get("claims") or []:
+        verdict = "not run" if claim.get("passed") is None else "passed" if claim["passed"] else "FAILED"
+        value = "" if claim.get("value") is None else f"  measured {format_value(claim['value'])}"
+        implicit = "  (implicit)" if "kind" in claim and claim["kind"] is None else ""
+        lines.append(f"    {verdict:7}  {claim['text']}{value}{implicit}")
+    return lines
+
+
+def junit_properties(record: dict) -> list[tuple[str, str]]:
+    """The behavior's key numbers as JUnit XML properties (name, value), for CI dashboards: the model,
+    m_clean, m_corrupt, and per check "<verdict> <value>" under "claim: <text>" ("check: <text>" for the
+    implicit ones)."""
+    def number(value):
+        return "" if value is None else repr(float(value))
+
+    properties = [("interp_model", str(record["model"])), ("interp_outcome", str(record["outcome"])),
+                  ("m_clean", number(record["clean_metric"])), ("m_corrupt", number(record["corrupt_metric"]))]
+    for claim in record.get("claims") or []:
+        verdict = "not run" if claim.get("passed") is None else "passed" if claim["passed"] else "failed"
+        prefix = "check" if "kind" in claim and claim["kind"] is None else "claim"
+        value = number(claim.get("value"))
+        properties.append((f"{prefix}: {claim['text']}", f"{verdict} {value}".strip()))
+    return properties
+
+
+def format_value(value: float) -> str:
+    """A measured value: three decimals, or an integer (a rank) as an integer."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.3f}"

@@ -42,6 +42,7 @@ class Options:
     baseline_update: bool = False     # --interp-baseline-update
     baseline_tolerance: float = 0.05  # ini interp_baseline_tolerance
     suggest: bool = False             # --interp-suggest
+    report_all: bool = False          # --interp-report-all: sweep every component, not only the claimed ones
     repeat_length: int | None = None  # --interp-repeat-length: random_repeat sequences of head-score claims
     random_sets: int | None = None    # --interp-random-sets: random node sets of a 'beats random' claim
     seed: int = 0                     # --interp-seed: which samples prompt families draw
@@ -49,6 +50,12 @@ class Options:
     @staticmethod
     def validate_device(value: str) -> str:
         if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
+            if value not in ("auto", "cpu"):        # only then is torch imported here
+                from interptest.model import device_problem
+
+                problem = device_problem(value)
+                if problem:
+                    raise OptionError(f"--interp-device {value}: {problem.removeprefix(f'device {value!r}: ')}")
             return value
         raise OptionError(f"--interp-device: invalid value {value!r}; allowed: {', '.join(DEVICES)}")
 
@@ -98,6 +105,8 @@ class InterpSession:
         self.models = ModelCache(device=device, dtype=options.dtype, threads=options.threads)
         self.records: list[dict] = []
         self._baselines: dict[str, dict] = {}
+        self.unclaimed: set[str] = set()   # YAML files with a 'behaviors' list that the collection rule skipped
+        self.collected = 0                  # behaviors collected in this process
 
     # -- collection
     def is_spec_file(self, path: Path) -> bool:
@@ -113,6 +122,34 @@ class InterpSession:
             return any(fnmatch.fnmatch(relative.as_posix(), glob) or path.match(glob) for glob in self.options.files)
         return SPEC_DIRECTORY in relative.parts[:-1]
 
+    def note_unclaimed(self, path: Path) -> None:
+        """Remember a YAML file that looks like a spec (a top-level 'behaviors' key) but is not collected."""
+        if path.suffix not in SPEC_SUFFIXES:
+            return
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                head = handle.read(65536)
+        except OSError:
+            return
+        if re.search(r"^behaviors\s*:", head, re.MULTILINE):
+            try:
+                shown = path.resolve().relative_to(self.rootpath.resolve()).as_posix()
+            except ValueError:
+                shown = str(path)
+            self.unclaimed.add(shown)
+
+    def unclaimed_hint(self) -> list[str]:
+        """When no behavior was collected but spec-like YAML files were skipped: the collection rule."""
+        if not self.unclaimed or self.collected or self.records:
+            return []
+        files = sorted(self.unclaimed)
+        first = files[0]
+        folder = first.rsplit("/", 1)[0] if "/" in first else "."
+        return [f"interptest: {len(files)} YAML file(s) with a 'behaviors' list were not collected as specs: "
+                f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}",
+                f"  a spec is collected when it is inside a directory named '{SPEC_DIRECTORY}', named on the command "
+                f"line (pytest {first}), or matched by the ini key interp_files (e.g. interp_files = {folder}/*.yaml)"]
+
     def load_file(self, path: Path):
         return load_spec_file(path)
 
@@ -126,6 +163,14 @@ class InterpSession:
                 return str(beside)
         return name
 
+    def model_source(self, behavior: BehaviorSpec) -> str | None:
+        """Who chose the behavior's model, for messages: None when the spec's own 'model' key did."""
+        if self.options.model:
+            return "--interp-model"
+        if behavior.model:
+            return None
+        return "ini option interp_model" if self.options.default_model != DEFAULT_MODEL else "the default model"
+
     def bind(self, behavior: BehaviorSpec) -> BoundBehavior:
         name = self.model_name(behavior)
         try:
@@ -133,6 +178,10 @@ class InterpSession:
         except InterpError as error:
             if behavior.if_model_unavailable == "skip":
                 raise ModelSkipped(str(error)) from None
+            source = self.model_source(behavior)
+            if source is not None:      # the spec did not name this model: blame what did
+                raise SpecError(f"{source} {name!r}: {error}", path=behavior.path, line=behavior.line,
+                                behavior=behavior.name) from None
             raise SpecError(str(error), path=behavior.path, line=behavior.key_lines.get("model", behavior.line),
                             behavior=behavior.name, key="model") from None
         return bind_behavior(behavior, model, name, self.options.seed, self.run_options())
@@ -144,6 +193,8 @@ class InterpSession:
     # -- running
     def run(self, bound: BoundBehavior):
         result = run_behavior(bound, batch_size=self.options.batch_size)
+        if self.options.report_all:
+            self._sweep_every_component(bound, result)
         if not self.options.baseline_update:
             self._compare_baseline(result)
         if self.options.suggest:
@@ -151,6 +202,24 @@ class InterpSession:
 
             result.suggestion = suggest(bound, batch_size=self.options.batch_size)
         return result
+
+    def _sweep_every_component(self, bound: BoundBehavior, result) -> None:
+        """--interp-report-all: the denoising map of every component the model has, beside the claimed ones."""
+        import torch
+
+        from interptest import components
+        from interptest.check import Run
+
+        if bound.corrupt_ids is None:
+            return
+        with torch.inference_mode():
+            run = Run(bound, self.options.batch_size)
+            if run.foil_problem():
+                return
+            for name in components.available(getattr(bound.model, "hook_dict", {})):
+                if (name, "denoise") not in result.maps:
+                    run.sweep(name, "denoise")
+        result.maps.update({key: value for key, value in run.maps.items() if key not in result.maps})
 
     def _compare_baseline(self, result) -> None:
         from interptest import baselines
@@ -190,9 +259,10 @@ class InterpSession:
     def add_record(self, record: dict) -> None:
         self.records.append(record)
 
-    def finish(self) -> tuple[list[str], str | None]:
-        """Terminal summary lines, and the report directory if one was written."""
-        from interptest.results import summary_line
+    def finish(self, verbose: bool = False) -> tuple[list[str], str | None]:
+        """Terminal summary lines (under -v each check's measured value too), and the report directory if
+        one was written."""
+        from interptest.results import claim_lines, summary_line
 
         records = sorted(self.records, key=lambda r: r["nodeid"])
         notes = self._baseline_notes(records)
@@ -204,7 +274,12 @@ class InterpSession:
             write_report(records, self.options.report, version=__version__)
             written = self.options.report
         suggestions = [r["suggestion"] for r in records if r.get("suggestion")]
-        return [summary_line(r) for r in records] + notes + suggestions, written
+        lines = []
+        for record in records:
+            lines.append(summary_line(record))
+            if verbose:
+                lines.extend(claim_lines(record))
+        return lines + notes + suggestions + self.unclaimed_hint(), written
 
     def _baseline_notes(self, records: list[dict]) -> list[str]:
         """Write baselines (--interp-baseline-update) or list missing and unused baseline entries."""
@@ -231,17 +306,27 @@ class InterpSession:
                 notes.append(str(error))
                 continue
             missing = sorted(n for n, r in ran.items() if r["maps"] and n not in stored)
-            unused = sorted(set(stored) - set(ran))
+            # Unused: no behavior of the spec has the name -- not merely deselected (-k, a node id) this time.
+            unused = sorted(set(stored) - self._behavior_names(spec_file, ran))
             if missing and not baselines.baseline_path(spec_file).exists():
                 never_recorded.append(spec_file)
             elif missing:
                 notes.append(f"no baseline for {', '.join(missing)} in {baselines.baseline_path(spec_file)}")
             if unused:
-                notes.append(f"unused baseline entries in {baselines.baseline_path(spec_file)}: {', '.join(unused)}")
+                notes.append(f"unused baseline entries in {baselines.baseline_path(spec_file)}: {', '.join(unused)} "
+                             f"(no behavior of {spec_file.name} has that name)")
         if never_recorded:
             notes.append(f"no baselines recorded for {len(never_recorded)} spec file(s) "
                          "(--interp-baseline-update records them)")
         return notes
+
+    @staticmethod
+    def _behavior_names(spec_file: Path, ran: dict) -> set[str]:
+        """Every behavior name of a spec file, selected or not (the names that ran if it cannot be read)."""
+        try:
+            return {behavior.name for behavior in load_spec_file(spec_file).behaviors}
+        except (InterpError, OSError):
+            return set(ran)
 
     def default_model(self):
         return self.models.get(self.options.model or self.options.default_model)

@@ -41,7 +41,7 @@ def test_every_failed_check_with_values_predictions_and_map(pytester, write):
         "*map for 'resid_pre[:, 1] recovers >= 0.5'",
         "*resid_pre (recovers: clean patched into corrupted run), layer × position*",
         "*Her*·name*·was*·Alex*·Hart*",
-        "*L0*! 0.00*1.00*",
+        "*L0*  0.00!*1.00*",
     ]])
     assert "Traceback" not in output and "def runtest" not in output and "site-packages" not in output
     assert max(len(line) for line in output.splitlines() if "L0" in line or "·name" in line) <= 100

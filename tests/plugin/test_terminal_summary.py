@@ -18,6 +18,9 @@ def test_summary_lines(pytester, write):
     result = pytester.runpytest()
     result.stdout.fnmatch_lines([
         "*- interptest -*",
-        "FAILED   behaviors/f.yaml::alex-hart  [[]interptest-tiny]  m_clean *  m_corrupt *  claims 2/3",
-        "PASSED   behaviors/f.yaml::france  [[]interptest-tiny]  m_clean n/a  m_corrupt n/a  claims 1/1",
+        # the user's claims, and apart from them the implicit check (the top-1 prediction)
+        "FAILED   behaviors/f.yaml::alex-hart  [[]interptest-tiny]  m_clean *  m_corrupt *  claims 1/2 + implicit 1/1 "
+        "(top-1)",
+        "PASSED   behaviors/f.yaml::france  [[]interptest-tiny]  m_clean n/a  m_corrupt n/a  claims 0/0 + implicit 1/1 "
+        "(top-1)",
     ])

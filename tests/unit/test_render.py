@@ -18,9 +18,9 @@ def test_cells_marked_and_formatted():
     table = "\n".join(lines)
     assert "·Alex" in table and "·Hart" in table and "<|end…" in table
     layer1 = next(line for line in lines if line.strip().startswith("L1"))
-    assert layer1.split()[1:] == ["-0.40", "-0.30", "-0.20", "-0.10", "0.00", "!", "0.10"]
+    assert layer1.split()[1:] == ["-0.40", "-0.30", "-0.20", "-0.10", "0.00", "0.10!"]   # the mark after its cell
     layer2 = next(line for line in lines if line.strip().startswith("L2"))
-    assert layer2.endswith("* 0.70")
+    assert layer2.endswith(" 0.70*")
     assert "\x1b[" not in table
 
 
@@ -34,7 +34,7 @@ def test_long_prompts_wrap_within_the_terminal_width():
 
 def test_colour_only_when_asked():
     coloured = "\n".join(render_map(patch_map(), failing=[(0, 0)], color=True))
-    assert "\x1b[31;1m!" in coloured
+    assert "\x1b[31;1m-1.00!" in coloured
 
 
 def test_heads_map_labels_heads():
