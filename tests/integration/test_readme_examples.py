@@ -1,0 +1,155 @@
+"""Every example in the README runs as written on the default model (issue 13, "What must hold" 1).
+
+Every fenced ```yaml and ```python block of README.md is extracted and run:
+
+* a YAML block that is a whole spec file (a top-level ``behaviors`` key) runs through pytest and must pass;
+* a YAML fragment (one behavior, ``- name: ...``) is wrapped into a spec file with ``model: interptest-tiny``
+  and must pass;
+* Python blocks run in order in one namespace, as a reader would run them in a notebook (the tutorial's
+  later blocks use the names of its earlier ones); where a line reads ``expression  # <a Python literal>``
+  the expression must equal the literal. A block that defines a ``test_...`` function is written into a
+  test file and run by pytest, and must pass.
+
+A block that is not meant to run (a GitHub workflow, a file layout) is excluded only by a visible marker on
+the line before it in the README: ``<!-- not run: the reason -->``. Nothing is skipped silently.
+"""
+
+import ast
+import contextlib
+import io
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch  # noqa: F401  (pytester's in-process runs must find torch already imported)
+import transformer_lens.model_bridge.sources.transformers  # noqa: F401
+
+import interptest.check  # noqa: F401
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+RUN = ("yaml", "python")
+NOT_RUN = re.compile(r"<!--\s*not run:\s*(?P<reason>\S[^>]*?)\s*-->\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int             # the line of the opening fence
+    language: str
+    text: str
+    not_run: str | None   # the reason given by a "<!-- not run: ... -->" marker, or None
+
+    @property
+    def id(self) -> str:
+        return f"README.md:{self.line}-{self.language}"
+
+
+def blocks(text: str) -> list[Block]:
+    found = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        fence = re.match(r"^```(\w*)", lines[i])
+        if not fence:
+            i += 1
+            continue
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+        previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        marker = NOT_RUN.search(previous)
+        found.append(Block(i + 1, fence.group(1), "\n".join(lines[i + 1:end]) + "\n",
+                           marker.group("reason") if marker else None))
+        i = end + 1
+    return found
+
+
+ALL = [b for b in blocks(README.read_text(encoding="utf-8")) if b.language in RUN]
+RUNNABLE = [b for b in ALL if b.not_run is None]
+YAML = [b for b in RUNNABLE if b.language == "yaml"]
+PYTHON = [b for b in RUNNABLE if b.language == "python"]
+
+
+def test_every_yaml_and_python_block_is_run_or_visibly_excluded():
+    assert YAML and PYTHON
+    excluded = {b.id: b.not_run for b in ALL if b.not_run is not None}
+    # Each exclusion names its reason in the README itself; today only the CI workflow is not run.
+    assert all(len(reason) > 10 for reason in excluded.values()), excluded
+    assert [b.text.splitlines()[0] for b in ALL if b.not_run is not None] == ["# .github/workflows/interp.yml"]
+    for block in YAML:                        # and every YAML block is one of the two kinds run below
+        assert _spec_text(block)
+
+
+def _spec_text(block: Block) -> str:
+    """The block as a spec file: as written, or a behavior fragment wrapped with the default model."""
+    if re.search(r"^behaviors\s*:", block.text, re.MULTILINE):
+        return block.text
+    first = next(line for line in block.text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    assert first.lstrip().startswith("- name:"), f"{block.id}: neither a spec file nor a behavior fragment"
+    return "model: interptest-tiny\nbehaviors:\n" + textwrap.indent(textwrap.dedent(block.text), "  ")
+
+
+@pytest.mark.parametrize("block", YAML, ids=[b.id for b in YAML])
+def test_yaml_block_passes(block, pytester):
+    spec = pytester.path / "behaviors" / "readme.yaml"
+    spec.parent.mkdir()
+    spec.write_text(_spec_text(block), encoding="utf-8")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rA")
+    outcomes = result.parseoutcomes()
+    assert result.ret == 0 and outcomes.get("passed", 0) >= 1, result.stdout.str()
+    assert set(outcomes) <= {"passed"}, outcomes
+
+
+def _expected_comments(source: str) -> list[tuple[str, object, int]]:
+    """(expression, value, line) for each line ``expression  # literal`` whose comment is a Python literal."""
+    checks = []
+    for number, line in enumerate(source.splitlines(), 1):
+        code, _, comment = line.partition("#")
+        if not comment.strip() or not code.strip():
+            continue
+        try:
+            ast.parse(code.strip(), mode="eval")
+            value = ast.literal_eval(comment.strip())
+        except (SyntaxError, ValueError):
+            continue
+        checks.append((code.strip(), value, number))
+    return checks
+
+
+def _same_output(shown: str, comment: str, block: Block) -> None:
+    """A ``print(...)  # output`` line printed what its comment says, numbers to the comment's decimals."""
+    expected = comment[1:] if comment.startswith(" ") else comment     # "#  Hart 0.996" shows " Hart 0.996"
+    for got, want in zip(shown.split(" "), expected.split(" "), strict=True):
+        if re.fullmatch(r"-?\d+\.\d+", want):
+            decimals = len(want.split(".")[1])
+            assert f"{float(got):.{decimals}f}" == want, f"{block.id}: printed {shown!r}, the README says {expected!r}"
+        else:
+            assert got == want, f"{block.id}: printed {shown!r}, the README says {expected!r}"
+
+
+def test_python_blocks_run_in_order(pytester):
+    namespace: dict = {"__name__": "readme"}
+    ran = 0
+    for block in PYTHON:
+        if re.search(r"^def test_", block.text, re.MULTILINE):
+            continue                                  # run by test_python_test_blocks_pass
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            exec(compile(block.text, block.id, "exec"), namespace)          # noqa: S102 - our own README
+        printed = [line for line in block.text.splitlines() if line.startswith("print(") and "#" in line]
+        for line, shown in zip(printed, output.getvalue().splitlines()):
+            _same_output(shown, line.split("#", 1)[1], block)
+        for expression, expected, number in _expected_comments(block.text):
+            actual = eval(expression, namespace)                            # noqa: S307 - our own README
+            assert actual == expected, f"{block.id} (+{number}): {expression} is {actual!r}, the README says {expected!r}"
+        ran += 1
+    assert ran >= 2
+
+
+TEST_BLOCKS = [b for b in PYTHON if re.search(r"^def test_", b.text, re.MULTILINE)]
+
+
+@pytest.mark.parametrize("block", TEST_BLOCKS, ids=[b.id for b in TEST_BLOCKS])
+def test_python_test_blocks_pass(block, pytester):
+    pytester.makepyfile(test_readme=block.text)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=len(re.findall(r"^def test_", block.text, re.MULTILINE)))
