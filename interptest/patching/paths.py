@@ -74,7 +74,8 @@ class CircuitPatcher:
         self.model = model
         self.device = device = model_device(model)
         cfg = model.cfg
-        clean = torch.as_tensor(clean_ids, device="cpu").long().reshape(-1, torch.as_tensor(clean_ids).shape[-1])
+        clean = torch.as_tensor(clean_ids, device="cpu").long()
+        clean = clean.reshape(-1, clean.shape[-1])
         self.n_samples, self.n_positions = int(clean.shape[0]), int(clean.shape[1])
         self.tokens = {"clean": clean.to(device)}
         if corrupt_ids is not None:
