@@ -71,6 +71,7 @@ class BoundBehavior:
     bound_claims: list                # one per claim of the spec, in order
     options: dict = field(default_factory=dict)   # run settings claim kinds read, e.g. repeat_length
     reference_ids: Any = None         # LongTensor [R, n] of the 'reference' prompts (CPU), or None
+    notes: list = field(default_factory=list)     # what binding changed, e.g. dropped lexicon entries
 
     @property
     def n_samples(self) -> int:
@@ -190,21 +191,52 @@ class _Tokenizer:
                 f"value, so quote it with the space: {key}: \"{spaced}\"")
 
 
-def _check_lexicons(spec: BehaviorSpec, tok: _Tokenizer) -> None:
-    """Every value of every variable must be one token where the template puts it."""
-    for var, values in spec.family.variables.items():
-        bad = []
-        for value in values:
-            text = families.variable_token_texts(spec, {var: value})[var]
-            ids = tok.encode(text)
-            if len(ids) != 1:
-                bad.append(f"{value!r} → {tok.decode(ids)}")
-        if bad:
-            source = spec.family.sources[var]
-            where = f"lexicon {source}" if source.startswith("@") else "the list"
-            # Every offending entry: this list is how a user checks a lexicon against another model.
-            raise spec.error(f"{len(bad)} value(s) of {{{var}}} in {where} are not single tokens for this model: "
-                             f"{', '.join(bad)}", f"vars.{var}")
+def _check_lexicons(spec: BehaviorSpec, tok: _Tokenizer) -> tuple[BehaviorSpec, list[str]]:
+    """Every value of every variable must be one token where the template puts it. With
+    ``single_token: drop`` the rows holding such a value are dropped instead (the returned spec, and a
+    note naming them); otherwise every offending entry is a collection error."""
+    import dataclasses
+
+    from interptest.spec import Family, check_sample_count
+
+    family = spec.family
+    bad: dict[str, list[str]] = {}
+    kept_units, dropped = [], []
+    for names, rows in family.units:
+        kept = []
+        for row in rows:
+            problems = []
+            for var, value in zip(names, row):
+                ids = tok.encode(families.variable_token_texts(spec, {var: value})[var])
+                if len(ids) != 1:
+                    problems.append(f"{value!r} → {tok.decode(ids)}")
+                    bad.setdefault(var, []).append(problems[-1])
+            if problems:
+                dropped.extend(problems)
+            else:
+                kept.append(row)
+        kept_units.append((names, tuple(kept)))
+    if not bad:
+        return spec, []
+    if family.single_token != "drop":
+        var, entries = next(iter(bad.items()))
+        source = family.sources[var]
+        where = f"lexicon {source}" if source.startswith("@") else "the list"
+        # Every offending entry: this list is how a user checks a lexicon against another model.
+        raise spec.error(f"{len(entries)} value(s) of {{{var}}} in {where} are not single tokens for this model: "
+                         f"{', '.join(entries)} (or set 'single_token: drop' to leave them out)", f"vars.{var}")
+    for names, rows in kept_units:
+        if not rows:
+            raise spec.error(f"every value of {', '.join(names)} is dropped: none is a single token for this model "
+                             f"({', '.join(dropped)})", "single_token")
+    smaller = Family.from_units(kept_units, family.samples, family.sources, family.single_token)
+
+    def error(message, key):
+        raise spec.error(message, key)
+
+    check_sample_count(smaller, error, f" after dropping {len(dropped)} value(s) that are not single tokens")
+    note = f"dropped {len(dropped)} value(s) that are not single tokens for this model: {', '.join(dropped)}"
+    return dataclasses.replace(spec, family=smaller), [note]
 
 
 def _swap_tokens(spec: BehaviorSpec, tok: _Tokenizer, ids, replace):
@@ -324,11 +356,13 @@ def bind_behavior(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0
                   options: dict | None = None) -> BoundBehavior:
     """Draw the behavior's samples (one for a single prompt) and bind them to ``model``."""
     if spec.family is not None:
-        _check_lexicons(spec, _Tokenizer(spec, model))
+        spec, notes = _check_lexicons(spec, _Tokenizer(spec, model))
         samples = families.expand(spec, seed)
     else:
-        samples = [families.instance(spec, {})]
-    return bind_samples(spec, model, samples, model_name, seed, options)
+        samples, notes = [families.instance(spec, {})], []
+    bound = bind_samples(spec, model, samples, model_name, seed, options)
+    bound.notes = notes
+    return bound
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,6 +655,8 @@ def _top1_check(run: Run) -> CheckResult:
     detail = f"top-1 accuracy {rate:.2f} over {bound.n_samples} samples"
     if wrong:
         detail += f"; wrong on e.g. {bound.samples[wrong[0]].prompt!r}: {failures[wrong[0]]}"
+    for note in bound.notes:
+        detail += f"; {note}"
     return CheckResult(text, not wrong, rate, detail)
 
 

@@ -39,33 +39,57 @@ def _distinct(values) -> bool:
     return len(set(values)) == len(values)
 
 
-def draw_assignments(variables: dict, count: int, rng: random.Random) -> list[dict]:
-    names = list(variables)
+def _units(variables) -> list:
+    """[(names, rows)] from Family.units, or from a plain {variable: values} mapping."""
+    if isinstance(variables, dict):
+        return [((var,), tuple((v,) for v in values)) for var, values in variables.items()]
+    return list(variables)
+
+
+def _assignment(units, combo) -> dict:
+    return {var: value for (names, _), row in zip(units, combo) for var, value in zip(names, row)}
+
+
+def draw_assignments(variables, count: int, rng: random.Random) -> list[dict]:
+    """``count`` distinct assignments, uniformly among those that give every variable a different value;
+    ``variables``: Family.units (paired variables drawn together) or {variable: values}."""
+    units = _units(variables)
     total = 1
-    for name in names:
-        total *= len(variables[name])
+    for _, rows in units:
+        total *= len(rows)
     if total <= ENUMERATION_LIMIT:
-        combos = [c for c in itertools.product(*(variables[n] for n in names)) if _distinct(c)]
-        return [dict(zip(names, c)) for c in rng.sample(combos, count)]
+        combos = [c for c in itertools.product(*(rows for _, rows in units))
+                  if _distinct(v for row in c for v in row)]
+        return [_assignment(units, c) for c in rng.sample(combos, count)]
     seen, out = set(), []
     while len(out) < count:
-        combo = tuple(rng.choice(variables[n]) for n in names)
-        if _distinct(combo) and combo not in seen:
+        combo = tuple(rng.choice(rows) for _, rows in units)
+        if _distinct(v for row in combo for v in row) and combo not in seen:
             seen.add(combo)
-            out.append(dict(zip(names, combo)))
+            out.append(_assignment(units, combo))
     return out
 
 
+def _unit_of(behavior: BehaviorSpec, var: str):
+    return next(unit for unit in behavior.family.units if var in unit[0])
+
+
 def resampled(behavior: BehaviorSpec, values: dict, rng: random.Random) -> dict:
-    """The corrupted assignment: each resampled variable re-drawn to a value different from its clean
-    value and from every other variable's value."""
+    """The corrupted assignment: each resampled variable (with the variables paired with it) re-drawn to
+    values different from its clean ones and from every other variable's value."""
     new = dict(values)
+    done = set()
     for var in behavior.corruption.resample:
-        taken = set(new.values()) | {values[var]}
-        choices = [v for v in behavior.family.variables[var] if v not in taken]
+        names, rows = _unit_of(behavior, var)
+        if names in done:
+            continue
+        done.add(names)
+        others = {v for k, v in new.items() if k not in names}
+        clean = {values[n] for n in names}
+        choices = [row for row in rows if not (set(row) & (others | clean))]
         if not choices:
             raise ValueError(f"no value left to resample {var!r} to")
-        new[var] = rng.choice(choices)
+        new.update(zip(names, rng.choice(choices)))
     return new
 
 
@@ -83,7 +107,7 @@ def instance(behavior: BehaviorSpec, values: dict, corrupt_values: dict | None =
 def expand(behavior: BehaviorSpec, seed: int = 0) -> list[Sample]:
     """The family's samples for this seed."""
     rng = random.Random(sample_seed(seed, behavior))
-    assignments = draw_assignments(behavior.family.variables, behavior.family.samples, rng)
+    assignments = draw_assignments(behavior.family.units, behavior.family.samples, rng)
     resample = behavior.corruption is not None and behavior.corruption.kind == "resample"
     return [instance(behavior, a, resampled(behavior, a, rng) if resample else None) for a in assignments]
 
@@ -92,30 +116,35 @@ def instance_strategy(behavior: BehaviorSpec):
     """A hypothesis strategy over single instances (clean values, corrupted values), for shrinking."""
     from hypothesis import strategies as st
 
-    variables = behavior.family.variables
-    clean = st.fixed_dictionaries({v: st.sampled_from(vals) for v, vals in variables.items()}).filter(
-        lambda d: _distinct(d.values()))
+    units = behavior.family.units
+    clean = st.tuples(*(st.sampled_from(rows) for _, rows in units)).filter(
+        lambda combo: _distinct(v for row in combo for v in row)).map(lambda combo: _assignment(units, combo))
     if behavior.corruption is None or behavior.corruption.kind != "resample":
         return clean.map(lambda d: (d, None))
+    redrawn = list(dict.fromkeys(_unit_of(behavior, var) for var in behavior.corruption.resample))
 
     def corrupt_for(values):
-        taken = set(values.values())
-        fields = {}
-        for var in behavior.corruption.resample:
-            choices = [v for v in variables[var] if v not in taken]
-            fields[var] = st.sampled_from(choices)
-        return st.fixed_dictionaries(fields).filter(lambda new: _distinct(new.values())).map(
-            lambda new: (values, {**values, **new}))
+        fields = []
+        for names, rows in redrawn:
+            taken = {v for k, v in values.items() if k not in names} | {values[n] for n in names}
+            fields.append(st.sampled_from([row for row in rows if not set(row) & taken]))
+        return st.tuples(*fields).filter(lambda combo: _distinct(v for row in combo for v in row)).map(
+            lambda combo: (values, {**values, **_assignment(redrawn, combo)}))
 
     return clean.flatmap(corrupt_for)
 
 
 def variable_token_texts(behavior: BehaviorSpec, values: dict) -> dict:
-    """The token text each variable becomes in the prompt: with the leading space the template gives it."""
+    """The token text each variable becomes: with the leading space the template gives it (a variable
+    only expect or foil use: the space they give it)."""
     out = {}
     for var, value in values.items():
-        at = behavior.prompt.find("{" + var + "}")
-        out[var] = (" " + value) if at > 0 and behavior.prompt[at - 1] == " " else value
+        out[var] = value
+        for text in (behavior.prompt, behavior.expect, behavior.foil or ""):
+            at = text.find("{" + var + "}")
+            if at >= 0:
+                out[var] = (" " + value) if at > 0 and text[at - 1] == " " else value
+                break
     return out
 
 

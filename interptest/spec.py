@@ -43,6 +43,7 @@ BEHAVIOR_KEYS = {
     "min_effect": _NUM,
     "min_pass_rate": _NUM,
     "marks": _STR_LIST,
+    "single_token": _STR,
     "if_model_unavailable": _STR,
     "skip": _STR,
     "xfail": _STR,
@@ -51,6 +52,7 @@ _BEHAVIORS = "a list of behaviors"
 FILE_KEYS = {"model": _STR, "description": _STR, "defaults": _MAPPING, "behaviors": _BEHAVIORS,
              "if_model_unavailable": _STR}
 UNAVAILABLE_POLICIES = ("error", "skip")
+SINGLE_TOKEN_POLICIES = ("error", "drop")
 CORRUPTION_KINDS = ("replace", "resample", "noise")
 
 # The JSON Schema of each type above, for editors (interptest.schema builds the spec file's schema from
@@ -88,10 +90,20 @@ class Corruption:
 
 @dataclass(frozen=True)
 class Family:
-    """A prompt family: the template's variables, each with its values, and how many samples to draw."""
-    variables: dict
+    """A prompt family: the template's variables, each with its values, and how many samples to draw.
+
+    ``units`` are what a sample draws from: one variable with its values, or paired variables
+    (``country, capital: "@country_capitals"``) with their rows, drawn together."""
+    variables: dict                   # variable -> its values (a paired variable: its column)
     samples: int
     sources: dict                     # variable -> where its values came from (for messages)
+    units: tuple = ()                 # ((variable, ...), ((value, ...), ...)) per unit
+    single_token: str = "error"       # what a value that is not one token for the model does: error | drop
+
+    @staticmethod
+    def from_units(units, samples: int, sources: dict, single_token: str = "error") -> "Family":
+        variables = {var: tuple(row[i] for row in rows) for names, rows in units for i, var in enumerate(names)}
+        return Family(variables, samples, sources, tuple(units), single_token)
 
 
 @dataclass(frozen=True)
@@ -370,7 +382,7 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
     prompt = merged[prompt_key]
     family = _parse_family(merged, path, error) if prompt_key == "template" else None
     if family is None:
-        for key in ("vars", "samples"):
+        for key in ("vars", "samples", "single_token"):
             if key in merged:
                 error(f"{key!r} only applies to a prompt family: write 'template' instead of 'prompt'", key)
     corruption = _parse_corruption(merged.get("corrupt"), prompt, family, error)
@@ -444,33 +456,79 @@ def _parse_family(merged: dict, path: str, error) -> Family:
         error("the template has no {variables}; use 'prompt' for a single prompt", "template")
     if "vars" not in merged:
         error(f"the template uses {', '.join('{' + v + '}' for v in used)} but 'vars' is missing", "vars")
-    variables, sources = {}, {}
+    elsewhere = set()                  # variables expect, foil or a corrupted template may use besides
+    for key in ("expect", "foil", "corrupt"):
+        if isinstance(merged.get(key), str):
+            try:
+                elsewhere.update(template_fields(merged[key]))
+            except ValueError:
+                pass                   # reported with its key by the reference check
+    units, sources, named = [], {}, []
+    for key, values in merged["vars"].items():
+        names = [n.strip() for n in str(key).split(",")]
+        for var in names:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                error(f"invalid variable name {var!r} in 'vars' (paired variables: 'country, capital')", f"vars.{key}")
+            if var not in used and (len(names) == 1 or var not in elsewhere):
+                where = "the template" if len(names) == 1 else "the template, expect, foil or corrupt"
+                error(f"variable {var!r} in 'vars' is not used by {where}", f"vars.{key}")
+        rows = _rows(names, values, path, error, f"vars.{key}")
+        units.append((tuple(names), rows))
+        for var in names:
+            sources[var] = values if isinstance(values, str) else "list"
+        named += names
     for var in used:
-        if var not in merged["vars"]:
+        if var not in named:
             error(f"template variable {{{var}}} has no values in 'vars'", "vars")
-    for var, values in merged["vars"].items():
-        if var not in used:
-            error(f"variable {var!r} in 'vars' is not used by the template", f"vars.{var}")
-        variables[var], sources[var] = _values(var, values, path, error)
+    if len(set(named)) != len(named):
+        error("a variable is given values twice in 'vars'", "vars")
     samples = merged.get("samples", DEFAULT_SAMPLES)
     if samples < 1:
         error(f"'samples' must be at least 1, got {samples}", "samples")
-    available = count_assignments(variables, limit=samples)
-    if available < samples:
-        error(f"'samples' is {samples} but the variables allow only {available} distinct combinations "
-              "(all variables of one sample take different values)", "samples")
-    return Family(variables, samples, sources)
+    policy = merged.get("single_token", "error")
+    if policy not in SINGLE_TOKEN_POLICIES:
+        error(f"expected one of {', '.join(SINGLE_TOKEN_POLICIES)}, got {policy!r}", "single_token")
+    family = Family.from_units(units, samples, sources, policy)
+    check_sample_count(family, error)
+    return family
 
 
-def _values(var: str, values, path: str, error) -> tuple[tuple[str, ...], str]:
-    key = f"vars.{var}"
+def check_sample_count(family: Family, error, why: str = "") -> None:
+    available = count_assignments(family.units, limit=family.samples)
+    if available < family.samples:
+        error(f"'samples' is {family.samples} but the variables allow only {available} distinct combinations "
+              f"(all variables of one sample take different values){why}", "samples")
+
+
+def _rows(names: list[str], values, path: str, error, key: str) -> tuple[tuple[str, ...], ...]:
+    """The rows of one unit: a single variable's values as 1-tuples, or paired variables' rows (a list of
+    lists, or a lexicon whose lines hold the columns separated by '|' or a tab)."""
+    if len(names) == 1:
+        return tuple((v,) for v in _values(names[0], values, path, error, key))
     if isinstance(values, str) and values.startswith("@"):
-        return load_lexicon(values[1:], path, error, key), values
+        lines = load_lexicon(values[1:], path, error, key)
+        rows = tuple(tuple(c.strip() for c in re.split(r"\t|\|", line)) for line in lines)
+    elif isinstance(values, list) and values and all(isinstance(r, list) for r in values):
+        rows = tuple(tuple(r) for r in values)
+    else:
+        error(f"paired variables {', '.join(names)} need rows: a list of lists such as [[France, Paris]] or a "
+              f"'@lexicon' whose lines hold {len(names)} columns separated by '|', got {_describe(values)}", key)
+    for row in rows:
+        if len(row) != len(names) or not all(isinstance(v, str) and v for v in row):
+            error(f"every row of {', '.join(names)} needs {len(names)} non-empty values, got {list(row)}", key)
+    if len(set(rows)) != len(rows):
+        error("a row is given twice", key)
+    return rows
+
+
+def _values(var: str, values, path: str, error, key: str) -> tuple[str, ...]:
+    if isinstance(values, str) and values.startswith("@"):
+        return load_lexicon(values[1:], path, error, key)
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
         error(f"expected a non-empty list of strings or '@lexicon', got {_describe(values)}", key)
     if len(set(values)) != len(values):
         error("the list names a value twice", key)
-    return tuple(values), "list"
+    return tuple(values)
 
 
 def lexicon_paths(name: str, spec_path: str) -> list[Path]:
@@ -498,17 +556,23 @@ def load_lexicon(name: str, spec_path: str, error, key: str) -> tuple[str, ...]:
     error(f"lexicon @{name} not found: looked for {searched}; {hint}{listing}", key)
 
 
-def count_assignments(variables: dict, limit: int) -> int:
-    """How many assignments give every variable a different value (exact up to ``limit``)."""
+def count_assignments(units, limit: int) -> int:
+    """How many assignments give every variable a different value (exact up to ``limit``); ``units`` as in
+    :class:`Family` (a plain {variable: values} mapping counts each variable as its own unit)."""
     import itertools
 
-    names = list(variables)
+    if isinstance(units, dict):
+        units = [((var,), tuple((v,) for v in values)) for var, values in units.items()]
     total = 1
-    for n in names:
-        total *= len(variables[n])
+    for _, rows in units:
+        total *= len(rows)
     if total > 200_000:                       # far more than any sample size; no need to count exactly
         return max(total, limit)
-    return sum(1 for combo in itertools.product(*(variables[n] for n in names)) if len(set(combo)) == len(combo))
+    count = 0
+    for combo in itertools.product(*(rows for _, rows in units)):
+        flat = [v for row in combo for v in row]
+        count += len(set(flat)) == len(flat)
+    return count
 
 
 def _parse_corruption(value, prompt: str, family: Family | None, error) -> Corruption | None:

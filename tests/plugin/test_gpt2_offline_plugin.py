@@ -178,3 +178,22 @@ def test_lexicon_error_points_at_the_vars_key(pytester, write, offline):
     vars_line = 1 + (SHIPPED / "induction.yaml").read_text().splitlines().index("    vars:")
     assert f"behaviors/induction.yaml:{vars_line}: behavior 'induction-any-name', key 'vars.first'" in output
     assert "behaviors/objects.yaml:5: behavior 'gift', key 'vars.object'" in output
+
+
+def test_single_token_drop_leaves_gpt2s_multi_token_names_out_with_a_note(pytester, write, offline):
+    write("behaviors/names.yaml", """\
+        behaviors:
+          - name: names
+            template: "Her name was {first} {last}. When {first}"
+            expect: " {last}"
+            vars: {first: "@names", last: "@surnames"}
+            samples: 4
+            single_token: drop
+        """)
+    result = pytester.runpytest("--interp-model", "gpt2", "-v", "--interp-report=out")
+    result.assert_outcomes(passed=0, failed=1)          # random weights: the prediction is wrong, not the run
+    record = json.loads((pytester.path / "out" / "results.json").read_text())["behaviors"][0]
+    detail = record["claims"][0]["detail"]
+    names = MULTI_TOKEN["names"]
+    assert (f"dropped 2 value(s) that are not single tokens for this model: {shown('Ella', names['Ella'])}, "
+            f"{shown('Dora', names['Dora'])}") in detail
