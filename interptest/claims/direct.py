@@ -188,12 +188,16 @@ def direct_effects(run) -> dict:
 
     w_o = cpu(model.W_O)                                           # [L, H, dh, d]
     b_o = cpu(getattr(model, "b_O", None))
+    b_v = _value_biases(model, w_o.shape)                           # [L, H, dh]
     heads, attn_out, attn_bias, mlp_out = [], [], [], []
     for layer in range(n_layers):
-        z = acts[f"blocks.{layer}.attn.hook_z"][:, -1].double()    # [S, H, dh]
+        # A head's value bias reaches the output whatever the head attends to (attention rows sum to 1):
+        # it counts with the layer's output bias, as in TransformerLens's folded models (fold_value_biases).
+        z = acts[f"blocks.{layer}.attn.hook_z"][:, -1].double() - b_v[layer]     # [S, H, dh]
         heads.append(through_ln(torch.einsum("shk,hkd->shd", z, w_o[layer])))
         attn_out.append(through_ln(acts[f"blocks.{layer}.hook_attn_out"][:, -1].double()))
         bias = b_o[layer] if b_o is not None else torch.zeros(w_u.shape[0], dtype=torch.float64, device="cpu")
+        bias = bias + torch.einsum("hk,hkd->d", b_v[layer], w_o[layer])
         attn_bias.append(through_ln(bias.expand(scale.shape[0], -1)))
         mlp_out.append(through_ln(acts[f"blocks.{layer}.hook_mlp_out"][:, -1].double()))
     embed = acts["hook_embed"][:, -1].double()
@@ -208,3 +212,32 @@ def direct_effects(run) -> dict:
             "attn_bias": torch.stack(attn_bias, dim=1), "mlp_out": torch.stack(mlp_out, dim=1),
             "embed": through_ln(embed), "bias": constant}
 
+
+def _value_biases(model, w_o_shape):
+    """[L, H, dh] the constant part of each query head's z: its value bias plus the attention LayerNorm's
+    bias through W_V (what TransformerLens's fold_ln + fold_value_biases move into the output bias).
+    Zeros for bias-free models; grouped-query models repeat a key/value head's part for its query heads."""
+    import torch
+
+    n_layers, n_heads, d_head = w_o_shape[0], w_o_shape[1], w_o_shape[2]
+
+    def stacked(name):
+        try:
+            value = getattr(model, name)
+        except AttributeError:      # the bridge says so for checkpoints without such parameters
+            return None
+        return None if value is None else value.detach().double().cpu()
+
+    b_v, w_v = stacked("b_V"), stacked("W_V")                       # [L, Hkv, dh], [L, Hkv, d, dh]
+    const = torch.zeros(n_layers, w_v.shape[1] if w_v is not None else n_heads, d_head, dtype=torch.float64,
+                        device="cpu")
+    if b_v is not None:
+        const = const + b_v
+    if w_v is not None:
+        for layer in range(n_layers):
+            ln_bias = getattr(getattr(model.blocks[layer], "ln1", None), "b", None)
+            if ln_bias is not None:
+                const[layer] += torch.einsum("d,hdk->hk", ln_bias.detach().double().cpu(), w_v[layer])
+    if const.shape[1] != n_heads:
+        const = const.repeat_interleave(n_heads // const.shape[1], dim=1)
+    return const

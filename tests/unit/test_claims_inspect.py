@@ -18,7 +18,16 @@ from interptest.spec import parse_behavior
 
 PROMPT = "The dog sat on the dog sat on the"
 BEHAVIOR = {"name": "b", "prompt": PROMPT, "expect": " the", "foil": " on"}
-ARCHS = tinymodels.ARCHS
+ARCHS = tinymodels.ARCHS + ("interptest-tiny",)     # three random architectures and the trained reference model
+
+
+@functools.lru_cache(maxsize=None)
+def model_for(arch):
+    if arch == "interptest-tiny":
+        from interptest.model import load_model
+
+        return load_model("interptest-tiny", device="cpu")
+    return tinymodels.tiny_model(arch)
 
 
 def values(model, claims, **keys):
@@ -28,7 +37,7 @@ def values(model, claims, **keys):
 
 @functools.lru_cache(maxsize=None)
 def clean_cache(arch):
-    model = tinymodels.tiny_model(arch)
+    model = model_for(arch)
     with torch.inference_mode():
         return model.run_with_cache(model.to_tokens(PROMPT))[1]
 
@@ -36,24 +45,29 @@ def clean_cache(arch):
 @functools.lru_cache(maxsize=None)
 def compatibility_model(arch):
     """The same weights as tiny_model(arch), LayerNorm folded (TransformerLens compatibility mode)."""
-    model = tinymodels.boot(tinymodels.build_model_dir(arch))
+    if arch == "interptest-tiny":
+        from interptest.zoo import tiny_model_dir
+
+        model = tinymodels.boot(str(tiny_model_dir()))
+    else:
+        model = tinymodels.boot(tinymodels.build_model_dir(arch))
     model.enable_compatibility_mode()
     return model
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_attention_values_are_hook_pattern_entries(arch):
-    model = tinymodels.tiny_model(arch)
+    model = model_for(arch)
     pattern = clean_cache(arch)
-    claims = ["attn[0.1] from -1 to ' dog'#2 >= 0", "attn[1.2, 2.3] from 6 to 3 >= 0",
-              "attn[0.0, 2.1] from last to 0 together >= 0"]
+    claims = ["attn[0.1] from -1 to ' dog'#2 >= 0", "attn[1.2, 1.3] from 6 to 3 >= 0",
+              "attn[0.0, 1.1] from last to 0 together >= 0"]
     got = values(model, claims)
     tokens = model.to_str_tokens(PROMPT)
     n, dog2 = len(tokens), [i for i, t in enumerate(tokens) if t == " dog"][1]
     assert got[0] == pytest.approx(float(pattern["pattern", 0][0, 1, n - 1, dog2]), abs=1e-7)
-    assert got[1] == pytest.approx(min(float(pattern["pattern", 1][0, 2, 6, 3]), float(pattern["pattern", 2][0, 3, 6, 3])),
+    assert got[1] == pytest.approx(min(float(pattern["pattern", 1][0, 2, 6, 3]), float(pattern["pattern", 1][0, 3, 6, 3])),
                                    abs=1e-7)
-    mean = (float(pattern["pattern", 0][0, 0, n - 1, 0]) + float(pattern["pattern", 2][0, 1, n - 1, 0])) / 2
+    mean = (float(pattern["pattern", 0][0, 0, n - 1, 0]) + float(pattern["pattern", 1][0, 1, n - 1, 0])) / 2
     assert got[2] == pytest.approx(mean, abs=1e-7)
 
 
@@ -62,7 +76,7 @@ def test_attention_values_are_hook_pattern_entries(arch):
                                          ("duplicate_token_score", "duplicate_token_head"),
                                          ("induction_score", "induction_head")])
 def test_scores_equal_detect_head(arch, score, name):
-    model = tinymodels.tiny_model(arch)
+    model = model_for(arch)
     expected = head_detector.detect_head(model, PROMPT, name)
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     got = values(model, [f"{score}(heads[{l}.{h}]) >= 0" for l, h in heads])
@@ -71,7 +85,7 @@ def test_scores_equal_detect_head(arch, score, name):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_random_repeat_scores_equal_transformer_lens_on_the_same_tokens(arch):
-    model = tinymodels.tiny_model(arch)
+    model = model_for(arch)
     bound = bind_behavior(parse_behavior({**BEHAVIOR, "claims": ["induction_score(heads[1.0]) on random_repeat >= 0"]}),
                           model, options={"repeat_length": 7})
     from interptest import families
@@ -96,7 +110,7 @@ def test_random_repeat_scores_equal_transformer_lens_on_the_same_tokens(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_direct_effects_are_complete_and_equal_transformer_lens_in_compatibility_mode(arch):
-    model = tinymodels.tiny_model(arch)
+    model = model_for(arch)
     with torch.inference_mode():
         run = Run(bind_behavior(parse_behavior(BEHAVIOR), model))
         effects = direct_effects(run)
@@ -121,7 +135,7 @@ def test_direct_effects_are_complete_and_equal_transformer_lens_in_compatibility
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_lens_equals_accumulated_resid_through_the_final_norm(arch):
-    model = tinymodels.tiny_model(arch)
+    model = model_for(arch)
     cache = clean_cache(arch)
     stack = cache.accumulated_resid(apply_ln=True, pos_slice=-1)        # [layers + 1, 1, d]: resid_pre 0.., final
     logits = (stack @ model.W_U + model.b_U)[:, 0]
