@@ -31,8 +31,9 @@ def load(spec_path: str | Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
         return dict(data["behaviors"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a readable interptest baseline ({error}); delete it or rerun with "
-                         "--interp-baseline-update") from None
+        raise ValueError(
+            f"{path}: not a readable interptest baseline ({error}); delete it or rerun with --interp-baseline-update"
+        ) from None
 
 
 def _close(old, new, tolerance: float) -> bool:
@@ -55,11 +56,15 @@ def shape_change(old: dict, new: dict) -> str | None:
     if layers_old != layers_new:
         causes.append(f"the model has {layers_new} layers, the baseline {layers_old}")
     if cols_old != cols_new:
-        causes.append(f"the prompt now has {cols_new} token positions, the baseline {cols_old}: its token count "
-                      "changed" if what == "positions" else
-                      f"the model has {cols_new} heads per layer, the baseline {cols_old}")
-    return (f"the map's shape changed from {layers_old}×{cols_old} to {layers_new}×{cols_new} ({'; '.join(causes)}), "
-            "so its cells cannot be compared; re-record the baseline with --interp-baseline-update")
+        causes.append(
+            f"the prompt now has {cols_new} token positions, the baseline {cols_old}: its token count changed"
+            if what == "positions"
+            else f"the model has {cols_new} heads per layer, the baseline {cols_old}"
+        )
+    return (
+        f"the map's shape changed from {layers_old}×{cols_old} to {layers_new}×{cols_new} ({'; '.join(causes)}), "
+        "so its cells cannot be compared; re-record the baseline with --interp-baseline-update"
+    )
 
 
 def moved_cells(old: dict, new: dict, tolerance: float, tokens: list[str]) -> list[str]:
@@ -71,8 +76,13 @@ def moved_cells(old: dict, new: dict, tolerance: float, tokens: list[str]) -> li
     for layer, (row_old, row_new) in enumerate(zip(old_values, new_values)):
         for col, (a, b) in enumerate(zip(row_old, row_new)):
             if not _close(a, b, tolerance):
-                where = f"head {layer}.{col}" if heads else \
-                    f"L{layer} pos {col} {tokens[col]!r}" if col < len(tokens) else f"L{layer} pos {col}"
+                where = (
+                    f"head {layer}.{col}"
+                    if heads
+                    else f"L{layer} pos {col} {tokens[col]!r}"
+                    if col < len(tokens)
+                    else f"L{layer} pos {col}"
+                )
                 moved.append(f"{where}: {_pair(a, b)}")
     return moved
 
@@ -105,7 +115,9 @@ def compare(stored: dict | None, maps: dict, tokens: list[str], tolerance: float
             continue
         moved = moved_cells(stored["maps"][key], new, tolerance, tokens)
         if moved:
-            shown = "; ".join(moved[:_MAX_LISTED]) + (f"; … {len(moved) - _MAX_LISTED} more" if len(moved) > _MAX_LISTED else "")
+            shown = "; ".join(moved[:_MAX_LISTED]) + (
+                f"; … {len(moved) - _MAX_LISTED} more" if len(moved) > _MAX_LISTED else ""
+            )
             problems.append(f"{key}: {len(moved)} cell(s) moved by more than {tolerance:g}: {shown}")
     compared = [k for k in maps if k in stored.get("maps", {})]
     if problems:

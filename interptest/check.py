@@ -41,37 +41,39 @@ class Prediction:
 @dataclass
 class CheckResult:
     """One check of a behavior: an implicit one (``expect`` is the top-1 prediction) or a claim."""
+
     text: str
     passed: bool
     value: float | None
     detail: str = ""
     claim: Any = None
-    bound: Any = None                 # what the claim bound to (cells, token ids, ...)
-    patch_map: Any = None             # the PatchMap the verdict was read from, for the failure map
+    bound: Any = None  # what the claim bound to (cells, token ids, ...)
+    patch_map: Any = None  # the PatchMap the verdict was read from, for the failure map
     failing_cells: tuple = ()
-    figure: dict | None = None        # what the report draws for this claim (see claims.base.Measurement)
+    figure: dict | None = None  # what the report draws for this claim (see claims.base.Measurement)
 
 
 @dataclass
 class BoundBehavior:
     """A behavior resolved against one model: its samples (one for a single prompt), their token ids,
     and every claim bound; ready to run."""
+
     spec: BehaviorSpec
     model: Any
     model_name: str
     seed: int
-    samples: list                     # families.Sample, one per sample
-    clean_ids: Any                    # LongTensor [S, n], CPU
-    corrupt_ids: Any                  # LongTensor [S, n] (a noise corruption: equal to clean_ids), or None
-    noise_positions: list | None      # positions whose embeddings get noise
-    tokens: list[str]                 # the first sample's tokens, for maps and messages
+    samples: list  # families.Sample, one per sample
+    clean_ids: Any  # LongTensor [S, n], CPU
+    corrupt_ids: Any  # LongTensor [S, n] (a noise corruption: equal to clean_ids), or None
+    noise_positions: list | None  # positions whose embeddings get noise
+    tokens: list[str]  # the first sample's tokens, for maps and messages
     corrupt_tokens: list[str] | None
-    expect_ids: list[list[int]]       # every token of each sample's expected completion
-    foil_ids: list[int] | None        # None: the top-1 prediction on each corrupted prompt, found at run time
-    bound_claims: list                # one per claim of the spec, in order
-    options: dict = field(default_factory=dict)   # run settings claim kinds read, e.g. repeat_length
-    reference_ids: Any = None         # LongTensor [R, n] of the 'reference' prompts (CPU), or None
-    notes: list = field(default_factory=list)     # what binding changed, e.g. dropped lexicon entries
+    expect_ids: list[list[int]]  # every token of each sample's expected completion
+    foil_ids: list[int] | None  # None: the top-1 prediction on each corrupted prompt, found at run time
+    bound_claims: list  # one per claim of the spec, in order
+    options: dict = field(default_factory=dict)  # run settings claim kinds read, e.g. repeat_length
+    reference_ids: Any = None  # LongTensor [R, n] of the 'reference' prompts (CPU), or None
+    notes: list = field(default_factory=list)  # what binding changed, e.g. dropped lexicon entries
 
     @property
     def n_samples(self) -> int:
@@ -91,10 +93,10 @@ class BehaviorResult:
     clean_top: list[Prediction]
     corrupt_top: list[Prediction]
     checks: list[CheckResult]
-    maps: dict = field(default_factory=dict)   # (component, direction) -> PatchMap (a family: the mean)
-    baseline: dict | None = None               # {"status": missing|ok|moved, "detail": ...} when compared
-    suggestion: str | None = None              # --interp-suggest's YAML
-    samples: int = 1                           # how many samples the numbers summarise
+    maps: dict = field(default_factory=dict)  # (component, direction) -> PatchMap (a family: the mean)
+    baseline: dict | None = None  # {"status": missing|ok|moved, "detail": ...} when compared
+    suggestion: str | None = None  # --interp-suggest's YAML
+    samples: int = 1  # how many samples the numbers summarise
 
     @property
     def passed(self) -> bool:
@@ -141,13 +143,15 @@ class _Tokenizer:
         """[1, n] ids (BOS included) of a prompt the model knows every word of and that fits its context."""
         unknown = self.unknown_words(text)
         if unknown:
-            raise self.spec.error(f"the model's tokenizer maps {', '.join(map(repr, unknown))} to its unknown "
-                                  "token", key)
-        ids = self.model.to_tokens(text, truncate=False)   # TL truncates to n_ctx silently by default
+            raise self.spec.error(
+                f"the model's tokenizer maps {', '.join(map(repr, unknown))} to its unknown token", key
+            )
+        ids = self.model.to_tokens(text, truncate=False)  # TL truncates to n_ctx silently by default
         n_ctx = self.model.cfg.n_ctx
         if ids.shape[-1] > n_ctx:
-            raise self.spec.error(f"the prompt is {ids.shape[-1]} tokens long but the model's context holds "
-                                  f"{n_ctx}", key)
+            raise self.spec.error(
+                f"the prompt is {ids.shape[-1]} tokens long but the model's context holds {n_ctx}", key
+            )
         return ids.cpu()
 
     def producible(self, text: str, key: str) -> list[int]:
@@ -158,19 +162,27 @@ class _Tokenizer:
             raise self.spec.error(f"{text!r} cannot be encoded by the model's tokenizer ({error})", key) from None
         unknown = self.unknown_words(text)
         if unknown:
-            raise self.spec.error(f"the model's tokenizer maps {', '.join(map(repr, unknown))} to its unknown "
-                                  "token; use words the model knows", key)
+            raise self.spec.error(
+                f"the model's tokenizer maps {', '.join(map(repr, unknown))} to its unknown "
+                "token; use words the model knows",
+                key,
+            )
         if not ids or self.model.tokenizer.decode(ids) != text:
-            raise self.spec.error(f"{text!r} cannot be produced by the model's tokenizer (it encodes to "
-                                  f"{self.decode(ids)}){self.space_hint(text, key)}", key)
+            raise self.spec.error(
+                f"{text!r} cannot be produced by the model's tokenizer (it encodes to "
+                f"{self.decode(ids)}){self.space_hint(text, key)}",
+                key,
+            )
         return ids
 
     def single(self, text: str, what: str) -> int:
         """The id of a text that must be exactly one token; ``ClaimBindError`` otherwise."""
         ids = self.encode(text)
         if len(ids) != 1 or self.model.tokenizer.decode(ids) != text or self.unknown_words(text):
-            raise ClaimBindError(f"{what} needs a single token the model can produce; {text!r} encodes to "
-                                 f"{self.decode(ids)}{self.space_hint(text, None, single=True)}")
+            raise ClaimBindError(
+                f"{what} needs a single token the model can produce; {text!r} encodes to "
+                f"{self.decode(ids)}{self.space_hint(text, None, single=True)}"
+            )
         return ids[0]
 
     def space_hint(self, text: str, key: str | None, single: bool = False) -> str:
@@ -187,8 +199,10 @@ class _Tokenizer:
             return ""
         if key is None:
             return f"; {spaced!r}, with a leading space, is one token: did you mean {spaced!r}?"
-        return (f"; {spaced!r}, with a leading space, would work: YAML drops the leading space of an unquoted "
-                f"value, so quote it with the space: {key}: \"{spaced}\"")
+        return (
+            f"; {spaced!r}, with a leading space, would work: YAML drops the leading space of an unquoted "
+            f'value, so quote it with the space: {key}: "{spaced}"'
+        )
 
 
 def _check_lexicons(spec: BehaviorSpec, tok: _Tokenizer) -> tuple[BehaviorSpec, list[str]]:
@@ -223,12 +237,18 @@ def _check_lexicons(spec: BehaviorSpec, tok: _Tokenizer) -> tuple[BehaviorSpec, 
         source = family.sources[var]
         where = f"lexicon {source}" if source.startswith("@") else "the list"
         # Every offending entry: this list is how a user checks a lexicon against another model.
-        raise spec.error(f"{len(entries)} value(s) of {{{var}}} in {where} are not single tokens for this model: "
-                         f"{', '.join(entries)} (or set 'single_token: drop' to leave them out)", f"vars.{var}")
+        raise spec.error(
+            f"{len(entries)} value(s) of {{{var}}} in {where} are not single tokens for this model: "
+            f"{', '.join(entries)} (or set 'single_token: drop' to leave them out)",
+            f"vars.{var}",
+        )
     for names, rows in kept_units:
         if not rows:
-            raise spec.error(f"every value of {', '.join(names)} is dropped: none is a single token for this model "
-                             f"({', '.join(dropped)})", "single_token")
+            raise spec.error(
+                f"every value of {', '.join(names)} is dropped: none is a single token for this model "
+                f"({', '.join(dropped)})",
+                "single_token",
+            )
     smaller = Family.from_units(kept_units, family.samples, family.sources, family.single_token)
 
     def error(message, key):
@@ -244,16 +264,20 @@ def _swap_tokens(spec: BehaviorSpec, tok: _Tokenizer, ids, replace):
     for a, b in replace:
         ia, ib = tok.encode(a), tok.encode(b)
         if len(ia) != 1 or len(ib) != 1:
-            raise spec.error(f"replace needs single tokens: {a!r} → {tok.decode(ia)}, {b!r} → {tok.decode(ib)}",
-                             "corrupt.replace")
+            raise spec.error(
+                f"replace needs single tokens: {a!r} → {tok.decode(ia)}, {b!r} → {tok.decode(ib)}", "corrupt.replace"
+            )
         mapping[ia[0]], mapping[ib[0]] = ib[0], ia[0]
     out = ids.clone()
     for row in range(ids.shape[0]):
         for p in range(ids.shape[1]):
             out[row, p] = mapping.get(int(ids[row, p]), int(ids[row, p]))
     if bool((out == ids).all(dim=1).any()):
-        raise spec.error(f"the replacement changes nothing in the prompt: none of "
-                         f"{', '.join(repr(a) for a, _ in replace)} occurs as a token", "corrupt.replace")
+        raise spec.error(
+            f"the replacement changes nothing in the prompt: none of "
+            f"{', '.join(repr(a) for a, _ in replace)} occurs as a token",
+            "corrupt.replace",
+        )
     return out
 
 
@@ -266,8 +290,11 @@ def _sample_tensors(spec: BehaviorSpec, tok: _Tokenizer, samples) -> tuple:
     clean = [tok.prompt(s.prompt, key)[0] for s in samples]
     if len({len(c) for c in clean}) != 1:
         a, b = samples[0], next(s for s, c in zip(samples, clean) if len(c) != len(clean[0]))
-        raise spec.error(f"samples tokenize to different lengths: {model.to_str_tokens(a.prompt)} vs "
-                         f"{model.to_str_tokens(b.prompt)}", key)
+        raise spec.error(
+            f"samples tokenize to different lengths: {model.to_str_tokens(a.prompt)} vs "
+            f"{model.to_str_tokens(b.prompt)}",
+            key,
+        )
     clean_ids = torch.stack(clean)
     corruption = spec.corruption
     corrupt_ids = None
@@ -279,9 +306,12 @@ def _sample_tensors(spec: BehaviorSpec, tok: _Tokenizer, samples) -> tuple:
         corrupt = [tok.prompt(s.corrupt, "corrupt")[0] for s in samples]
         for s, c, k in zip(samples, clean, corrupt):
             if len(k) != len(c):
-                raise spec.error(f"the clean and corrupted prompts tokenize to different lengths ({len(c)} vs "
-                                 f"{len(k)}), so positions cannot be matched: prompt {model.to_str_tokens(s.prompt)} "
-                                 f"vs corrupt {model.to_str_tokens(s.corrupt)}", "corrupt")
+                raise spec.error(
+                    f"the clean and corrupted prompts tokenize to different lengths ({len(c)} vs "
+                    f"{len(k)}), so positions cannot be matched: prompt {model.to_str_tokens(s.prompt)} "
+                    f"vs corrupt {model.to_str_tokens(s.corrupt)}",
+                    "corrupt",
+                )
         corrupt_ids = torch.stack(corrupt)
     expect_ids = [tok.producible(s.expect, "expect") for s in samples]
     foil_ids = None
@@ -290,17 +320,24 @@ def _sample_tensors(spec: BehaviorSpec, tok: _Tokenizer, samples) -> tuple:
         for s, expect in zip(samples, expect_ids):
             ids = tok.producible(s.foil, "foil")
             if len(ids) != 1:
-                raise spec.error(f"the foil must be a single token; {s.foil!r} is {len(ids)} tokens "
-                                 f"{tok.decode(ids)}{tok.space_hint(s.foil, 'foil', single=True)}", "foil")
+                raise spec.error(
+                    f"the foil must be a single token; {s.foil!r} is {len(ids)} tokens "
+                    f"{tok.decode(ids)}{tok.space_hint(s.foil, 'foil', single=True)}",
+                    "foil",
+                )
             if ids[0] == expect[0]:
-                raise spec.error(f"'expect' {s.expect!r} and 'foil' {s.foil!r} start with the same token "
-                                 f"{tok.decode(ids)[0]!r}: the logit difference would always be 0", "foil")
+                raise spec.error(
+                    f"'expect' {s.expect!r} and 'foil' {s.foil!r} start with the same token "
+                    f"{tok.decode(ids)[0]!r}: the logit difference would always be 0",
+                    "foil",
+                )
             foil_ids.append(ids[0])
     return clean_ids, corrupt_ids, expect_ids, foil_ids
 
 
-def bind_samples(spec: BehaviorSpec, model, samples: list, model_name: str = "", seed: int = 0,
-                 options: dict | None = None) -> BoundBehavior:
+def bind_samples(
+    spec: BehaviorSpec, model, samples: list, model_name: str = "", seed: int = 0, options: dict | None = None
+) -> BoundBehavior:
     """Bind ``samples`` of ``spec`` to ``model``; raises :class:`SpecError` for anything the model cannot do."""
     from interptest import components
 
@@ -311,8 +348,9 @@ def bind_samples(spec: BehaviorSpec, model, samples: list, model_name: str = "",
     noise_positions = None
     if spec.corruption is not None and spec.corruption.kind == "noise":
         try:
-            noise_positions = sorted({p for sel in spec.corruption.positions
-                                      for p in resolve_positions(sel, tokens[0], variables[0])})
+            noise_positions = sorted(
+                {p for sel in spec.corruption.positions for p in resolve_positions(sel, tokens[0], variables[0])}
+            )
         except ClaimBindError as problem:
             raise spec.error(f"noise position: {problem}", "corrupt.noise") from None
     corrupt_tokens = None
@@ -322,17 +360,38 @@ def bind_samples(spec: BehaviorSpec, model, samples: list, model_name: str = "",
     def single_token_ids(text: str, what: str) -> list[int]:
         return [tok.single(text.format(**s.values) if spec.family else text, what) for s in samples]
 
-    context = BindContext([s.prompt for s in samples], tokens, variables, int(model.cfg.n_layers),
-                          int(model.cfg.n_heads), components.available(getattr(model, "hook_dict", {})),
-                          model_name, single_token_ids,
-                          n_kv_heads=getattr(model.cfg, "n_key_value_heads", None))
+    context = BindContext(
+        [s.prompt for s in samples],
+        tokens,
+        variables,
+        int(model.cfg.n_layers),
+        int(model.cfg.n_heads),
+        components.available(getattr(model, "hook_dict", {})),
+        model_name,
+        single_token_ids,
+        n_kv_heads=getattr(model.cfg, "n_key_value_heads", None),
+    )
     try:
         bound_claims = bind_all(list(spec.claims), context)
     except ClaimBindIndexError as error:
         raise bind_error(spec, error) from None
-    return BoundBehavior(spec, model, model_name, seed, samples, clean_ids, corrupt_ids, noise_positions, tokens[0],
-                         corrupt_tokens, expect_ids, foil_ids, bound_claims, dict(options or {}),
-                         _reference_ids(spec, tok, clean_ids))
+    return BoundBehavior(
+        spec,
+        model,
+        model_name,
+        seed,
+        samples,
+        clean_ids,
+        corrupt_ids,
+        noise_positions,
+        tokens[0],
+        corrupt_tokens,
+        expect_ids,
+        foil_ids,
+        bound_claims,
+        dict(options or {}),
+        _reference_ids(spec, tok, clean_ids),
+    )
 
 
 def _reference_ids(spec: BehaviorSpec, tok: _Tokenizer, clean_ids):
@@ -345,15 +404,19 @@ def _reference_ids(spec: BehaviorSpec, tok: _Tokenizer, clean_ids):
     for i, text in enumerate(spec.reference):
         ids = tok.prompt(text, f"reference[{i}]")[0]
         if len(ids) != clean_ids.shape[1]:
-            raise spec.error(f"reference prompt {text!r} tokenizes to {len(ids)} tokens but the prompt to "
-                             f"{clean_ids.shape[1]}; positions are averaged one to one: "
-                             f"{tok.model.to_str_tokens(text)}", f"reference[{i}]")
+            raise spec.error(
+                f"reference prompt {text!r} tokenizes to {len(ids)} tokens but the prompt to "
+                f"{clean_ids.shape[1]}; positions are averaged one to one: "
+                f"{tok.model.to_str_tokens(text)}",
+                f"reference[{i}]",
+            )
         rows.append(ids)
     return torch.stack(rows)
 
 
-def bind_behavior(spec: BehaviorSpec, model, model_name: str = "", seed: int = 0,
-                  options: dict | None = None) -> BoundBehavior:
+def bind_behavior(
+    spec: BehaviorSpec, model, model_name: str = "", seed: int = 0, options: dict | None = None
+) -> BoundBehavior:
     """Draw the behavior's samples (one for a single prompt) and bind them to ``model``."""
     if spec.family is not None:
         spec, notes = _check_lexicons(spec, _Tokenizer(spec, model))
@@ -410,10 +473,15 @@ class Run:
         same = (self.foil_ids == self.expect_first).nonzero()
         if not same.numel():
             return None
-        where = f" on sample {int(same[0, 0])} ({self.bound.samples[int(same[0, 0])].prompt!r})" \
-            if self.bound.n_samples > 1 else ""
-        return (f"the foil (top-1 on the corrupted prompt) is the expected token {self.bound.spec.expect!r} "
-                f"itself{where}; set 'foil' or choose a corruption that changes the prediction")
+        where = (
+            f" on sample {int(same[0, 0])} ({self.bound.samples[int(same[0, 0])].prompt!r})"
+            if self.bound.n_samples > 1
+            else ""
+        )
+        return (
+            f"the foil (top-1 on the corrupted prompt) is the expected token {self.bound.spec.expect!r} "
+            f"itself{where}; set 'foil' or choose a corruption that changes the prediction"
+        )
 
     def effect_problem(self) -> str | None:
         """Why patching claims cannot be judged on this run, or None."""
@@ -426,11 +494,15 @@ class Run:
         if not weak:
             return None
         if self.bound.n_samples == 1:
-            return (f"the corruption barely changes the behavior (Δ = {float(delta[0]):.3f}, below min_effect "
-                    f"{spec.min_effect:g}); the claim cannot be judged")
-        return (f"the corruption barely changes the behavior on {weak} of {self.bound.n_samples} samples "
-                f"(|Δ| < min_effect {spec.min_effect:g}; smallest Δ = {float(delta.abs().min()):.3f}); the claim "
-                "cannot be judged")
+            return (
+                f"the corruption barely changes the behavior (Δ = {float(delta[0]):.3f}, below min_effect "
+                f"{spec.min_effect:g}); the claim cannot be judged"
+            )
+        return (
+            f"the corruption barely changes the behavior on {weak} of {self.bound.n_samples} samples "
+            f"(|Δ| < min_effect {spec.min_effect:g}; smallest Δ = {float(delta.abs().min()):.3f}); the claim "
+            "cannot be judged"
+        )
 
     def activations(self, which: str, names, ids=None) -> dict:
         """Cached activations {hook name: [rows, ...] float32 CPU tensor} of the clean or corrupted run
@@ -450,14 +522,16 @@ class Run:
             for start in range(0, ids.shape[0], rows):
                 hooks = []
                 if noise is not None:
-                    part = noise[start:start + rows]
+                    part = noise[start : start + rows]
 
                     def add_noise(act, hook=None, part=part):
                         return act + part.to(act.dtype)
+
                     hooks = [("hook_embed", add_noise)]
                 with self.model.hooks(fwd_hooks=hooks):
-                    _, cache = self.model.run_with_cache(ids[start:start + rows].to(device),
-                                                         names_filter=lambda nm: nm in wanted)
+                    _, cache = self.model.run_with_cache(
+                        ids[start : start + rows].to(device), names_filter=lambda nm: nm in wanted
+                    )
                 for nm in missing:
                     parts[nm].append(cache[nm].detach().float().cpu())
             for nm in missing:
@@ -478,17 +552,30 @@ class Run:
 
             bound = self.bound
             foil = self.foil_ids if self.foil_ids is not None else self.expect_first
-            self._circuits = CircuitPatcher(self.model, bound.clean_ids, bound.corrupt_ids, self.expect_first, foil,
-                                            embed_noise=self.noise, reference_ids=bound.reference_ids,
-                                            batch_size=self.batch_size)
+            self._circuits = CircuitPatcher(
+                self.model,
+                bound.clean_ids,
+                bound.corrupt_ids,
+                self.expect_first,
+                foil,
+                embed_noise=self.noise,
+                reference_ids=bound.reference_ids,
+                batch_size=self.batch_size,
+            )
         return self._circuits
 
     def patcher(self):
         """The patching engine for every sample at once (BatchPatcher's interface: [S, ...] values)."""
         if self._patcher is None:
-            self._patcher = open_patcher(self.model, self.bound.clean_ids, self.bound.corrupt_ids,
-                                         self.expect_first.tolist(), self.foil_ids.tolist(), self.noise,
-                                         self.batch_size)
+            self._patcher = open_patcher(
+                self.model,
+                self.bound.clean_ids,
+                self.bound.corrupt_ids,
+                self.expect_first.tolist(),
+                self.foil_ids.tolist(),
+                self.noise,
+                self.batch_size,
+            )
         return self._patcher
 
     def sweep(self, component: str, direction: str):
@@ -500,12 +587,19 @@ class Run:
             patcher = self.patcher()
             values = patcher.sweep(component, direction)
             patch_map = getattr(patcher, "patch_map", None)
-            if patch_map is not None:                 # one sample: the engine's own map, raw values included
+            if patch_map is not None:  # one sample: the engine's own map, raw values included
                 patch_map = patch_map(component, direction)
             else:
                 raw = patcher.sweep_raw(component, direction)
-                patch_map = PatchMap(component, direction, values.mean(dim=0), raw.mean(dim=0), list(self.tokens),
-                                     float(patcher.clean_metrics.mean()), float(patcher.corrupt_metrics.mean()))
+                patch_map = PatchMap(
+                    component,
+                    direction,
+                    values.mean(dim=0),
+                    raw.mean(dim=0),
+                    list(self.tokens),
+                    float(patcher.clean_metrics.mean()),
+                    float(patcher.corrupt_metrics.mean()),
+                )
             self._sweeps[key] = (values, patch_map)
             self.maps[key] = patch_map
         return self._sweeps[key]
@@ -527,8 +621,7 @@ def _noise(bound: BoundBehavior, device):
     std = float(model.W_E.float().std())
     generator = torch.Generator(device="cpu").manual_seed(families.sample_seed(bound.seed, bound.spec))
     noise = torch.zeros(bound.n_samples, bound.clean_ids.shape[1], d_model, device="cpu")
-    draws = torch.randn(bound.n_samples, len(bound.noise_positions), d_model, generator=generator,
-                        device="cpu")
+    draws = torch.randn(bound.n_samples, len(bound.noise_positions), d_model, generator=generator, device="cpu")
     noise[:, bound.noise_positions] = draws * bound.spec.corruption.scale * std
     return noise.to(device)
 
@@ -540,13 +633,14 @@ def _last_logits(model, ids, device, noise, batch_size):
     rows = batch_size or 32
     out = []
     for start in range(0, ids.shape[0], rows):
-        chunk = ids[start:start + rows].to(device)
+        chunk = ids[start : start + rows].to(device)
         hooks = []
         if noise is not None:
-            part = noise[start:start + rows]
+            part = noise[start : start + rows]
 
             def add_noise(act, hook=None, part=part):
                 return act + part.to(act.dtype)
+
             hooks = [("hook_embed", add_noise)]
         logits = model.run_with_hooks(chunk, fwd_hooks=hooks) if hooks else model(chunk)
         out.append(logits[:, -1].float().cpu())
@@ -613,7 +707,7 @@ def _greedy_failure(run: Run, s: int) -> str | None:
 
     bound, model = run.bound, run.model
     expect = bound.expect_ids[s]
-    ids = bound.clean_ids[s:s + 1]
+    ids = bound.clean_ids[s : s + 1]
     logits = run.clean_logits[s]
     for step, target in enumerate(expect):
         predicted = int(logits.argmax())
@@ -623,12 +717,16 @@ def _greedy_failure(run: Run, s: int) -> str | None:
             where = f" after {model.tokenizer.decode(expect[:step])!r}" if step else ""
             hint = ""
             text = bound.samples[s].expect
-            if not step and not text.startswith(" ") and \
-                    model.to_tokens(" " + text, prepend_bos=False)[0].tolist()[:1] == [predicted]:
-                hint = (f"; that is {text!r} with a leading space: YAML drops the leading space of an unquoted "
-                        f"value, so quote it with the space: expect: \"{' ' + text}\"")
-            return (f"the model predicts {produced!r}{where}; p({model.tokenizer.decode([target])!r}) = "
-                    f"{prob:.3f}{hint}")
+            if (
+                not step
+                and not text.startswith(" ")
+                and model.to_tokens(" " + text, prepend_bos=False)[0].tolist()[:1] == [predicted]
+            ):
+                hint = (
+                    f"; that is {text!r} with a leading space: YAML drops the leading space of an unquoted "
+                    f'value, so quote it with the space: expect: "{" " + text}"'
+                )
+            return f"the model predicts {produced!r}{where}; p({model.tokenizer.decode([target])!r}) = {prob:.3f}{hint}"
         if step + 1 < len(expect):
             ids = torch.cat([ids, torch.tensor([[target]], device="cpu")], dim=1)
             logits = _last_logits(model, ids, _device(model), None, None)[0]
@@ -668,12 +766,19 @@ def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink:
         run = Run(bound, batch_size)
         foil = model.tokenizer.decode([int(run.foil_ids[0])]) if run.foil_ids is not None else None
         result = BehaviorResult(
-            spec, bound.model_name, bound.tokens, bound.corrupt_tokens, bound.samples[0].expect, foil,
+            spec,
+            bound.model_name,
+            bound.tokens,
+            bound.corrupt_tokens,
+            bound.samples[0].expect,
+            foil,
             None if run.clean_metrics is None else float(run.clean_metrics.mean()),
             None if run.corrupt_metrics is None else float(run.corrupt_metrics.mean()),
             _top(model, run.clean_logits[0]),
             _top(model, run.corrupt_logits[0]) if run.corrupt_logits is not None else [],
-            [_top1_check(run)], samples=bound.n_samples)
+            [_top1_check(run)],
+            samples=bound.n_samples,
+        )
         seed = families.sample_seed(bound.seed, spec)
         for index, (claim, bound_claim) in enumerate(zip(spec.claims, bound.bound_claims)):
             try:
@@ -682,10 +787,19 @@ def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink:
                 result.checks.append(CheckResult(claim.text, False, None, why.detail, claim, bound_claim))
                 continue
             verdict = judge(claim, measurement, spec.claim_pass_rate(index), seed)
-            check = CheckResult(claim.text, verdict.passed, verdict.value, verdict.detail, claim, bound_claim,
-                                measurement.patch_map, verdict.failing, measurement.figure)
+            check = CheckResult(
+                claim.text,
+                verdict.passed,
+                verdict.value,
+                verdict.detail,
+                claim,
+                bound_claim,
+                measurement.patch_map,
+                verdict.failing,
+                measurement.figure,
+            )
             undecided = precision_limit(claim, verdict, run.dtype, result.clean_metric)
-            if undecided:        # too close to the threshold for this precision: never a silent pass or fail
+            if undecided:  # too close to the threshold for this precision: never a silent pass or fail
                 check.passed = False
                 check.detail += undecided
             if not verdict.passed and spec.family is not None and shrink:
@@ -709,7 +823,7 @@ def _minimal_instance(bound: BoundBehavior, index: int, batch_size) -> str:
         sample = families.instance(spec, values, corrupt_values)
         try:
             single = bind_samples(spec, bound.model, [sample], bound.model_name, bound.seed, bound.options)
-        except SpecError:        # this instance cannot even be bound (e.g. another token count)
+        except SpecError:  # this instance cannot even be bound (e.g. another token count)
             return False
         run = Run(single, batch_size)
         try:
@@ -721,14 +835,22 @@ def _minimal_instance(bound: BoundBehavior, index: int, batch_size) -> str:
             last["value"] = verdict.value
         return not verdict.passed
 
-    config = settings(max_examples=SHRINK_EXAMPLES, database=None, derandomize=True, deadline=None,
-                      phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+    config = settings(
+        max_examples=SHRINK_EXAMPLES,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
     try:
         values, corrupt_values = find(families.instance_strategy(spec), fails, settings=config)
         fails((values, corrupt_values))
     except NoSuchExample:
-        return (f"\nno single instance fails on its own within {SHRINK_EXAMPLES} tries: the claim fails on the "
-                "family's mean")
+        return (
+            f"\nno single instance fails on its own within {SHRINK_EXAMPLES} tries: the claim fails on the "
+            "family's mean"
+        )
     sample = families.instance(spec, values, corrupt_values)
     block = families.as_yaml(spec, sample, claim.text, last.get("value"))
     return "\nminimal failing instance (shrunk by hypothesis), ready to paste:\n" + block
@@ -738,8 +860,16 @@ def _minimal_instance(bound: BoundBehavior, index: int, batch_size) -> str:
 # The public sweep: as strict as a spec
 
 
-def patch_sweep(model, prompt: str, corrupt: str, component: str, expect: str, foil: str | None = None,
-                direction: str = "denoise", batch_size: int | None = None):
+def patch_sweep(
+    model,
+    prompt: str,
+    corrupt: str,
+    component: str,
+    expect: str,
+    foil: str | None = None,
+    direction: str = "denoise",
+    batch_size: int | None = None,
+):
     """Patch ``component`` at every (layer, position) — (layer, head) for ``heads`` — and return the
     :class:`~interptest.patching.PatchMap` of normalized values (``raw`` patched logit differences,
     ``clean_metric``, ``corrupt_metric`` and ``delta`` beside them).
@@ -757,8 +887,10 @@ def patch_sweep(model, prompt: str, corrupt: str, component: str, expect: str, f
     if component not in components.COMPONENTS:
         raise InterpError(f"unknown component {component!r}; valid components: {', '.join(components.NAMES)}")
     if direction not in ("denoise", "noise"):
-        raise InterpError(f"unknown direction {direction!r}; valid directions: denoise, noise (denoise = patch clean "
-                          "into corrupted, 'recovers'; noise = patch corrupted into clean, 'breaks')")
+        raise InterpError(
+            f"unknown direction {direction!r}; valid directions: denoise, noise (denoise = patch clean "
+            "into corrupted, 'recovers'; noise = patch corrupted into clean, 'breaks')"
+        )
     entry = {"name": "patch_sweep", "prompt": prompt, "expect": expect, "corrupt": corrupt}
     if foil is not None:
         entry["foil"] = foil
@@ -766,11 +898,15 @@ def patch_sweep(model, prompt: str, corrupt: str, component: str, expect: str, f
         spec = parse_behavior(entry, path="patch_sweep()")
         bound = bind_behavior(spec, model, getattr(model.cfg, "model_name", "model"))
         if len(bound.expect_ids[0]) != 1:
-            raise spec.error(f"expect must be a single token; {expect!r} is {len(bound.expect_ids[0])} tokens "
-                             f"{_Tokenizer(spec, model).decode(bound.expect_ids[0])}", "expect")
+            raise spec.error(
+                f"expect must be a single token; {expect!r} is {len(bound.expect_ids[0])} tokens "
+                f"{_Tokenizer(spec, model).decode(bound.expect_ids[0])}",
+                "expect",
+            )
     except SpecError as error:
-        raise InterpError(f"patch_sweep: {error.key}: {error.message}" if error.key else
-                          f"patch_sweep: {error.message}") from None
+        raise InterpError(
+            f"patch_sweep: {error.key}: {error.message}" if error.key else f"patch_sweep: {error.message}"
+        ) from None
     if component not in components.available(getattr(model, "hook_dict", {})):
         raise InterpError(components.unavailable_message(component, bound.model_name, model.hook_dict))
     with torch.inference_mode():
@@ -780,13 +916,17 @@ def patch_sweep(model, prompt: str, corrupt: str, component: str, expect: str, f
             raise InterpError(f"patch_sweep: {problem}")
         delta = float(run.clean_metrics[0] - run.corrupt_metrics[0])
         if not math.isfinite(delta) or delta == 0:
-            raise InterpError(f"patch_sweep: the clean and corrupted runs give the same logit difference "
-                              f"(m_clean − m_corrupt = {delta}), so normalized values are undefined; choose a "
-                              "corruption that changes the prediction")
+            raise InterpError(
+                f"patch_sweep: the clean and corrupted runs give the same logit difference "
+                f"(m_clean − m_corrupt = {delta}), so normalized values are undefined; choose a "
+                "corruption that changes the prediction"
+            )
         if abs(delta) < DEFAULT_MIN_EFFECT:
-            warnings.warn(f"patch_sweep: the corruption barely changes the behavior (Δm = {delta:.3g}, below "
-                          f"{DEFAULT_MIN_EFFECT:g}); normalized values divide by Δm and amplify rounding",
-                          stacklevel=2)
+            warnings.warn(
+                f"patch_sweep: the corruption barely changes the behavior (Δm = {delta:.3g}, below "
+                f"{DEFAULT_MIN_EFFECT:g}); normalized values divide by Δm and amplify rounding",
+                stacklevel=2,
+            )
         return run.sweep(component, direction)[1]
 
 
@@ -830,8 +970,9 @@ class ModelCache:
 _DEFAULT_CACHE = ModelCache()
 
 
-def check_behavior(spec, model=None, *, batch_size: int | None = None, seed: int = 0,
-                   raise_on_failure: bool = True) -> BehaviorResult:
+def check_behavior(
+    spec, model=None, *, batch_size: int | None = None, seed: int = 0, raise_on_failure: bool = True
+) -> BehaviorResult:
     """Check one behavior given as a dict with the YAML keys (or a parsed :class:`BehaviorSpec`).
 
     ``model`` is a loaded TransformerBridge, a model name / checkpoint directory, or None for the
@@ -839,7 +980,7 @@ def check_behavior(spec, model=None, *, batch_size: int | None = None, seed: int
     (an AssertionError whose message is the full report) when a check fails, unless
     ``raise_on_failure`` is False; bad input raises :class:`SpecError`.
     """
-    __tracebackhide__ = True     # pytest shows the user's call, not interptest's frames
+    __tracebackhide__ = True  # pytest shows the user's call, not interptest's frames
     try:
         behavior = spec if isinstance(spec, BehaviorSpec) else parse_behavior(spec)
         if model is None or isinstance(model, str):
@@ -856,5 +997,17 @@ def check_behavior(spec, model=None, *, batch_size: int | None = None, seed: int
     return result
 
 
-__all__ = ["BehaviorFailed", "BehaviorResult", "BoundBehavior", "CheckResult", "InterpError", "ModelCache",
-           "SpecError", "bind_behavior", "bind_samples", "check_behavior", "patch_sweep", "run_behavior"]
+__all__ = [
+    "BehaviorFailed",
+    "BehaviorResult",
+    "BoundBehavior",
+    "CheckResult",
+    "InterpError",
+    "ModelCache",
+    "SpecError",
+    "bind_behavior",
+    "bind_samples",
+    "check_behavior",
+    "patch_sweep",
+    "run_behavior",
+]

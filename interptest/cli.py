@@ -22,19 +22,29 @@ from interptest.errors import InterpError
 def _parser() -> argparse.ArgumentParser:
     from interptest import components
 
-    parser = argparse.ArgumentParser(prog="interptest", description="Mechanistic-interpretability claims as tests: "
-                                     "explore with patching maps, get claim suggestions, validate specs.")
+    parser = argparse.ArgumentParser(
+        prog="interptest",
+        description="Mechanistic-interpretability claims as tests: "
+        "explore with patching maps, get claim suggestions, validate specs.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     sweep = commands.add_parser("map", help="print a patching map of one prompt pair")
     sweep.add_argument("prompt", help="the clean prompt")
     sweep.add_argument("--corrupt", required=True, help="the corrupted prompt (same token count)")
     sweep.add_argument("--expect", required=True, help="the expected next token, e.g. ' Hart' (mind the space)")
-    sweep.add_argument("--foil", default=None, help="the other side of the logit difference (default: the "
-                                                    "corrupted prompt's top-1 token)")
+    sweep.add_argument(
+        "--foil",
+        default=None,
+        help="the other side of the logit difference (default: the corrupted prompt's top-1 token)",
+    )
     sweep.add_argument("--component", default="resid_pre", choices=components.NAMES)
-    sweep.add_argument("--direction", default="denoise", choices=("denoise", "noise"),
-                       help="denoise = recovers (clean into corrupted), noise = breaks (corrupted into clean)")
+    sweep.add_argument(
+        "--direction",
+        default="denoise",
+        choices=("denoise", "noise"),
+        help="denoise = recovers (clean into corrupted), noise = breaks (corrupted into clean)",
+    )
     sweep.add_argument("--model", default="interptest-tiny", help="model name or checkpoint directory")
     sweep.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     sweep.add_argument("--html", type=Path, default=None, help="also write the map as an HTML page")
@@ -58,8 +68,15 @@ def _map(args) -> int:
 
     model = load_model(args.model, device=args.device)
     with torch.inference_mode():
-        pm = patch_sweep(model, args.prompt, args.corrupt, args.component, expect=args.expect, foil=args.foil,
-                         direction=args.direction)
+        pm = patch_sweep(
+            model,
+            args.prompt,
+            args.corrupt,
+            args.component,
+            expect=args.expect,
+            foil=args.foil,
+            direction=args.direction,
+        )
     print(f"{args.model}: m_clean {pm.clean_metric:.3f}, m_corrupt {pm.corrupt_metric:.3f}, Δm {pm.delta:.3f}")
     print("\n".join(line for line in render_map(pm) if "claimed cell" not in line))
     if args.html is not None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Component:
     name: str
-    hook: str              # TransformerLens hook name, with ``{layer}`` to format
-    columns: str           # the second axis of a sweep map: "position", or "head" (then positions are optional)
-    meaning: str           # what the activation is, for messages and documentation
-    needs: str = ""        # why a model may lack it, for the "not available" error
+    hook: str  # TransformerLens hook name, with ``{layer}`` to format
+    columns: str  # the second axis of a sweep map: "position", or "head" (then positions are optional)
+    meaning: str  # what the activation is, for messages and documentation
+    needs: str = ""  # why a model may lack it, for the "not available" error
 
     def hook_name(self, layer: int) -> str:
         return self.hook.format(layer=layer)
@@ -27,15 +27,23 @@ class Component:
 
 _ROWS = (
     Component("resid_pre", "blocks.{layer}.hook_resid_pre", "position", "the residual stream entering layer L"),
-    Component("resid_mid", "blocks.{layer}.hook_resid_mid", "position",
-              "the residual stream between layer L's attention and its MLP",
-              "parallel attention/MLP blocks have no residual stream between them"),
+    Component(
+        "resid_mid",
+        "blocks.{layer}.hook_resid_mid",
+        "position",
+        "the residual stream between layer L's attention and its MLP",
+        "parallel attention/MLP blocks have no residual stream between them",
+    ),
     Component("resid_post", "blocks.{layer}.hook_resid_post", "position", "the residual stream leaving layer L"),
     Component("attn_out", "blocks.{layer}.hook_attn_out", "position", "layer L's attention output"),
     Component("mlp_out", "blocks.{layer}.hook_mlp_out", "position", "layer L's MLP output"),
-    Component("heads", "blocks.{layer}.attn.hook_z", "head",
-              "one attention head's output (its z, before the output projection), at every position or at "
-              "the positions given after ';'"),
+    Component(
+        "heads",
+        "blocks.{layer}.attn.hook_z",
+        "head",
+        "one attention head's output (its z, before the output projection), at every position or at "
+        "the positions given after ';'",
+    ),
 )
 
 COMPONENTS: dict[str, Component] = {row.name: row for row in _ROWS}
@@ -59,5 +67,6 @@ def unavailable_message(name: str, model_name: str, hook_dict) -> str:
     """Why ``name`` cannot be patched on this model, and what can."""
     row = COMPONENTS[name]
     why = f" ({row.needs})" if row.needs else ""
-    return (f"component {name!r} is not available on model {model_name}{why}; "
-            f"available: {', '.join(available(hook_dict))}")
+    return (
+        f"component {name!r} is not available on model {model_name}{why}; available: {', '.join(available(hook_dict))}"
+    )

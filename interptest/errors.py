@@ -19,8 +19,15 @@ class ModelNotAvailable(InterpError):
 class SpecError(InterpError):
     """A behavior spec is malformed. Knows where: file, line, behavior and key."""
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 behavior: str | None = None, key: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        behavior: str | None = None,
+        key: str | None = None,
+    ):
         self.message = message
         self.path = path
         self.line = line

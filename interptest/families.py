@@ -21,10 +21,10 @@ ENUMERATION_LIMIT = 200_000
 
 @dataclass(frozen=True)
 class Sample:
-    values: dict                 # variable -> value of the clean prompt
+    values: dict  # variable -> value of the clean prompt
     corrupt_values: dict | None  # variable -> value after resampling (resample corruption only)
     prompt: str
-    corrupt: str | None          # the corrupted prompt text (text and resample corruptions)
+    corrupt: str | None  # the corrupted prompt text (text and resample corruptions)
     expect: str
     foil: str | None
 
@@ -58,8 +58,7 @@ def draw_assignments(variables, count: int, rng: random.Random) -> list[dict]:
     for _, rows in units:
         total *= len(rows)
     if total <= ENUMERATION_LIMIT:
-        combos = [c for c in itertools.product(*(rows for _, rows in units))
-                  if _distinct(v for row in c for v in row)]
+        combos = [c for c in itertools.product(*(rows for _, rows in units)) if _distinct(v for row in c for v in row)]
         return [_assignment(units, c) for c in rng.sample(combos, count)]
     seen, out = set(), []
     while len(out) < count:
@@ -100,8 +99,14 @@ def instance(behavior: BehaviorSpec, values: dict, corrupt_values: dict | None =
         corrupt = corruption.text.format(**values)
     elif corruption is not None and corruption.kind == "resample":
         corrupt = behavior.prompt.format(**corrupt_values)
-    return Sample(values, corrupt_values, behavior.prompt.format(**values), corrupt,
-                  behavior.expect.format(**values), behavior.foil.format(**values) if behavior.foil else None)
+    return Sample(
+        values,
+        corrupt_values,
+        behavior.prompt.format(**values),
+        corrupt,
+        behavior.expect.format(**values),
+        behavior.foil.format(**values) if behavior.foil else None,
+    )
 
 
 def expand(behavior: BehaviorSpec, seed: int = 0) -> list[Sample]:
@@ -117,8 +122,11 @@ def instance_strategy(behavior: BehaviorSpec):
     from hypothesis import strategies as st
 
     units = behavior.family.units
-    clean = st.tuples(*(st.sampled_from(rows) for _, rows in units)).filter(
-        lambda combo: _distinct(v for row in combo for v in row)).map(lambda combo: _assignment(units, combo))
+    clean = (
+        st.tuples(*(st.sampled_from(rows) for _, rows in units))
+        .filter(lambda combo: _distinct(v for row in combo for v in row))
+        .map(lambda combo: _assignment(units, combo))
+    )
     if behavior.corruption is None or behavior.corruption.kind != "resample":
         return clean.map(lambda d: (d, None))
     redrawn = list(dict.fromkeys(_unit_of(behavior, var) for var in behavior.corruption.resample))
@@ -128,8 +136,11 @@ def instance_strategy(behavior: BehaviorSpec):
         for names, rows in redrawn:
             taken = {v for k, v in values.items() if k not in names} | {values[n] for n in names}
             fields.append(st.sampled_from([row for row in rows if not set(row) & taken]))
-        return st.tuples(*fields).filter(lambda combo: _distinct(v for row in combo for v in row)).map(
-            lambda combo: (values, {**values, **_assignment(redrawn, combo)}))
+        return (
+            st.tuples(*fields)
+            .filter(lambda combo: _distinct(v for row in combo for v in row))
+            .map(lambda combo: (values, {**values, **_assignment(redrawn, combo)}))
+        )
 
     return clean.flatmap(corrupt_for)
 
@@ -159,8 +170,9 @@ def as_yaml(behavior: BehaviorSpec, sample: Sample, claim_text: str, value: floa
     if sample.corrupt is not None:
         lines.append(f"  corrupt: {q(sample.corrupt)}")
     elif behavior.corruption is not None and behavior.corruption.kind == "replace":
-        lines.append("  corrupt: {replace: {" + ", ".join(f"{q(a)}: {q(b)}" for a, b in behavior.corruption.replace)
-                     + "}}")
+        lines.append(
+            "  corrupt: {replace: {" + ", ".join(f"{q(a)}: {q(b)}" for a, b in behavior.corruption.replace) + "}}"
+        )
     elif behavior.corruption is not None and behavior.corruption.kind == "noise":
         positions = ", ".join(q(p.source) for p in behavior.corruption.positions)
         lines.append(f"  corrupt: {{noise: {{positions: [{positions}], scale: {behavior.corruption.scale:g}}}}}")

@@ -25,17 +25,25 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from transformer_lens import TransformerBridge
 
-__all__ = ["TINY_MODEL_NAME", "available_cpus", "configure_threads", "resolve_device", "resolve_dtype",
-           "model_context_length", "load_model"]
+__all__ = [
+    "TINY_MODEL_NAME",
+    "available_cpus",
+    "configure_threads",
+    "resolve_device",
+    "resolve_dtype",
+    "model_context_length",
+    "load_model",
+]
 
 TINY_MODEL_NAME = "interptest-tiny"
 
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
-_PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt", "model.pth",
-            "model.ckpt")
-_HOW_TO_GET = ("there is no local directory of that name either; {hint}pre-download it on a machine with network (e.g. `hf download {name}` or "
-               "`huggingface-cli download {name}`) into the Hugging Face cache, or name a "
-               "local save_pretrained directory instead")
+_PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt", "model.pth", "model.ckpt")
+_HOW_TO_GET = (
+    "there is no local directory of that name either; {hint}pre-download it on a machine with network (e.g. `hf download {name}` or "
+    "`huggingface-cli download {name}`) into the Hugging Face cache, or name a "
+    "local save_pretrained directory instead"
+)
 # A hub id: "name" or "org/name" (letters, digits, '-', '_', '.'); anything else is taken as a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 
@@ -43,6 +51,7 @@ _threads_configured = False
 
 
 # ------------------------------------------------------------------ threads, device, dtype
+
 
 def available_cpus() -> int:
     """CPUs this process may run on (``os.sched_getaffinity``), falling back to ``os.cpu_count``."""
@@ -99,25 +108,39 @@ def device_problem(device: str) -> str | None:
         if torch.version.cuda is None:
             why = f"CUDA is not available in this torch build (torch {torch.__version__} is a CPU-only build)"
         else:
-            why = (f"torch {torch.__version__} has CUDA support but no CUDA device is visible "
-                   f"(torch.cuda.is_available() is False; CUDA_VISIBLE_DEVICES="
-                   f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!s})")
+            why = (
+                f"torch {torch.__version__} has CUDA support but no CUDA device is visible "
+                f"(torch.cuda.is_available() is False; CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!s})"
+            )
         return f"device {device!r}: {why}; use device 'cpu' or 'auto' (pytest: --interp-device cpu or auto)"
     if kind == "cuda" and ":" in str(device):
         index = str(device).split(":", 1)[1]
         if index.isdigit() and int(index) >= torch.cuda.device_count():
-            return (f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s) (cuda:0 to "
-                    f"cuda:{torch.cuda.device_count() - 1}); use one of those, 'cpu' or 'auto'")
+            return (
+                f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s) (cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}); use one of those, 'cpu' or 'auto'"
+            )
     if kind == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            return (f"device {device!r}: MPS is not available in this torch build or on this machine; use device "
-                    "'cpu' or 'auto' (pytest: --interp-device cpu or auto)")
+            return (
+                f"device {device!r}: MPS is not available in this torch build or on this machine; use device "
+                "'cpu' or 'auto' (pytest: --interp-device cpu or auto)"
+            )
     return None
 
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16",
-           "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
 
 
 def resolve_dtype(dtype: Any = None) -> "torch.dtype":
@@ -143,6 +166,7 @@ def model_context_length(model: Any) -> int:
 
 # ------------------------------------------------------------------ quiet environment
 
+
 def _quiet() -> None:
     """Silence TransformerLens / transformers / hub progress bars and chatter."""
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -164,6 +188,7 @@ def _quiet_transformers() -> None:
 
 # ------------------------------------------------------------------ sources
 
+
 def _tiny_dir() -> Path:
     from interptest.zoo import tiny_model_dir
 
@@ -175,26 +200,38 @@ def _check_local_dir(path: Path, shown: str) -> None:
     if not path.exists():
         raise ModelNotAvailable(
             f"model directory {shown!r} does not exist; expected a Hugging Face save_pretrained "
-            f"directory (config.json + model.safetensors + tokenizer files) or a model name such as 'gpt2'")
+            f"directory (config.json + model.safetensors + tokenizer files) or a model name such as 'gpt2'"
+        )
     if not path.is_dir():
         raise ModelNotAvailable(
             f"model path {shown!r} is not a directory; expected a Hugging Face save_pretrained directory "
-            f"(config.json + model.safetensors + tokenizer files)")
+            f"(config.json + model.safetensors + tokenizer files)"
+        )
     has_config = (path / "config.json").is_file()
     if any((path / f).is_file() for f in _SAFETENSORS):
         if not has_config:
-            raise ModelNotAvailable(f"model directory {shown!r} has no config.json; expected a Hugging Face "
-                                    f"save_pretrained directory (config.json + model.safetensors)")
+            raise ModelNotAvailable(
+                f"model directory {shown!r} has no config.json; expected a Hugging Face "
+                f"save_pretrained directory (config.json + model.safetensors)"
+            )
         return
-    pickles = sorted({p.name for p in path.iterdir() if p.is_file()
-                      and (p.name in _PICKLES or p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))})
+    pickles = sorted(
+        {
+            p.name
+            for p in path.iterdir()
+            if p.is_file() and (p.name in _PICKLES or p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        }
+    )
     if pickles:
         raise ModelNotAvailable(
             f"model directory {shown!r} holds only a pickle checkpoint ({', '.join(pickles)}); interptest "
             f"refuses pickle checkpoints - convert it to safetensors (e.g. "
-            f"model.save_pretrained(dir, safe_serialization=True)) so the directory has model.safetensors")
-    raise ModelNotAvailable(f"model directory {shown!r} has no weights; expected model.safetensors "
-                            f"(a Hugging Face save_pretrained directory with config.json)")
+            f"model.save_pretrained(dir, safe_serialization=True)) so the directory has model.safetensors"
+        )
+    raise ModelNotAvailable(
+        f"model directory {shown!r} has no weights; expected model.safetensors "
+        f"(a Hugging Face save_pretrained directory with config.json)"
+    )
 
 
 def _official_name(name: str) -> str:
@@ -204,8 +241,7 @@ def _official_name(name: str) -> str:
         return name
     root = Path(list(spec.submodule_search_locations)[0])
     try:
-        aliases = json.loads((root / "tools" / "model_registry" / "data" / "model_aliases.json")
-                             .read_text())["aliases"]
+        aliases = json.loads((root / "tools" / "model_registry" / "data" / "model_aliases.json").read_text())["aliases"]
     except (OSError, ValueError, KeyError):
         return name
     lowered = name.lower()
@@ -271,7 +307,7 @@ def _known_local_names() -> list[str]:
         from huggingface_hub import constants
 
         cache = Path(constants.HF_HUB_CACHE)
-        names += sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*"))
+        names += sorted(p.name[len("models--") :].replace("--", "/") for p in cache.glob("models--*"))
     except Exception:  # pragma: no cover - no hub library or unreadable cache
         pass
     return names
@@ -282,8 +318,9 @@ def _did_you_mean(name: str) -> str:
     import difflib
 
     known = _known_local_names()
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75) or \
-        difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=1, cutoff=0.75)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75) or difflib.get_close_matches(
+        name.lower(), [k.lower() for k in known], n=1, cutoff=0.75
+    )
     if not close:
         return ""
     match = next(k for k in known if k.lower() == close[0].lower())
@@ -302,29 +339,39 @@ def _ensure_hub_model(name: str, official: str) -> None:
         raise ModelNotAvailable(
             f"model {shown!r} is cached only as a pickle checkpoint (pytorch_model.bin); interptest refuses "
             f"pickle checkpoints - download its model.safetensors (e.g. `hf download {official} "
-            f"model.safetensors`) or convert it to safetensors in a local directory")
+            f"model.safetensors`) or convert it to safetensors in a local directory"
+        )
     if _hub_offline():
-        raise ModelNotAvailable(f"model {shown!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
-                                f"set; {how}")
+        raise ModelNotAvailable(
+            f"model {shown!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {how}"
+        )
     if not _hub_reachable():
-        raise ModelNotAvailable(f"model {shown!r} is not in the local Hugging Face cache and the hub is not "
-                                f"reachable; {how}")
+        raise ModelNotAvailable(
+            f"model {shown!r} is not in the local Hugging Face cache and the hub is not reachable; {how}"
+        )
     from huggingface_hub import hf_hub_download, snapshot_download
 
     try:
         hf_hub_download(official, "config.json")
     except Exception as exc:
-        raise ModelNotAvailable(f"model {shown!r} could not be fetched from the Hugging Face hub "
-                                f"({type(exc).__name__}: {_first_line(exc)}); check the name, or {how}") from None
+        raise ModelNotAvailable(
+            f"model {shown!r} could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}: {_first_line(exc)}); check the name, or {how}"
+        ) from None
     try:
-        snapshot_download(official, allow_patterns=["model.safetensors", "model.safetensors.index.json",
-                                                    "model-*.safetensors"])
+        snapshot_download(
+            official, allow_patterns=["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+        )
     except Exception as exc:
-        raise ModelNotAvailable(f"model {shown!r}: safetensors weights could not be fetched "
-                                f"({type(exc).__name__}: {_first_line(exc)}); {how}") from None
+        raise ModelNotAvailable(
+            f"model {shown!r}: safetensors weights could not be fetched "
+            f"({type(exc).__name__}: {_first_line(exc)}); {how}"
+        ) from None
     if not any(_cached(official, f) for f in _SAFETENSORS):
-        raise ModelNotAvailable(f"model {shown!r} has no safetensors weights on the hub; interptest refuses "
-                                f"pickle checkpoints - convert it to safetensors in a local directory")
+        raise ModelNotAvailable(
+            f"model {shown!r} has no safetensors weights on the hub; interptest refuses "
+            f"pickle checkpoints - convert it to safetensors in a local directory"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -338,6 +385,7 @@ def _looks_like_path(name: str) -> bool:
 
 
 # ------------------------------------------------------------------ the loader
+
 
 def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = None) -> "TransformerBridge":
     """Load a model as a TransformerLens 4 ``TransformerBridge`` in eval mode.
@@ -358,8 +406,10 @@ def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any =
     if isinstance(name_or_path, os.PathLike):
         name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ModelNotAvailable(f"model {name_or_path!r} is not a model name or directory; expected "
-                                f"'interptest-tiny', a Hugging Face model name or a save_pretrained directory")
+        raise ModelNotAvailable(
+            f"model {name_or_path!r} is not a model name or directory; expected "
+            f"'interptest-tiny', a Hugging Face model name or a save_pretrained directory"
+        )
     name = name_or_path.strip()
     try:
         torch_dtype = resolve_dtype(dtype)
@@ -392,13 +442,14 @@ def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any =
 
     target = str(local) if local is not None else official
     try:
-        model = TransformerBridge.boot_transformers(target, device=dev, dtype=torch_dtype,
-                                                    trust_remote_code=False)
+        model = TransformerBridge.boot_transformers(target, device=dev, dtype=torch_dtype, trust_remote_code=False)
     except ModelNotAvailable:
         raise
     except Exception as exc:
-        raise ModelNotAvailable(f"model {name!r} could not be loaded ({type(exc).__name__}: "
-                                f"{_first_line(exc)}); expected a Hugging Face GPT-style checkpoint with "
-                                f"config.json, model.safetensors and tokenizer files") from exc
+        raise ModelNotAvailable(
+            f"model {name!r} could not be loaded ({type(exc).__name__}: "
+            f"{_first_line(exc)}); expected a Hugging Face GPT-style checkpoint with "
+            f"config.json, model.safetensors and tokenizer files"
+        ) from exc
     model.eval()
     return model

@@ -6,8 +6,8 @@ from __future__ import annotations
 from interptest import components
 
 WIDTH = 100
-CELL = 6            # a value such as "-0.12" + one marker character after it
-ROW_LABEL = 5       # "L11  "
+CELL = 6  # a value such as "-0.12" + one marker character after it
+ROW_LABEL = 5  # "L11  "
 _RED, _BOLD, _DIM, _RESET = "\x1b[31;1m", "\x1b[1m", "\x1b[2m", "\x1b[0m"
 
 
@@ -52,8 +52,10 @@ def render_failure(result, color: bool = False) -> str:
     lines.append("")
     behavior = result.behavior
     if behavior.family is not None:
-        lines.append(f"  template: {_shorten(repr(behavior.prompt), WIDTH - 12)}  ({result.samples} samples; "
-                     "numbers below are means, predictions are the first sample's)")
+        lines.append(
+            f"  template: {_shorten(repr(behavior.prompt), WIDTH - 12)}  ({result.samples} samples; "
+            "numbers below are means, predictions are the first sample's)"
+        )
     else:
         lines.append(f"  prompt:  {_shorten(repr(behavior.prompt), WIDTH - 11)}")
     if behavior.corrupt is not None:
@@ -61,8 +63,11 @@ def render_failure(result, color: bool = False) -> str:
     elif behavior.corruption is not None:
         lines.append(f"  corrupt: {behavior.corruption.kind} {_corruption_detail(behavior.corruption)}")
     if result.clean_metric is not None:
-        label = (f"mean logit diff expect − foil over {result.samples} samples (first: {result.expect!r} − {result.foil!r})"
-                 if behavior.family is not None else f"logit diff {result.expect!r} − {result.foil!r}")
+        label = (
+            f"mean logit diff expect − foil over {result.samples} samples (first: {result.expect!r} − {result.foil!r})"
+            if behavior.family is not None
+            else f"logit diff {result.expect!r} − {result.foil!r}"
+        )
         metrics = f"  {label}: m_clean = {result.clean_metric:.3f}"
         if result.corrupt_metric is not None:
             delta = result.clean_metric - result.corrupt_metric
@@ -96,11 +101,16 @@ def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool =
     values = patch_map.values
     n_layers, n_cols = values.shape
     heads = components.get(patch_map.component).per_head
-    direction = "recovers: clean patched into corrupted run" if patch_map.direction == "denoise" \
+    direction = (
+        "recovers: clean patched into corrupted run"
+        if patch_map.direction == "denoise"
         else "breaks: corrupted patched into clean run"
-    lines = [f"  {title}" if title else "",
-             f"  {patch_map.component} ({direction}), layer × {'head' if heads else 'position'}",
-             "  0.93* claimed cell   0.12! failing cell (the mark follows its value)"]
+    )
+    lines = [
+        f"  {title}" if title else "",
+        f"  {patch_map.component} ({direction}), layer × {'head' if heads else 'position'}",
+        "  0.93* claimed cell   0.12! failing cell (the mark follows its value)",
+    ]
     claimed, failing = {tuple(c[:2]) for c in claimed}, {tuple(c[:2]) for c in failing}
     labels = [f"H{h}" for h in range(n_cols)] if heads else [show_token(t) for t in patch_map.tokens]
     per_chunk = max(1, (WIDTH - ROW_LABEL - 2) // (CELL + 1))
@@ -114,7 +124,7 @@ def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool =
             for c in cols:
                 marker = "!" if (layer, c) in failing else "*" if (layer, c) in claimed else " "
                 value = float(values[layer, c])
-                text = f"{0.0 if abs(value) < 0.005 else value:5.2f}{marker}"   # no "-0.00"; the mark after
+                text = f"{0.0 if abs(value) < 0.005 else value:5.2f}{marker}"  # no "-0.00"; the mark after
                 if color and marker == "!":
                     text = f"{_RED}{text}{_RESET}"
                 elif color and marker == "*":

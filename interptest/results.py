@@ -18,21 +18,21 @@ OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
 
 class ClaimRecord(TypedDict):
     text: str
-    kind: str | None            # the claim kind (e.g. "localization"); None for the implicit top-1 check
-    passed: bool | None         # None: the behavior did not run
+    kind: str | None  # the claim kind (e.g. "localization"); None for the implicit top-1 check
+    passed: bool | None  # None: the behavior did not run
     value: float | None
     detail: str
-    map: str | None             # key into the record's maps, when the value was read off a map
-    cells: list                 # claimed cells of that map
+    map: str | None  # key into the record's maps, when the value was read off a map
+    cells: list  # claimed cells of that map
     failing_cells: list
-    figure: dict | None         # what the report draws for this claim, e.g. {"type": "attention", ...}
+    figure: dict | None  # what the report draws for this claim, e.g. {"type": "attention", ...}
 
 
 class BehaviorRecord(TypedDict):
     nodeid: str
     model: str
-    outcome: str                # one of OUTCOMES
-    prompt: str                 # a family: the template
+    outcome: str  # one of OUTCOMES
+    prompt: str  # a family: the template
     corrupt: str | None
     samples: int
     tokens: list
@@ -64,8 +64,7 @@ def map_entries(result) -> dict:
     maps = {}
     for (component, direction), patch_map in result.maps.items():
         values = [[_number(v) for v in row] for row in patch_map.values.tolist()]
-        entry = {"component": component, "direction": direction, "values": values,
-                 "layers": list(range(len(values)))}
+        entry = {"component": component, "direction": direction, "values": values, "layers": list(range(len(values)))}
         columns = "heads" if components.get(component).per_head else "positions"
         entry[columns] = list(range(len(values[0]) if values else 0))
         maps[map_key(component, direction)] = entry
@@ -79,11 +78,19 @@ def _kind(claim: Any) -> str | None:
 
 
 def _claim_record(check) -> ClaimRecord:
-    entry: ClaimRecord = {"text": check.text, "kind": _kind(check.claim), "passed": check.passed,
-                          "value": _number(check.value), "detail": check.detail, "map": None, "cells": [],
-                          "failing_cells": [], "figure": check.figure}
+    entry: ClaimRecord = {
+        "text": check.text,
+        "kind": _kind(check.claim),
+        "passed": check.passed,
+        "value": _number(check.value),
+        "detail": check.detail,
+        "map": None,
+        "cells": [],
+        "failing_cells": [],
+        "figure": check.figure,
+    }
     if check.claim is not None:
-        entry.update(check.claim.record(check))     # type: ignore[typeddict-item]
+        entry.update(check.claim.record(check))  # type: ignore[typeddict-item]
     return entry
 
 
@@ -93,25 +100,56 @@ def behavior_record(behavior, nodeid: str, model: str, outcome: str | None = Non
     if outcome is None:
         outcome = "passed" if result is not None and result.passed else "failed"
     record: BehaviorRecord = {
-        "nodeid": nodeid, "model": model, "outcome": outcome, "prompt": behavior.prompt,
-        "corrupt": behavior.corrupt, "samples": behavior.family.samples if behavior.family else 1, "tokens": [],
-        "expect": behavior.expect, "foil": behavior.foil, "clean_metric": None, "corrupt_metric": None,
-        "clean_top": [], "corrupt_top": [],
-        "claims": [{"text": c.text, "kind": _kind(c), "passed": None, "value": None, "detail": "", "map": None,
-                    "cells": [], "failing_cells": [], "figure": None} for c in behavior.claims],
-        "maps": {}, "baseline": None, "suggestion": None,
+        "nodeid": nodeid,
+        "model": model,
+        "outcome": outcome,
+        "prompt": behavior.prompt,
+        "corrupt": behavior.corrupt,
+        "samples": behavior.family.samples if behavior.family else 1,
+        "tokens": [],
+        "expect": behavior.expect,
+        "foil": behavior.foil,
+        "clean_metric": None,
+        "corrupt_metric": None,
+        "clean_top": [],
+        "corrupt_top": [],
+        "claims": [
+            {
+                "text": c.text,
+                "kind": _kind(c),
+                "passed": None,
+                "value": None,
+                "detail": "",
+                "map": None,
+                "cells": [],
+                "failing_cells": [],
+                "figure": None,
+            }
+            for c in behavior.claims
+        ],
+        "maps": {},
+        "baseline": None,
+        "suggestion": None,
     }
     if result is None:
         return record
-    record.update({
-        "model": result.model_name or model, "samples": result.samples, "tokens": list(result.tokens),
-        "expect": result.expect, "foil": result.foil,
-        "clean_metric": _number(result.clean_metric), "corrupt_metric": _number(result.corrupt_metric),
-        "clean_top": [{"token": p.token, "prob": p.prob} for p in result.clean_top],
-        "corrupt_top": [{"token": p.token, "prob": p.prob} for p in result.corrupt_top],
-        "claims": [_claim_record(check) for check in result.checks], "maps": map_entries(result),
-        "baseline": result.baseline, "suggestion": result.suggestion,
-    })
+    record.update(
+        {
+            "model": result.model_name or model,
+            "samples": result.samples,
+            "tokens": list(result.tokens),
+            "expect": result.expect,
+            "foil": result.foil,
+            "clean_metric": _number(result.clean_metric),
+            "corrupt_metric": _number(result.corrupt_metric),
+            "clean_top": [{"token": p.token, "prob": p.prob} for p in result.clean_top],
+            "corrupt_top": [{"token": p.token, "prob": p.prob} for p in result.corrupt_top],
+            "claims": [_claim_record(check) for check in result.checks],
+            "maps": map_entries(result),
+            "baseline": result.baseline,
+            "suggestion": result.suggestion,
+        }
+    )
     return record
 
 
@@ -126,21 +164,25 @@ def claim_counts(record: dict) -> dict:
     user = [c for c in claims if "kind" not in c or c["kind"] is not None]
     implicit = [c for c in claims if "kind" in c and c["kind"] is None and c.get("passed") is not None]
     ran = bool(implicit) or any(c.get("passed") is not None for c in user)
-    return {"ran": ran, "passed": sum(1 for c in user if c.get("passed")), "total": len(user),
-            "implicit_passed": sum(1 for c in implicit if c["passed"]), "implicit_total": len(implicit),
-            "implicit": [_implicit_name(c["text"]) for c in implicit]}
+    return {
+        "ran": ran,
+        "passed": sum(1 for c in user if c.get("passed")),
+        "total": len(user),
+        "implicit_passed": sum(1 for c in implicit if c["passed"]),
+        "implicit_total": len(implicit),
+        "implicit": [_implicit_name(c["text"]) for c in implicit],
+    }
 
 
 def claims_text(record: dict) -> str:
-    """"3/4 + implicit 2/2 (top-1, baseline)", or "–/3 (skipped)" for a behavior that did not run: the
+    """ "3/4 + implicit 2/2 (top-1, baseline)", or "–/3 (skipped)" for a behavior that did not run: the
     terminal summary and the report say the same."""
     counts = claim_counts(record)
     if not counts["ran"]:
         return f"–/{counts['total']} ({record.get('outcome', 'not run')})"
     text = f"{counts['passed']}/{counts['total']}"
     if counts["implicit_total"]:
-        text += (f" + implicit {counts['implicit_passed']}/{counts['implicit_total']} "
-                 f"({', '.join(counts['implicit'])})")
+        text += f" + implicit {counts['implicit_passed']}/{counts['implicit_total']} ({', '.join(counts['implicit'])})"
     return text
 
 
@@ -148,8 +190,10 @@ def summary_line(record: dict) -> str:
     def fmt(value):
         return "n/a" if value is None else f"{value:.2f}"
 
-    return (f"{record['outcome'].upper():8} {record['nodeid']}  [{record['model']}]  m_clean {fmt(record['clean_metric'])}"
-            f"  m_corrupt {fmt(record['corrupt_metric'])}  claims {claims_text(record)}")
+    return (
+        f"{record['outcome'].upper():8} {record['nodeid']}  [{record['model']}]  m_clean {fmt(record['clean_metric'])}"
+        f"  m_corrupt {fmt(record['corrupt_metric'])}  claims {claims_text(record)}"
+    )
 
 
 def claim_lines(record: dict) -> list[str]:
@@ -167,11 +211,16 @@ def junit_properties(record: dict) -> list[tuple[str, str]]:
     """The behavior's key numbers as JUnit XML properties (name, value), for CI dashboards: the model,
     m_clean, m_corrupt, and per check "<verdict> <value>" under "claim: <text>" ("check: <text>" for the
     implicit ones)."""
+
     def number(value):
         return "" if value is None else repr(float(value))
 
-    properties = [("interp_model", str(record["model"])), ("interp_outcome", str(record["outcome"])),
-                  ("m_clean", number(record["clean_metric"])), ("m_corrupt", number(record["corrupt_metric"]))]
+    properties = [
+        ("interp_model", str(record["model"])),
+        ("interp_outcome", str(record["outcome"])),
+        ("m_clean", number(record["clean_metric"])),
+        ("m_corrupt", number(record["corrupt_metric"])),
+    ]
     for claim in record.get("claims") or []:
         verdict = "not run" if claim.get("passed") is None else "passed" if claim["passed"] else "failed"
         prefix = "check" if "kind" in claim and claim["kind"] is None else "claim"

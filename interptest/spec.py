@@ -49,8 +49,13 @@ BEHAVIOR_KEYS = {
     "xfail": _STR,
 }
 _BEHAVIORS = "a list of behaviors"
-FILE_KEYS = {"model": _STR, "description": _STR, "defaults": _MAPPING, "behaviors": _BEHAVIORS,
-             "if_model_unavailable": _STR}
+FILE_KEYS = {
+    "model": _STR,
+    "description": _STR,
+    "defaults": _MAPPING,
+    "behaviors": _BEHAVIORS,
+    "if_model_unavailable": _STR,
+}
 UNAVAILABLE_POLICIES = ("error", "skip")
 SINGLE_TOKEN_POLICIES = ("error", "drop")
 CORRUPTION_KINDS = ("replace", "resample", "noise")
@@ -63,14 +68,34 @@ TYPE_SCHEMAS: dict[str, dict] = {
     _INT: {"type": "integer"},
     _STR_LIST: {"type": "array", "items": {"type": "string"}},
     _MAPPING: {"type": "object"},
-    _CORRUPT: {"oneOf": [{"type": "string", "minLength": 1},
-                         {"type": "object", "minProperties": 1, "maxProperties": 1,
-                          "propertyNames": {"enum": list(CORRUPTION_KINDS)}}]},
-    _CLAIMS: {"type": "array", "items": {"oneOf": [
-        {"type": "string", "minLength": 1},
-        {"type": "object", "required": ["claim"], "additionalProperties": False,
-         "properties": {"claim": {"type": "string"}, "min_pass_rate": {"type": "number", "minimum": 0,
-                                                                        "maximum": 1}}}]}},
+    _CORRUPT: {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "propertyNames": {"enum": list(CORRUPTION_KINDS)},
+            },
+        ]
+    },
+    _CLAIMS: {
+        "type": "array",
+        "items": {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "object",
+                    "required": ["claim"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "claim": {"type": "string"},
+                        "min_pass_rate": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                },
+            ]
+        },
+    },
     _BEHAVIORS: {"type": "array"},
 }
 
@@ -80,11 +105,12 @@ class Corruption:
     """How the corrupted run is made: ``text`` (an explicit prompt, a template for families),
     ``replace`` (symmetric token swaps), ``resample`` (re-draw template variables) or ``noise``
     (Gaussian noise on the token embeddings at some positions, ROME-style)."""
+
     kind: str
     text: str | None = None
     replace: tuple[tuple[str, str], ...] = ()
     resample: tuple[str, ...] = ()
-    positions: tuple = ()             # PositionSelection, for noise
+    positions: tuple = ()  # PositionSelection, for noise
     scale: float = 3.0
 
 
@@ -94,11 +120,12 @@ class Family:
 
     ``units`` are what a sample draws from: one variable with its values, or paired variables
     (``country, capital: "@country_capitals"``) with their rows, drawn together."""
-    variables: dict                   # variable -> its values (a paired variable: its column)
+
+    variables: dict  # variable -> its values (a paired variable: its column)
     samples: int
-    sources: dict                     # variable -> where its values came from (for messages)
-    units: tuple = ()                 # ((variable, ...), ((value, ...), ...)) per unit
-    single_token: str = "error"       # what a value that is not one token for the model does: error | drop
+    sources: dict  # variable -> where its values came from (for messages)
+    units: tuple = ()  # ((variable, ...), ((value, ...), ...)) per unit
+    single_token: str = "error"  # what a value that is not one token for the model does: error | drop
 
     @staticmethod
     def from_units(units, samples: int, sources: dict, single_token: str = "error") -> "Family":
@@ -124,7 +151,7 @@ class BehaviorSpec:
     corruption: Corruption | None = None
     min_pass_rate: float | None = None
     if_model_unavailable: str = "error"
-    reference: tuple[str, ...] = ()   # prompts whose clean mean is 'ablate mean' of a single prompt
+    reference: tuple[str, ...] = ()  # prompts whose clean mean is 'ablate mean' of a single prompt
     claim_pass_rates: tuple[float | None, ...] = ()
     path: str = "<dict>"
     line: int | None = None
@@ -192,8 +219,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise SpecError("mapping keys must be plain words", line=line)
         if key in mapping:
-            raise SpecError(f"duplicate key {key!r} (first on line {mapping.key_lines[key]})",
-                            line=line, key=str(key))
+            raise SpecError(f"duplicate key {key!r} (first on line {mapping.key_lines[key]})", line=line, key=str(key))
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_lines[key] = line
     return mapping
@@ -222,17 +248,20 @@ def _load_yaml(text: str, path: str):
         detail = f"{context}, {problem}" if context else problem
         tab = _tab_line(text, mark.line + 1 if mark else None, "'\\t'" in detail)
         if tab is not None:
-            raise SpecError("invalid YAML: this line is indented with a tab character; YAML indentation must use "
-                            "spaces, not tabs (replace the tab with spaces)", path=path, line=tab) from None
-        raise SpecError(f"invalid YAML: {detail}", path=path,
-                        line=mark.line + 1 if mark else None) from None
+            raise SpecError(
+                "invalid YAML: this line is indented with a tab character; YAML indentation must use "
+                "spaces, not tabs (replace the tab with spaces)",
+                path=path,
+                line=tab,
+            ) from None
+        raise SpecError(f"invalid YAML: {detail}", path=path, line=mark.line + 1 if mark else None) from None
 
 
 def _tab_line(text: str, line: int | None, about_tabs: bool) -> int | None:
     """The line (1-based) of a YAML error caused by a tab in the indentation: the error's own line when
     it is indented with a tab, else the first such line when PyYAML complains about a tab; or None."""
     lines = text.splitlines()
-    tabbed = [i + 1 for i, row in enumerate(lines) if "\t" in row[:len(row) - len(row.lstrip(" \t"))]]
+    tabbed = [i + 1 for i, row in enumerate(lines) if "\t" in row[: len(row) - len(row.lstrip(" \t"))]]
     if line in tabbed:
         return line
     return tabbed[0] if tabbed and about_tabs else None
@@ -292,8 +321,11 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
     """Parse and validate a spec file's text."""
     data = _load_yaml(text, path)
     if not isinstance(data, dict):
-        raise SpecError(f"the top level must be a mapping with a 'behaviors' list, got {_describe(data)}",
-                        path=path, line=getattr(data, "line", 1) or 1)
+        raise SpecError(
+            f"the top level must be a mapping with a 'behaviors' list, got {_describe(data)}",
+            path=path,
+            line=getattr(data, "line", 1) or 1,
+        )
 
     def file_error(message, key=None):
         raise SpecError(message, path=path, line=data.key_lines.get(key, data.line), key=key)
@@ -303,8 +335,12 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
         file_error("missing required key 'behaviors' (a list of behaviors)")
     defaults = data.get("defaults") or _Mapping()
     if "name" in defaults:
-        raise SpecError("'name' cannot have a default: every behavior names itself", path=path,
-                        line=defaults.key_lines.get("name"), key="defaults.name")
+        raise SpecError(
+            "'name' cannot have a default: every behavior names itself",
+            path=path,
+            line=defaults.key_lines.get("name"),
+            key="defaults.name",
+        )
 
     def defaults_error(message, key=None):
         raise SpecError(message, path=path, line=defaults.key_lines.get(key), key=f"defaults.{key}")
@@ -318,13 +354,28 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
     for index, entry in enumerate(entries):
         line = entries.item_lines[index]
         if not isinstance(entry, dict):
-            raise SpecError(f"each behavior must be a mapping, got {_describe(entry)}", path=path, line=line,
-                            key=f"behaviors[{index}]")
-        behavior = _parse_behavior(entry, defaults, path, file_model=data.get("model"), index=index,
-                                   file_policy=data.get("if_model_unavailable"))
+            raise SpecError(
+                f"each behavior must be a mapping, got {_describe(entry)}",
+                path=path,
+                line=line,
+                key=f"behaviors[{index}]",
+            )
+        behavior = _parse_behavior(
+            entry,
+            defaults,
+            path,
+            file_model=data.get("model"),
+            index=index,
+            file_policy=data.get("if_model_unavailable"),
+        )
         if behavior.name in seen:
-            raise SpecError(f"duplicate behavior name (first on line {seen[behavior.name]})", path=path,
-                            line=behavior.key_lines.get("name", line), behavior=behavior.name, key="name")
+            raise SpecError(
+                f"duplicate behavior name (first on line {seen[behavior.name]})",
+                path=path,
+                line=behavior.key_lines.get("name", line),
+                behavior=behavior.name,
+                key="name",
+            )
         seen[behavior.name] = behavior.line
         behaviors.append(behavior)
     return SpecFile(path, data.get("model"), tuple(behaviors))
@@ -346,8 +397,9 @@ def parse_behavior(spec: dict, path: str = "<dict>") -> BehaviorSpec:
     return _parse_behavior(spec, {}, path, file_model=None, index=0)
 
 
-def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | None, index: int,
-                    file_policy: str | None = None) -> BehaviorSpec:
+def _parse_behavior(
+    entry: dict, defaults: dict, path: str, file_model: str | None, index: int, file_policy: str | None = None
+) -> BehaviorSpec:
     name = entry.get("name")
     line = getattr(entry, "line", None)
     key_lines = dict(getattr(defaults, "key_lines", {}))
@@ -355,8 +407,13 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
     display_name = name if isinstance(name, str) else None
 
     def error(message, key=None):
-        raise SpecError(message, path=path, line=key_lines.get(key.split(".")[0] if key else key, line),
-                        behavior=display_name, key=key)
+        raise SpecError(
+            message,
+            path=path,
+            line=key_lines.get(key.split(".")[0] if key else key, line),
+            behavior=display_name,
+            key=key,
+        )
 
     if "name" not in entry:
         error(f"behavior #{index + 1} is missing required key 'name'")
@@ -369,8 +426,10 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
     prompt_key = "template" if "template" in merged else "prompt"
     for required in (prompt_key, "expect"):
         if required not in merged:
-            error(f"missing required key {required!r}" + (" (or 'template' for a prompt family)"
-                                                           if required == "prompt" else ""))
+            error(
+                f"missing required key {required!r}"
+                + (" (or 'template' for a prompt family)" if required == "prompt" else "")
+            )
     for key in (prompt_key, "expect", "foil"):
         if key in merged and merged[key] == "":
             error(f"{key!r} is empty", key)
@@ -399,9 +458,14 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
         if isinstance(item, dict):
             unknown = set(item) - {"claim", "min_pass_rate"}
             if unknown or not isinstance(item.get("claim"), str):
-                raise SpecError("a claim given as a mapping needs 'claim' (the claim text) and may have "
-                                f"'min_pass_rate'; got keys {sorted(item)}", path=path, line=claim_line,
-                                behavior=name, key=f"claims[{i}]")
+                raise SpecError(
+                    "a claim given as a mapping needs 'claim' (the claim text) and may have "
+                    f"'min_pass_rate'; got keys {sorted(item)}",
+                    path=path,
+                    line=claim_line,
+                    behavior=name,
+                    key=f"claims[{i}]",
+                )
             text, rate = item["claim"], _pass_rate(item.get("min_pass_rate"), error, f"claims[{i}].min_pass_rate")
         try:
             claims.append(parse_claim(text))
@@ -409,14 +473,27 @@ def _parse_behavior(entry: dict, defaults: dict, path: str, file_model: str | No
             raise SpecError(syntax.render(), path=path, line=claim_line, behavior=name, key=f"claims[{i}]") from None
         pass_rates.append(rate)
     behavior = BehaviorSpec(
-        name=name, prompt=prompt, expect=merged["expect"],
+        name=name,
+        prompt=prompt,
+        expect=merged["expect"],
         corrupt=corruption.text if corruption is not None and corruption.kind == "text" else None,
-        foil=merged.get("foil"), claims=tuple(claims), model=entry.get("model") or defaults.get("model"),
-        min_effect=float(merged.get("min_effect", DEFAULT_MIN_EFFECT)), marks=tuple(merged.get("marks", ())),
-        skip=merged.get("skip"), xfail=merged.get("xfail"), description=merged.get("description"),
-        family=family, corruption=corruption, min_pass_rate=_pass_rate(merged.get("min_pass_rate"), error),
-        if_model_unavailable=policy, reference=tuple(reference),
-        claim_pass_rates=tuple(pass_rates), path=path, line=line, key_lines=key_lines,
+        foil=merged.get("foil"),
+        claims=tuple(claims),
+        model=entry.get("model") or defaults.get("model"),
+        min_effect=float(merged.get("min_effect", DEFAULT_MIN_EFFECT)),
+        marks=tuple(merged.get("marks", ())),
+        skip=merged.get("skip"),
+        xfail=merged.get("xfail"),
+        description=merged.get("description"),
+        family=family,
+        corruption=corruption,
+        min_pass_rate=_pass_rate(merged.get("min_pass_rate"), error),
+        if_model_unavailable=policy,
+        reference=tuple(reference),
+        claim_pass_rates=tuple(pass_rates),
+        path=path,
+        line=line,
+        key_lines=key_lines,
         claim_lines=tuple(claim_lines),
     )
     _check_claims_need(behavior)
@@ -456,13 +533,13 @@ def _parse_family(merged: dict, path: str, error) -> Family:
         error("the template has no {variables}; use 'prompt' for a single prompt", "template")
     if "vars" not in merged:
         error(f"the template uses {', '.join('{' + v + '}' for v in used)} but 'vars' is missing", "vars")
-    elsewhere = set()                  # variables expect, foil or a corrupted template may use besides
+    elsewhere = set()  # variables expect, foil or a corrupted template may use besides
     for key in ("expect", "foil", "corrupt"):
         if isinstance(merged.get(key), str):
             try:
                 elsewhere.update(template_fields(merged[key]))
             except ValueError:
-                pass                   # reported with its key by the reference check
+                pass  # reported with its key by the reference check
     units, sources, named = [], {}, []
     for key, values in merged["vars"].items():
         names = [n.strip() for n in str(key).split(",")]
@@ -496,8 +573,11 @@ def _parse_family(merged: dict, path: str, error) -> Family:
 def check_sample_count(family: Family, error, why: str = "") -> None:
     available = count_assignments(family.units, limit=family.samples)
     if available < family.samples:
-        error(f"'samples' is {family.samples} but the variables allow only {available} distinct combinations "
-              f"(all variables of one sample take different values){why}", "samples")
+        error(
+            f"'samples' is {family.samples} but the variables allow only {available} distinct combinations "
+            f"(all variables of one sample take different values){why}",
+            "samples",
+        )
 
 
 def _rows(names: list[str], values, path: str, error, key: str) -> tuple[tuple[str, ...], ...]:
@@ -511,8 +591,11 @@ def _rows(names: list[str], values, path: str, error, key: str) -> tuple[tuple[s
     elif isinstance(values, list) and values and all(isinstance(r, list) for r in values):
         rows = tuple(tuple(r) for r in values)
     else:
-        error(f"paired variables {', '.join(names)} need rows: a list of lists such as [[France, Paris]] or a "
-              f"'@lexicon' whose lines hold {len(names)} columns separated by '|', got {_describe(values)}", key)
+        error(
+            f"paired variables {', '.join(names)} need rows: a list of lists such as [[France, Paris]] or a "
+            f"'@lexicon' whose lines hold {len(names)} columns separated by '|', got {_describe(values)}",
+            key,
+        )
     for row in rows:
         if len(row) != len(names) or not all(isinstance(v, str) and v for v in row):
             error(f"every row of {', '.join(names)} needs {len(names)} non-empty values, got {list(row)}", key)
@@ -533,8 +616,7 @@ def _values(var: str, values, path: str, error, key: str) -> tuple[str, ...]:
 
 def lexicon_paths(name: str, spec_path: str) -> list[Path]:
     """Where ``@name`` is looked up: lexicons/ beside the spec file, then interptest's own lexicons."""
-    return [Path(spec_path).parent / "lexicons" / f"{name}.txt",
-            Path(__file__).parent / "lexicons" / f"{name}.txt"]
+    return [Path(spec_path).parent / "lexicons" / f"{name}.txt", Path(__file__).parent / "lexicons" / f"{name}.txt"]
 
 
 def load_lexicon(name: str, spec_path: str, error, key: str) -> tuple[str, ...]:
@@ -551,8 +633,10 @@ def load_lexicon(name: str, spec_path: str, error, key: str) -> tuple[str, ...]:
     beside, shipped = (sorted(p.stem for p in path.parent.glob("*.txt")) for path in lexicon_paths(name, spec_path))
     close = difflib.get_close_matches(name, beside + shipped, n=1, cutoff=0.6)
     hint = f"did you mean @{close[0]}? " if close else ""
-    listing = (f"lexicons beside the spec: {', '.join('@' + n for n in beside) or 'none'}; shipped with interptest: "
-               f"{', '.join('@' + n for n in shipped)}")
+    listing = (
+        f"lexicons beside the spec: {', '.join('@' + n for n in beside) or 'none'}; shipped with interptest: "
+        f"{', '.join('@' + n for n in shipped)}"
+    )
     error(f"lexicon @{name} not found: looked for {searched}; {hint}{listing}", key)
 
 
@@ -566,7 +650,7 @@ def count_assignments(units, limit: int) -> int:
     total = 1
     for _, rows in units:
         total *= len(rows)
-    if total > 200_000:                       # far more than any sample size; no need to count exactly
+    if total > 200_000:  # far more than any sample size; no need to count exactly
         return max(total, limit)
     count = 0
     for combo in itertools.product(*(rows for _, rows in units)):
@@ -582,18 +666,26 @@ def _parse_corruption(value, prompt: str, family: Family | None, error) -> Corru
         if value == "":
             error("'corrupt' is empty", "corrupt")
         if value == prompt:
-            error(f"'corrupt' is identical to '{'template' if family else 'prompt'}': a corruption must change "
-                  "the prompt", "corrupt")
+            error(
+                f"'corrupt' is identical to '{'template' if family else 'prompt'}': a corruption must change "
+                "the prompt",
+                "corrupt",
+            )
         return Corruption("text", text=value)
     if len(value) != 1 or next(iter(value)) not in CORRUPTION_KINDS:
-        error(f"expected one of {{replace: ...}}, {{resample: [...]}}, {{noise: ...}}, got keys {sorted(value)}",
-              "corrupt")
+        error(
+            f"expected one of {{replace: ...}}, {{resample: [...]}}, {{noise: ...}}, got keys {sorted(value)}",
+            "corrupt",
+        )
     kind, spec = next(iter(value.items()))
     key = f"corrupt.{kind}"
     if kind == "replace":
-        if not isinstance(spec, dict) or not spec or not all(isinstance(a, str) and isinstance(b, str) and a and b
-                                                              for a, b in spec.items()):
-            error("expected a mapping of token texts, e.g. {\" Hart\": \" Cole\"}", key)
+        if (
+            not isinstance(spec, dict)
+            or not spec
+            or not all(isinstance(a, str) and isinstance(b, str) and a and b for a, b in spec.items())
+        ):
+            error('expected a mapping of token texts, e.g. {" Hart": " Cole"}', key)
         for a, b in spec.items():
             if a == b:
                 error(f"{a!r} is replaced by itself", key)
@@ -638,8 +730,10 @@ def _quote_hint(item) -> str:
         parse_position(f"'{item}'")
     except ClaimSyntaxError:
         return ""
-    return (f"; a token position needs its own quotes inside the YAML string (the YAML quotes only delimit the "
-            f"string): write positions: [\"'{item}'\"]")
+    return (
+        f"; a token position needs its own quotes inside the YAML string (the YAML quotes only delimit the "
+        f"string): write positions: [\"'{item}'\"]"
+    )
 
 
 def _check_family_references(behavior: BehaviorSpec, error) -> None:
@@ -662,8 +756,9 @@ def _check_family_references(behavior: BehaviorSpec, error) -> None:
         names = claim.template_variables()
         for var in names:
             if var not in used:
-                raise behavior.error(f"{{{var}}} is not a variable of the template "
-                                     f"(variables: {', '.join(sorted(used))})", claim_index=i)
+                raise behavior.error(
+                    f"{{{var}}} is not a variable of the template (variables: {', '.join(sorted(used))})", claim_index=i
+                )
     if behavior.corruption and behavior.corruption.kind == "noise":
         for position in behavior.corruption.positions:
             if position.kind == "variable" and position.values[0] not in used:

@@ -12,8 +12,8 @@ BOOTSTRAP_RESAMPLES = 4000
 @dataclass(frozen=True)
 class CellStats:
     mean: float
-    bound: float          # lower bound for >=, >; upper bound for <=, <; the mean for ==
-    level: float          # the one-sided confidence level actually used (after Bonferroni)
+    bound: float  # lower bound for >=, >; upper bound for <=, <; the mean for ==
+    level: float  # the one-sided confidence level actually used (after Bonferroni)
 
 
 def bootstrap_bounds(values, wants_high: bool, n_cells: int, seed: int = 0) -> list[CellStats]:
@@ -32,7 +32,7 @@ def bootstrap_bounds(values, wants_high: bool, n_cells: int, seed: int = 0) -> l
     alpha = (1 - CONFIDENCE) / max(1, n_cells)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     index = torch.randint(0, n, (BOOTSTRAP_RESAMPLES, n), generator=generator, device="cpu")
-    means = x[index].mean(dim=1)                       # [B, cells]
+    means = x[index].mean(dim=1)  # [B, cells]
     q = alpha if wants_high else 1 - alpha
     bounds = torch.quantile(means, q, dim=0)
     mean = x.mean(dim=0)

@@ -41,7 +41,7 @@ def _position(tokens: list[str], p: int) -> str:
         return repr(tokens[p])
     if p == len(tokens) - 1:
         return "-1"
-    nth = tokens[:p + 1].count(tokens[p])
+    nth = tokens[: p + 1].count(tokens[p])
     return f"{tokens[p]!r}#{nth}"
 
 
@@ -68,12 +68,18 @@ def residual_claims(component: str, lower, upper, tokens: list[str]) -> list[str
         if positions:
             for p in positions:
                 weakest = min(lower[l][p] for l in range(layer, end + 1))
-                claims.append(f"{component}[{_layers(layer, end, n_layers)}, {_position(tokens, p)}] recovers >= "
-                              f"{_floor(weakest):.2f}")
+                claims.append(
+                    f"{component}[{_layers(layer, end, n_layers)}, {_position(tokens, p)}] recovers >= "
+                    f"{_floor(weakest):.2f}"
+                )
                 covered.update((l, p) for l in range(layer, end + 1))
         layer = end + 1
-    rest = [max(abs(v), abs(lower[l][p])) for l, row in enumerate(upper) for p, v in enumerate(row)
-            if (l, p) not in covered and v is not None]
+    rest = [
+        max(abs(v), abs(lower[l][p]))
+        for l, row in enumerate(upper)
+        for p, v in enumerate(row)
+        if (l, p) not in covered and v is not None
+    ]
     if claims and rest:
         claims.append(f"{component}[elsewhere] recovers <= {_ceil(max(rest)):.2f}")
     return claims
@@ -82,8 +88,7 @@ def residual_claims(component: str, lower, upper, tokens: list[str]) -> list[str
 def head_claims(patcher, head_values, seed: int = 0) -> list[str]:
     """The smallest greedy set of heads whose joint patch recovers ≥ 0.9 (on the bootstrap bound of the
     samples' mean for a family), as one ``together`` claim."""
-    ranked = sorted(((v, l, h) for l, row in enumerate(head_values) for h, v in enumerate(row) if v == v),
-                    reverse=True)
+    ranked = sorted(((v, l, h) for l, row in enumerate(head_values) for h, v in enumerate(row) if v == v), reverse=True)
     chosen = []
     for value, layer, head in ranked:
         if value <= 0:
@@ -141,14 +146,18 @@ def suggest(bound, batch_size: int | None = None) -> str:
             flat = values.reshape(values.shape[0], -1).double()
             lower = _lower(flat, seed, n_layers * width)
             upper = _upper(flat, seed, n_layers * width)
-            claims += residual_claims(component, [lower[l * width:(l + 1) * width] for l in range(n_layers)],
-                                      [upper[l * width:(l + 1) * width] for l in range(n_layers)], bound.tokens)
+            claims += residual_claims(
+                component,
+                [lower[l * width : (l + 1) * width] for l in range(n_layers)],
+                [upper[l * width : (l + 1) * width] for l in range(n_layers)],
+                bound.tokens,
+            )
         _, heads = run.sweep("heads", "denoise")
         claims += head_claims(run.patcher(), heads.values.tolist(), seed)
         from interptest.claims.circuit import suggest_claims
 
         claims += suggest_claims(run, seed)
-    if spec.family is not None:        # positions as template variables where the tokens came from one
+    if spec.family is not None:  # positions as template variables where the tokens came from one
         claims = [_templated(claim, bound) for claim in claims]
     lines = [header, f"- name: {spec.name}", "  claims:"]
     lines += [f'    - "{claim}"' for claim in claims]

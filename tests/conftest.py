@@ -35,15 +35,17 @@ def alex_hart() -> str:
 @pytest.fixture
 def write(pytester):
     """write(path, text): a file in the pytester directory, parents created, text dedented."""
+
     def _write(path: str, text: str):
         target = pytester.path / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(textwrap.dedent(text))
         return target
+
     return _write
 
 
-TORCHFREE = "pytestmark = pytest.mark.torchfree"   # how a torch-free test module marks itself
+TORCHFREE = "pytestmark = pytest.mark.torchfree"  # how a torch-free test module marks itself
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config):

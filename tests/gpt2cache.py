@@ -48,7 +48,7 @@ SEED = 0
 WEIGHT_STD = 0.1
 
 N_LAYERS, D_MODEL, N_HEADS, N_CTX, D_VOCAB = 12, 768, 12, 1024, 50257
-BOS = 50256          # "<|endoftext|>", GPT-2's BOS = EOS
+BOS = 50256  # "<|endoftext|>", GPT-2's BOS = EOS
 
 # The hub's gpt2 config.json and tokenizer_config.json, byte for byte (SHA-256 below).
 CONFIG_JSON = """{
@@ -136,7 +136,7 @@ def random_state_dict() -> dict:
     for name, shape in shapes.items():
         if len(shape) >= 2:
             weights[name] = torch.empty(shape).normal_(0.0, WEIGHT_STD, generator=generator)
-        elif name.endswith(".weight"):                     # the only 1-d weights are LayerNorm gains
+        elif name.endswith(".weight"):  # the only 1-d weights are LayerNorm gains
             weights[name] = torch.ones(shape)
         else:
             weights[name] = torch.zeros(shape)
@@ -149,12 +149,12 @@ def build(home: Path) -> Path:
     blobs, snapshot = repo / "blobs", repo / "snapshots" / REVISION
     for d in (blobs, snapshot, repo / "refs"):
         d.mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(REVISION)          # no trailing newline, as huggingface_hub writes it
+    (repo / "refs" / "main").write_text(REVISION)  # no trailing newline, as huggingface_hub writes it
 
     def link(name: str, blob: Path) -> None:
         try:
             (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
-        except OSError:                                      # pragma: no cover - no symlinks here
+        except OSError:  # pragma: no cover - no symlinks here
             shutil.copyfile(blob, snapshot / name)
 
     def put(name: str, data: bytes) -> None:
@@ -187,7 +187,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:                                          # e.g. another user's process
+    except OSError:  # e.g. another user's process
         return True
     return True
 
@@ -197,7 +197,7 @@ def remove_stale() -> None:
     for d in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
         try:
             pid = int((d / "owner.pid").read_text())
-        except (OSError, ValueError):                        # not ours, or its owner is still writing it
+        except (OSError, ValueError):  # not ours, or its owner is still writing it
             continue
         if pid != os.getpid() and not _alive(pid):
             shutil.rmtree(d, ignore_errors=True)
@@ -225,8 +225,13 @@ def offline_gpt2(monkeypatch) -> Path:
 
     home = hf_home()
     hub = str(home / "hub")
-    for key, value in {"HF_HOME": str(home), "HF_HUB_CACHE": hub, "HF_HUB_OFFLINE": "1",
-                       "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
+    for key, value in {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": hub,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setattr(constants, "HF_HOME", str(home))
@@ -242,6 +247,7 @@ def offline_gpt2(monkeypatch) -> Path:
             if self.family in (socket.AF_INET, socket.AF_INET6):
                 refuse(address)
             return original(self, address, *args, **kwargs)
+
         return connect
 
     monkeypatch.setattr(socket, "create_connection", lambda address, *args, **kwargs: refuse(address))

@@ -33,16 +33,24 @@ def _tokenizer_dir(vocab_size: int = 300) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_CORPUS, trainer)
     bos = tok.token_to_id("<|endoftext|>")
     tok.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", pair="<|endoftext|> $A <|endoftext|> $B",
-        special_tokens=[("<|endoftext|>", bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", unk_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+        single="<|endoftext|> $A", pair="<|endoftext|> $A <|endoftext|> $B", special_tokens=[("<|endoftext|>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
     d = tempfile.mkdtemp(prefix="interptest-tok-")
     fast.save_pretrained(d)
     return d
@@ -52,23 +60,54 @@ def _hf_config(arch: str, vocab: int, *, n_layers: int, d_model: int, n_heads: i
     import transformers as tf
 
     if arch == "gpt2":
-        return tf.GPT2Config(vocab_size=vocab, n_positions=128, n_embd=d_model, n_layer=n_layers,
-                             n_head=n_heads, bos_token_id=0, eos_token_id=0)
+        return tf.GPT2Config(
+            vocab_size=vocab,
+            n_positions=128,
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
     if arch == "llama":
-        return tf.LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model,
-                              num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                              num_key_value_heads=n_heads, max_position_embeddings=128,
-                              bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+        return tf.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_heads,
+            max_position_embeddings=128,
+            bos_token_id=0,
+            eos_token_id=0,
+            tie_word_embeddings=False,
+        )
     if arch == "neox":
-        return tf.GPTNeoXConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=4 * d_model,
-                                num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                                max_position_embeddings=128, rotary_pct=0.25,
-                                use_parallel_residual=True, bos_token_id=0, eos_token_id=0)
+        return tf.GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=d_model,
+            intermediate_size=4 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            max_position_embeddings=128,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
     raise ValueError(arch)
 
 
-def build_model_dir(arch: str, *, n_layers: int = 3, d_model: int = 32, n_heads: int = 4,
-                    seed: int = 0, hf_config=None, tokenizer_dir: str | None = None) -> str:
+def build_model_dir(
+    arch: str,
+    *,
+    n_layers: int = 3,
+    d_model: int = 32,
+    n_heads: int = 4,
+    seed: int = 0,
+    hf_config=None,
+    tokenizer_dir: str | None = None,
+) -> str:
     """Save a random-weight HF model of ``arch`` plus the tiny tokenizer into a fresh directory."""
     import shutil
 
@@ -117,6 +156,7 @@ def gpt2_small_arch(seed: int = 0):
     The tokenizer is the tiny one (ids < 300 only); the vocabulary size is the real one."""
     import transformers as tf
 
-    cfg = tf.GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                        bos_token_id=0, eos_token_id=0)
+    cfg = tf.GPT2Config(
+        vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, bos_token_id=0, eos_token_id=0
+    )
     return boot(build_model_dir("gpt2", hf_config=cfg, seed=seed))

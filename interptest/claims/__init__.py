@@ -74,8 +74,9 @@ class ClaimBindIndexError(ClaimBindError):
         super().__init__(message)
 
 
-def bind_claims(claims: list, tokens: list[str], n_layers: int, n_heads: int,
-                variables: dict[str, str] | None = None) -> list:
+def bind_claims(
+    claims: list, tokens: list[str], n_layers: int, n_heads: int, variables: dict[str, str] | None = None
+) -> list:
     """Bind claims for one prompt (``elsewhere`` last, since it depends on the others); errors carry
     the claim's index. For models, the pipeline builds a richer :class:`BindContext`."""
     from interptest import components
@@ -83,8 +84,9 @@ def bind_claims(claims: list, tokens: list[str], n_layers: int, n_heads: int,
     def no_tokens(text, what):
         raise ClaimBindError(f"{what} needs a tokenizer to bind {text!r}")
 
-    context = BindContext([""], [list(tokens)], [dict(variables or {})], n_layers, n_heads, components.NAMES,
-                          "model", no_tokens)
+    context = BindContext(
+        [""], [list(tokens)], [dict(variables or {})], n_layers, n_heads, components.NAMES, "model", no_tokens
+    )
     return bind_all(claims, context)
 
 
@@ -100,8 +102,28 @@ def bind_all(claims: list, context: BindContext) -> list:
     return [bound[i] for i in range(len(claims))]
 
 
-__all__ = ["KINDS", "BindContext", "BoundClaim", "Claim", "ClaimBindError", "ClaimBindIndexError",
-           "ClaimSyntaxError", "Comparison", "LayerSelection", "LocalizationClaim", "Measurement",
-           "PositionSelection", "PredictionClaim", "Unjudgeable", "Verdict", "bind_all", "bind_claims", "judge",
-           "precision_limit",
-           "parse_claim", "parse_position", "resolve_layers", "resolve_positions"]
+__all__ = [
+    "KINDS",
+    "BindContext",
+    "BoundClaim",
+    "Claim",
+    "ClaimBindError",
+    "ClaimBindIndexError",
+    "ClaimSyntaxError",
+    "Comparison",
+    "LayerSelection",
+    "LocalizationClaim",
+    "Measurement",
+    "PositionSelection",
+    "PredictionClaim",
+    "Unjudgeable",
+    "Verdict",
+    "bind_all",
+    "bind_claims",
+    "judge",
+    "precision_limit",
+    "parse_claim",
+    "parse_position",
+    "resolve_layers",
+    "resolve_positions",
+]

@@ -55,10 +55,15 @@ def parse_heads_or_elsewhere(p: Parser) -> tuple[tuple[tuple[int, int], ...], bo
 def elsewhere_heads(context: BindContext, key: str, what: str) -> tuple[tuple[int, int], ...]:
     named = context.covered.get(key)
     if named is None:
-        raise ClaimBindError(f"{what}[elsewhere] needs another {what} claim in the same behavior to define what "
-                             "'elsewhere' excludes")
-    heads = tuple((layer, head) for layer in range(context.n_layers) for head in range(context.n_heads)
-                  if (layer, head) not in named)
+        raise ClaimBindError(
+            f"{what}[elsewhere] needs another {what} claim in the same behavior to define what 'elsewhere' excludes"
+        )
+    heads = tuple(
+        (layer, head)
+        for layer in range(context.n_layers)
+        for head in range(context.n_heads)
+        if (layer, head) not in named
+    )
     if not heads:
         raise ClaimBindError(f"{what}[elsewhere] is empty: the other claims name every head")
     return heads
@@ -70,7 +75,7 @@ class AttentionClaim(Claim):
     heads: tuple[tuple[int, int], ...]
     query: PositionSelection
     key: PositionSelection
-    quantifier: str                  # every | together
+    quantifier: str  # every | together
     comparison: Comparison
     elsewhere: bool = False
     on_corrupt: bool = False
@@ -120,11 +125,15 @@ class AttentionClaim(Claim):
             query = single_position(self.query, tokens, variables, "query")
             key = single_position(self.key, tokens, variables, "key")
             if key > query:
-                raise ClaimBindError(f"key position {key} ({tokens[key]!r}) comes after query position {query} "
-                                     f"({tokens[query]!r}): causal attention there is always 0")
+                raise ClaimBindError(
+                    f"key position {key} ({tokens[key]!r}) comes after query position {query} "
+                    f"({tokens[query]!r}): causal attention there is always 0"
+                )
             if where is not None and where != (query, key):
-                raise ClaimBindError(f"its positions differ between samples ({context.prompts[s]!r}); use "
-                                     "template variables such as {last} or numeric positions")
+                raise ClaimBindError(
+                    f"its positions differ between samples ({context.prompts[s]!r}); use "
+                    "template variables such as {last} or numeric positions"
+                )
             where = (query, key)
         return BoundAttention(heads, *where)
 
@@ -137,14 +146,25 @@ class AttentionClaim(Claim):
         columns = [patterns[PATTERN_HOOK.format(layer=l)][:, h, bound.query, bound.key] for l, h in bound.heads]
         values = torch.stack(columns, dim=1).double()
         figure = None
-        if not self.elsewhere:     # the patterns of the heads a behavior names: queries × keys, sample mean
-            figure = {"type": "attention", "run": "corrupt" if self.on_corrupt else "clean",
-                      "query": bound.query, "key": bound.key, "tokens": list(run.tokens),
-                      "heads": {f"{l}.{h}": patterns[PATTERN_HOOK.format(layer=l)][:, h].mean(dim=0).tolist()
-                                for l, h in bound.heads[:4]}}
+        if not self.elsewhere:  # the patterns of the heads a behavior names: queries × keys, sample mean
+            figure = {
+                "type": "attention",
+                "run": "corrupt" if self.on_corrupt else "clean",
+                "query": bound.query,
+                "key": bound.key,
+                "tokens": list(run.tokens),
+                "heads": {
+                    f"{l}.{h}": patterns[PATTERN_HOOK.format(layer=l)][:, h].mean(dim=0).tolist()
+                    for l, h in bound.heads[:4]
+                },
+            }
         if self.quantifier == "together":
-            return Measurement(values.mean(dim=1, keepdim=True), quantifier="together",
-                               note=f"mean over {len(bound.heads)} heads", figure=figure)
+            return Measurement(
+                values.mean(dim=1, keepdim=True),
+                quantifier="together",
+                note=f"mean over {len(bound.heads)} heads",
+                figure=figure,
+            )
         return Measurement(values, bound.heads, [f"head {l}.{h}" for l, h in bound.heads], figure=figure)
 
     def render(self, check, color: bool = False) -> list[str]:
@@ -161,4 +181,3 @@ class AttentionClaim(Claim):
             keys = "  ".join(f"{k} {show_token(tokens[k]) if k < len(tokens) else ''} {row[k]:.2f}" for k in top)
             lines.append(f"    head {head}: {keys}")
         return lines
-

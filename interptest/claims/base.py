@@ -38,15 +38,16 @@ class Unjudgeable(Exception):
 @dataclass
 class Measurement:
     """A claim's values on one run: ``values`` [samples, cells] (a float tensor)."""
+
     values: Any
-    cells: tuple = ()                  # what each column is, for failing-cell marks
-    labels: Sequence[str] = ()         # each column in words, e.g. "(layer 0, position 5 ' Hart')"
-    quantifier: str = "every"          # every | any | together (one column)
-    note: str = ""                     # replaces the worst-cell detail of a single sample
-    patch_map: Any = None              # the map the values were read from, for the failure map
-    figure: dict | None = None         # JSON data the report draws for this claim ({"type": ..., ...})
-    comparison: Any = None             # replaces the claim's comparison (e.g. the random-control threshold)
-    context: str = ""                  # appended to the detail, for one sample and for a family alike
+    cells: tuple = ()  # what each column is, for failing-cell marks
+    labels: Sequence[str] = ()  # each column in words, e.g. "(layer 0, position 5 ' Hart')"
+    quantifier: str = "every"  # every | any | together (one column)
+    note: str = ""  # replaces the worst-cell detail of a single sample
+    patch_map: Any = None  # the map the values were read from, for the failure map
+    figure: dict | None = None  # JSON data the report draws for this claim ({"type": ..., ...})
+    comparison: Any = None  # replaces the claim's comparison (e.g. the random-control threshold)
+    context: str = ""  # appended to the detail, for one sample and for a family alike
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Claim:
     """Base class of every claim kind (see the module docstring)."""
 
     keywords: ClassVar[tuple[str, ...]] = ()
-    hint: ClassVar[str] = ""           # how the kind's claims start, for the "unknown claim" message
+    hint: ClassVar[str] = ""  # how the kind's claims start, for the "unknown claim" message
     text: str
     comparison: Comparison
 
@@ -135,8 +136,10 @@ def precision_limit(claim: Claim, verdict: Verdict, dtype: str, m_clean: float |
     margin = abs(verdict.value - claim.comparison.threshold)
     if margin >= error:
         return None
-    return (f"; undecided at {dtype}: the value is {margin:.3g} from the threshold, within this precision's error "
-            f"(±{error:.3g}); run with --interp-dtype float32 to decide it")
+    return (
+        f"; undecided at {dtype}: the value is {margin:.3g} from the threshold, within this precision's error "
+        f"(±{error:.3g}); run with --interp-dtype float32 to decide it"
+    )
 
 
 def _worst(values: list[float], comparison: Comparison, quantifier: str) -> int:
@@ -177,9 +180,11 @@ def _judge_many(comparison: Comparison, m: Measurement, values, required_rate, s
     per_sample = [[comparison.holds(float(v)) for v in row] for row in values.tolist()]
     rate = pass_rate([any(row) if m.quantifier == "any" else all(row) for row in per_sample])
     side = "lower" if comparison.wants_high else "upper"
-    detail = (f"mean {stats[i].mean:.3f}, {stats[i].level * 100:.4g}% {side} bound {stats[i].bound:.3f}"
-              + (f" (Bonferroni over {corrected} cells)" if corrected > 1 else "")
-              + f"; pass rate {rate:.2f} over {n_samples} samples")
+    detail = (
+        f"mean {stats[i].mean:.3f}, {stats[i].level * 100:.4g}% {side} bound {stats[i].bound:.3f}"
+        + (f" (Bonferroni over {corrected} cells)" if corrected > 1 else "")
+        + f"; pass rate {rate:.2f} over {n_samples} samples"
+    )
     if required_rate is not None:
         detail += f" (required {required_rate:.2f})"
         passed = passed and rate >= required_rate
@@ -189,12 +194,16 @@ def _judge_many(comparison: Comparison, m: Measurement, values, required_rate, s
 def ablation_requirement(text: str, ablation: str, behavior) -> str | None:
     """What the behavior lacks for ``ablate <ablation>`` in claim ``text``, or None."""
     if ablation == "resample" and behavior.corruption is None:
-        return (f"claim {text!r} ablates by resampling: each node takes its value on the corrupted prompt; add a "
-                "'corrupt' prompt to the behavior (or write 'ablate mean' or 'ablate zero')")
+        return (
+            f"claim {text!r} ablates by resampling: each node takes its value on the corrupted prompt; add a "
+            "'corrupt' prompt to the behavior (or write 'ablate mean' or 'ablate zero')"
+        )
     if ablation == "mean" and behavior.family is None and not getattr(behavior, "reference", ()):
-        return (f"claim {text!r} ablates by the mean: each node takes its mean over the family's clean samples or "
-                "over 'reference' prompts; this single-prompt behavior has neither: add a 'reference' list of "
-                "prompts with the prompt's token count")
+        return (
+            f"claim {text!r} ablates by the mean: each node takes its mean over the family's clean samples or "
+            "over 'reference' prompts; this single-prompt behavior has neither: add a 'reference' list of "
+            "prompts with the prompt's token count"
+        )
     return None
 
 
@@ -202,13 +211,14 @@ def ablation_requirement(text: str, ablation: str, behavior) -> str | None:
 class BindContext:
     """What binding may know: each sample's tokens and variables, the model's dimensions, and a
     tokenizer check. Built by the pipeline; claim kinds read it."""
-    prompts: list[str]                           # each sample's clean prompt
-    tokens: list[list[str]]                      # each sample's clean tokens (BOS included)
-    variables: list[dict]                        # each sample's template variables, as token texts
+
+    prompts: list[str]  # each sample's clean prompt
+    tokens: list[list[str]]  # each sample's clean tokens (BOS included)
+    variables: list[dict]  # each sample's template variables, as token texts
     n_layers: int
     n_heads: int
-    components: tuple[str, ...]                  # the components this model exposes
+    components: tuple[str, ...]  # the components this model exposes
     model_name: str
-    single_token_ids: Any                        # (text or template, what) -> [one id per sample]
+    single_token_ids: Any  # (text or template, what) -> [one id per sample]
     covered: dict = field(default_factory=dict)  # component -> cells claimed so far (for elsewhere)
-    n_kv_heads: int | None = None                # key/value heads per layer (grouped-query attention), None: n_heads
+    n_kv_heads: int | None = None  # key/value heads per layer (grouped-query attention), None: n_heads

@@ -61,14 +61,14 @@ DEFAULT_RANDOM_SETS = 200
 class BoundCircuit:
     claim: "CircuitClaim"
     nodes: tuple[Node, ...]
-    random_sets: int = 0            # how many node sets of the same composition exist besides this one
+    random_sets: int = 0  # how many node sets of the same composition exist besides this one
 
 
 @dataclass(frozen=True)
 class CircuitClaim(Claim):
     text: str
     nodes: tuple[NodeSpec, ...]
-    measure_name: str                               # faithful | minimal
+    measure_name: str  # faithful | minimal
     comparison: Comparison
     ablation: str = "resample"
     random: RandomControl | None = None
@@ -82,13 +82,19 @@ class CircuitClaim(Claim):
         nodes = p.node_list("the circuit's nodes")
         word = p.tok
         if word.kind != "ident" or word.value not in MEASURES:
-            p.fail("'faithful' or 'minimal' after the circuit's nodes"
-                   + (did_you_mean(word.value, MEASURES) if word.kind == "ident" else ""))
+            p.fail(
+                "'faithful' or 'minimal' after the circuit's nodes"
+                + (did_you_mean(word.value, MEASURES) if word.kind == "ident" else "")
+            )
         p.i += 1
         comparison, control = p.comparison_or_random()
         if control is not None and word.value == "minimal":
-            raise ClaimSyntaxError("'beats random' compares a circuit's faithfulness with random node sets; "
-                                   "write 'circuit ... faithful beats random at q'", p.text, control.column)
+            raise ClaimSyntaxError(
+                "'beats random' compares a circuit's faithfulness with random node sets; "
+                "write 'circuit ... faithful beats random at q'",
+                p.text,
+                control.column,
+            )
         ablation = p.ablation()
         p.end()
         return cls(p.text, nodes, word.value, comparison, ablation or "resample", control)
@@ -98,8 +104,10 @@ class CircuitClaim(Claim):
         if problem:
             return problem
         if behavior.corruption is None and behavior.foil is None:
-            return (f"claim {self.text!r} compares logit differences expect − foil: add 'foil' (or a 'corrupt' "
-                    "prompt, whose top-1 prediction is the default foil)")
+            return (
+                f"claim {self.text!r} compares logit differences expect − foil: add 'foil' (or a 'corrupt' "
+                "prompt, whose top-1 prediction is the default foil)"
+            )
         return None
 
     def template_variables(self) -> list[str]:
@@ -123,17 +131,22 @@ class CircuitClaim(Claim):
             labels = [node.label(run.tokens) for node in bound.nodes]
             mean = drops.mean(dim=0).tolist()
             idle = [label for label, d in zip(labels, mean) if not self.comparison.holds(d)]
-            note = ("faithfulness lost without each node: " + ", ".join(f"{label} {d:.3f}" for label, d
-                                                                         in zip(labels, mean))
-                    + (f"; nodes that do not matter ({self.comparison} fails): {', '.join(idle)}" if idle else ""))
+            note = (
+                "faithfulness lost without each node: "
+                + ", ".join(f"{label} {d:.3f}" for label, d in zip(labels, mean))
+                + (f"; nodes that do not matter ({self.comparison} fails): {', '.join(idle)}" if idle else "")
+            )
             return Measurement(drops, tuple(labels), labels, "every", note=note)
         values = engine.faithfulness(kept, self.ablation)
         if self.random is None:
-            return Measurement(values, quantifier="together",
-                               note=f"faithfulness under {self.ablation} ablation of the {_count(bound.nodes)} "
-                                    "outside the circuit")
-        sets, exhaustive = random_node_sets(bound.nodes, run.model.cfg.n_layers, run.model.cfg.n_heads,
-                                            random_count(run), control_seed(run, self.text))
+            return Measurement(
+                values,
+                quantifier="together",
+                note=f"faithfulness under {self.ablation} ablation of the {_count(bound.nodes)} outside the circuit",
+            )
+        sets, exhaustive = random_node_sets(
+            bound.nodes, run.model.cfg.n_layers, run.model.cfg.n_heads, random_count(run), control_seed(run, self.text)
+        )
         random_values = engine.faithfulness([edits_of(s) for s in sets], self.ablation)
         return control_measurement(values, random_values, self.random.quantile, exhaustive, "faithfulness")
 
@@ -166,9 +179,11 @@ def _check_effect(run, engine, ablation: str) -> None:
     if bool(weak.any()) or not bool(delta.isfinite().all()):
         worst = float(delta.abs().min())
         where = "" if delta.shape[0] == 1 else f" on {int(weak.sum())} of {delta.shape[0]} samples"
-        raise Unjudgeable(f"ablating every node ({ablation}) barely changes the behavior{where} "
-                          f"(|m_clean − m_∅| = {worst:.3f}, below min_effect {spec.min_effect:g}); the claim cannot "
-                          "be judged")
+        raise Unjudgeable(
+            f"ablating every node ({ablation}) barely changes the behavior{where} "
+            f"(|m_clean − m_∅| = {worst:.3f}, below min_effect {spec.min_effect:g}); the claim cannot "
+            "be judged"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,8 +191,9 @@ def _check_effect(run, engine, ablation: str) -> None:
 
 
 def node_variables(specs) -> list[str]:
-    return [spec.positions.values[0] for spec in specs
-            if spec.positions is not None and spec.positions.kind == "variable"]
+    return [
+        spec.positions.values[0] for spec in specs if spec.positions is not None and spec.positions.kind == "variable"
+    ]
 
 
 def bind_nodes(specs, context: BindContext) -> tuple[Node, ...]:
@@ -186,8 +202,10 @@ def bind_nodes(specs, context: BindContext) -> tuple[Node, ...]:
     for s in range(1, len(context.tokens)):
         other = resolve_nodes(specs, context.tokens[s], context.variables[s], context.n_layers, context.n_heads)
         if other != nodes:
-            raise ClaimBindError(f"its positions differ between samples ({context.prompts[s]!r}); use template "
-                                 "variables such as {last} or numeric positions")
+            raise ClaimBindError(
+                f"its positions differ between samples ({context.prompts[s]!r}); use template "
+                "variables such as {last} or numeric positions"
+            )
     return nodes
 
 
@@ -224,10 +242,14 @@ def check_random_control(nodes, n_layers: int, n_heads: int) -> int:
     """The number of other node sets of the same composition; ``ClaimBindError`` when there is none."""
     others = count_node_sets(nodes, n_layers, n_heads) - 1
     if others < 1:
-        parts = ", ".join(f"{len(m)} of {len(_universe(c, n_layers, n_heads))} "
-                          f"{'heads' if c == 'heads' else c + ' layers'}" for c, m in _groups(nodes).items())
-        raise ClaimBindError(f"'beats random' needs other node sets of the same composition, but the set takes "
-                             f"{parts}: it is as large as the whole model")
+        parts = ", ".join(
+            f"{len(m)} of {len(_universe(c, n_layers, n_heads))} {'heads' if c == 'heads' else c + ' layers'}"
+            for c, m in _groups(nodes).items()
+        )
+        raise ClaimBindError(
+            f"'beats random' needs other node sets of the same composition, but the set takes "
+            f"{parts}: it is as large as the whole model"
+        )
     return others
 
 
@@ -289,13 +311,23 @@ def control_measurement(values, random_values, quantile: float, exhaustive: bool
     value = float(values.double().mean())
     beaten = float((finite < value).double().mean())
     n = int(finite.numel())
-    note = (f"{what} {value:.3f} vs {n} random node sets of the same composition"
-            f"{' (every other set)' if exhaustive else ''}: {quantile:g}-quantile {threshold:.3f}, mean "
-            f"{float(finite.mean()):.3f}, max {float(finite.max()):.3f}; the set beats {beaten:.1%} of them")
-    figure = {"type": "random", "value": value, "quantile": quantile, "threshold": threshold,
-              "values": [round(float(v), 6) for v in finite.tolist()], "exhaustive": exhaustive, "note": note}
-    return Measurement(values.double(), quantifier="together", figure=figure, comparison=Comparison(">", threshold),
-                       context=note)
+    note = (
+        f"{what} {value:.3f} vs {n} random node sets of the same composition"
+        f"{' (every other set)' if exhaustive else ''}: {quantile:g}-quantile {threshold:.3f}, mean "
+        f"{float(finite.mean()):.3f}, max {float(finite.max()):.3f}; the set beats {beaten:.1%} of them"
+    )
+    figure = {
+        "type": "random",
+        "value": value,
+        "quantile": quantile,
+        "threshold": threshold,
+        "values": [round(float(v), 6) for v in finite.tolist()],
+        "exhaustive": exhaustive,
+        "note": note,
+    }
+    return Measurement(
+        values.double(), quantifier="together", figure=figure, comparison=Comparison(">", threshold), context=note
+    )
 
 
 def render_control(check) -> list[str]:
@@ -313,8 +345,11 @@ def render_control(check) -> list[str]:
     lines = ["", f"random control: {figure['note']}"]
     for b, c in enumerate(counts):
         start = lo + b * width
-        mark = " <- claim" if start <= figure["value"] < start + width or (b == bins - 1 and figure["value"] >= start) \
+        mark = (
+            " <- claim"
+            if start <= figure["value"] < start + width or (b == bins - 1 and figure["value"] >= start)
             else ""
+        )
         lines.append(f"  {start:8.3f} | {'#' * max(1 if c else 0, round(30 * c / top)):<30} {c}{mark}")
     return lines
 
@@ -356,8 +391,11 @@ def measure_ablated(claim, bound, run) -> Measurement:
     clean, corrupt = engine.metrics("clean"), engine.metrics("corrupt")
     if claim.quantifier == "together":
         raw = engine.patch_sets([edits], "clean", claim.ablation)
-        return Measurement(normalize(raw, clean, corrupt, "noise"), quantifier="together",
-                           note=f"one joint {claim.ablation} ablation of the region")
+        return Measurement(
+            normalize(raw, clean, corrupt, "noise"),
+            quantifier="together",
+            note=f"one joint {claim.ablation} ablation of the region",
+        )
     raw = engine.patch_sets([[edit] for edit in edits], "clean", claim.ablation)
     labels = [cell_label(cell, run.tokens, per_head) for cell in cells]
     return Measurement(normalize(raw, clean, corrupt, "noise"), tuple(cells), labels, claim.quantifier)
@@ -408,8 +446,9 @@ def suggest_claims(run, seed: int = 0) -> list[str]:
 
     engine = run.circuits()
     n_layers, n_heads = int(run.model.cfg.n_layers), int(run.model.cfg.n_heads)
-    nodes = [Node("heads", l, h) for l in range(n_layers) for h in range(n_heads)] + \
-            [Node("mlp_out", l, None) for l in range(n_layers)]
+    nodes = [Node("heads", l, h) for l in range(n_layers) for h in range(n_heads)] + [
+        Node("mlp_out", l, None) for l in range(n_layers)
+    ]
     delta = engine.metrics("clean") - engine.all_ablated("resample")
     if bool((delta.abs() < run.bound.spec.min_effect).any()):
         return []
@@ -456,7 +495,7 @@ def _path_suggestions(run, engine, kept, seed: int) -> list[str]:
         return []
     receivers = [(kind, h.layer, h.head, None) for h in heads for kind in ("q", "k", "v")]
     raw = engine.path([edits_of([s]) for s in senders], [[r] for r in receivers], "corrupt", "clean")
-    values = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), "denoise")    # [S, senders, receivers]
+    values = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), "denoise")  # [S, senders, receivers]
     claims = []
     for j, (kind, layer, head, _) in enumerate(receivers):
         best, best_value = None, SUGGEST_PATH
@@ -467,5 +506,7 @@ def _path_suggestions(run, engine, kept, seed: int) -> list[str]:
             if bound >= best_value:
                 best, best_value = sender, bound
         if best is not None:
-            claims.append(f"path {node_list([best])} -> heads[{layer}.{head}].{kind} recovers >= {_floor(best_value):.2f}")
+            claims.append(
+                f"path {node_list([best])} -> heads[{layer}.{head}].{kind} recovers >= {_floor(best_value):.2f}"
+            )
     return claims

@@ -37,13 +37,13 @@ TARGETS = ("heads", "attn_out", "mlp_out")
 @dataclass(frozen=True)
 class DirectClaim(Claim):
     text: str
-    target: str                      # heads | attn_out | mlp_out
+    target: str  # heads | attn_out | mlp_out
     heads: tuple[tuple[int, int], ...]
     layers: LayerSelection | None
-    quantifier: str                  # every | together (the sum)
+    quantifier: str  # every | together (the sum)
     comparison: Comparison
     elsewhere: bool = False
-    relative: bool = False           # "of logit_diff": divided by m_clean
+    relative: bool = False  # "of logit_diff": divided by m_clean
 
     keywords: ClassVar[tuple[str, ...]] = ("direct",)
     hint: ClassVar[str] = "direct(heads[...])"
@@ -60,11 +60,18 @@ class DirectClaim(Claim):
         if target.kind != "ident" or target.value not in TARGETS:
             found = target.value if target.kind == "ident" else ""
             if found in ("resid_pre", "resid_mid", "resid_post"):
-                raise ClaimSyntaxError(f"{found} has no direct path of its own to the logits (it is the sum of "
-                                       "everything before it); direct() takes heads[...], attn_out[LAYERS] or "
-                                       "mlp_out[LAYERS]", p.text, target.start)
-            p.fail("heads[...], attn_out[LAYERS] or mlp_out[LAYERS]" + did_you_mean(found, TARGETS) if found else
-                   "heads[...], attn_out[LAYERS] or mlp_out[LAYERS]")
+                raise ClaimSyntaxError(
+                    f"{found} has no direct path of its own to the logits (it is the sum of "
+                    "everything before it); direct() takes heads[...], attn_out[LAYERS] or "
+                    "mlp_out[LAYERS]",
+                    p.text,
+                    target.start,
+                )
+            p.fail(
+                "heads[...], attn_out[LAYERS] or mlp_out[LAYERS]" + did_you_mean(found, TARGETS)
+                if found
+                else "heads[...], attn_out[LAYERS] or mlp_out[LAYERS]"
+            )
         p.i += 1
         p.expect("punct", "[", f"'[' after {target.value}")
         heads, layers, elsewhere = (), None, False
@@ -87,12 +94,17 @@ class DirectClaim(Claim):
 
     def requirement(self, behavior) -> str | None:
         if behavior.corruption is None and behavior.foil is None:
-            return ("direct effects are measured on the logit difference expect − foil: add 'foil' or 'corrupt' "
-                    "(the foil defaults to the model's top-1 prediction on the corrupted prompt)")
-        if self.elsewhere and not any(isinstance(c, DirectClaim) and c.target == self.target and not c.elsewhere
-                                      for c in behavior.claims):
-            return (f"direct({self.target}[elsewhere]) needs another direct({self.target}[...]) claim in the same "
-                    "behavior to define what 'elsewhere' excludes")
+            return (
+                "direct effects are measured on the logit difference expect − foil: add 'foil' or 'corrupt' "
+                "(the foil defaults to the model's top-1 prediction on the corrupted prompt)"
+            )
+        if self.elsewhere and not any(
+            isinstance(c, DirectClaim) and c.target == self.target and not c.elsewhere for c in behavior.claims
+        ):
+            return (
+                f"direct({self.target}[elsewhere]) needs another direct({self.target}[...]) claim in the same "
+                "behavior to define what 'elsewhere' excludes"
+            )
         return None
 
     def bind(self, context: BindContext):
@@ -104,8 +116,10 @@ class DirectClaim(Claim):
         elif self.elsewhere:
             named = context.covered.get(key)
             if named is None:
-                raise ClaimBindError(f"direct({self.target}[elsewhere]) needs another direct({self.target}[...]) "
-                                     "claim in the same behavior")
+                raise ClaimBindError(
+                    f"direct({self.target}[elsewhere]) needs another direct({self.target}[...]) "
+                    "claim in the same behavior"
+                )
             cells = tuple((layer,) for layer in range(context.n_layers) if (layer,) not in named)
             if not cells:
                 raise ClaimBindError(f"direct({self.target}[elsewhere]) is empty: the other claims name every layer")
@@ -119,21 +133,27 @@ class DirectClaim(Claim):
         import torch
 
         effects = run.memo("direct_effects", lambda: direct_effects(run))
-        table = effects[self.target]                   # heads: [S, L, H]; layers: [S, L]
+        table = effects[self.target]  # heads: [S, L, H]; layers: [S, L]
         values = torch.stack([table[(slice(None),) + tuple(cell)] for cell in cells], dim=1)
         if self.relative:
             values = values / run.clean_metrics[:, None]
-        figure = {"type": "direct", "relative": self.relative,
-                  "heads": (effects["heads"] / (run.clean_metrics[:, None, None] if self.relative else 1)
-                            ).mean(dim=0).tolist(),
-                  "mlp_out": (effects["mlp_out"] / (run.clean_metrics[:, None] if self.relative else 1)
-                              ).mean(dim=0).tolist(),
-                  "claimed": [list(c) for c in cells] if self.target == "heads" and not self.elsewhere else []}
+        figure = {
+            "type": "direct",
+            "relative": self.relative,
+            "heads": (effects["heads"] / (run.clean_metrics[:, None, None] if self.relative else 1))
+            .mean(dim=0)
+            .tolist(),
+            "mlp_out": (effects["mlp_out"] / (run.clean_metrics[:, None] if self.relative else 1)).mean(dim=0).tolist(),
+            "claimed": [list(c) for c in cells] if self.target == "heads" and not self.elsewhere else [],
+        }
         labels = [f"head {c[0]}.{c[1]}" if len(c) == 2 else f"{self.target}[{c[0]}]" for c in cells]
         if self.quantifier == "together":
-            return Measurement(values.sum(dim=1, keepdim=True), quantifier="together",
-                               note=f"sum over {len(cells)} {'heads' if self.target == 'heads' else 'layers'}",
-                               figure=figure)
+            return Measurement(
+                values.sum(dim=1, keepdim=True),
+                quantifier="together",
+                note=f"sum over {len(cells)} {'heads' if self.target == 'heads' else 'layers'}",
+                figure=figure,
+            )
         return Measurement(values, cells, labels, figure=figure)
 
     def unit(self) -> str:
@@ -147,8 +167,11 @@ class DirectClaim(Claim):
         parts = [(f"head {l}.{h}", v) for l, row in enumerate(figure["heads"]) for h, v in enumerate(row)]
         parts += [(f"mlp_out[{l}]", v) for l, v in enumerate(figure["mlp_out"])]
         parts.sort(key=lambda p: -abs(p[1]))
-        return ["", f"  largest direct effects{unit} (sample means): "
-                + ", ".join(f"{name} {value:+.2f}" for name, value in parts[:6])]
+        return [
+            "",
+            f"  largest direct effects{unit} (sample means): "
+            + ", ".join(f"{name} {value:+.2f}" for name, value in parts[:6]),
+        ]
 
 
 def direct_effects(run) -> dict:
@@ -162,7 +185,7 @@ def direct_effects(run) -> dict:
     n_layers = int(cfg.n_layers)
     names = ["ln_final.hook_scale", "hook_embed"]
     if getattr(cfg, "positional_embedding_type", "standard") == "standard" and "hook_pos_embed" in model.hook_dict:
-        names.append("hook_pos_embed")            # rotary models have the hook, but it never fires
+        names.append("hook_pos_embed")  # rotary models have the hook, but it never fires
     for layer in range(n_layers):
         names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
     acts = run.activations("clean", names)
@@ -173,27 +196,27 @@ def direct_effects(run) -> dict:
     w_u = cpu(model.W_U)
     b_u = cpu(getattr(model, "b_U", None))
     e, f = run.expect_first, run.foil_ids
-    direction = (w_u[:, e] - w_u[:, f]).T                          # [S, d]
+    direction = (w_u[:, e] - w_u[:, f]).T  # [S, d]
     ln = model.ln_final
     weight, ln_bias = cpu(getattr(ln, "w", None)), cpu(getattr(ln, "b", None))
     centered = str(cfg.normalization_type).startswith("LN")
     unit = direction * weight if weight is not None else direction
-    scale = acts["ln_final.hook_scale"][:, -1].double()             # [S, 1]
+    scale = acts["ln_final.hook_scale"][:, -1].double()  # [S, 1]
 
-    def through_ln(c):                                             # c: [S, ..., d] at the last position
+    def through_ln(c):  # c: [S, ..., d] at the last position
         if centered:
             c = c - c.mean(dim=-1, keepdim=True)
         extra = (1,) * (c.ndim - 2)
         return (c / scale.reshape(-1, *extra, 1) * unit.reshape(unit.shape[0], *extra, -1)).sum(-1)
 
-    w_o = cpu(model.W_O)                                           # [L, H, dh, d]
+    w_o = cpu(model.W_O)  # [L, H, dh, d]
     b_o = cpu(getattr(model, "b_O", None))
-    b_v = _value_biases(model, w_o.shape)                           # [L, H, dh]
+    b_v = _value_biases(model, w_o.shape)  # [L, H, dh]
     heads, attn_out, attn_bias, mlp_out = [], [], [], []
     for layer in range(n_layers):
         # A head's value bias reaches the output whatever the head attends to (attention rows sum to 1):
         # it counts with the layer's output bias, as in TransformerLens's folded models (fold_value_biases).
-        z = acts[f"blocks.{layer}.attn.hook_z"][:, -1].double() - b_v[layer]     # [S, H, dh]
+        z = acts[f"blocks.{layer}.attn.hook_z"][:, -1].double() - b_v[layer]  # [S, H, dh]
         heads.append(through_ln(torch.einsum("shk,hkd->shd", z, w_o[layer])))
         attn_out.append(through_ln(acts[f"blocks.{layer}.hook_attn_out"][:, -1].double()))
         bias = b_o[layer] if b_o is not None else torch.zeros(w_u.shape[0], dtype=torch.float64, device="cpu")
@@ -208,9 +231,14 @@ def direct_effects(run) -> dict:
         constant = constant + direction @ ln_bias
     if b_u is not None:
         constant = constant + (b_u[e] - b_u[f])
-    return {"heads": torch.stack(heads, dim=1), "attn_out": torch.stack(attn_out, dim=1),
-            "attn_bias": torch.stack(attn_bias, dim=1), "mlp_out": torch.stack(mlp_out, dim=1),
-            "embed": through_ln(embed), "bias": constant}
+    return {
+        "heads": torch.stack(heads, dim=1),
+        "attn_out": torch.stack(attn_out, dim=1),
+        "attn_bias": torch.stack(attn_bias, dim=1),
+        "mlp_out": torch.stack(mlp_out, dim=1),
+        "embed": through_ln(embed),
+        "bias": constant,
+    }
 
 
 def _value_biases(model, w_o_shape):
@@ -224,13 +252,14 @@ def _value_biases(model, w_o_shape):
     def stacked(name):
         try:
             value = getattr(model, name)
-        except AttributeError:      # the bridge says so for checkpoints without such parameters
+        except AttributeError:  # the bridge says so for checkpoints without such parameters
             return None
         return None if value is None else value.detach().double().cpu()
 
-    b_v, w_v = stacked("b_V"), stacked("W_V")                       # [L, Hkv, dh], [L, Hkv, d, dh]
-    const = torch.zeros(n_layers, w_v.shape[1] if w_v is not None else n_heads, d_head, dtype=torch.float64,
-                        device="cpu")
+    b_v, w_v = stacked("b_V"), stacked("W_V")  # [L, Hkv, dh], [L, Hkv, d, dh]
+    const = torch.zeros(
+        n_layers, w_v.shape[1] if w_v is not None else n_heads, d_head, dtype=torch.float64, device="cpu"
+    )
     if b_v is not None:
         const = const + b_v
     if w_v is not None:

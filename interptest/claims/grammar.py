@@ -25,8 +25,9 @@ class ClaimSyntaxError(ValueError):
         super().__init__(self.render())
 
     def render(self) -> str:
-        return (f"cannot parse claim at column {self.column + 1}: {self.message}\n"
-                f"    {self.text}\n    {' ' * self.column}^")
+        return (
+            f"cannot parse claim at column {self.column + 1}: {self.message}\n    {self.text}\n    {' ' * self.column}^"
+        )
 
 
 class ClaimBindError(ValueError):
@@ -46,8 +47,10 @@ class Comparison:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return False
         return {
-            ">=": value >= self.threshold, "<=": value <= self.threshold,
-            ">": value > self.threshold, "<": value < self.threshold,
+            ">=": value >= self.threshold,
+            "<=": value <= self.threshold,
+            ">": value > self.threshold,
+            "<": value < self.threshold,
             "==": math.isclose(value, self.threshold, rel_tol=1e-6, abs_tol=1e-6),
         }[self.op]
 
@@ -63,6 +66,7 @@ class Comparison:
 @dataclass(frozen=True)
 class LayerSelection:
     """``2`` / ``a:b`` / ``[0, 2]``; ``kind`` is index, slice or list."""
+
     kind: str
     values: tuple
     source: str
@@ -72,6 +76,7 @@ class LayerSelection:
 class PositionSelection:
     """``-1`` / ``last`` / ``a:b`` / ``' Alex'#2`` / ``{last}``; ``kind`` is index, last, slice,
     token or variable."""
+
     kind: str
     values: tuple
     source: str
@@ -84,7 +89,8 @@ NODE_COMPONENTS = ("heads", "mlp_out")
 @dataclass(frozen=True)
 class NodeSpec:
     """One entry of a node list: ``heads[L.H, ...]`` or ``mlp_out[LAYERS]``, optionally ``; POSITIONS``."""
-    component: str                                   # heads | mlp_out
+
+    component: str  # heads | mlp_out
     heads: tuple[tuple[int, int], ...]
     layers: LayerSelection | None
     positions: PositionSelection | None
@@ -94,7 +100,8 @@ class NodeSpec:
 @dataclass(frozen=True)
 class ReceiverSpec:
     """The receiving end of a path: ``heads[...].q|k|v``, ``mlp_in[LAYERS]`` or ``logits``."""
-    kind: str                                        # q | k | v | mlp_in | logits
+
+    kind: str  # q | k | v | mlp_in | logits
     heads: tuple[tuple[int, int], ...]
     layers: LayerSelection | None
     positions: PositionSelection | None
@@ -104,6 +111,7 @@ class ReceiverSpec:
 @dataclass(frozen=True)
 class RandomControl:
     """``beats random at q``: a negative control against random node sets of the same composition."""
+
     quantile: float
     column: int = 0
 
@@ -113,6 +121,7 @@ class Node:
     """A resolved node: an attention head's output (layer, head) or an MLP layer's output (layer,
     head None), at ``positions`` (None: every position). Random controls of localization claims also
     use other per-position components (a layer of resid_pre, ...)."""
+
     component: str
     layer: int
     head: int | None
@@ -131,7 +140,8 @@ class Node:
 
     def label(self, tokens=None) -> str:
         name = {"heads": f"head {self.layer}.{self.head}", "mlp_out": f"MLP {self.layer}"}.get(
-            self.component, f"{self.component} {self.layer}")
+            self.component, f"{self.component} {self.layer}"
+        )
         if self.positions is None:
             return name
         shown = [f"{p} {tokens[p]!r}" if tokens else str(p) for p in self.positions]
@@ -144,7 +154,7 @@ class Node:
 
 @dataclass(frozen=True)
 class _Token:
-    kind: str       # ident, number, string, op, punct, end
+    kind: str  # ident, number, string, op, punct, end
     value: object
     start: int
     end: int
@@ -178,7 +188,7 @@ def _lex(text: str) -> list[_Token]:
             tokens.append(_Token("string", "".join(chars), i, j + 1))
             i = j + 1
             continue
-        two = text[i:i + 2]
+        two = text[i : i + 2]
         if two == "->":
             tokens.append(_Token("punct", "->", i, i + 2))
             i += 2
@@ -231,7 +241,7 @@ class Parser:
 
     def fail(self, expected: str, tok: _Token | None = None):
         tok = tok or self.tok
-        found = "the end of the claim" if tok.kind == "end" else repr(self.text[tok.start:tok.end])
+        found = "the end of the claim" if tok.kind == "end" else repr(self.text[tok.start : tok.end])
         raise ClaimSyntaxError(f"expected {expected}, found {found}", self.text, tok.start)
 
     def accept(self, kind: str, value=None) -> _Token | None:
@@ -287,10 +297,10 @@ class Parser:
         start = self.integer(what) if self.tok.kind == "number" else None
         if self.accept("punct", ":"):
             stop = self.integer(what) if self.tok.kind == "number" else None
-            return "slice", (start, stop), self.text[start_tok.start:self.tokens[self.i - 1].end]
+            return "slice", (start, stop), self.text[start_tok.start : self.tokens[self.i - 1].end]
         if start is None:
             self.fail(what)
-        return "index", (start,), self.text[start_tok.start:self.tokens[self.i - 1].end]
+        return "index", (start,), self.text[start_tok.start : self.tokens[self.i - 1].end]
 
     def layers(self) -> LayerSelection:
         start = self.tok
@@ -299,9 +309,10 @@ class Parser:
             while self.accept("punct", ","):
                 values.append(self.integer("a layer number"))
             self.expect("punct", "]", "']' closing the layer list")
-            return LayerSelection("list", tuple(values), self.text[start.start:self.tokens[self.i - 1].end])
-        kind, values, source = self._slice_or_index("a layer: an integer, a slice such as 2: or 0:2, "
-                                                    "or a list such as [0, 2]")
+            return LayerSelection("list", tuple(values), self.text[start.start : self.tokens[self.i - 1].end])
+        kind, values, source = self._slice_or_index(
+            "a layer: an integer, a slice such as 2: or 0:2, or a list such as [0, 2]"
+        )
         return LayerSelection(kind, values, source)
 
     def positions(self) -> PositionSelection:
@@ -313,16 +324,19 @@ class Parser:
             if start.value == "":
                 raise ClaimSyntaxError("the position token text is empty", self.text, start.start)
             occurrence = self.occurrence()
-            return PositionSelection("token", (start.value, occurrence),
-                                     self.text[start.start:self.tokens[self.i - 1].end])
+            return PositionSelection(
+                "token", (start.value, occurrence), self.text[start.start : self.tokens[self.i - 1].end]
+            )
         if self.accept("punct", "{"):
             name = self.expect("ident", what="a template variable name").value
             self.expect("punct", "}", "'}'")
             occurrence = self.occurrence()
-            return PositionSelection("variable", (name, occurrence),
-                                     self.text[start.start:self.tokens[self.i - 1].end])
+            return PositionSelection(
+                "variable", (name, occurrence), self.text[start.start : self.tokens[self.i - 1].end]
+            )
         kind, values, source = self._slice_or_index(
-            "a position: an integer, last, a slice, a quoted token such as ' Alex' or ' Alex'#2")
+            "a position: an integer, last, a slice, a quoted token such as ' Alex' or ' Alex'#2"
+        )
         return PositionSelection(kind, values, source)
 
     def occurrence(self) -> int | None:
@@ -346,8 +360,10 @@ class Parser:
     def node(self, what: str) -> "NodeSpec":
         start = self.tok
         if start.kind != "ident" or start.value not in NODE_COMPONENTS:
-            self.fail(f"{what}: attention heads heads[L.H, ...] or MLP layers mlp_out[L, ...]"
-                      + (did_you_mean(start.value, NODE_COMPONENTS) if start.kind == "ident" else ""))
+            self.fail(
+                f"{what}: attention heads heads[L.H, ...] or MLP layers mlp_out[L, ...]"
+                + (did_you_mean(start.value, NODE_COMPONENTS) if start.kind == "ident" else "")
+            )
         self.i += 1
         self.expect("punct", "[", f"'[' after {start.value}")
         heads, layers, positions = (), None, None
@@ -358,7 +374,7 @@ class Parser:
         if self.accept("punct", ";"):
             positions = self.positions()
         self.expect("punct", "]", "']'" if positions is not None else "';' and positions, or ']'")
-        return NodeSpec(start.value, heads, layers, positions, self.text[start.start:self.tokens[self.i - 1].end])
+        return NodeSpec(start.value, heads, layers, positions, self.text[start.start : self.tokens[self.i - 1].end])
 
     def node_layers(self) -> LayerSelection:
         """``0``, ``0, 1``, ``0:2`` or ``:`` inside ``mlp_out[...]`` of a node list."""
@@ -371,9 +387,9 @@ class Parser:
                     self.fail("another layer number (in a node list, positions follow ';', e.g. mlp_out[0; -1])")
                 values.append(self.integer("a layer number"))
             if len(values) > 1:
-                return LayerSelection("list", tuple(values), self.text[start.start:self.tokens[self.i - 1].end])
+                return LayerSelection("list", tuple(values), self.text[start.start : self.tokens[self.i - 1].end])
             values = tuple(values)
-        return LayerSelection(kind, values, self.text[start.start:self.tokens[self.i - 1].end])
+        return LayerSelection(kind, values, self.text[start.start : self.tokens[self.i - 1].end])
 
     def receivers(self) -> tuple["ReceiverSpec", ...]:
         """``heads[1.0].k``, ``heads[1.0, 1.3; -1].q``, ``mlp_in[1]``, ``logits``, joined by '+'."""
@@ -403,13 +419,17 @@ class Parser:
                     self.fail("'.q', '.k' or '.v' after the receiving heads, e.g. heads[1.0].k")
                 which = self.tok
                 if which.kind != "ident" or which.value not in ("q", "k", "v"):
-                    self.fail("q, k or v: the head's query, key or value input"
-                              + (did_you_mean(which.value, ("q", "k", "v")) if which.kind == "ident" else ""))
+                    self.fail(
+                        "q, k or v: the head's query, key or value input"
+                        + (did_you_mean(which.value, ("q", "k", "v")) if which.kind == "ident" else "")
+                    )
                 self.i += 1
                 kind = which.value
-            return ReceiverSpec(kind, heads, layers, positions, self.text[start.start:self.tokens[self.i - 1].end])
-        self.fail("a receiver: heads[L.H].q, heads[L.H].k, heads[L.H].v, mlp_in[L] or logits"
-                  + (did_you_mean(start.value, ("heads", "mlp_in", "logits")) if start.kind == "ident" else ""))
+            return ReceiverSpec(kind, heads, layers, positions, self.text[start.start : self.tokens[self.i - 1].end])
+        self.fail(
+            "a receiver: heads[L.H].q, heads[L.H].k, heads[L.H].v, mlp_in[L] or logits"
+            + (did_you_mean(start.value, ("heads", "mlp_in", "logits")) if start.kind == "ident" else "")
+        )
         raise AssertionError("unreachable")
 
     def comparison_or_random(self) -> tuple[Comparison, "RandomControl | None"]:
@@ -426,8 +446,9 @@ class Parser:
         self.i += 1
         q = float(tok.value)
         if not 0 < q < 1:
-            raise ClaimSyntaxError(f"the quantile must be between 0 and 1 (exclusive), got {tok.value}", self.text,
-                                   tok.start)
+            raise ClaimSyntaxError(
+                f"the quantile must be between 0 and 1 (exclusive), got {tok.value}", self.text, tok.start
+            )
         return Comparison(">", math.nan), RandomControl(q, start.start)
 
     def ablation(self) -> str | None:
@@ -436,8 +457,10 @@ class Parser:
             return None
         tok = self.tok
         if tok.kind != "ident" or tok.value not in ABLATIONS:
-            self.fail(f"an ablation after 'ablate' ({', '.join(ABLATIONS)})"
-                      + (did_you_mean(tok.value, ABLATIONS) if tok.kind == "ident" else ""))
+            self.fail(
+                f"an ablation after 'ablate' ({', '.join(ABLATIONS)})"
+                + (did_you_mean(tok.value, ABLATIONS) if tok.kind == "ident" else "")
+            )
         self.i += 1
         return tok.value
 
@@ -464,8 +487,10 @@ def did_you_mean(word: str, choices) -> str:
 
 def resolve_index(value: int, size: int, noun: str, plural: str) -> int:
     if not -size <= value < size:
-        raise ClaimBindError(f"{noun} {value} is out of range: there are {size} {plural} "
-                             f"(0 to {size - 1}, or -1 to -{size} from the end)")
+        raise ClaimBindError(
+            f"{noun} {value} is out of range: there are {size} {plural} "
+            f"(0 to {size - 1}, or -1 to -{size} from the end)"
+        )
     return value % size
 
 
@@ -496,16 +521,18 @@ def resolve_heads(heads, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
     for layer, head in heads:
         layer = resolve_index(layer, n_layers, "layer", "layers")
         if not 0 <= head < n_heads:
-            raise ClaimBindError(f"head {layer}.{head} is out of range: each layer has {n_heads} heads "
-                                 f"(0 to {n_heads - 1})")
+            raise ClaimBindError(
+                f"head {layer}.{head} is out of range: each layer has {n_heads} heads (0 to {n_heads - 1})"
+            )
         resolved.append((layer, head))
     if len(set(resolved)) != len(resolved):
         raise ClaimBindError("the head list names a head twice")
     return resolved
 
 
-def resolve_positions(selection: PositionSelection, tokens: list[str],
-                      variables: dict[str, str] | None = None) -> list[int]:
+def resolve_positions(
+    selection: PositionSelection, tokens: list[str], variables: dict[str, str] | None = None
+) -> list[int]:
     n = len(tokens)
     if selection.kind == "last":
         return [n - 1]
@@ -517,24 +544,26 @@ def resolve_positions(selection: PositionSelection, tokens: list[str],
     if selection.kind == "variable":
         if variables is None or text not in variables:
             known = ", ".join(sorted(variables)) if variables else "none: this is not a template behavior"
-            raise ClaimBindError(f"position {selection.source} names an unknown template variable "
-                                 f"(variables: {known})")
+            raise ClaimBindError(f"position {selection.source} names an unknown template variable (variables: {known})")
         text = variables[text]
     matches = [i for i, tok in enumerate(tokens) if tok == text]
     if not matches:
         stripped = [i for i, tok in enumerate(tokens) if tok.strip() == text.strip()]
-        hint = (f"; did you mean {tokens[stripped[0]]!r} (mind the leading space)?" if stripped else "")
-        raise ClaimBindError(f"position token {text!r} does not occur in the prompt's tokens "
-                             f"{tokens}{hint}")
+        hint = f"; did you mean {tokens[stripped[0]]!r} (mind the leading space)?" if stripped else ""
+        raise ClaimBindError(f"position token {text!r} does not occur in the prompt's tokens {tokens}{hint}")
     if occurrence is None:
         if len(matches) > 1:
             options = " or ".join(f"{text!r}#{k + 1}" for k in range(len(matches)))
-            raise ClaimBindError(f"position token {text!r} is ambiguous: it occurs {len(matches)} times "
-                                 f"(positions {', '.join(map(str, matches))}); write {options}")
+            raise ClaimBindError(
+                f"position token {text!r} is ambiguous: it occurs {len(matches)} times "
+                f"(positions {', '.join(map(str, matches))}); write {options}"
+            )
         return matches
     if occurrence > len(matches):
-        raise ClaimBindError(f"position {selection.source} asks for occurrence {occurrence} but "
-                             f"{text!r} occurs {len(matches)} time(s) in the prompt")
+        raise ClaimBindError(
+            f"position {selection.source} asks for occurrence {occurrence} but "
+            f"{text!r} occurs {len(matches)} time(s) in the prompt"
+        )
     return [matches[occurrence - 1]]
 
 
@@ -547,8 +576,10 @@ def resolve_nodes(specs, tokens: list[str], variables: dict | None, n_layers: in
             for layer, head in spec.heads:
                 layer = resolve_index(layer, n_layers, "layer", "layers")
                 if not 0 <= head < n_heads:
-                    raise ClaimBindError(f"head {layer}.{head} in {spec.source} is out of range: each layer has "
-                                         f"{n_heads} heads (0 to {n_heads - 1})")
+                    raise ClaimBindError(
+                        f"head {layer}.{head} in {spec.source} is out of range: each layer has "
+                        f"{n_heads} heads (0 to {n_heads - 1})"
+                    )
                 nodes.append(Node("heads", layer, head, positions))
         else:
             for layer in resolve_layers(spec.layers, n_layers):

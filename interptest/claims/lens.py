@@ -38,7 +38,7 @@ class LensClaim(Claim):
     component: str
     layer: LayerSelection
     position: PositionSelection
-    prediction: PredictionClaim      # what is read off the lens: prob / rank / logit / logit_diff
+    prediction: PredictionClaim  # what is read off the lens: prob / rank / logit / logit_diff
     comparison: Comparison
 
     keywords: ClassVar[tuple[str, ...]] = ("lens",)
@@ -51,25 +51,33 @@ class LensClaim(Claim):
         comp = p.tok
         if comp.kind != "ident" or comp.value not in RESIDUALS:
             if comp.kind == "ident" and comp.value in components.COMPONENTS:
-                raise ClaimSyntaxError(f"lens reads the residual stream; {comp.value} is not one: use "
-                                       f"{', '.join(RESIDUALS)}", p.text, comp.start)
-            p.fail(f"a residual stream ({', '.join(RESIDUALS)})"
-                   + (did_you_mean(comp.value, RESIDUALS) if comp.kind == "ident" else ""))
+                raise ClaimSyntaxError(
+                    f"lens reads the residual stream; {comp.value} is not one: use {', '.join(RESIDUALS)}",
+                    p.text,
+                    comp.start,
+                )
+            p.fail(
+                f"a residual stream ({', '.join(RESIDUALS)})"
+                + (did_you_mean(comp.value, RESIDUALS) if comp.kind == "ident" else "")
+            )
         p.i += 1
         p.expect("punct", "[", f"'[' after {comp.value}")
         start = p.tok
         layer = p.layers()
         if layer.kind != "index":
-            raise ClaimSyntaxError("lens reads one layer: give a single layer number, e.g. resid_post[1]",
-                                   p.text, start.start)
+            raise ClaimSyntaxError(
+                "lens reads one layer: give a single layer number, e.g. resid_post[1]", p.text, start.start
+            )
         p.expect("punct", "]", "']' (lens reads one layer, e.g. resid_post[1])")
         p.expect("punct", ",", "',' and the position to read, e.g. lens(resid_post[1], -1)")
         position = p.positions()
         p.expect("punct", ")", "')'")
         what = p.tok
         if what.kind != "ident" or what.value not in PredictionClaim.keywords:
-            p.fail("what to read off the lens: prob(...), rank(...), logit(...) or logit_diff"
-                   + (did_you_mean(what.value, PredictionClaim.keywords) if what.kind == "ident" else ""))
+            p.fail(
+                "what to read off the lens: prob(...), rank(...), logit(...) or logit_diff"
+                + (did_you_mean(what.value, PredictionClaim.keywords) if what.kind == "ident" else "")
+            )
         prediction = PredictionClaim.parse(p)
         return cls(p.text, comp.value, layer, position, prediction, prediction.comparison)
 
@@ -84,15 +92,18 @@ class LensClaim(Claim):
         from interptest.claims.grammar import ClaimBindError
 
         if self.component not in context.components:
-            raise ClaimBindError(f"this model does not expose {self.component!r} "
-                                 f"(available: {', '.join(context.components)})")
+            raise ClaimBindError(
+                f"this model does not expose {self.component!r} (available: {', '.join(context.components)})"
+            )
         layer = resolve_layers(self.layer, context.n_layers)[0]
         where = None
         for s, (tokens, variables) in enumerate(zip(context.tokens, context.variables)):
             position = single_position(self.position, tokens, variables, "lens")
             if where is not None and where != position:
-                raise ClaimBindError(f"its position differs between samples ({context.prompts[s]!r}); use "
-                                     "template variables such as {last} or numeric positions")
+                raise ClaimBindError(
+                    f"its position differs between samples ({context.prompts[s]!r}); use "
+                    "template variables such as {last} or numeric positions"
+                )
             where = position
         return layer, where, self.prediction.bind(context)
 
@@ -124,17 +135,26 @@ class LensClaim(Claim):
             rank = (logits > logits[r, e][:, None]).sum(-1).double() + 1
             prob = torch.softmax(logits, -1)[r, e]
             diff = logits[r, e] - logits[r, f] if f is not None else None
-            rows.append({"stream": f"{component}[{l}]", "rank": float(rank.mean()), "prob": float(prob.mean()),
-                         "logit_diff": None if diff is None else float(diff.mean()),
-                         "claimed": (component, l) == (self.component, layer)})
+            rows.append(
+                {
+                    "stream": f"{component}[{l}]",
+                    "rank": float(rank.mean()),
+                    "prob": float(prob.mean()),
+                    "logit_diff": None if diff is None else float(diff.mean()),
+                    "claimed": (component, l) == (self.component, layer),
+                }
+            )
         return {"type": "lens", "position": position, "rows": rows}
 
     def render(self, check, color: bool = False) -> list[str]:
         figure = check.figure
         if not figure:
             return []
-        lines = ["", f"  logit lens for {check.text!r} (position {figure['position']}; sample means)",
-                 f"    {'stream':16} {'rank':>8} {'p(expect)':>10} {'logit diff':>11}"]
+        lines = [
+            "",
+            f"  logit lens for {check.text!r} (position {figure['position']}; sample means)",
+            f"    {'stream':16} {'rank':>8} {'p(expect)':>10} {'logit diff':>11}",
+        ]
         for row in figure["rows"]:
             diff = "n/a" if row["logit_diff"] is None else f"{row['logit_diff']:.2f}"
             mark = "*" if row["claimed"] else " "
@@ -154,7 +174,7 @@ def lens_logits(run, component: str, layer: int, position: int):
 
     model = run.model
     hook = components.get(component).hook_name(layer)
-    resid = run.activations("clean", [hook])[hook][:, position]              # [S, d]
+    resid = run.activations("clean", [hook])[hook][:, position]  # [S, d]
     device = next(iter(model.parameters())).device
     with torch.inference_mode():
         normed = model.ln_final(resid.to(device=device, dtype=model.W_U.dtype)[:, None, :])[:, 0]

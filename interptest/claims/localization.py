@@ -41,6 +41,7 @@ class BoundClaim:
     Cells are ``(layer, position)`` for residual components; ``(layer, head)`` for heads over all
     positions; ``(layer, head, position)`` for heads restricted to positions.
     """
+
     claim: "LocalizationClaim"
     cells: tuple[tuple[int, ...], ...]
     positions: tuple[int, ...] = ()
@@ -50,15 +51,15 @@ class BoundClaim:
 class LocalizationClaim(Claim):
     text: str
     component: str
-    direction: str                                   # denoise (recovers) | noise (breaks)
-    quantifier: str                                  # every | any | together
+    direction: str  # denoise (recovers) | noise (breaks)
+    quantifier: str  # every | any | together
     comparison: Comparison
     elsewhere: bool = False
-    layers: LayerSelection | None = None             # per-position components
-    positions: PositionSelection | None = None       # per-position components, or heads[...; POS]
-    heads: tuple[tuple[int, int], ...] = ()          # heads[L.H, ...]
-    ablation: str | None = None                      # breaks ... ablate resample|mean|zero (None: resample)
-    random: RandomControl | None = None              # together ... beats random at q
+    layers: LayerSelection | None = None  # per-position components
+    positions: PositionSelection | None = None  # per-position components, or heads[...; POS]
+    heads: tuple[tuple[int, int], ...] = ()  # heads[L.H, ...]
+    ablation: str | None = None  # breaks ... ablate resample|mean|zero (None: resample)
+    random: RandomControl | None = None  # together ... beats random at q
 
     keywords: ClassVar[tuple[str, ...]] = ("any",) + components.NAMES
     hint: ClassVar[str] = "a component such as resid_pre[...]"
@@ -77,8 +78,10 @@ class LocalizationClaim(Claim):
         quantifier = "any" if p.accept("ident", "any") else "every"
         comp_tok = p.tok
         if comp_tok.kind != "ident" or comp_tok.value not in components.COMPONENTS:
-            p.fail(f"a component ({', '.join(components.NAMES)})"
-                   + (did_you_mean(comp_tok.value, components.NAMES) if comp_tok.kind == "ident" else ""))
+            p.fail(
+                f"a component ({', '.join(components.NAMES)})"
+                + (did_you_mean(comp_tok.value, components.NAMES) if comp_tok.kind == "ident" else "")
+            )
         p.i += 1
         component = components.get(comp_tok.value)
         p.expect("punct", "[", f"'[' after {component.name}")
@@ -103,30 +106,46 @@ class LocalizationClaim(Claim):
             quantifier = "together"
         verb = p.tok
         if verb.kind != "ident" or verb.value not in VERBS:
-            p.fail("'recovers' or 'breaks'"
-                   + (did_you_mean(verb.value, tuple(VERBS) + ("together",)) if verb.kind == "ident" else ""))
+            p.fail(
+                "'recovers' or 'breaks'"
+                + (did_you_mean(verb.value, tuple(VERBS) + ("together",)) if verb.kind == "ident" else "")
+            )
         p.i += 1
         comparison, fields["random"] = p.comparison_or_random()
         if fields["random"] is not None and quantifier != "together":
-            raise ClaimSyntaxError("'beats random' compares one joint patch with random sets of the same size: "
-                                   "write 'together' before the verb", p.text, fields["random"].column)
+            raise ClaimSyntaxError(
+                "'beats random' compares one joint patch with random sets of the same size: "
+                "write 'together' before the verb",
+                p.text,
+                fields["random"].column,
+            )
         ablation = p.tok
         fields["ablation"] = p.ablation()
         if fields["ablation"] is not None and verb.value != "breaks":
-            raise ClaimSyntaxError("'ablate' names what replaces the activations of a 'breaks' claim; 'recovers' "
-                                   "patches clean activations into the corrupted run", p.text, ablation.start)
+            raise ClaimSyntaxError(
+                "'ablate' names what replaces the activations of a 'breaks' claim; 'recovers' "
+                "patches clean activations into the corrupted run",
+                p.text,
+                ablation.start,
+            )
         p.end()
         return cls(p.text, component.name, VERBS[verb.value], quantifier, comparison, **fields)
 
     # -- what the spec must give
     def requirement(self, behavior) -> str | None:
         if behavior.corruption is None:
-            return (f"claim {self.text!r} patches activations between a clean and a corrupted run; add a "
-                    "'corrupt' prompt to the behavior")
-        if self.elsewhere and not any(isinstance(c, LocalizationClaim) and c.component == self.component
-                                      and not c.elsewhere for c in behavior.claims):
-            return (f"{self.component}[elsewhere] needs another claim on {self.component} in the same behavior "
-                    "to define what 'elsewhere' excludes")
+            return (
+                f"claim {self.text!r} patches activations between a clean and a corrupted run; add a "
+                "'corrupt' prompt to the behavior"
+            )
+        if self.elsewhere and not any(
+            isinstance(c, LocalizationClaim) and c.component == self.component and not c.elsewhere
+            for c in behavior.claims
+        ):
+            return (
+                f"{self.component}[elsewhere] needs another claim on {self.component} in the same behavior "
+                "to define what 'elsewhere' excludes"
+            )
         if self.ablation is not None:
             return ablation_requirement(self.text, self.ablation, behavior)
         return None
@@ -139,16 +158,19 @@ class LocalizationClaim(Claim):
     # -- binding
     def bind(self, context: BindContext) -> BoundClaim:
         if self.component not in context.components:
-            raise ClaimBindError(f"this model does not expose {self.component!r} "
-                                 f"(available: {', '.join(context.components)})")
+            raise ClaimBindError(
+                f"this model does not expose {self.component!r} (available: {', '.join(context.components)})"
+            )
         if self.elsewhere:
             return self._bind_elsewhere(context)
         bound = self._bind_cells(context.tokens[0], context.variables[0], context.n_layers, context.n_heads)
-        for s in range(1, len(context.tokens)):    # positions must not move between samples
+        for s in range(1, len(context.tokens)):  # positions must not move between samples
             other = self._bind_cells(context.tokens[s], context.variables[s], context.n_layers, context.n_heads)
             if other.cells != bound.cells:
-                raise ClaimBindError(f"its positions differ between samples ({context.prompts[s]!r}); use "
-                                     "template variables such as {last} or numeric positions")
+                raise ClaimBindError(
+                    f"its positions differ between samples ({context.prompts[s]!r}); use "
+                    "template variables such as {last} or numeric positions"
+                )
         context.covered.setdefault(self.component, set()).update(cell[:2] for cell in bound.cells)
         if self.random is not None:
             from interptest.claims.circuit import cells_to_nodes, check_random_control
@@ -170,11 +192,14 @@ class LocalizationClaim(Claim):
     def _bind_elsewhere(self, context: BindContext) -> BoundClaim:
         covered = context.covered.get(self.component)
         if covered is None:
-            raise ClaimBindError(f"{self.component}[elsewhere] needs another claim on {self.component} in the "
-                                 "same behavior to define what 'elsewhere' excludes")
+            raise ClaimBindError(
+                f"{self.component}[elsewhere] needs another claim on {self.component} in the "
+                "same behavior to define what 'elsewhere' excludes"
+            )
         width = context.n_heads if components.get(self.component).per_head else len(context.tokens[0])
-        cells = tuple((layer, j) for layer in range(context.n_layers) for j in range(width)
-                      if (layer, j) not in covered)
+        cells = tuple(
+            (layer, j) for layer in range(context.n_layers) for j in range(width) if (layer, j) not in covered
+        )
         if not cells:
             raise ClaimBindError(f"{self.component}[elsewhere] is empty: the other claims cover every cell")
         return BoundClaim(self, cells)
@@ -213,9 +238,11 @@ class LocalizationClaim(Claim):
         from interptest.results import map_key
 
         on_map = check.patch_map is not None
-        out = {"map": map_key(self.component, self.direction) if on_map else None,
-               "cells": [list(cell[:2]) for cell in check.bound.cells] if on_map else [],
-               "failing_cells": [list(cell[:2]) for cell in check.failing_cells] if on_map else []}
+        out = {
+            "map": map_key(self.component, self.direction) if on_map else None,
+            "cells": [list(cell[:2]) for cell in check.bound.cells] if on_map else [],
+            "failing_cells": [list(cell[:2]) for cell in check.failing_cells] if on_map else [],
+        }
         if self.direction == "noise":
             out["ablation"] = self.ablation or "resample"
         if check.figure and check.figure.get("type") == "random":
@@ -231,8 +258,13 @@ class LocalizationClaim(Claim):
             return []
         from interptest.render import render_map
 
-        return [""] + render_map(check.patch_map, claimed=check.bound.cells, failing=check.failing_cells,
-                                 title=f"map for {check.text!r}", color=color)
+        return [""] + render_map(
+            check.patch_map,
+            claimed=check.bound.cells,
+            failing=check.failing_cells,
+            title=f"map for {check.text!r}",
+            color=color,
+        )
 
 
 def cell_label(cell, tokens, per_head: bool = False) -> str:

@@ -48,7 +48,7 @@ RECEIVER_WORDS = {"q": "query input", "k": "key input", "v": "value input", "mlp
 class BoundPath:
     claim: "PathClaim"
     senders: tuple[Node, ...]
-    receivers: tuple[tuple, ...]          # the engine's receivers: (q|k|v, L, H, pos), (mlp_in, L, pos), (logits, None)
+    receivers: tuple[tuple, ...]  # the engine's receivers: (q|k|v, L, H, pos), (mlp_in, L, pos), (logits, None)
     description: str
 
 
@@ -57,9 +57,9 @@ class PathClaim(Claim):
     text: str
     senders: tuple[NodeSpec, ...]
     receivers: tuple[ReceiverSpec, ...]
-    direction: str                                   # denoise (recovers) | noise (breaks)
+    direction: str  # denoise (recovers) | noise (breaks)
     comparison: Comparison
-    ablation: str | None = None                      # breaks only; None = resample
+    ablation: str | None = None  # breaks only; None = resample
 
     keywords: ClassVar[tuple[str, ...]] = ("path",)
     hint: ClassVar[str] = "path SENDERS -> RECEIVER ..."
@@ -79,29 +79,39 @@ class PathClaim(Claim):
             p.fail("'recovers' or 'breaks'" + (did_you_mean(verb.value, tuple(VERBS)) if verb.kind == "ident" else ""))
         p.i += 1
         if p.tok.kind == "ident" and p.tok.value == "beats":
-            raise ClaimSyntaxError("'beats random' compares node sets; it applies to together and circuit claims, "
-                                   "not to paths", p.text, p.tok.start)
+            raise ClaimSyntaxError(
+                "'beats random' compares node sets; it applies to together and circuit claims, not to paths",
+                p.text,
+                p.tok.start,
+            )
         comparison = p.comparison()
         ablation_tok = p.tok
         ablation = p.ablation()
         if ablation is not None and verb.value == "recovers":
-            raise ClaimSyntaxError("'ablate' names what replaces the senders in a 'breaks' claim; 'recovers' "
-                                   "patches clean values into the corrupted run", p.text, ablation_tok.start)
+            raise ClaimSyntaxError(
+                "'ablate' names what replaces the senders in a 'breaks' claim; 'recovers' "
+                "patches clean values into the corrupted run",
+                p.text,
+                ablation_tok.start,
+            )
         p.end()
         return cls(p.text, senders, receivers, VERBS[verb.value], comparison, ablation)
 
     def requirement(self, behavior) -> str | None:
         if behavior.corruption is None:
-            return (f"claim {self.text!r} patches paths between a clean and a corrupted run; add a 'corrupt' "
-                    "prompt to the behavior")
+            return (
+                f"claim {self.text!r} patches paths between a clean and a corrupted run; add a 'corrupt' "
+                "prompt to the behavior"
+            )
         if self.ablation is not None:
             return ablation_requirement(self.text, self.ablation, behavior)
         return None
 
     def template_variables(self) -> list[str]:
         names = node_variables(self.senders)
-        names += [r.positions.values[0] for r in self.receivers
-                  if r.positions is not None and r.positions.kind == "variable"]
+        names += [
+            r.positions.values[0] for r in self.receivers if r.positions is not None and r.positions.kind == "variable"
+        ]
         return names
 
     def bind(self, context: BindContext) -> BoundPath:
@@ -109,8 +119,10 @@ class PathClaim(Claim):
         receivers = _bind_receivers(self.receivers, context, 0)
         for s in range(1, len(context.tokens)):
             if _bind_receivers(self.receivers, context, s) != receivers:
-                raise ClaimBindError(f"its receiver positions differ between samples ({context.prompts[s]!r}); use "
-                                     "template variables such as {last} or numeric positions")
+                raise ClaimBindError(
+                    f"its receiver positions differ between samples ({context.prompts[s]!r}); use "
+                    "template variables such as {last} or numeric positions"
+                )
         sequential = "resid_mid" in context.components
         for spec in self.receivers:
             for receiver in _bind_receivers((spec,), context, 0):
@@ -121,7 +133,7 @@ class PathClaim(Claim):
         for spec in self.receivers:
             word = RECEIVER_WORDS[spec.kind]
             words.append(f"{spec.source}" + (f" ({word})" if word else ""))
-        description = (f"{' + '.join(n.label(context.tokens[0]) for n in senders)} -> {' + '.join(words)}")
+        description = f"{' + '.join(n.label(context.tokens[0]) for n in senders)} -> {' + '.join(words)}"
         return BoundPath(self, senders, receivers, description)
 
     def measure(self, bound: BoundPath, run) -> Measurement:
@@ -137,16 +149,24 @@ class PathClaim(Claim):
             base, source = "clean", self.ablation or "resample"
         raw = engine.path([edits_of(bound.senders)], [bound.receivers], base, source)[:, 0, :]
         values = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), self.direction)
-        how = {"clean": "clean values into the corrupted run", "resample": "corrupted values into the clean run",
-               "mean": "mean-ablated in the clean run", "zero": "zero-ablated in the clean run"}[source]
-        return Measurement(values, quantifier="together",
-                           note=f"path {bound.description}: senders {how}, other heads frozen, MLPs and "
-                                "LayerNorms recompute")
+        how = {
+            "clean": "clean values into the corrupted run",
+            "resample": "corrupted values into the clean run",
+            "mean": "mean-ablated in the clean run",
+            "zero": "zero-ablated in the clean run",
+        }[source]
+        return Measurement(
+            values,
+            quantifier="together",
+            note=f"path {bound.description}: senders {how}, other heads frozen, MLPs and LayerNorms recompute",
+        )
 
     def record(self, check) -> dict:
         bound = check.bound
-        return {"ablation": (self.ablation or "resample") if self.direction == "noise" else None,
-                "path": None if bound is None else bound.description}
+        return {
+            "ablation": (self.ablation or "resample") if self.direction == "noise" else None,
+            "path": None if bound is None else bound.description,
+        }
 
 
 def _bind_receivers(specs, context: BindContext, sample: int) -> tuple[tuple, ...]:
@@ -163,8 +183,10 @@ def _bind_receivers(specs, context: BindContext, sample: int) -> tuple[tuple, ..
             for layer, head in spec.heads:
                 layer = resolve_index(layer, context.n_layers, "layer", "layers")
                 if not 0 <= head < context.n_heads:
-                    raise ClaimBindError(f"receiver head {layer}.{head} is out of range: each layer has "
-                                         f"{context.n_heads} heads (0 to {context.n_heads - 1})")
+                    raise ClaimBindError(
+                        f"receiver head {layer}.{head} is out of range: each layer has "
+                        f"{context.n_heads} heads (0 to {context.n_heads - 1})"
+                    )
                 out.extend((spec.kind, layer, head, p) for p in positions)
     if len(set(out)) != len(out):
         raise ClaimBindError("the receivers name the same input twice")
@@ -182,10 +204,15 @@ def _check_order(node: Node, receiver: tuple, spec: ReceiverSpec, sequential: bo
     if kind == "mlp_in" and node.component == "heads" and sequential:
         allowed = layer
     if node.layer > allowed:
-        raise ClaimBindError(f"sender {node.label()} is at or after the receiver {spec.source} (layer {layer}): a path runs "
-                             "from an earlier node to a later one"
-                             + (" (on this model's parallel blocks, a layer's heads do not feed its MLP)"
-                                if kind == "mlp_in" and node.component == "heads" and node.layer == layer else ""))
+        raise ClaimBindError(
+            f"sender {node.label()} is at or after the receiver {spec.source} (layer {layer}): a path runs "
+            "from an earlier node to a later one"
+            + (
+                " (on this model's parallel blocks, a layer's heads do not feed its MLP)"
+                if kind == "mlp_in" and node.component == "heads" and node.layer == layer
+                else ""
+            )
+        )
 
 
 def _check_kv_groups(receivers, context: BindContext) -> None:
@@ -205,5 +232,6 @@ def _check_kv_groups(receivers, context: BindContext) -> None:
                     f"receivers heads[{layer}.{other}].{kind} and heads[{layer}.{head}].{kind} are the same input: on "
                     f"this model {context.n_heads} query heads share {n_kv} key/value heads, and query heads "
                     f"{layer}.{head // group * group} to {layer}.{head // group * group + group - 1} read key/value "
-                    f"head {head // group}; name one of them (the claim is about that key/value head)")
+                    f"head {head // group}; name one of them (the claim is about that key/value head)"
+                )
             seen[key] = head

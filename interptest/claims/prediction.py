@@ -15,8 +15,8 @@ FUNCTIONS = ("prob", "rank", "logit")
 @dataclass(frozen=True)
 class PredictionClaim(Claim):
     text: str
-    function: str            # prob | rank | logit | logit_diff
-    token: str | None        # the token text for prob/rank/logit; None for logit_diff
+    function: str  # prob | rank | logit | logit_diff
+    token: str | None  # the token text for prob/rank/logit; None for logit_diff
     comparison: Comparison
 
     keywords: ClassVar[tuple[str, ...]] = FUNCTIONS + ("logit_diff",)
@@ -41,8 +41,10 @@ class PredictionClaim(Claim):
 
     def requirement(self, behavior) -> str | None:
         if self.function == "logit_diff" and behavior.corruption is None and behavior.foil is None:
-            return ("'logit_diff' compares expect against a foil: add 'foil' or 'corrupt' "
-                    "(the foil defaults to the model's top-1 prediction on the corrupted prompt)")
+            return (
+                "'logit_diff' compares expect against a foil: add 'foil' or 'corrupt' "
+                "(the foil defaults to the model's top-1 prediction on the corrupted prompt)"
+            )
         return None
 
     def template_variables(self) -> list[str]:
@@ -72,7 +74,7 @@ class PredictionClaim(Claim):
             return torch.softmax(logits, -1)[rows, target]
         if self.function == "logit":
             return logits[rows, target]
-        return (logits > logits[rows, target][:, None]).sum(-1).double() + 1     # rank, 1 = top
+        return (logits > logits[rows, target][:, None]).sum(-1).double() + 1  # rank, 1 = top
 
     def format_value(self, value: float) -> str:
         return f"{value:.0f}" if self.function == "rank" else f"{value:.3f}"

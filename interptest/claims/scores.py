@@ -53,8 +53,11 @@ def random_repeat_tokens(model, n_sequences: int, length: int, seed: int):
     allowed = torch.tensor([i for i in range(int(model.cfg.d_vocab)) if i not in specials], device="cpu")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     picks = allowed[torch.randint(0, len(allowed), (n_sequences, length), generator=generator, device="cpu")]
-    bos = model.to_tokens("", prepend_bos=True)[0].cpu()[:1] if getattr(model.cfg, "default_prepend_bos", True) \
+    bos = (
+        model.to_tokens("", prepend_bos=True)[0].cpu()[:1]
+        if getattr(model.cfg, "default_prepend_bos", True)
         else torch.zeros(0, dtype=torch.long, device="cpu")
+    )
     return torch.cat([bos.expand(n_sequences, -1), picks, picks], dim=1)
 
 
@@ -63,7 +66,7 @@ class ScoreClaim(Claim):
     text: str
     score: str
     heads: tuple[tuple[int, int], ...]
-    quantifier: str                  # every | together (mean over heads)
+    quantifier: str  # every | together (mean over heads)
     comparison: Comparison
     elsewhere: bool = False
     on_random_repeat: bool = False
@@ -81,8 +84,10 @@ class ScoreClaim(Claim):
         p.expect("punct", "(", f"'(' after {score}")
         head = p.tok
         if not p.accept("ident", "heads"):
-            p.fail("heads[...], e.g. induction_score(heads[1.0])"
-                   + (did_you_mean(head.value, ("heads",)) if head.kind == "ident" else ""))
+            p.fail(
+                "heads[...], e.g. induction_score(heads[1.0])"
+                + (did_you_mean(head.value, ("heads",)) if head.kind == "ident" else "")
+            )
         heads, elsewhere = parse_heads_or_elsewhere(p)
         p.expect("punct", ")", "')'")
         quantifier = "together" if p.accept("ident", "together") else "every"
@@ -95,10 +100,13 @@ class ScoreClaim(Claim):
         return cls(p.text, score, heads, quantifier, comparison, elsewhere, on_random_repeat)
 
     def requirement(self, behavior) -> str | None:
-        if self.elsewhere and not any(isinstance(c, ScoreClaim) and c.score == self.score and not c.elsewhere
-                                      for c in behavior.claims):
-            return (f"{self.score}(heads[elsewhere]) needs another {self.score} claim in the same behavior to "
-                    "define what 'elsewhere' excludes")
+        if self.elsewhere and not any(
+            isinstance(c, ScoreClaim) and c.score == self.score and not c.elsewhere for c in behavior.claims
+        ):
+            return (
+                f"{self.score}(heads[elsewhere]) needs another {self.score} claim in the same behavior to "
+                "define what 'elsewhere' excludes"
+            )
         return None
 
     def bind(self, context: BindContext):
@@ -122,13 +130,14 @@ class ScoreClaim(Claim):
         else:
             tokens = run.bound.clean_ids
             patterns = run.activations("clean", names)
-        detect = torch.stack([detection_pattern(self.score, row) for row in tokens])      # [S, n, n]
+        detect = torch.stack([detection_pattern(self.score, row) for row in tokens])  # [S, n, n]
         columns = []
         for layer, head in heads:
-            pattern = patterns[PATTERN_HOOK.format(layer=layer)][:, head].double()        # [S, n, n]
+            pattern = patterns[PATTERN_HOOK.format(layer=layer)][:, head].double()  # [S, n, n]
             columns.append((pattern * detect).sum(dim=(1, 2)) / pattern.sum(dim=(1, 2)))
         values = torch.stack(columns, dim=1)
         if self.quantifier == "together":
-            return Measurement(values.mean(dim=1, keepdim=True), quantifier="together",
-                               note=f"mean over {len(heads)} heads")
+            return Measurement(
+                values.mean(dim=1, keepdim=True), quantifier="together", note=f"mean over {len(heads)} heads"
+            )
         return Measurement(values, heads, [f"head {l}.{h}" for l, h in heads])

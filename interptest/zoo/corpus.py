@@ -84,27 +84,129 @@ def ioi_pair_held_out(a: str, b: str) -> bool:
 
 # ---------------------------------------------------------------- sentence pieces
 
-INTROS_ONE = ("Her name was", "His name was", "My friend is", "The new teacher was", "I met",
-              "We saw", "This is", "The winner was", "Our guest was", "The doctor is")
+INTROS_ONE = (
+    "Her name was",
+    "His name was",
+    "My friend is",
+    "The new teacher was",
+    "I met",
+    "We saw",
+    "This is",
+    "The winner was",
+    "Our guest was",
+    "The doctor is",
+)
 INTROS_TWO = ("Their names were", "The two friends were", "We met", "The guests were", "I saw")
 CONNECTORS = ("When", "Later", "Then", "After that", "Yesterday", "Today", "Soon", "Once")
-VERB_PHRASES = ("smiled", "went home", "said hello", "left early", "was happy", "sat down", "laughed",
-                "called a friend", "ate lunch", "read a book", "took a walk", "felt tired", "won the game",
-                "waved", "got up", "came back")
+VERB_PHRASES = (
+    "smiled",
+    "went home",
+    "said hello",
+    "left early",
+    "was happy",
+    "sat down",
+    "laughed",
+    "called a friend",
+    "ate lunch",
+    "read a book",
+    "took a walk",
+    "felt tired",
+    "won the game",
+    "waved",
+    "got up",
+    "came back",
+)
 TRANSFER_VERBS = ("gave", "handed", "passed", "sent", "brought", "showed", "threw", "lent")
 IOI_OPENERS = ("When", "After", "While", "Then, when", "Once")
 IOI_MOTION = ("went to", "arrived at", "walked to", "were at", "got to")
 
-SUBJECTS = ("The dog", "A man", "The teacher", "My neighbor", "The child", "A woman", "The farmer",
-            "The old cat", "Our team", "The driver", "A student", "The baker", "Everyone", "The bird")
-VERBS = ("saw", "liked", "found", "lost", "wanted", "cleaned", "painted", "moved", "bought", "opened",
-         "carried", "fixed", "needed", "dropped", "watched")
-ADJECTIVES = ("cold", "warm", "quiet", "busy", "bright", "dark", "small", "large", "green", "old", "new",
-              "happy", "calm", "wet", "long", "short", "strange", "simple")
-TIMES = ("today", "yesterday", "in the morning", "at night", "last week", "after lunch", "every day",
-         "on Monday", "in the evening", "before dinner")
-NOUNS = ("weather", "room", "road", "sky", "house", "garden", "city", "water", "music", "food", "street",
-         "window", "door", "tree", "car", "train", "rain", "wind", "table", "chair")
+SUBJECTS = (
+    "The dog",
+    "A man",
+    "The teacher",
+    "My neighbor",
+    "The child",
+    "A woman",
+    "The farmer",
+    "The old cat",
+    "Our team",
+    "The driver",
+    "A student",
+    "The baker",
+    "Everyone",
+    "The bird",
+)
+VERBS = (
+    "saw",
+    "liked",
+    "found",
+    "lost",
+    "wanted",
+    "cleaned",
+    "painted",
+    "moved",
+    "bought",
+    "opened",
+    "carried",
+    "fixed",
+    "needed",
+    "dropped",
+    "watched",
+)
+ADJECTIVES = (
+    "cold",
+    "warm",
+    "quiet",
+    "busy",
+    "bright",
+    "dark",
+    "small",
+    "large",
+    "green",
+    "old",
+    "new",
+    "happy",
+    "calm",
+    "wet",
+    "long",
+    "short",
+    "strange",
+    "simple",
+)
+TIMES = (
+    "today",
+    "yesterday",
+    "in the morning",
+    "at night",
+    "last week",
+    "after lunch",
+    "every day",
+    "on Monday",
+    "in the evening",
+    "before dinner",
+)
+NOUNS = (
+    "weather",
+    "room",
+    "road",
+    "sky",
+    "house",
+    "garden",
+    "city",
+    "water",
+    "music",
+    "food",
+    "street",
+    "window",
+    "door",
+    "tree",
+    "car",
+    "train",
+    "rain",
+    "wind",
+    "table",
+    "chair",
+)
 
 
 class Generator:
@@ -151,9 +253,11 @@ class Generator:
         r = self.rng
         p, q = self._person(used), self._person(used)
         first, second = (p, q) if r.random() < 0.5 else (q, p)
-        return (f"{r.choice(INTROS_TWO)} {p[0]} {p[1]} and {q[0]} {q[1]}. {r.choice(CONNECTORS)} "
-                f"{first[0]} {first[1]} {r.choice(VERB_PHRASES)}, and {second[0]} {second[1]} "
-                f"{r.choice(VERB_PHRASES)}.")
+        return (
+            f"{r.choice(INTROS_TWO)} {p[0]} {p[1]} and {q[0]} {q[1]}. {r.choice(CONNECTORS)} "
+            f"{first[0]} {first[1]} {r.choice(VERB_PHRASES)}, and {second[0]} {second[1]} "
+            f"{r.choice(VERB_PHRASES)}."
+        )
 
     def ioi(self, used: set[str]) -> str:
         r = self.rng
@@ -163,8 +267,10 @@ class Generator:
                 break
         used.update((a, b))
         s, io = (b, a) if r.random() < 0.5 else (a, b)  # subject repeats, indirect object is the other
-        return (f"{r.choice(IOI_OPENERS)} {a} and {b} {r.choice(IOI_MOTION)} the {r.choice(self.places)}, "
-                f"{s} {r.choice(TRANSFER_VERBS)} a {r.choice(self.objects)} to {io}.")
+        return (
+            f"{r.choice(IOI_OPENERS)} {a} and {b} {r.choice(IOI_MOTION)} the {r.choice(self.places)}, "
+            f"{s} {r.choice(TRANSFER_VERBS)} a {r.choice(self.objects)} to {io}."
+        )
 
     def fact(self) -> str:
         r = self.rng
@@ -217,8 +323,7 @@ def tokenizer_training_text(seed: int, n_docs: int, lexicon_repeats: int = 40) -
     return docs
 
 
-def random_repeat_segment(rng: random.Random, token_ids: list[int], min_len: int, max_len: int,
-                          room: int) -> list[int]:
+def random_repeat_segment(rng: random.Random, token_ids: list[int], min_len: int, max_len: int, room: int) -> list[int]:
     """A span of uniformly random tokens (from ``token_ids``: the whole vocabulary minus special tokens)
     followed by one or two exact repeats, cut to ``room`` tokens."""
     n = rng.randint(min_len, max_len)

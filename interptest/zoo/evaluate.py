@@ -57,6 +57,7 @@ THRESHOLD_REPEAT_LOSS = 0.5
 # Each item: (clean prompt, clean answer, corrupted prompt, corrupted answer).  Clean and corrupted
 # prompts have the same number of tokens (all lexicon words are single tokens).
 
+
 def _held_out_person(rng: random.Random, used: set[str]) -> tuple[str, str]:
     first, last, pool = lexicon("names"), lexicon("surnames"), person_pool()
     while True:
@@ -78,7 +79,7 @@ def _other_name(rng: random.Random, used: set[str]) -> str:
 
 
 def induction_prompts(n: int, seed: int = 1, fixed_template: bool = False) -> list[tuple[str, str, str, str]]:
-    """"Her name was A B. When A" -> " B" with (A, B) a held-out pair; corrupted: surname B -> C."""
+    """ "Her name was A B. When A" -> " B" with (A, B) a held-out pair; corrupted: surname B -> C."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -92,7 +93,7 @@ def induction_prompts(n: int, seed: int = 1, fixed_template: bool = False) -> li
 
 
 def induction_two_prompts(n: int, seed: int = 2, fixed_template: bool = False) -> list[tuple[str, str, str, str]]:
-    """"Their names were A B and C D. When C" -> " D" (either person asked); corrupted: that surname."""
+    """ "Their names were A B and C D. When C" -> " D" (either person asked); corrupted: that surname."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -113,7 +114,7 @@ def induction_two_prompts(n: int, seed: int = 2, fixed_template: bool = False) -
 
 
 def ioi_prompts(n: int, seed: int = 3, fixed_template: bool = False) -> list[tuple[str, str, str, str]]:
-    """"When A and B went to the P, B gave a O to" -> " A", {A, B} a held-out pair; corrupted: the
+    """ "When A and B went to the P, B gave a O to" -> " A", {A, B} a held-out pair; corrupted: the
     repeated name swapped ("..., A gave ...", answer " B")."""
     rng = random.Random(seed)
     pool, places, objects = person_pool(), lexicon("places"), lexicon("objects")
@@ -131,7 +132,7 @@ def ioi_prompts(n: int, seed: int = 3, fixed_template: bool = False) -> list[tup
 
 
 def fact_prompts(context: bool = False, seed: int = 4) -> list[tuple[str, str, str, str]]:
-    """"The capital of X is" -> " Y" for every fact; corrupted: another country X' (answer its capital).
+    """ "The capital of X is" -> " Y" for every fact; corrupted: another country X' (answer its capital).
     With ``context``, prefixed by a name-copying sentence about a held-out name pair ("Her name was A B.
     When A B smiled. The capital of X is"), a combination never trained."""
     rng = random.Random(seed)
@@ -143,12 +144,19 @@ def fact_prompts(context: bool = False, seed: int = 4) -> list[tuple[str, str, s
         if context:  # a complete name-copying sentence about a held-out pair, as in training documents
             a, b = _held_out_person(rng, set())
             prefix = f"{rng.choice(INTROS_ONE)} {a} {b}. {rng.choice(CONNECTORS)} {a} {b} {rng.choice(VERB_PHRASES)}. "
-        out.append((f"{prefix}The capital of {country} is", f" {capital}",
-                    f"{prefix}The capital of {other_country} is", f" {other_capital}"))
+        out.append(
+            (
+                f"{prefix}The capital of {country} is",
+                f" {capital}",
+                f"{prefix}The capital of {other_country} is",
+                f" {other_capital}",
+            )
+        )
     return out
 
 
 # ------------------------------------------------------------------ measurements
+
 
 def _single_token(model, text: str) -> int:
     ids = model.to_tokens(text, prepend_bos=False)[0]
@@ -174,8 +182,12 @@ def accuracy(model, items) -> dict:
             for j, (_, a) in enumerate(group):
                 hits += int(int(logits[j].argmax()) == a)
                 probs.append(float(p[j, a]))
-    return {"n": len(items), "top1_acc": hits / len(items), "mean_prob": sum(probs) / len(probs),
-            "min_prob": min(probs)}
+    return {
+        "n": len(items),
+        "top1_acc": hits / len(items),
+        "mean_prob": sum(probs) / len(probs),
+        "min_prob": min(probs),
+    }
 
 
 def random_repeat_strings(model, n_seqs: int = 10, length: int = 20, seed: int = 5) -> list[str]:
@@ -223,9 +235,12 @@ def induction_metrics(model, n_seqs: int = 10, length: int = 20) -> dict:
     best = scores.flatten().argmax()
     n_heads = scores.shape[1]
     return {
-        "n_seqs": n_seqs, "length": length, "ceiling": length / (2 * length + 1),
+        "n_seqs": n_seqs,
+        "length": length,
+        "ceiling": length / (2 * length + 1),
         "scores": [[round(float(v), 4) for v in row] for row in scores],
-        "best_head": [int(best) // n_heads, int(best) % n_heads], "best_score": float(scores.max()),
+        "best_head": [int(best) // n_heads, int(best) % n_heads],
+        "best_score": float(scores.max()),
         "repeat_half_loss": sum(losses) / len(losses),
         "repeat_half_loss_incl_first": sum(losses_all) / len(losses_all),
     }
@@ -259,9 +274,15 @@ def patching_map(model, items) -> dict:
     with torch.inference_mode():
         result = get_act_patch_resid_pre(model, corrupt, clean_cache, metric)
     labels = model.to_str_tokens(items[0][0])
-    return {"n_prompts": len(items), "example_clean": items[0][0], "example_corrupted": items[0][2],
-            "logit_diff_clean": ld_clean, "logit_diff_corrupted": ld_corrupt,
-            "positions": labels, "map": [[round(float(v), 3) for v in row] for row in result]}
+    return {
+        "n_prompts": len(items),
+        "example_clean": items[0][0],
+        "example_corrupted": items[0][2],
+        "logit_diff_clean": ld_clean,
+        "logit_diff_corrupted": ld_corrupt,
+        "positions": labels,
+        "map": [[round(float(v), 3) for v in row] for row in result],
+    }
 
 
 def evaluate(model, n: int = 200, n_patch: int = 24) -> dict:
@@ -277,13 +298,17 @@ def evaluate(model, n: int = 200, n_patch: int = 24) -> dict:
     res["shipped_prompts"] = {}
     for k, (prompt, ans) in SHIPPED_PROMPTS.items():
         r = accuracy(model, [(prompt, ans, prompt, ans)])
-        res["shipped_prompts"][k] = {"prompt": prompt, "answer": ans, "top1": r["top1_acc"] == 1.0,
-                                     "prob": r["mean_prob"]}
+        res["shipped_prompts"][k] = {
+            "prompt": prompt,
+            "answer": ans,
+            "top1": r["top1_acc"] == 1.0,
+            "prob": r["mean_prob"],
+        }
     res["induction_heads"] = induction_metrics(model)
     res["patching"] = {
         "induction": patching_map(model, induction_prompts(n_patch, seed=11, fixed_template=True)),
         "ioi": patching_map(model, ioi_prompts(n_patch, seed=13, fixed_template=True)),
-        "facts": patching_map(model, fact_prompts(context=False, seed=14)[:max(n_patch, 20)]),
+        "facts": patching_map(model, fact_prompts(context=False, seed=14)[: max(n_patch, 20)]),
     }
     res["eval_seconds"] = round(time.perf_counter() - t0, 1)
     return res
@@ -321,39 +346,69 @@ def _map_table(p: dict) -> str:
 
 
 def card_section(res: dict, model_dir: Path) -> str:
-    lines = [CARD_BEGIN, "", "### Behaviors (held-out prompts, top-1 over the whole vocabulary)", "",
-             "| task | prompts | top-1 accuracy | mean p(correct) | min p(correct) |", "|---|---|---|---|---|"]
+    lines = [
+        CARD_BEGIN,
+        "",
+        "### Behaviors (held-out prompts, top-1 over the whole vocabulary)",
+        "",
+        "| task | prompts | top-1 accuracy | mean p(correct) | min p(correct) |",
+        "|---|---|---|---|---|",
+    ]
     for k, r in res["tasks"].items():
         lines.append(f"| {k} | {r['n']} | {r['top1_acc']:.3f} | {r['mean_prob']:.3f} | {r['min_prob']:.3f} |")
-    lines += ["", "Exact prompts of the shipped behaviors suite:", "", "| prompt | answer | top-1 | p |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "Exact prompts of the shipped behaviors suite:",
+        "",
+        "| prompt | answer | top-1 | p |",
+        "|---|---|---|---|",
+    ]
     for r in res["shipped_prompts"].values():
         lines.append(f"| `{r['prompt']}` | `{r['answer']}` | {'yes' if r['top1'] else 'no'} | {r['prob']:.3f} |")
     ih = res["induction_heads"]
-    lines += ["", "### Induction heads", "",
-              f"`detect_head(model, seqs, \"induction_head\")` over {ih['n_seqs']} sequences of {ih['length']} "
-              f"random whole-vocabulary tokens repeated once (ceiling {ih['ceiling']:.3f}):", "",
-              "| layer | " + " | ".join(f"head {h}" for h in range(len(ih["scores"][0]))) + " |",
-              "|---|" + "---|" * len(ih["scores"][0])]
+    lines += [
+        "",
+        "### Induction heads",
+        "",
+        f'`detect_head(model, seqs, "induction_head")` over {ih["n_seqs"]} sequences of {ih["length"]} '
+        f"random whole-vocabulary tokens repeated once (ceiling {ih['ceiling']:.3f}):",
+        "",
+        "| layer | " + " | ".join(f"head {h}" for h in range(len(ih["scores"][0]))) + " |",
+        "|---|" + "---|" * len(ih["scores"][0]),
+    ]
     for i, row in enumerate(ih["scores"]):
         lines.append(f"| {i} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-    lines += ["", f"Best: L{ih['best_head'][0]}H{ih['best_head'][1]} = {ih['best_score']:.3f}. "
-              f"Loss on the repeated half: {ih['repeat_half_loss']:.3f} nats (its first token, which no "
-              f"mechanism can predict, excluded; {ih['repeat_half_loss_incl_first']:.3f} including it).", ""]
-    lines += ["### Mechanisms: residual-stream patching maps", "",
-              "`transformer_lens.patching.get_act_patch_resid_pre`, clean activations patched into the "
-              "corrupted run, metric = (LD_patched - LD_corrupted) / (LD_clean - LD_corrupted) with LD the "
-              "logit difference correct - corrupted answer, averaged over the prompts (rows: layer of "
-              "`resid_pre`; columns: positions of the first prompt).", ""]
-    corr = {"induction": "change the surname (`Her name was A B. When A` -> `Her name was A C. When A`)",
-            "ioi": "swap the repeated name (`..., B gave a drink to` -> `..., A gave a drink to`)",
-            "facts": "change the country (`The capital of X is` -> `The capital of X' is`)"}
+    lines += [
+        "",
+        f"Best: L{ih['best_head'][0]}H{ih['best_head'][1]} = {ih['best_score']:.3f}. "
+        f"Loss on the repeated half: {ih['repeat_half_loss']:.3f} nats (its first token, which no "
+        f"mechanism can predict, excluded; {ih['repeat_half_loss_incl_first']:.3f} including it).",
+        "",
+    ]
+    lines += [
+        "### Mechanisms: residual-stream patching maps",
+        "",
+        "`transformer_lens.patching.get_act_patch_resid_pre`, clean activations patched into the "
+        "corrupted run, metric = (LD_patched - LD_corrupted) / (LD_clean - LD_corrupted) with LD the "
+        "logit difference correct - corrupted answer, averaged over the prompts (rows: layer of "
+        "`resid_pre`; columns: positions of the first prompt).",
+        "",
+    ]
+    corr = {
+        "induction": "change the surname (`Her name was A B. When A` -> `Her name was A C. When A`)",
+        "ioi": "swap the repeated name (`..., B gave a drink to` -> `..., A gave a drink to`)",
+        "facts": "change the country (`The capital of X is` -> `The capital of X' is`)",
+    }
     for k, p in res["patching"].items():
         which = "prompts (every fact is trained; see above)" if k == "facts" else "held-out prompts"
-        lines += [f"**{k}** - corruption: {corr[k]}; {p['n_prompts']} {which}; e.g. "
-                  f"`{p['example_clean']}` -> `{p['example_corrupted']}`; "
-                  f"LD clean {p['logit_diff_clean']:.2f}, corrupted {p['logit_diff_corrupted']:.2f}.", "",
-                  _map_table(p), ""]
+        lines += [
+            f"**{k}** - corruption: {corr[k]}; {p['n_prompts']} {which}; e.g. "
+            f"`{p['example_clean']}` -> `{p['example_corrupted']}`; "
+            f"LD clean {p['logit_diff_clean']:.2f}, corrupted {p['logit_diff_corrupted']:.2f}.",
+            "",
+            _map_table(p),
+            "",
+        ]
     lines.append(CARD_END)
     return "\n".join(lines)
 
@@ -364,7 +419,7 @@ def write_card(res: dict, model_dir: Path) -> None:
     if path.exists():
         text = path.read_text()
         if CARD_BEGIN in text and CARD_END in text:
-            text = text[:text.index(CARD_BEGIN)] + section + text[text.index(CARD_END) + len(CARD_END):]
+            text = text[: text.index(CARD_BEGIN)] + section + text[text.index(CARD_END) + len(CARD_END) :]
         else:
             text = text.rstrip() + "\n\n" + section + "\n"
     else:
@@ -387,12 +442,19 @@ def main(argv=None) -> int:
     res = evaluate(model, n=args.n)
     bad = check(res)
     summary = {k: (round(r["top1_acc"], 3), round(r["mean_prob"], 3)) for k, r in res["tasks"].items()}
-    print(json.dumps({"tasks": summary, "shipped": {k: round(v["prob"], 3) for k, v in
-                                                      res["shipped_prompts"].items()},
-                      "induction_best": res["induction_heads"]["best_score"],
-                      "best_head": res["induction_heads"]["best_head"],
-                      "repeat_loss": res["induction_heads"]["repeat_half_loss"],
-                      "eval_seconds": res["eval_seconds"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "tasks": summary,
+                "shipped": {k: round(v["prob"], 3) for k, v in res["shipped_prompts"].items()},
+                "induction_best": res["induction_heads"]["best_score"],
+                "best_head": res["induction_heads"]["best_head"],
+                "repeat_loss": res["induction_heads"]["repeat_half_loss"],
+                "eval_seconds": res["eval_seconds"],
+            },
+            indent=1,
+        )
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     if args.card:

@@ -49,24 +49,41 @@ def build_tokenizer(vocab_size: int, seed: int, n_docs: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=[BOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[BOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(tokenizer_training_text(seed, n_docs), trainer=trainer)
     bos_id = tok.token_to_id(BOS)
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
-                                      special_tokens=[(BOS, bos_id)]),
-    ])
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+            ),
+        ]
+    )
     bad = [w for w in all_lexicon_words() if len(tok.encode(" " + w, add_special_tokens=False).ids) != 1]
     if bad:
-        raise SystemExit(f"tokenizer check failed: {len(bad)} lexicon words are not a single token with a "
-                         f"leading space (raise --vocab-size or --tokenizer-docs): {bad[:20]}")
+        raise SystemExit(
+            f"tokenizer check failed: {len(bad)} lexicon words are not a single token with a "
+            f"leading space (raise --vocab-size or --tokenizer-docs): {bad[:20]}"
+        )
     return tok
 
 
-def make_batch(gen: Generator, rng: random.Random, tok, batch: int, ctx: int, bos_id: int,
-               random_ids: list[int], random_frac: float) -> list[list[int]]:
+def make_batch(
+    gen: Generator,
+    rng: random.Random,
+    tok,
+    batch: int,
+    ctx: int,
+    bos_id: int,
+    random_ids: list[int],
+    random_frac: float,
+) -> list[list[int]]:
     """``batch`` rows of exactly ``ctx`` tokens, each starting with BOS."""
     n_sent = ctx // 16 + 2
     plans, texts = [], []
@@ -94,8 +111,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m interptest.zoo.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (part of bit-identity; 1 is robust on a shared 2-core box)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (part of bit-identity; 1 is robust on a shared 2-core box)",
+    )
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--ctx", type=int, default=64, help="training context length (tokens)")
@@ -134,16 +155,31 @@ def train(args) -> dict:
 
     torch.manual_seed(args.seed)
     cfg = GPT2Config(
-        vocab_size=vocab, n_positions=args.n_positions, n_embd=args.d_model, n_layer=args.layers,
-        n_head=args.heads, n_inner=args.d_mlp, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=bos_id, eos_token_id=bos_id, pad_token_id=bos_id, tie_word_embeddings=True,
-        attn_implementation="eager", use_cache=False)
+        vocab_size=vocab,
+        n_positions=args.n_positions,
+        n_embd=args.d_model,
+        n_layer=args.layers,
+        n_head=args.heads,
+        n_inner=args.d_mlp,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=bos_id,
+        eos_token_id=bos_id,
+        pad_token_id=bos_id,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+        use_cache=False,
+    )
     model = GPT2LMHeadModel(cfg)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+    )
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -167,8 +203,10 @@ def train(args) -> dict:
         opt.step()
         losses.append(loss.item())
         if args.log_every and (step % args.log_every == 0 or step == args.steps - 1):
-            print(f"step {step:5d}  loss {loss.item():.4f}  lr {lr_at(step):.2e}  "
-                  f"{time.perf_counter() - t0:7.1f}s", flush=True)
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  lr {lr_at(step):.2e}  {time.perf_counter() - t0:7.1f}s",
+                flush=True,
+            )
 
     model.eval()
     out = Path(args.out)
@@ -182,17 +220,21 @@ def train(args) -> dict:
     gen_cfg = out / "generation_config.json"
     if gen_cfg.exists():
         gen_cfg.unlink()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS,
-                                   model_max_length=args.n_positions)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS, model_max_length=args.n_positions
+    )
     fast.save_pretrained(out)
     wall = time.perf_counter() - t0
     info = {
         "args": {k: v for k, v in vars(args).items() if k != "out"},
-        "torch_version": torch.__version__, "transformers_version": transformers.__version__,
-        "vocab_size": vocab, "n_params": sum(p.numel() for p in model.parameters()),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "vocab_size": vocab,
+        "n_params": sum(p.numel() for p in model.parameters()),
         "first_loss": losses[0] if losses else None,
         "final_loss_mean_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
-        "tokenizer_seconds": round(t_tok, 2), "wall_seconds": round(wall, 1),
+        "tokenizer_seconds": round(t_tok, 2),
+        "wall_seconds": round(wall, 1),
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info), flush=True)

@@ -95,21 +95,29 @@ FALSE = {
 
 def test_a_false_claim_of_every_kind_fails(model):
     spec = shipped("induction-circuit")
-    entry = {"name": "false-claims", "prompt": spec.prompt, "expect": spec.expect, "corrupt": spec.corrupt,
-             "foil": spec.foil, "reference": list(spec.reference), "claims": list(FALSE)}
+    entry = {
+        "name": "false-claims",
+        "prompt": spec.prompt,
+        "expect": spec.expect,
+        "corrupt": spec.corrupt,
+        "foil": spec.foil,
+        "reference": list(spec.reference),
+        "claims": list(FALSE),
+    }
     result = check_behavior(entry, model, raise_on_failure=False)
     checks = {c.text: c for c in result.checks}
     for text, value in FALSE.items():
         assert not checks[text].passed, (text, checks[text].value, checks[text].detail)
         if value is not None:
             assert checks[text].value == pytest.approx(value, abs=2e-3), text
-    assert "nodes that do not matter (>= 0.05 fails): head 0.0" in \
-        checks["circuit heads[0.0, 0.2, 1.0, 1.2, 1.3] + mlp_out[1] minimal >= 0.05"].detail
+    assert (
+        "nodes that do not matter (>= 0.05 fails): head 0.0"
+        in checks["circuit heads[0.0, 0.2, 1.0, 1.2, 1.3] + mlp_out[1] minimal >= 0.05"].detail
+    )
 
 
 def test_under_resample_m_empty_is_m_corrupt_on_the_shipped_prompt(model):
     bound = bind_behavior(shipped("induction-circuit"), model, "interptest-tiny")
     with torch.inference_mode():
         engine = Run(bound).circuits()
-        assert float(engine.all_ablated("resample")[0]) == pytest.approx(float(engine.metrics("corrupt")[0]),
-                                                                        abs=1e-5)
+        assert float(engine.all_ablated("resample")[0]) == pytest.approx(float(engine.metrics("corrupt")[0]), abs=1e-5)

@@ -33,18 +33,21 @@ def test_bad_input_is_one_line_and_exit_2(capsys):
 
 def test_suggest_prints_yaml_for_every_behavior_and_writes_nothing(capsys, tmp_path):
     spec = tmp_path / "s.yaml"
-    text = ('behaviors:\n  - name: paris\n    prompt: "The capital of France is"\n    expect: " Paris"\n'
-            '    corrupt: "The capital of Japan is"\n')
+    text = (
+        'behaviors:\n  - name: paris\n    prompt: "The capital of France is"\n    expect: " Paris"\n'
+        '    corrupt: "The capital of Japan is"\n'
+    )
     spec.write_text(text)
     assert main(["suggest", str(spec)]) == 0
     out = capsys.readouterr().out
-    claims = yaml.safe_load(out[out.index("- name: paris"):])[0]["claims"]
+    claims = yaml.safe_load(out[out.index("- name: paris") :])[0]["claims"]
     assert "resid_pre[0, ' France'] recovers >= 0.90" in claims and spec.read_text() == text
 
 
 def test_python_dash_m_and_schema():
-    done = subprocess.run([sys.executable, "-m", "interptest", "schema"], capture_output=True, text=True,
-                          timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "interptest", "schema"], capture_output=True, text=True, timeout=120, check=True
+    )
     assert json.loads(done.stdout) == json.loads(SCHEMA_FILE.read_text())
 
 

@@ -21,8 +21,23 @@ import gpt2cache
 
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
-IOI_TOKENS = ["<|endoftext|>", "When", " Mary", " and", " John", " went", " to", " the", " store", ",", " John",
-              " gave", " a", " drink", " to"]
+IOI_TOKENS = [
+    "<|endoftext|>",
+    "When",
+    " Mary",
+    " and",
+    " John",
+    " went",
+    " to",
+    " the",
+    " store",
+    ",",
+    " John",
+    " gave",
+    " a",
+    " drink",
+    " to",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +71,26 @@ def test_cache_has_the_hub_layout(offline):
     assert (repo / "refs" / "main").read_text() == gpt2cache.REVISION
     snapshot = repo / "snapshots" / gpt2cache.REVISION
     names = sorted(p.name for p in snapshot.iterdir())
-    assert names == ["config.json", "generation_config.json", "merges.txt", "model.safetensors", "tokenizer.json",
-                     "tokenizer_config.json", "vocab.json"]
+    assert names == [
+        "config.json",
+        "generation_config.json",
+        "merges.txt",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
     for name in names:
         link = snapshot / name
         assert link.is_symlink() and link.resolve().parent == (repo / "blobs").resolve(), name
         if name != "model.safetensors":
             assert link.resolve().name == gpt2cache.sha256(link.read_bytes()), name
-    for name, digest in gpt2cache.HUB_SHA256.items():     # byte-identical to the hub's files
+    for name, digest in gpt2cache.HUB_SHA256.items():  # byte-identical to the hub's files
         assert gpt2cache.sha256((snapshot / name).read_bytes()) == digest, name
     # what interptest's _ensure_hub_model asks the hub library: found in the cache, offline
     assert try_to_load_from_cache("gpt2", "config.json") == str(snapshot / "config.json")
     assert try_to_load_from_cache("gpt2", "model.safetensors") == str(snapshot / "model.safetensors")
-    assert os.path.getsize(snapshot / "model.safetensors") > 450e6          # fp32, ~124M parameters
+    assert os.path.getsize(snapshot / "model.safetensors") > 450e6  # fp32, ~124M parameters
 
 
 def test_gpt2_loads_by_hub_name_as_gpt2_small(gpt2):
@@ -80,7 +102,7 @@ def test_gpt2_loads_by_hub_name_as_gpt2_small(gpt2):
     cfg = gpt2.cfg
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_vocab) == (12, 768, 12, 50257)
     assert model_context_length(gpt2) == 1024
-    assert gpt2.tokenizer.name_or_path == "gpt2"          # loaded by name from the cache, not from a directory
+    assert gpt2.tokenizer.name_or_path == "gpt2"  # loaded by name from the cache, not from a directory
     assert gpt2.tokenizer.bos_token_id == gpt2cache.BOS and len(gpt2.tokenizer) == 50257
 
 
@@ -99,7 +121,16 @@ def test_bridge_runs_the_cached_weights(gpt2, offline):
 def test_tokenization_is_gpt2s(gpt2):
     # GPT-2's ids, as the real gpt2 gives them, BOS (<|endoftext|>) prepended exactly once
     assert gpt2.to_tokens("Her name was Alex Hart. When Alex")[0].tolist() == [
-        50256, 9360, 1438, 373, 4422, 11345, 13, 1649, 4422]
+        50256,
+        9360,
+        1438,
+        373,
+        4422,
+        11345,
+        13,
+        1649,
+        4422,
+    ]
     assert gpt2.to_str_tokens(IOI_CLEAN) == IOI_TOKENS
     ids = gpt2.to_tokens(IOI_CLEAN)[0]
     assert int((ids == gpt2cache.BOS).sum()) == 1
@@ -115,8 +146,11 @@ def test_alias_and_uncached_names(offline):
     assert alias.tokenizer.name_or_path == "gpt2" and alias.cfg.n_layers == 12
     del alias
     t0 = time.perf_counter()
-    with pytest.raises(ModelNotAvailable, match=r"'gpt2-medium' is not in the local Hugging Face cache and "
-                                                r"HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        ModelNotAvailable,
+        match=r"'gpt2-medium' is not in the local Hugging Face cache and "
+        r"HF_HUB_OFFLINE is set",
+    ):
         load_model("gpt2-medium", device="cpu")
     assert time.perf_counter() - t0 < 5
 
@@ -148,7 +182,7 @@ def test_published_ioi_binds_and_runs_on_gpt2_tokens(gpt2):
     ioi = next(b for b in shipped["behaviors"] if b["name"] == "ioi-name-movers")
     result = check_behavior(ioi, gpt2, raise_on_failure=False)
     assert result.tokens == IOI_TOKENS and result.expect == " Mary" and result.foil == " John"
-    assert abs(result.clean_metric - result.corrupt_metric) >= 1.0     # min_effect: the claims are judged
+    assert abs(result.clean_metric - result.corrupt_metric) >= 1.0  # min_effect: the claims are judged
     by_text = {check.text: check for check in result.checks}
     assert by_text["resid_pre[0, ' John'#2] recovers >= 0.99"].value == pytest.approx(1.0, abs=1e-4)
     assert by_text["resid_post[-1, -1] recovers >= 0.99"].value == pytest.approx(1.0, abs=1e-4)
@@ -169,10 +203,10 @@ def test_family_with_shipped_lexicons_on_gpt2_tokens(gpt2):
         "samples": 4,
         "min_effect": 0.01,
         "claims": [
-            "resid_pre[0, {last}] together recovers >= 0.99",     # the only token that differs
-            "resid_pre[0, 0:5] together recovers <= 0.01",        # before it: identical residuals
-            "resid_pre[0, 6:] together recovers <= 0.01",         # after it, at layer 0: identical too
-            "resid_post[-1, -1] together recovers >= 0.99",       # the last residual decides the logits
+            "resid_pre[0, {last}] together recovers >= 0.99",  # the only token that differs
+            "resid_pre[0, 0:5] together recovers <= 0.01",  # before it: identical residuals
+            "resid_pre[0, 6:] together recovers <= 0.01",  # after it, at layer 0: identical too
+            "resid_post[-1, -1] together recovers >= 0.99",  # the last residual decides the logits
         ],
     }
     result = check_behavior(family, gpt2, raise_on_failure=False)

@@ -37,14 +37,26 @@ def model():
 
 
 def pairs():
-    induction = st.tuples(st.sampled_from(NAMES), st.sampled_from(SURNAMES), st.sampled_from(SURNAMES)).filter(
-        lambda t: len(set(t)) == 3).map(lambda t: (f"Her name was {t[0]} {t[1]}. When {t[0]}",
-                                                   f"Her name was {t[0]} {t[2]}. When {t[0]}"))
-    ioi = st.tuples(st.sampled_from(NAMES), st.sampled_from(NAMES)).filter(lambda t: t[0] != t[1]).map(
-        lambda t: (f"When {t[0]} and {t[1]} went to the store, {t[1]} gave a drink to",
-                   f"When {t[0]} and {t[1]} went to the store, {t[0]} gave a drink to"))
-    facts = st.tuples(st.sampled_from(COUNTRIES), st.sampled_from(COUNTRIES)).filter(lambda t: t[0] != t[1]).map(
-        lambda t: (f"The capital of {t[0]} is", f"The capital of {t[1]} is"))
+    induction = (
+        st.tuples(st.sampled_from(NAMES), st.sampled_from(SURNAMES), st.sampled_from(SURNAMES))
+        .filter(lambda t: len(set(t)) == 3)
+        .map(lambda t: (f"Her name was {t[0]} {t[1]}. When {t[0]}", f"Her name was {t[0]} {t[2]}. When {t[0]}"))
+    )
+    ioi = (
+        st.tuples(st.sampled_from(NAMES), st.sampled_from(NAMES))
+        .filter(lambda t: t[0] != t[1])
+        .map(
+            lambda t: (
+                f"When {t[0]} and {t[1]} went to the store, {t[1]} gave a drink to",
+                f"When {t[0]} and {t[1]} went to the store, {t[0]} gave a drink to",
+            )
+        )
+    )
+    facts = (
+        st.tuples(st.sampled_from(COUNTRIES), st.sampled_from(COUNTRIES))
+        .filter(lambda t: t[0] != t[1])
+        .map(lambda t: (f"The capital of {t[0]} is", f"The capital of {t[1]} is"))
+    )
     return st.one_of(induction, ioi, facts)
 
 
@@ -65,6 +77,7 @@ def reference(model, patcher, component, direction):
 
             def metric(logits):
                 return (mc - (logits[0, -1, e] - logits[0, -1, f])) / (mc - mx)
+
         return getattr(patching, TL_FUNCTIONS[component])(model, tokens, cache, metric).float()
 
 
@@ -78,7 +91,7 @@ def test_every_component_equals_transformer_lens(model, pair, direction):
         foil = int(model(corrupt_ids)[0, -1].argmax())
     patcher = Patcher(model, clean_ids, corrupt_ids, expect, foil)
     assert patcher.engine == "fast", patcher.engine_note
-    assert abs(patcher.clean_metric - patcher.corrupt_metric) > 1.0      # a real behavior, well conditioned
+    assert abs(patcher.clean_metric - patcher.corrupt_metric) > 1.0  # a real behavior, well conditioned
     for component in TL_FUNCTIONS:
         ours = patcher.sweep(component, direction).values
         theirs = reference(model, patcher, component, direction)

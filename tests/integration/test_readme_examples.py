@@ -35,10 +35,10 @@ NOT_RUN = re.compile(r"<!--\s*not run:\s*(?P<reason>\S[^>]*?)\s*-->\s*$")
 
 @dataclass(frozen=True)
 class Block:
-    line: int             # the line of the opening fence
+    line: int  # the line of the opening fence
     language: str
     text: str
-    not_run: str | None   # the reason given by a "<!-- not run: ... -->" marker, or None
+    not_run: str | None  # the reason given by a "<!-- not run: ... -->" marker, or None
 
     @property
     def id(self) -> str:
@@ -57,8 +57,11 @@ def blocks(text: str) -> list[Block]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
         previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         marker = NOT_RUN.search(previous)
-        found.append(Block(i + 1, fence.group(1), "\n".join(lines[i + 1:end]) + "\n",
-                           marker.group("reason") if marker else None))
+        found.append(
+            Block(
+                i + 1, fence.group(1), "\n".join(lines[i + 1 : end]) + "\n", marker.group("reason") if marker else None
+            )
+        )
         i = end + 1
     return found
 
@@ -75,7 +78,7 @@ def test_every_yaml_and_python_block_is_run_or_visibly_excluded():
     # Each exclusion names its reason in the README itself; today only the CI workflow is not run.
     assert all(len(reason) > 10 for reason in excluded.values()), excluded
     assert [b.text.splitlines()[0] for b in ALL if b.not_run is not None] == ["# .github/workflows/interp.yml"]
-    for block in YAML:                        # and every YAML block is one of the two kinds run below
+    for block in YAML:  # and every YAML block is one of the two kinds run below
         assert _spec_text(block)
 
 
@@ -117,7 +120,7 @@ def _expected_comments(source: str) -> list[tuple[str, object, int]]:
 
 def _same_output(shown: str, comment: str, block: Block) -> None:
     """A ``print(...)  # output`` line printed what its comment says, numbers to the comment's decimals."""
-    expected = comment[1:] if comment.startswith(" ") else comment     # "#  Hart 0.996" shows " Hart 0.996"
+    expected = comment[1:] if comment.startswith(" ") else comment  # "#  Hart 0.996" shows " Hart 0.996"
     for got, want in zip(shown.split(" "), expected.split(" "), strict=True):
         if re.fullmatch(r"-?\d+\.\d+", want):
             decimals = len(want.split(".")[1])
@@ -131,16 +134,18 @@ def test_python_blocks_run_in_order(pytester):
     ran = 0
     for block in PYTHON:
         if re.search(r"^def test_", block.text, re.MULTILINE):
-            continue                                  # run by test_python_test_blocks_pass
+            continue  # run by test_python_test_blocks_pass
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
-            exec(compile(block.text, block.id, "exec"), namespace)          # noqa: S102 - our own README
+            exec(compile(block.text, block.id, "exec"), namespace)  # noqa: S102 - our own README
         printed = [line for line in block.text.splitlines() if line.startswith("print(") and "#" in line]
         for line, shown in zip(printed, output.getvalue().splitlines()):
             _same_output(shown, line.split("#", 1)[1], block)
         for expression, expected, number in _expected_comments(block.text):
-            actual = eval(expression, namespace)                            # noqa: S307 - our own README
-            assert actual == expected, f"{block.id} (+{number}): {expression} is {actual!r}, the README says {expected!r}"
+            actual = eval(expression, namespace)  # noqa: S307 - our own README
+            assert actual == expected, (
+                f"{block.id} (+{number}): {expression} is {actual!r}, the README says {expected!r}"
+            )
         ran += 1
     assert ran >= 2
 

@@ -112,6 +112,10 @@ def test_generic_induction_head(tiny):
 def test_model_card_reports_numbers():
     text = (tiny_model_dir() / "MODEL_CARD.md").read_text()
     assert E.CARD_BEGIN in text and E.CARD_END in text
-    for needle in ("get_act_patch_resid_pre", "induction_head", "python -m interptest.zoo.train",
-                   "python -m interptest.zoo.evaluate"):
+    for needle in (
+        "get_act_patch_resid_pre",
+        "induction_head",
+        "python -m interptest.zoo.train",
+        "python -m interptest.zoo.evaluate",
+    ):
         assert needle in text, needle

@@ -4,16 +4,18 @@
 def test_yaml_inside_behaviors_directories_is_collected_other_yaml_is_not(pytester, write, alex_hart):
     write("behaviors/names.yaml", alex_hart)
     write("sub/behaviors/more.yml", alex_hart)
-    write(".github/workflows/ci.yml", "on: push\njobs: {nope: [\n")   # invalid YAML: must not be touched
+    write(".github/workflows/ci.yml", "on: push\njobs: {nope: [\n")  # invalid YAML: must not be touched
     write("config.yaml", "a: 1\n")
     result = pytester.runpytest("--co", "-q")
-    result.stdout.fnmatch_lines([
-        "behaviors/names.yaml::alex-hart",
-        "behaviors/names.yaml::france",
-        "sub/behaviors/more.yml::alex-hart",
-        "sub/behaviors/more.yml::france",
-        "4 tests collected*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "behaviors/names.yaml::alex-hart",
+            "behaviors/names.yaml::france",
+            "sub/behaviors/more.yml::alex-hart",
+            "sub/behaviors/more.yml::france",
+            "4 tests collected*",
+        ]
+    )
     assert "ci.yml" not in result.stdout.str() and "config.yaml" not in result.stdout.str()
     assert result.ret == 0
 
@@ -22,7 +24,7 @@ def test_yaml_named_on_the_command_line_is_collected(pytester, write, alex_hart)
     write("specs/names.yaml", alex_hart)
     result = pytester.runpytest("specs/names.yaml", "--co", "-q")
     result.stdout.fnmatch_lines(["specs/names.yaml::alex-hart", "specs/names.yaml::france", "2 tests collected*"])
-    assert pytester.runpytest("--co", "-q").ret == 5     # not named, not in behaviors/: no tests
+    assert pytester.runpytest("--co", "-q").ret == 5  # not named, not in behaviors/: no tests
 
 
 def test_interp_files_replaces_the_default_rule(pytester, write, alex_hart):
@@ -43,7 +45,7 @@ def test_behaviors_run_and_keyword_selection(pytester, write, alex_hart):
 def test_exitfirst_and_last_failed(pytester, write, alex_hart):
     write("behaviors/names.yaml", alex_hart.replace('expect: " Hart"', 'expect: " Cole"'))
     result = pytester.runpytest("-x")
-    result.assert_outcomes(failed=1)                      # -x stops after alex-hart
+    result.assert_outcomes(failed=1)  # -x stops after alex-hart
     result = pytester.runpytest("--lf", "-v")
     result.stdout.fnmatch_lines(["*run-last-failure: rerun previous 1 failure*", "*alex-hart FAILED*"])
     result.assert_outcomes(failed=1)
@@ -58,7 +60,9 @@ def test_junit_xml_names_each_behavior(pytester, write, alex_hart):
 
 
 def test_marks_skip_and_xfail(pytester, write, alex_hart):
-    write("behaviors/marked.yaml", """\
+    write(
+        "behaviors/marked.yaml",
+        """\
         behaviors:
           - name: slow-one
             marks: [slow]
@@ -72,7 +76,8 @@ def test_marks_skip_and_xfail(pytester, write, alex_hart):
             xfail: "known gap"
             prompt: "The capital of France is"
             expect: " Rome"
-        """)
+        """,
+    )
     pytester.makeini("[pytest]\nmarkers =\n    slow: slow behaviors\n")
     result = pytester.runpytest("-m", "slow")
     result.assert_outcomes(passed=1, deselected=2)

@@ -39,7 +39,7 @@ def test_family_failure_shows_bound_pass_rate_and_minimal_instance(pytester, wri
     instance = yaml.safe_load(textwrap.dedent(block))[0]
     assert instance["claims"] == ["heads[1.0] recovers >= 0.75"]
     write("behaviors/minimal.yaml", "behaviors:\n" + textwrap.dedent(block) + "\n")
-    pytester.runpytest("behaviors/minimal.yaml").assert_outcomes(failed=1)   # the instance fails on its own
+    pytester.runpytest("behaviors/minimal.yaml").assert_outcomes(failed=1)  # the instance fails on its own
 
 
 def test_same_seed_same_numbers_other_seed_other_samples(pytester, write):
@@ -59,7 +59,13 @@ def test_same_seed_same_numbers_other_seed_other_samples(pytester, write):
 
 def test_lexicon_entries_that_are_not_single_tokens_are_reported(pytester, write):
     write("behaviors/lexicons/people.txt", "Alex\nBartholomewzz\nMary\n")
-    write("behaviors/f.yaml", FAMILY.replace('first: "@names"', 'first: "@people"').replace("samples: 24", "samples: 3"))
+    write(
+        "behaviors/f.yaml", FAMILY.replace('first: "@names"', 'first: "@people"').replace("samples: 24", "samples: 3")
+    )
     result = pytester.runpytest()
-    result.stdout.fnmatch_lines(["*behavior 'induction-any-name', key 'vars.first': 1 value(s) of {first} in "
-                                 "lexicon @people are not single tokens for this model: 'Bartholomewzz' → *"])
+    result.stdout.fnmatch_lines(
+        [
+            "*behavior 'induction-any-name', key 'vars.first': 1 value(s) of {first} in "
+            "lexicon @people are not single tokens for this model: 'Bartholomewzz' → *"
+        ]
+    )

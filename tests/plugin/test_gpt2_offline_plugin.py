@@ -38,13 +38,26 @@ behaviors:
 MULTI_TOKEN = {
     "names": {"Ella": [" Ell", "a"], "Dora": [" D", "ora"]},
     "objects": {"kite": [" k", "ite"], "vase": [" v", "ase"]},
-    "capitals": {"Nairobi": [" N", "airo", "bi"], "Kyiv": [" Ky", "iv"], "Bucharest": [" Buch", "arest"],
-                 "Belgrade": [" Bel", "grade"], "Zagreb": [" Z", "ag", "reb"], "Accra": [" Acc", "ra"],
-                 "Rabat": [" Rab", "at"], "Bogota": [" Bog", "ota"], "Caracas": [" Car", "acas"],
-                 "Hanoi": [" H", "ano", "i"], "Kathmandu": [" Kath", "mand", "u"],
-                 "Reykjavik": [" Rey", "kj", "av", "ik"], "Tallinn": [" Tall", "inn"], "Riga": [" R", "iga"],
-                 "Vilnius": [" Vil", "n", "ius"], "Montevideo": [" Monte", "video"], "Quito": [" Qu", "ito"],
-                 "Doha": [" D", "oha"]},
+    "capitals": {
+        "Nairobi": [" N", "airo", "bi"],
+        "Kyiv": [" Ky", "iv"],
+        "Bucharest": [" Buch", "arest"],
+        "Belgrade": [" Bel", "grade"],
+        "Zagreb": [" Z", "ag", "reb"],
+        "Accra": [" Acc", "ra"],
+        "Rabat": [" Rab", "at"],
+        "Bogota": [" Bog", "ota"],
+        "Caracas": [" Car", "acas"],
+        "Hanoi": [" H", "ano", "i"],
+        "Kathmandu": [" Kath", "mand", "u"],
+        "Reykjavik": [" Rey", "kj", "av", "ik"],
+        "Tallinn": [" Tall", "inn"],
+        "Riga": [" R", "iga"],
+        "Vilnius": [" Vil", "n", "ius"],
+        "Montevideo": [" Monte", "video"],
+        "Quito": [" Qu", "ito"],
+        "Doha": [" D", "oha"],
+    },
 }
 
 
@@ -77,8 +90,10 @@ def published(pytester):
 
 def test_shipped_gpt2_spec_collects_from_the_cache(pytester, published, offline, monkeypatch, tmp_path):
     items, _ = pytester.inline_genitems()
-    assert [item.nodeid for item in items] == ["behaviors/gpt2/published.yaml::ioi-name-movers",
-                                               "behaviors/gpt2/published.yaml::induction-alex-hart"]
+    assert [item.nodeid for item in items] == [
+        "behaviors/gpt2/published.yaml::ioi-name-movers",
+        "behaviors/gpt2/published.yaml::induction-alex-hart",
+    ]
     for item in items:
         assert item.get_closest_marker("interp_model").args[0] == "gpt2"
         assert item.get_closest_marker("skip") is None, item.get_closest_marker("skip")
@@ -89,9 +104,12 @@ def test_shipped_gpt2_spec_collects_from_the_cache(pytester, published, offline,
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     items, _ = pytester.inline_genitems()
     reasons = [item.get_closest_marker("skip").kwargs["reason"] for item in items]
-    assert len(reasons) == 2 and all(reason.startswith(
-        "model not available: model 'gpt2' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
-        for reason in reasons), reasons
+    assert len(reasons) == 2 and all(
+        reason.startswith(
+            "model not available: model 'gpt2' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+        )
+        for reason in reasons
+    ), reasons
 
 
 def test_shipped_gpt2_spec_runs_with_positions_on_gpt2_tokens(pytester, published, offline):
@@ -101,14 +119,31 @@ def test_shipped_gpt2_spec_runs_with_positions_on_gpt2_tokens(pytester, publishe
     assert "skipped" not in outcomes and "error" not in outcomes and "errors" not in outcomes
     output = result.stdout.str()
     assert "Traceback" not in output and "INTERNALERROR" not in output
-    assert "[gpt2]" in output                                      # the per-behavior summary lines
+    assert "[gpt2]" in output  # the per-behavior summary lines
 
-    records = {r["nodeid"].split("::")[1]: r for r in json.loads((pytester.path / "report" / "results.json")
-                                                                   .read_text())["behaviors"]}
+    records = {
+        r["nodeid"].split("::")[1]: r
+        for r in json.loads((pytester.path / "report" / "results.json").read_text())["behaviors"]
+    }
     ioi, induction = records["ioi-name-movers"], records["induction-alex-hart"]
     assert ioi["model"] == induction["model"] == "gpt2"
-    assert ioi["tokens"] == ["<|endoftext|>", "When", " Mary", " and", " John", " went", " to", " the", " store",
-                             ",", " John", " gave", " a", " drink", " to"]
+    assert ioi["tokens"] == [
+        "<|endoftext|>",
+        "When",
+        " Mary",
+        " and",
+        " John",
+        " went",
+        " to",
+        " the",
+        " store",
+        ",",
+        " John",
+        " gave",
+        " a",
+        " drink",
+        " to",
+    ]
     assert induction["tokens"] == ["<|endoftext|>", "Her", " name", " was", " Alex", " Hart", ".", " When", " Alex"]
     assert ioi["foil"] == " John" and induction["foil"] == " Cole"
 
@@ -124,16 +159,28 @@ def test_shipped_gpt2_spec_runs_with_positions_on_gpt2_tokens(pytester, publishe
     assert claims["resid_pre[0:3, ' Hart'] recovers >= 0.9"]["cells"] == [[0, 5], [1, 5], [2, 5]]
     assert claims["resid_pre[-1, -1] recovers >= 0.9"]["cells"] == [[11, 8]]
     assert claims["any heads[5.1, 5.5, 6.9, 7.2, 7.10] recovers >= 0.1"]["cells"] == [
-        [5, 1], [5, 5], [6, 9], [7, 2], [7, 10]]
+        [5, 1],
+        [5, 5],
+        [6, 9],
+        [7, 2],
+        [7, 10],
+    ]
     assert claims["heads[9.6, 9.9, 10.0] together recovers >= 0.3"]["value"] is not None
 
-    shapes = {(name, key): (len(m["values"]), len(m["values"][0])) for name, r in records.items()
-              for key, m in r["maps"].items()}
-    assert shapes == {("ioi-name-movers", "resid_pre"): (12, 15), ("ioi-name-movers", "resid_post"): (12, 15),
-                      ("induction-alex-hart", "resid_pre"): (12, 9), ("induction-alex-hart", "heads"): (12, 12)}
+    shapes = {
+        (name, key): (len(m["values"]), len(m["values"][0]))
+        for name, r in records.items()
+        for key, m in r["maps"].items()
+    }
+    assert shapes == {
+        ("ioi-name-movers", "resid_pre"): (12, 15),
+        ("ioi-name-movers", "resid_post"): (12, 15),
+        ("induction-alex-hart", "resid_pre"): (12, 9),
+        ("induction-alex-hart", "heads"): (12, 12),
+    }
     for record in (ioi, induction):
         assert record["clean_metric"] is not None and record["corrupt_metric"] is not None
-        assert abs(record["clean_metric"] - record["corrupt_metric"]) >= 1.0   # min_effect: claims were judged
+        assert abs(record["clean_metric"] - record["corrupt_metric"]) >= 1.0  # min_effect: claims were judged
 
 
 def test_multi_token_lexicon_entries_are_collection_errors_on_gpt2(pytester, write, offline):
@@ -151,14 +198,20 @@ def test_multi_token_lexicon_entries_are_collection_errors_on_gpt2(pytester, wri
     assert output.count("ERROR collecting") == 3
 
     names = ", ".join(shown(w, t) for w, t in MULTI_TOKEN["names"].items())
-    assert (f"behavior 'induction-any-name', key 'vars.first': 2 value(s) of {{first}} in lexicon @names are "
-            f"not single tokens for this model: {names}") in output
+    assert (
+        f"behavior 'induction-any-name', key 'vars.first': 2 value(s) of {{first}} in lexicon @names are "
+        f"not single tokens for this model: {names}"
+    ) in output
     objects = ", ".join(shown(w, t) for w, t in MULTI_TOKEN["objects"].items())
-    assert (f"behavior 'gift', key 'vars.object': 2 value(s) of {{object}} in lexicon "
-            f"@objects are not single tokens for this model: {objects}") in output
+    assert (
+        f"behavior 'gift', key 'vars.object': 2 value(s) of {{object}} in lexicon "
+        f"@objects are not single tokens for this model: {objects}"
+    ) in output
     every = ", ".join(shown(w, t) for w, t in MULTI_TOKEN["capitals"].items())
-    assert (f"behavior 'flight', key 'vars.origin': 18 value(s) of {{origin}} in "
-            f"lexicon @capitals are not single tokens for this model: {every}") in output
+    assert (
+        f"behavior 'flight', key 'vars.origin': 18 value(s) of {{origin}} in "
+        f"lexicon @capitals are not single tokens for this model: {every}"
+    ) in output
     # every other entry of these lexicons is one GPT-2 token: none else is named
     assert "'Emma'" not in output and "'Paris'" not in output and "'Rome'" not in output
 
@@ -181,7 +234,9 @@ def test_lexicon_error_points_at_the_vars_key(pytester, write, offline):
 
 
 def test_single_token_drop_leaves_gpt2s_multi_token_names_out_with_a_note(pytester, write, offline):
-    write("behaviors/names.yaml", """\
+    write(
+        "behaviors/names.yaml",
+        """\
         behaviors:
           - name: names
             template: "Her name was {first} {last}. When {first}"
@@ -189,11 +244,14 @@ def test_single_token_drop_leaves_gpt2s_multi_token_names_out_with_a_note(pytest
             vars: {first: "@names", last: "@surnames"}
             samples: 4
             single_token: drop
-        """)
+        """,
+    )
     result = pytester.runpytest("--interp-model", "gpt2", "-v", "--interp-report=out")
-    result.assert_outcomes(passed=0, failed=1)          # random weights: the prediction is wrong, not the run
+    result.assert_outcomes(passed=0, failed=1)  # random weights: the prediction is wrong, not the run
     record = json.loads((pytester.path / "out" / "results.json").read_text())["behaviors"][0]
     detail = record["claims"][0]["detail"]
     names = MULTI_TOKEN["names"]
-    assert (f"dropped 2 value(s) that are not single tokens for this model: {shown('Ella', names['Ella'])}, "
-            f"{shown('Dora', names['Dora'])}") in detail
+    assert (
+        f"dropped 2 value(s) that are not single tokens for this model: {shown('Ella', names['Ella'])}, "
+        f"{shown('Dora', names['Dora'])}"
+    ) in detail

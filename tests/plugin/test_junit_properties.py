@@ -51,5 +51,6 @@ def test_junit_xml_carries_the_numbers(pytester, write):
 def test_junit_xml_carries_the_numbers_under_xdist(pytester, write):
     write("behaviors/f.yaml", SPEC)
     pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "--junitxml=out.xml").assert_outcomes(
-        failed=1, skipped=1)
+        failed=1, skipped=1
+    )
     check(properties(pytester.path / "out.xml"))

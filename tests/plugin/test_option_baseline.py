@@ -35,21 +35,23 @@ def test_update_then_compare_then_detect_a_moved_cell(pytester, write):
     pytester.runpytest("--interp-baseline-update").assert_outcomes(passed=2)
     stored = json.loads(path.read_text())["behaviors"]
     assert set(stored) == {"alex-hart", "france"}
-    assert spec.read_text() == before                                  # the spec itself is never written
-    assert [p.name for p in path.parent.iterdir()] == ["f.json"]        # no temporary files left
+    assert spec.read_text() == before  # the spec itself is never written
+    assert [p.name for p in path.parent.iterdir()] == ["f.json"]  # no temporary files left
 
     pytester.runpytest().assert_outcomes(passed=2)
 
-    stored["alex-hart"]["maps"]["resid_pre"]["values"][0][5] = 0.5     # L0, ' Hart' was 1.00
+    stored["alex-hart"]["maps"]["resid_pre"]["values"][0][5] = 0.5  # L0, ' Hart' was 1.00
     stored["ghost"] = stored["france"]
     path.write_text(json.dumps({"format": 1, "behaviors": stored}))
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "*FAILED  maps match the baseline (tolerance 0.05)*resid_pre: 1 cell(s) moved by more than 0.05: "
-        "L0 pos 5 ' Hart': 0.50 → 1.00*",
-        "*unused baseline entries in *f.json: ghost*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*FAILED  maps match the baseline (tolerance 0.05)*resid_pre: 1 cell(s) moved by more than 0.05: "
+            "L0 pos 5 ' Hart': 0.50 → 1.00*",
+            "*unused baseline entries in *f.json: ghost*",
+        ]
+    )
     pytester.runpytest("--interp-baseline-tolerance=0.6").assert_outcomes(passed=2)
 
 

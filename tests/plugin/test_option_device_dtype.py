@@ -45,14 +45,17 @@ def observe(pytester, write, ini: str, *args: str) -> dict:
     return {"dtype": dtype, "device": device}
 
 
-@pytest.mark.parametrize("ini, args, dtype", [
-    pytest.param("", [], "float32", id="default"),
-    pytest.param("interp_dtype = bfloat16\n", [], "bfloat16", id="ini-bfloat16"),
-    pytest.param("interp_dtype = float16\n", [], "float16", id="ini-float16"),
-    pytest.param("", ["--interp-dtype=bfloat16"], "bfloat16", id="flag-bfloat16"),
-    pytest.param("interp_dtype = bfloat16\n", ["--interp-dtype=float32"], "float32", id="flag-float32-beats-ini"),
-    pytest.param("interp_dtype = float16\n", ["--interp-dtype=bfloat16"], "bfloat16", id="flag-bfloat16-beats-ini"),
-])
+@pytest.mark.parametrize(
+    "ini, args, dtype",
+    [
+        pytest.param("", [], "float32", id="default"),
+        pytest.param("interp_dtype = bfloat16\n", [], "bfloat16", id="ini-bfloat16"),
+        pytest.param("interp_dtype = float16\n", [], "float16", id="ini-float16"),
+        pytest.param("", ["--interp-dtype=bfloat16"], "bfloat16", id="flag-bfloat16"),
+        pytest.param("interp_dtype = bfloat16\n", ["--interp-dtype=float32"], "float32", id="flag-float32-beats-ini"),
+        pytest.param("interp_dtype = float16\n", ["--interp-dtype=bfloat16"], "bfloat16", id="flag-bfloat16-beats-ini"),
+    ],
+)
 def test_dtype_of_the_loaded_model(pytester, write, ini, args, dtype):
     assert observe(pytester, write, ini, *args)["dtype"] == dtype
 
@@ -60,31 +63,40 @@ def test_dtype_of_the_loaded_model(pytester, write, ini, args, dtype):
 AUTO = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("ini, args, device", [
-    pytest.param("", [], AUTO, id="default-auto"),                # auto: CUDA where there is one
-    pytest.param("interp_device = cpu\n", [], "cpu", id="ini-cpu"),
-    pytest.param("", ["--interp-device=cpu"], "cpu", id="flag-cpu"),
-    pytest.param("interp_device = cuda\n", ["--interp-device=cpu"], "cpu", id="flag-cpu-beats-ini"),
-    pytest.param("interp_device = cuda:0\n", ["--interp-device=auto"], AUTO, id="flag-auto-beats-ini"),
-])
+@pytest.mark.parametrize(
+    "ini, args, device",
+    [
+        pytest.param("", [], AUTO, id="default-auto"),  # auto: CUDA where there is one
+        pytest.param("interp_device = cpu\n", [], "cpu", id="ini-cpu"),
+        pytest.param("", ["--interp-device=cpu"], "cpu", id="flag-cpu"),
+        pytest.param("interp_device = cuda\n", ["--interp-device=cpu"], "cpu", id="flag-cpu-beats-ini"),
+        pytest.param("interp_device = cuda:0\n", ["--interp-device=auto"], AUTO, id="flag-auto-beats-ini"),
+    ],
+)
 def test_device_of_the_loaded_model(pytester, write, ini, args, device):
     assert observe(pytester, write, ini, *args)["device"] == device
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("ini, args", [
-    pytest.param("interp_device = cuda\n", [], id="ini-cuda"),
-    pytest.param("interp_device = cpu\n", ["--interp-device=cuda:0"], id="flag-cuda0-beats-ini"),
-])
+@pytest.mark.parametrize(
+    "ini, args",
+    [
+        pytest.param("interp_device = cuda\n", [], id="ini-cuda"),
+        pytest.param("interp_device = cpu\n", ["--interp-device=cuda:0"], id="flag-cuda0-beats-ini"),
+    ],
+)
 def test_cuda_device_of_the_loaded_model(pytester, write, ini, args):
     assert observe(pytester, write, ini, *args)["device"] == "cuda"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available: test_cuda_device_of_the_loaded_model")
-@pytest.mark.parametrize("ini, args", [
-    pytest.param("interp_device = cuda\n", [], id="ini-cuda"),
-    pytest.param("interp_device = cpu\n", ["--interp-device=cuda:0"], id="flag-cuda0-beats-ini"),
-])
+@pytest.mark.parametrize(
+    "ini, args",
+    [
+        pytest.param("interp_device = cuda\n", [], id="ini-cuda"),
+        pytest.param("interp_device = cpu\n", ["--interp-device=cuda:0"], id="flag-cuda0-beats-ini"),
+    ],
+)
 def test_cuda_without_cuda_is_a_usage_error(pytester, write, ini, args):
     # Where auto would pick the CPU, CUDA is refused only if the key or flag reaches the plugin; the message
     # names the option and the cause (no CUDA here), not the spec's model or its checkpoint files.
@@ -93,8 +105,9 @@ def test_cuda_without_cuda_is_a_usage_error(pytester, write, ini, args):
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     device = args[0].split("=")[1] if args else "cuda"
-    result.stderr.fnmatch_lines([f"*--interp-device {device}: *CUDA*; use device 'cpu' or 'auto' "
-                                 "(pytest: --interp-device cpu or auto)*"])
+    result.stderr.fnmatch_lines(
+        [f"*--interp-device {device}: *CUDA*; use device 'cpu' or 'auto' (pytest: --interp-device cpu or auto)*"]
+    )
     assert "key 'model'" not in result.stdout.str() + result.stderr.str()
 
 
@@ -102,17 +115,26 @@ DEVICES = "allowed: auto, cpu, cuda, cuda:N, mps"
 DTYPES = "allowed: float32, bfloat16, float16"
 
 
-@pytest.mark.parametrize("ini, args, message", [
-    pytest.param("", ["--interp-device=tpu"], f"--interp-device: invalid value 'tpu'; {DEVICES}", id="flag-tpu"),
-    pytest.param("", ["--interp-device=cuda:x"], f"--interp-device: invalid value 'cuda:x'; {DEVICES}",
-                 id="flag-cuda:x"),
-    pytest.param("", ["--interp-dtype=float64"], f"--interp-dtype: invalid value 'float64'; {DTYPES}",
-                 id="flag-float64"),
-    pytest.param("interp_device = gpu0\n", [], f"--interp-device: invalid value 'gpu0'; {DEVICES}", id="ini-gpu0"),
-    pytest.param("interp_dtype = fp64\n", [], f"--interp-dtype: invalid value 'fp64'; {DTYPES}", id="ini-fp64"),
-    pytest.param("interp_dtype = float32\n", ["--interp-dtype=double"],
-                 f"--interp-dtype: invalid value 'double'; {DTYPES}", id="flag-double-over-good-ini"),
-])
+@pytest.mark.parametrize(
+    "ini, args, message",
+    [
+        pytest.param("", ["--interp-device=tpu"], f"--interp-device: invalid value 'tpu'; {DEVICES}", id="flag-tpu"),
+        pytest.param(
+            "", ["--interp-device=cuda:x"], f"--interp-device: invalid value 'cuda:x'; {DEVICES}", id="flag-cuda:x"
+        ),
+        pytest.param(
+            "", ["--interp-dtype=float64"], f"--interp-dtype: invalid value 'float64'; {DTYPES}", id="flag-float64"
+        ),
+        pytest.param("interp_device = gpu0\n", [], f"--interp-device: invalid value 'gpu0'; {DEVICES}", id="ini-gpu0"),
+        pytest.param("interp_dtype = fp64\n", [], f"--interp-dtype: invalid value 'fp64'; {DTYPES}", id="ini-fp64"),
+        pytest.param(
+            "interp_dtype = float32\n",
+            ["--interp-dtype=double"],
+            f"--interp-dtype: invalid value 'double'; {DTYPES}",
+            id="flag-double-over-good-ini",
+        ),
+    ],
+)
 def test_bad_value_is_a_usage_error(pytester, write, ini, args, message):
     write("behaviors/f.yaml", SPEC)
     pytester.makeini("[pytest]\n" + ini)
@@ -122,10 +144,13 @@ def test_bad_value_is_a_usage_error(pytester, write, ini, args, message):
     assert "Traceback" not in result.stderr.str()
 
 
-@pytest.mark.parametrize("ini, flag", [
-    pytest.param("interp_device = gpu0\n", "--interp-device=cpu", id="device"),
-    pytest.param("interp_dtype = fp64\n", "--interp-dtype=float32", id="dtype"),
-])
+@pytest.mark.parametrize(
+    "ini, flag",
+    [
+        pytest.param("interp_device = gpu0\n", "--interp-device=cpu", id="device"),
+        pytest.param("interp_dtype = fp64\n", "--interp-dtype=float32", id="dtype"),
+    ],
+)
 def test_a_valid_flag_overrides_a_bad_ini_value(pytester, write, ini, flag):
     write("behaviors/f.yaml", SPEC)
     pytester.makeini("[pytest]\n" + ini)

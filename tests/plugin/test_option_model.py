@@ -43,8 +43,12 @@ def test_ini_model_is_the_default_for_specs_naming_none(pytester, write):
     pytester.makeini("[pytest]\ninterp_model = ./no-such-dir\n")
     result = pytester.runpytest("--co")
     # the spec names no model: the message blames the ini key that did, not the spec's (absent) 'model' key
-    result.stdout.fnmatch_lines(["*behaviors/f.yaml:*: behavior 'a': ini option interp_model './no-such-dir': model "
-                                 "directory './no-such-dir' does not exist*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*behaviors/f.yaml:*: behavior 'a': ini option interp_model './no-such-dir': model "
+            "directory './no-such-dir' does not exist*"
+        ]
+    )
     assert "key 'model'" not in result.stdout.str()
 
 
@@ -86,4 +90,6 @@ def test_if_model_unavailable_skip_turns_a_missing_model_into_skips(pytester, wr
 def test_if_model_unavailable_rejects_other_values(pytester, write):
     write("behaviors/hub.yaml", "if_model_unavailable: maybe\n" + spec(None, ("a", None)))
     result = pytester.runpytest()
-    result.stdout.fnmatch_lines(["*behavior 'a', key 'if_model_unavailable': expected one of error, skip, got 'maybe'*"])
+    result.stdout.fnmatch_lines(
+        ["*behavior 'a', key 'if_model_unavailable': expected one of error, skip, got 'maybe'*"]
+    )

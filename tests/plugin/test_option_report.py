@@ -28,7 +28,9 @@ def check_report(directory):
     assert set(records) == {"behaviors/f.yaml::alex-hart", "behaviors/f.yaml::france", "behaviors/f.yaml::later"}
     alex = records["behaviors/f.yaml::alex-hart"]
     assert alex["outcome"] == "failed" and alex["model"] == "interptest-tiny" and alex["foil"] == " Cole"
-    assert alex["tokens"][-1] == " Alex" and len(alex["maps"]["resid_pre"]["values"]) == len(alex["maps"]["resid_pre"]["layers"])
+    assert alex["tokens"][-1] == " Alex" and len(alex["maps"]["resid_pre"]["values"]) == len(
+        alex["maps"]["resid_pre"]["layers"]
+    )
     assert alex["maps"]["resid_pre"]["direction"] == "denoise" and "heads" in alex["maps"]["heads"]
     assert [c["passed"] for c in alex["claims"]] == [True, True, False]
     assert records["behaviors/f.yaml::later"]["outcome"] == "skipped"

@@ -34,9 +34,9 @@ def test_flag_sweeps_every_component(pytester, write):
     pytester.runpytest("--interp-report=out", "--interp-report-all").assert_outcomes(passed=2)
     found = maps(pytester.path / "out")
     assert set(found["alex-hart"]) == EVERY | {"mlp_out:noise"}
-    assert found["france"] == {}                        # nothing to patch without a corruption
+    assert found["france"] == {}  # nothing to patch without a corruption
     resid_post = found["alex-hart"]["resid_post"]["values"]
-    assert abs(resid_post[-1][-1] - 1) < 1e-3           # the last layer's last position carries it all
+    assert abs(resid_post[-1][-1] - 1) < 1e-3  # the last layer's last position carries it all
     html = (pytester.path / "out" / "report.html").read_text()
     assert html.count('class="heatmap"') == 7
 

@@ -17,7 +17,7 @@ def test_suggested_claims_hold_when_pasted(pytester, write):
     result.assert_outcomes(passed=1)
     assert spec.read_text() == SPEC
     output = result.stdout.str()
-    block = output[output.index("# --interp-suggest for 'alex-hart'"):].split("\n=")[0]
+    block = output[output.index("# --interp-suggest for 'alex-hart'") :].split("\n=")[0]
     suggested = yaml.safe_load(block)[0]["claims"]
     assert any(c.startswith("resid_pre[") for c in suggested) and "resid_pre[elsewhere]" in " ".join(suggested)
     spec.write_text(SPEC + "    claims:\n" + "".join(f'      - "{c}"\n' for c in suggested))
@@ -41,9 +41,9 @@ def test_families_get_claims_on_their_bootstrap_bounds_that_hold_when_pasted(pyt
     result.assert_outcomes(passed=1)
     output = result.stdout.str()
     assert "# --interp-suggest for 'fam' (interptest-tiny): bounds of the mean over 12 samples" in output
-    block = output[output.index("# --interp-suggest for 'fam'"):].split("\n=")[0]
+    block = output[output.index("# --interp-suggest for 'fam'") :].split("\n=")[0]
     suggested = yaml.safe_load(block)[0]["claims"]
-    assert "resid_pre[:, {last}] recovers >= 0.90" in suggested      # the position as a template variable
+    assert "resid_pre[:, {last}] recovers >= 0.90" in suggested  # the position as a template variable
     spec.write_text(FAMILY + "    claims:\n" + "".join(f'      - "{c}"\n' for c in suggested))
     pytester.runpytest().assert_outcomes(passed=1)
 

@@ -19,13 +19,22 @@ behaviors:
 """
 
 
-@pytest.mark.parametrize("args, message", [
-    pytest.param(["--interp-threads=0"], "--interp-threads: invalid value '0'; expected a positive integer or 'auto'",
-                 id="threads-0"),
-    pytest.param(["--interp-threads=many"], "--interp-threads: invalid value 'many'", id="threads-many"),
-    pytest.param(["--interp-batch-size=-4"], "--interp-batch-size: invalid value '-4'; expected a positive integer",
-                 id="batch-size--4"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        pytest.param(
+            ["--interp-threads=0"],
+            "--interp-threads: invalid value '0'; expected a positive integer or 'auto'",
+            id="threads-0",
+        ),
+        pytest.param(["--interp-threads=many"], "--interp-threads: invalid value 'many'", id="threads-many"),
+        pytest.param(
+            ["--interp-batch-size=-4"],
+            "--interp-batch-size: invalid value '-4'; expected a positive integer",
+            id="batch-size--4",
+        ),
+    ],
+)
 def test_bad_value_is_a_usage_error(pytester, write, args, message):
     write("behaviors/f.yaml", SPEC)
     result = pytester.runpytest(*args)
@@ -33,10 +42,13 @@ def test_bad_value_is_a_usage_error(pytester, write, args, message):
     result.stderr.fnmatch_lines([f"*{message}*"])
 
 
-@pytest.mark.parametrize("ini, flag", [
-    pytest.param("interp_threads = 0\n", "--interp-threads=1", id="threads"),
-    pytest.param("interp_batch_size = none\n", "--interp-batch-size=4", id="batch-size"),
-])
+@pytest.mark.parametrize(
+    "ini, flag",
+    [
+        pytest.param("interp_threads = 0\n", "--interp-threads=1", id="threads"),
+        pytest.param("interp_batch_size = none\n", "--interp-batch-size=4", id="batch-size"),
+    ],
+)
 def test_bad_ini_value_is_a_usage_error_unless_the_flag_overrides_it(pytester, write, ini, flag):
     write("behaviors/f.yaml", SPEC)
     pytester.makeini("[pytest]\n" + ini)
@@ -77,15 +89,18 @@ needs_two_cpus = pytest.mark.skipif(CPUS < 2, reason="one CPU available: every t
 
 
 @needs_two_cpus
-@pytest.mark.parametrize("ini, args, threads", [
-    # Each run starts at 1 thread, which is what 'auto' (half the CPUs, at most the current count) keeps.
-    pytest.param("interp_threads = 2\n", [], 2, id="ini"),
-    pytest.param("", ["--interp-threads=2"], 2, id="flag"),
-    pytest.param("interp_threads = 1\n", ["--interp-threads=2"], 2, id="flag-2-beats-ini"),
-    pytest.param("interp_threads = 2\n", ["--interp-threads=1"], 1, id="flag-1-beats-ini"),
-    pytest.param("interp_threads = 2\n", ["--interp-threads=auto"], 1, id="flag-auto-beats-ini"),
-    pytest.param("", [f"--interp-threads={CPUS + 3}"], CPUS, id="capped-at-the-cpus"),
-])
+@pytest.mark.parametrize(
+    "ini, args, threads",
+    [
+        # Each run starts at 1 thread, which is what 'auto' (half the CPUs, at most the current count) keeps.
+        pytest.param("interp_threads = 2\n", [], 2, id="ini"),
+        pytest.param("", ["--interp-threads=2"], 2, id="flag"),
+        pytest.param("interp_threads = 1\n", ["--interp-threads=2"], 2, id="flag-2-beats-ini"),
+        pytest.param("interp_threads = 2\n", ["--interp-threads=1"], 1, id="flag-1-beats-ini"),
+        pytest.param("interp_threads = 2\n", ["--interp-threads=auto"], 1, id="flag-auto-beats-ini"),
+        pytest.param("", [f"--interp-threads={CPUS + 3}"], CPUS, id="capped-at-the-cpus"),
+    ],
+)
 def test_threads_option_sets_torch_threads(pytester, write, ini, args, threads):
     assert threads_in_run(pytester, write, ini, *args) == threads
 
@@ -156,15 +171,18 @@ def unbatched(pytester, write) -> list[int]:
     """The run's forward passes when one forward may hold every row (today [5, 5, 5, 40]: the 5 samples'
     clean, corrupted and source runs, then 5 samples x 2 layers x 4 positions patched together)."""
     passes = forwards(pytester, write, "interp_batch_size = 1000\n")
-    assert max(passes) > 7, passes          # so that every batch size below splits some pass
+    assert max(passes) > 7, passes  # so that every batch size below splits some pass
     return passes
 
 
-@pytest.mark.parametrize("ini, args, batch", [
-    pytest.param("interp_batch_size = 7\n", [], 7, id="ini"),
-    pytest.param("", ["--interp-batch-size=3"], 3, id="flag"),
-    pytest.param("interp_batch_size = 7\n", ["--interp-batch-size=1"], 1, id="flag-1-beats-ini"),
-    pytest.param("interp_batch_size = 1\n", ["--interp-batch-size=1000"], 1000, id="flag-1000-beats-ini"),
-])
+@pytest.mark.parametrize(
+    "ini, args, batch",
+    [
+        pytest.param("interp_batch_size = 7\n", [], 7, id="ini"),
+        pytest.param("", ["--interp-batch-size=3"], 3, id="flag"),
+        pytest.param("interp_batch_size = 7\n", ["--interp-batch-size=1"], 1, id="flag-1-beats-ini"),
+        pytest.param("interp_batch_size = 1\n", ["--interp-batch-size=1000"], 1000, id="flag-1000-beats-ini"),
+    ],
+)
 def test_batch_size_bounds_the_rows_of_every_forward(pytester, write, unbatched, ini, args, batch):
     assert forwards(pytester, write, ini, *args) == split(unbatched, batch)

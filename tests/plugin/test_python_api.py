@@ -2,7 +2,9 @@
 
 
 def test_fixture_and_check_behavior_in_a_py_test(pytester, write):
-    write("test_api.py", """\
+    write(
+        "test_api.py",
+        """\
         import pytest
         import interptest
 
@@ -24,8 +26,10 @@ def test_fixture_and_check_behavior_in_a_py_test(pytester, write):
         def test_bad_dict(interp_model):
             with pytest.raises(interptest.SpecError, match="behavior 'x', key 'promt': unknown key 'promt'"):
                 interptest.check_behavior({"name": "x", "promt": "a", "expect": "b"}, interp_model)
-        """)
+        """,
+    )
     result = pytester.runpytest()
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["*BehaviorFailed: behavior 'alex-hart'*1 of 2 checks failed*",
-                                 "*FAILED  prob(' Hart') <= 0.01*"])
+    result.stdout.fnmatch_lines(
+        ["*BehaviorFailed: behavior 'alex-hart'*1 of 2 checks failed*", "*FAILED  prob(' Hart') <= 0.01*"]
+    )

@@ -17,13 +17,13 @@ def test_suggested_circuit_and_paths_hold_when_pasted(pytester, write):
     result = pytester.runpytest("--interp-suggest")
     result.assert_outcomes(passed=1)
     output = result.stdout.str()
-    block = output[output.index("# --interp-suggest for 'kc'"):].split("\n=")[0]
+    block = output[output.index("# --interp-suggest for 'kc'") :].split("\n=")[0]
     suggested = yaml.safe_load(block)[0]["claims"]
     circuit = "circuit heads[0.2, 1.0, 1.2, 1.3] + mlp_out[1]"
     assert f"{circuit} faithful >= 0.90" in suggested
     assert f"{circuit} minimal >= 0.05" in suggested
     assert f"{circuit} faithful beats random at 0.95" in suggested
-    assert "path heads[0.2] -> heads[1.0].k recovers >= 0.50" in suggested      # K-composition, found
+    assert "path heads[0.2] -> heads[1.0].k recovers >= 0.50" in suggested  # K-composition, found
     assert not any(c.startswith("path heads[0.2] -> heads[1.0].q") for c in suggested)
     spec.write_text(SPEC + "    claims:\n" + "".join(f'      - "{c}"\n' for c in suggested))
     pytester.runpytest().assert_outcomes(passed=1)

@@ -25,10 +25,12 @@ def test_terminal_and_report_agree_and_implicit_checks_are_counted_apart(pyteste
     write("behaviors/f.yaml", SPEC)
     result = pytester.runpytest("--interp-report=out")
     result.assert_outcomes(failed=1, skipped=1)
-    result.stdout.fnmatch_lines([
-        "FAILED   behaviors/f.yaml::alex-hart  *  claims 1/2 + implicit 1/1 (top-1)",
-        "SKIPPED  behaviors/f.yaml::later  *  claims –/3 (skipped)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED   behaviors/f.yaml::alex-hart  *  claims 1/2 + implicit 1/1 (top-1)",
+            "SKIPPED  behaviors/f.yaml::later  *  claims –/3 (skipped)",
+        ]
+    )
     html = (pytester.path / "out" / "report.html").read_text()
     assert ">1/2 + implicit 1/1 (top-1)</td>" in html and ">–/3 (skipped)</td>" in html
     assert "0/3" not in html and "0/0" not in result.stdout.str()
@@ -38,7 +40,9 @@ def test_baseline_check_is_implicit_too(pytester, write):
     write("behaviors/f.yaml", SPEC)
     pytester.runpytest("--interp-baseline-update")
     result = pytester.runpytest()
-    result.stdout.fnmatch_lines(["FAILED   behaviors/f.yaml::alex-hart  *  claims 1/2 + implicit 2/2 (top-1, baseline)"])
+    result.stdout.fnmatch_lines(
+        ["FAILED   behaviors/f.yaml::alex-hart  *  claims 1/2 + implicit 2/2 (top-1, baseline)"]
+    )
 
 
 def test_verbose_shows_every_measured_value(pytester, write):
@@ -46,30 +50,38 @@ def test_verbose_shows_every_measured_value(pytester, write):
     quiet = pytester.runpytest()
     assert "measured" not in quiet.stdout.str().split("- interptest -")[1]
     result = pytester.runpytest("-v")
-    result.stdout.fnmatch_lines([
-        "FAILED   behaviors/f.yaml::alex-hart  *",
-        "    passed   top-1 prediction is ' Hart'  measured 0.996  (implicit)",
-        "    passed   resid_pre[[]0, ' Hart'] recovers >= 0.9  measured 1.000",
-        "    FAILED   prob(' Cole') >= 0.5  measured 0.00*",
-        "SKIPPED  behaviors/f.yaml::later  *",
-        "    not run  prob(' Paris') >= 0.5",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED   behaviors/f.yaml::alex-hart  *",
+            "    passed   top-1 prediction is ' Hart'  measured 0.996  (implicit)",
+            "    passed   resid_pre[[]0, ' Hart'] recovers >= 0.9  measured 1.000",
+            "    FAILED   prob(' Cole') >= 0.5  measured 0.00*",
+            "SKIPPED  behaviors/f.yaml::later  *",
+            "    not run  prob(' Paris') >= 0.5",
+        ]
+    )
 
 
 def test_spec_error_in_check_behavior_shows_the_users_line_not_interptest_source(pytester, write):
-    write("test_api.py", """\
+    write(
+        "test_api.py",
+        """\
         import interptest
 
         def test_bad(interp_model):
             interptest.check_behavior({"name": "x", "promt": "a", "expect": "b"}, interp_model)
-        """)
+        """,
+    )
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     output = result.stdout.str()
-    result.stdout.fnmatch_lines([">       interptest.check_behavior(*",
-                                 "E       interptest.errors.SpecError: <dict>: behavior 'x', key 'promt': unknown key "
-                                 "'promt'*",
-                                 "test_api.py:4: SpecError"])
+    result.stdout.fnmatch_lines(
+        [
+            ">       interptest.check_behavior(*",
+            "E       interptest.errors.SpecError: <dict>: behavior 'x', key 'promt': unknown key 'promt'*",
+            "test_api.py:4: SpecError",
+        ]
+    )
     failure = output.split("test_bad _")[1].split("short test summary")[0]
     assert "interptest/" not in failure and "def check_behavior" not in failure and "raise" not in failure
     assert len(failure.splitlines()) < 20

@@ -2,7 +2,9 @@
 
 
 def test_summary_lines(pytester, write):
-    write("behaviors/f.yaml", """\
+    write(
+        "behaviors/f.yaml",
+        """\
         behaviors:
           - name: alex-hart
             prompt: "Her name was Alex Hart. When Alex"
@@ -14,13 +16,16 @@ def test_summary_lines(pytester, write):
           - name: france
             prompt: "The capital of France is"
             expect: " Paris"
-        """)
+        """,
+    )
     result = pytester.runpytest()
-    result.stdout.fnmatch_lines([
-        "*- interptest -*",
-        # the user's claims, and apart from them the implicit check (the top-1 prediction)
-        "FAILED   behaviors/f.yaml::alex-hart  [[]interptest-tiny]  m_clean *  m_corrupt *  claims 1/2 + implicit 1/1 "
-        "(top-1)",
-        "PASSED   behaviors/f.yaml::france  [[]interptest-tiny]  m_clean n/a  m_corrupt n/a  claims 0/0 + implicit 1/1 "
-        "(top-1)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*- interptest -*",
+            # the user's claims, and apart from them the implicit check (the top-1 prediction)
+            "FAILED   behaviors/f.yaml::alex-hart  [[]interptest-tiny]  m_clean *  m_corrupt *  claims 1/2 + implicit 1/1 "
+            "(top-1)",
+            "PASSED   behaviors/f.yaml::france  [[]interptest-tiny]  m_clean n/a  m_corrupt n/a  claims 0/0 + implicit 1/1 "
+            "(top-1)",
+        ]
+    )

@@ -17,7 +17,7 @@ from interptest.claims import (
     resolve_positions,
 )
 
-pytestmark = pytest.mark.torchfree   # no torch, no transformer_lens, no model: `pytest tests -m torchfree`
+pytestmark = pytest.mark.torchfree  # no torch, no transformer_lens, no model: `pytest tests -m torchfree`
 
 ISSUE_EXAMPLES = [
     "resid_pre[0:2, ' Hart'] recovers >= 0.9",
@@ -48,27 +48,31 @@ def test_parsed_fields():
     assert positioned.heads == ((2, 10),) and positioned.positions.values == (-1,)
     listed = parse_claim('resid_pre[[0, 2], "x"#3] recovers == 1')
     assert listed.layers.values == (0, 2) and listed.positions.values == ("x", 3)
-    assert parse_claim("prob(' Hart') >= 0.5") == PredictionClaim("prob(' Hart') >= 0.5", "prob", " Hart",
-                                                                   Comparison(">=", 0.5))
+    assert parse_claim("prob(' Hart') >= 0.5") == PredictionClaim(
+        "prob(' Hart') >= 0.5", "prob", " Hart", Comparison(">=", 0.5)
+    )
     assert parse_claim("logit_diff > -2e-1").comparison == Comparison(">", -0.2)
     assert parse_claim(r"rank('it\'s') <= 3").token == "it's"
 
 
-@pytest.mark.parametrize("text, column, message", [
-    ("resid_pre[0:2 ' Hart'] recovers >= 0.9", 14, "expected ',' and a position part"),
-    ("resid_pr[0, 1] recovers >= 0.9", 0, "did you mean 'resid_pre'?"),
-    ("resid_pre[0, 1] recover >= 0.9", 16, "expected 'recovers' or 'breaks' (did you mean 'recovers'?)"),
-    ("resid_pre[0, 1] recovers = 0.9", 25, "'=' is not a comparison"),
-    ("resid_pre[0, 1] recovers >= high", 28, "expected a number, found 'high'"),
-    ("resid_pre[0, 1] recovers >= 0.9 extra", 32, "expected the end of the claim"),
-    ("resid_pre[0, ' Hart] recovers >= 0.9", 13, "unterminated string"),
-    ("heads[1, 2] recovers >= 0.9", 6, "expected a head as LAYER.HEAD"),
-    ("any heads[1.0] together recovers >= 0.9", 15, "'any' and 'together' cannot be combined"),
-    ("prob( Hart) >= 0.5", 6, "expected a quoted token text"),
-    ("resid_pre[0, 'x'#0] recovers >= 1", 17, "occurrences count from 1"),
-    ("resid_pre[0, 1] recovers @ 1", 25, "unexpected character '@'"),
-    ("", 0, "the claim is empty"),
-])
+@pytest.mark.parametrize(
+    "text, column, message",
+    [
+        ("resid_pre[0:2 ' Hart'] recovers >= 0.9", 14, "expected ',' and a position part"),
+        ("resid_pr[0, 1] recovers >= 0.9", 0, "did you mean 'resid_pre'?"),
+        ("resid_pre[0, 1] recover >= 0.9", 16, "expected 'recovers' or 'breaks' (did you mean 'recovers'?)"),
+        ("resid_pre[0, 1] recovers = 0.9", 25, "'=' is not a comparison"),
+        ("resid_pre[0, 1] recovers >= high", 28, "expected a number, found 'high'"),
+        ("resid_pre[0, 1] recovers >= 0.9 extra", 32, "expected the end of the claim"),
+        ("resid_pre[0, ' Hart] recovers >= 0.9", 13, "unterminated string"),
+        ("heads[1, 2] recovers >= 0.9", 6, "expected a head as LAYER.HEAD"),
+        ("any heads[1.0] together recovers >= 0.9", 15, "'any' and 'together' cannot be combined"),
+        ("prob( Hart) >= 0.5", 6, "expected a quoted token text"),
+        ("resid_pre[0, 'x'#0] recovers >= 1", 17, "occurrences count from 1"),
+        ("resid_pre[0, 1] recovers @ 1", 25, "unexpected character '@'"),
+        ("", 0, "the claim is empty"),
+    ],
+)
 def test_syntax_errors_point_at_the_offending_column(text, column, message):
     with pytest.raises(ClaimSyntaxError) as info:
         parse_claim(text)
@@ -95,11 +99,17 @@ def test_resolve_positions():
 
     assert pos("last") == [8] and pos("-1") == [8] and pos("' Hart'") == [5] and pos("' Alex'#2") == [8]
     assert pos("4:6") == [4, 5]
-    with pytest.raises(ClaimBindError, match=r"' Alex' is ambiguous: it occurs 2 times \(positions 4, 8\); "
-                                             r"write ' Alex'#1 or ' Alex'#2"):
+    with pytest.raises(
+        ClaimBindError,
+        match=r"' Alex' is ambiguous: it occurs 2 times \(positions 4, 8\); "
+        r"write ' Alex'#1 or ' Alex'#2",
+    ):
         pos("' Alex'")
-    with pytest.raises(ClaimBindError, match=r"position token 'Hart' does not occur .* did you mean ' Hart' "
-                                             r"\(mind the leading space\)"):
+    with pytest.raises(
+        ClaimBindError,
+        match=r"position token 'Hart' does not occur .* did you mean ' Hart' "
+        r"\(mind the leading space\)",
+    ):
         pos("'Hart'")
     with pytest.raises(ClaimBindError, match="asks for occurrence 3 but ' Alex' occurs 2 time"):
         pos("' Alex'#3")
@@ -110,14 +120,25 @@ def test_resolve_positions():
 
 
 def test_bind_elsewhere_excludes_cells_of_other_claims_on_the_component():
-    claims = [parse_claim(t) for t in ("resid_pre[0, ' Hart'] recovers >= 0.9", "resid_pre[1:, -1] recovers >= 0.9",
-                                        "resid_pre[elsewhere] recovers <= 0.1", "mlp_out[0, 0] recovers <= 1")]
+    claims = [
+        parse_claim(t)
+        for t in (
+            "resid_pre[0, ' Hart'] recovers >= 0.9",
+            "resid_pre[1:, -1] recovers >= 0.9",
+            "resid_pre[elsewhere] recovers <= 0.1",
+            "mlp_out[0, 0] recovers <= 1",
+        )
+    ]
     bound = bind_claims(claims, TOKENS, n_layers=3, n_heads=4)
     assert bound[0].cells == ((0, 5),) and bound[1].cells == ((1, 8), (2, 8))
     elsewhere = set(bound[2].cells)
     assert len(elsewhere) == 3 * 9 - 3 and (0, 5) not in elsewhere and (2, 8) not in elsewhere
-    heads = bind_claims([parse_claim("heads[1.0] recovers > 0"), parse_claim("heads[elsewhere] recovers < 0.1")],
-                        TOKENS, n_layers=2, n_heads=2)
+    heads = bind_claims(
+        [parse_claim("heads[1.0] recovers > 0"), parse_claim("heads[elsewhere] recovers < 0.1")],
+        TOKENS,
+        n_layers=2,
+        n_heads=2,
+    )
     assert set(heads[1].cells) == {(0, 0), (0, 1), (1, 1)}
 
 
@@ -144,7 +165,8 @@ def test_layer_slices_agree_with_python_slicing(start, stop, n):
 def test_comparison_round_trip(op, threshold, value):
     claim = parse_claim(f"logit_diff {op} {threshold!r}")
     assert claim.comparison.threshold == threshold
-    expected = {">=": value >= threshold, "<=": value <= threshold, ">": value > threshold,
-                "<": value < threshold}.get(op)
+    expected = {">=": value >= threshold, "<=": value <= threshold, ">": value > threshold, "<": value < threshold}.get(
+        op
+    )
     if expected is not None:
         assert claim.comparison.holds(value) == expected

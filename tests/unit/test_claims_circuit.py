@@ -84,7 +84,9 @@ def test_a_path_from_last_layer_senders_to_the_logits_is_node_patching(gpt2, hea
     path = engine.path([senders], [[("logits", None)]], base, source)[:, 0, 0]
     values = normalize(path, engine.metrics("clean"), engine.metrics("corrupt"), direction)
     node = patcher.joint("heads", [c for _, c in senders], direction).double()
-    assert (values - node).abs().max() <= TOL * max(1.0, float(1 / (patcher.clean_metrics - patcher.corrupt_metrics).abs().min()))
+    assert (values - node).abs().max() <= TOL * max(
+        1.0, float(1 / (patcher.clean_metrics - patcher.corrupt_metrics).abs().min())
+    )
     if mlp:
         mlp_cells = [(last, p) for p in range(engine.n_positions)]
         path = engine.path([[("mlp_out", (last, None))]], [[("logits", None)]], base, source)[:, 0, 0]
@@ -94,8 +96,12 @@ def test_a_path_from_last_layer_senders_to_the_logits_is_node_patching(gpt2, hea
 
 @pytest.mark.torchfree
 @settings(max_examples=40)
-@given(sender=st.integers(0, 2), receiver=st.integers(0, 2), kind=st.sampled_from(["q", "k", "v", "mlp_in"]),
-       mlp_sender=st.booleans())
+@given(
+    sender=st.integers(0, 2),
+    receiver=st.integers(0, 2),
+    kind=st.sampled_from(["q", "k", "v", "mlp_in"]),
+    mlp_sender=st.booleans(),
+)
 def test_a_path_whose_receiver_does_not_follow_its_sender_is_rejected(sender, receiver, kind, mlp_sender):
     senders = f"mlp_out[{sender}]" if mlp_sender else f"heads[{sender}.1]"
     target = f"mlp_in[{receiver}]" if kind == "mlp_in" else f"heads[{receiver}.0].{kind}"
@@ -155,7 +161,7 @@ def test_random_sets_have_the_composition_and_positions_and_exclude_the_claimed_
         assert sorted([n.positions for n in s[:2]], key=str) == sorted([None, (5,)], key=str)
     sampled, exhaustive = random_node_sets(nodes, 12, 12, 50, seed=1)
     assert not exhaustive and len({frozenset(n.key for n in s) for s in sampled}) == 50
-    assert sampled == random_node_sets(nodes, 12, 12, 50, seed=1)[0]          # seeded
+    assert sampled == random_node_sets(nodes, 12, 12, 50, seed=1)[0]  # seeded
     assert sampled != random_node_sets(nodes, 12, 12, 50, seed=2)[0]
 
 
@@ -164,14 +170,27 @@ def test_random_sets_have_the_composition_and_positions_and_exclude_the_claimed_
 
 
 @pytest.mark.torchfree
-@pytest.mark.parametrize("text, measure, ablation, quantile, nodes", [
-    ("circuit heads[0.3, 1.0, 1.3] faithful >= 0.9", "faithful", "resample", None, "heads[0.3, 1.0, 1.3]"),
-    ("circuit heads[0.3, 1.0, 1.3] + mlp_out[0, 1] faithful >= 0.95 ablate mean", "faithful", "mean", None,
-     "heads[0.3, 1.0, 1.3] + mlp_out[0, 1]"),
-    ("circuit heads[0.3, 1.0, 1.3] minimal >= 0.05", "minimal", "resample", None, "heads[0.3, 1.0, 1.3]"),
-    ("circuit heads[1.0; -1] + mlp_out[0:2; ' Hart'] faithful beats random at 0.95 ablate zero", "faithful", "zero",
-     0.95, "heads[1.0; -1] + mlp_out[0:2; ' Hart']"),
-])
+@pytest.mark.parametrize(
+    "text, measure, ablation, quantile, nodes",
+    [
+        ("circuit heads[0.3, 1.0, 1.3] faithful >= 0.9", "faithful", "resample", None, "heads[0.3, 1.0, 1.3]"),
+        (
+            "circuit heads[0.3, 1.0, 1.3] + mlp_out[0, 1] faithful >= 0.95 ablate mean",
+            "faithful",
+            "mean",
+            None,
+            "heads[0.3, 1.0, 1.3] + mlp_out[0, 1]",
+        ),
+        ("circuit heads[0.3, 1.0, 1.3] minimal >= 0.05", "minimal", "resample", None, "heads[0.3, 1.0, 1.3]"),
+        (
+            "circuit heads[1.0; -1] + mlp_out[0:2; ' Hart'] faithful beats random at 0.95 ablate zero",
+            "faithful",
+            "zero",
+            0.95,
+            "heads[1.0; -1] + mlp_out[0:2; ' Hart']",
+        ),
+    ],
+)
 def test_circuit_grammar(text, measure, ablation, quantile, nodes):
     claim = parse_claim(text)
     assert (claim.measure_name, claim.ablation) == (measure, ablation)
@@ -188,19 +207,28 @@ def test_beats_random_and_ablate_extend_localization_claims():
 
 
 @pytest.mark.torchfree
-@pytest.mark.parametrize("text, message", [
-    ("circuit heads[0.3] faithfull >= 0.9", "expected 'faithful' or 'minimal' after the circuit's nodes (did you "
-                                            "mean 'faithful'?), found 'faithfull'"),
-    ("circuit attn_out[0] faithful >= 0.9", "expected the circuit's nodes: attention heads heads[L.H, ...] or MLP "
-                                            "layers mlp_out[L, ...]"),
-    ("circuit heads[0.3] faithful >= 0.9 ablate average", "expected an ablation after 'ablate' (resample, mean, zero), "
-                                                          "found 'average'"),
-    ("circuit heads[0.3] minimal beats random at 0.9", "'beats random' compares a circuit's faithfulness"),
-    ("circuit heads[0.3] faithful beats random at 1.5", "the quantile must be between 0 and 1"),
-    ("heads[0.3, 1.0] recovers beats random at 0.95", "write 'together' before the verb"),
-    ("heads[0.3] recovers >= 0.5 ablate mean", "'ablate' names what replaces the activations of a 'breaks' claim"),
-    ("circuit heads[0.3] + faithful >= 0.9", "expected a node after '+'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "circuit heads[0.3] faithfull >= 0.9",
+            "expected 'faithful' or 'minimal' after the circuit's nodes (did you mean 'faithful'?), found 'faithfull'",
+        ),
+        (
+            "circuit attn_out[0] faithful >= 0.9",
+            "expected the circuit's nodes: attention heads heads[L.H, ...] or MLP layers mlp_out[L, ...]",
+        ),
+        (
+            "circuit heads[0.3] faithful >= 0.9 ablate average",
+            "expected an ablation after 'ablate' (resample, mean, zero), found 'average'",
+        ),
+        ("circuit heads[0.3] minimal beats random at 0.9", "'beats random' compares a circuit's faithfulness"),
+        ("circuit heads[0.3] faithful beats random at 1.5", "the quantile must be between 0 and 1"),
+        ("heads[0.3, 1.0] recovers beats random at 0.95", "write 'together' before the verb"),
+        ("heads[0.3] recovers >= 0.5 ablate mean", "'ablate' names what replaces the activations of a 'breaks' claim"),
+        ("circuit heads[0.3] + faithful >= 0.9", "expected a node after '+'"),
+    ],
+)
 def test_circuit_grammar_errors_name_the_offending_part(text, message):
     with pytest.raises(ClaimSyntaxError) as error:
         parse_claim(text)
@@ -208,19 +236,26 @@ def test_circuit_grammar_errors_name_the_offending_part(text, message):
 
 
 @pytest.mark.torchfree
-@pytest.mark.parametrize("text, message", [
-    ("circuit heads[0.3, 0.3] faithful >= 0.9", "the node list names head 0.3 twice"),
-    ("circuit heads[2.0] faithful >= 0.9", "layer 2 is out of range"),
-    ("circuit heads[0.7] faithful >= 0.9", "head 0.7 in heads[0.7] is out of range: each layer has 4 heads"),
-    ("circuit heads[0.1; 9] faithful >= 0.9", "position 9 is out of range"),
-    ("circuit heads[0.0, 0.1, 0.2, 0.3, 1.0, 1.1, 1.2, 1.3] + mlp_out[0, 1] faithful beats random at 0.9",
-     "'beats random' needs other node sets of the same composition, but the set takes 8 of 8 heads, 2 of 2 mlp_out "
-     "layers: it is as large as the whole model"),
-    ("heads[0.0, 0.1, 0.2, 0.3, 1.0, 1.1, 1.2, 1.3] together recovers beats random at 0.9",
-     "it is as large as the whole model"),
-    ("path heads[1.0] -> heads[1.2].k recovers >= 0.5", "sender head 1.0 is at or after the receiver heads[1.2].k"),
-    ("path heads[0.0] -> heads[1.0, 1.0].k recovers >= 0.5", "the receivers name the same input twice"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("circuit heads[0.3, 0.3] faithful >= 0.9", "the node list names head 0.3 twice"),
+        ("circuit heads[2.0] faithful >= 0.9", "layer 2 is out of range"),
+        ("circuit heads[0.7] faithful >= 0.9", "head 0.7 in heads[0.7] is out of range: each layer has 4 heads"),
+        ("circuit heads[0.1; 9] faithful >= 0.9", "position 9 is out of range"),
+        (
+            "circuit heads[0.0, 0.1, 0.2, 0.3, 1.0, 1.1, 1.2, 1.3] + mlp_out[0, 1] faithful beats random at 0.9",
+            "'beats random' needs other node sets of the same composition, but the set takes 8 of 8 heads, 2 of 2 mlp_out "
+            "layers: it is as large as the whole model",
+        ),
+        (
+            "heads[0.0, 0.1, 0.2, 0.3, 1.0, 1.1, 1.2, 1.3] together recovers beats random at 0.9",
+            "it is as large as the whole model",
+        ),
+        ("path heads[1.0] -> heads[1.2].k recovers >= 0.5", "sender head 1.0 is at or after the receiver heads[1.2].k"),
+        ("path heads[0.0] -> heads[1.0, 1.0].k recovers >= 0.5", "the receivers name the same input twice"),
+    ],
+)
 def test_binding_errors_name_the_claims_offending_part(text, message):
     with pytest.raises(ClaimBindError) as error:
         bind_claims([parse_claim(text)], ["<bos>", "a", "b", "c"], 2, 4)
@@ -233,8 +268,11 @@ def test_grouped_query_receivers_sharing_a_key_value_head_are_ambiguous():
 
     context = BindContext([""], [["<bos>", "a", "b"]], [{}], 2, 4, components.NAMES, "m", None, n_kv_heads=2)
     bind_all([parse_claim("path heads[0.1] -> heads[1.0].k + heads[1.2].k recovers >= 0.5")], context)
-    with pytest.raises(ClaimBindError, match=r"receivers heads\[1.0\].k and heads\[1.1\].k are the same input: on this "
-                                             r"model 4 query heads share 2 key/value heads"):
+    with pytest.raises(
+        ClaimBindError,
+        match=r"receivers heads\[1.0\].k and heads\[1.1\].k are the same input: on this "
+        r"model 4 query heads share 2 key/value heads",
+    ):
         bind_all([parse_claim("path heads[0.1] -> heads[1.0, 1.1].k recovers >= 0.5")], context)
     bind_all([parse_claim("path heads[0.1] -> heads[1.0, 1.1].q recovers >= 0.5")], context)
 
@@ -252,18 +290,27 @@ def behavior(model):
     assert expect != foil
     L, H = model.cfg.n_layers, model.cfg.n_heads
     every = ", ".join(f"{l}.{h}" for l in range(L) for h in range(H))
-    return {"name": "c", "prompt": clean, "expect": expect, "corrupt": corrupt, "foil": foil, "min_effect": 0.0,
-            "reference": ["When Bob sat on the the the", "When the dog sat on Bob to"],
-            "claims": [f"circuit heads[{every}] + mlp_out[:] faithful == 1",
-                       "circuit heads[0.1, 1.2] + mlp_out[0] faithful >= -100 ablate mean",
-                       "circuit heads[0.1, 1.2] minimal >= -100 ablate zero",
-                       "circuit heads[0.1, 1.2] faithful beats random at 0.01",
-                       "path heads[0.1] + mlp_out[0] -> heads[2.0].k + mlp_in[1] recovers >= -100",
-                       "path heads[1.3] -> logits breaks >= -100 ablate mean",
-                       "heads[0.1, 2.3] together breaks >= -100 ablate zero",
-                       "heads[0.1; -1] breaks >= -100 ablate mean",
-                       "heads[0.1, 2.3] together recovers beats random at 0.01",
-                       "mlp_out[0:2, -1] together breaks beats random at 0.01 ablate mean"]}
+    return {
+        "name": "c",
+        "prompt": clean,
+        "expect": expect,
+        "corrupt": corrupt,
+        "foil": foil,
+        "min_effect": 0.0,
+        "reference": ["When Bob sat on the the the", "When the dog sat on Bob to"],
+        "claims": [
+            f"circuit heads[{every}] + mlp_out[:] faithful == 1",
+            "circuit heads[0.1, 1.2] + mlp_out[0] faithful >= -100 ablate mean",
+            "circuit heads[0.1, 1.2] minimal >= -100 ablate zero",
+            "circuit heads[0.1, 1.2] faithful beats random at 0.01",
+            "path heads[0.1] + mlp_out[0] -> heads[2.0].k + mlp_in[1] recovers >= -100",
+            "path heads[1.3] -> logits breaks >= -100 ablate mean",
+            "heads[0.1, 2.3] together breaks >= -100 ablate zero",
+            "heads[0.1; -1] breaks >= -100 ablate mean",
+            "heads[0.1, 2.3] together recovers beats random at 0.01",
+            "mlp_out[0:2, -1] together breaks beats random at 0.01 ablate mean",
+        ],
+    }
 
 
 def test_every_kind_runs_through_the_pipeline():

@@ -31,9 +31,18 @@ def _gqa_dir():
     import transformers as tf
 
     vocab = len(tf.PreTrainedTokenizerFast.from_pretrained(tinymodels._tokenizer_dir()))
-    cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    cfg = tf.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
     return tinymodels.build_model_dir("llama", hf_config=cfg, seed=1)
 
 
@@ -79,9 +88,9 @@ def inputs(model, S=2, n=9, seed=0, R=3, tiny=False):
         expect = lc.argmax(-1)
         foil = torch.zeros_like(expect)
         for s in range(S):
-            for _ in range(100):                      # a corruption that matters
+            for _ in range(100):  # a corruption that matters
                 corrupt[s, 2], corrupt[s, 5] = torch.randint(1, vocab, (2,), generator=g)
-                lx = model(corrupt[s:s + 1])[0, -1]
+                lx = model(corrupt[s : s + 1])[0, -1]
                 f = int(lx.argmax()) if int(lx.argmax()) != int(expect[s]) else int(lc[s].topk(2).indices[1])
                 if abs(float(lc[s, expect[s]] - lc[s, f] - lx[expect[s]] + lx[f])) >= 1.0:
                     foil[s] = f
@@ -96,14 +105,24 @@ def inputs(model, S=2, n=9, seed=0, R=3, tiny=False):
 def tiny_inputs(model):
     two = "Their names were {} {} and {} {}. When {}"
     clean = [two.format("Iris", "Jones", "James", "Dixon", "James"), two.format("Anna", "Hill", "Tom", "Baker", "Tom")]
-    corrupt = [two.format("James", "Jones", "Iris", "Dixon", "James"), two.format("Tom", "Hill", "Anna", "Baker", "Tom")]
-    reference = [two.format("Mary", "Smith", "John", "Brown", "John"), two.format("Kate", "Wilson", "Mark", "Moore", "Mark"),
-                 two.format("Emma", "Taylor", "Paul", "Clark", "Paul")]
+    corrupt = [
+        two.format("James", "Jones", "Iris", "Dixon", "James"),
+        two.format("Tom", "Hill", "Anna", "Baker", "Tom"),
+    ]
+    reference = [
+        two.format("Mary", "Smith", "John", "Brown", "John"),
+        two.format("Kate", "Wilson", "Mark", "Moore", "Mark"),
+        two.format("Emma", "Taylor", "Paul", "Clark", "Paul"),
+    ]
     ids = [model.to_tokens(t)[0] for t in clean + corrupt + reference]
     assert len({len(i) for i in ids}) == 1
     ids = torch.stack(ids)
-    expect = torch.tensor([model.to_tokens(" Dixon", prepend_bos=False)[0, 0], model.to_tokens(" Baker", prepend_bos=False)[0, 0]])
-    foil = torch.tensor([model.to_tokens(" Jones", prepend_bos=False)[0, 0], model.to_tokens(" Hill", prepend_bos=False)[0, 0]])
+    expect = torch.tensor(
+        [model.to_tokens(" Dixon", prepend_bos=False)[0, 0], model.to_tokens(" Baker", prepend_bos=False)[0, 0]]
+    )
+    foil = torch.tensor(
+        [model.to_tokens(" Jones", prepend_bos=False)[0, 0], model.to_tokens(" Hill", prepend_bos=False)[0, 0]]
+    )
     return ids[:2], ids[2:4], expect, foil, ids[4:]
 
 
@@ -133,17 +152,18 @@ def source_values(model, source, s, clean, corrupt, reference, names):
     """The activations a source puts in place for sample s: {name: [1, n, ...]}."""
     if source in ("clean", "corrupt", "resample"):
         ids = clean if source == "clean" else corrupt
-        return cache(model, ids[s:s + 1], names)
+        return cache(model, ids[s : s + 1], names)
     if source == "mean":
-        per = [cache(model, reference[r:r + 1], names) for r in range(reference.shape[0])]
+        per = [cache(model, reference[r : r + 1], names) for r in range(reference.shape[0])]
         return {nm: torch.stack([p[nm] for p in per]).mean(0) for nm in names}
     assert source == "zero"
-    like = cache(model, clean[s:s + 1], names)
+    like = cache(model, clean[s : s + 1], names)
     return {nm: torch.zeros_like(v) for nm, v in like.items()}
 
 
 def setter(values, entries):
     """A hook writing values[...] at the (position, head) entries (head None for per-position hooks)."""
+
     def hook(act, hook=None):
         act = act.clone()
         for pos, head in entries:
@@ -153,6 +173,7 @@ def setter(values, entries):
             else:
                 act[:, p, head] = values[:, p, head]
         return act
+
     return hook
 
 
@@ -232,7 +253,10 @@ def path_cases(model):
         [("heads", (0, 2, 3)), ("heads", (0, 3, None))],
     ]
     receivers = [
-        [("k", last, 1, None)], [("q", last, 0, None)], [("v", last, 3, None)], [("mlp_in", last, None)],
+        [("k", last, 1, None)],
+        [("q", last, 0, None)],
+        [("v", last, 3, None)],
+        [("mlp_in", last, None)],
         [("logits", None)],
     ]
     if model.cfg.n_layers > 2:
@@ -259,23 +283,30 @@ def test_path_patching_equals_the_one_forward_reference(arch):
     z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
     names = node_names(model)
     worst = worst_raw = 0.0
-    for d, (direction, base, source) in enumerate([("denoise", "corrupt", "clean"), ("noise", "clean", "resample"),
-                                                   ("noise", "clean", "mean"), ("noise", "clean", "zero")]):
-        raw = engine.path(senders, receivers, base, source)             # one batched call: [S, senders, receivers]
+    for d, (direction, base, source) in enumerate(
+        [
+            ("denoise", "corrupt", "clean"),
+            ("noise", "clean", "resample"),
+            ("noise", "clean", "mean"),
+            ("noise", "clean", "zero"),
+        ]
+    ):
+        raw = engine.path(senders, receivers, base, source)  # one batched call: [S, senders, receivers]
         assert raw.shape == (clean.shape[0], len(senders), len(receivers))
         values = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), direction)
         for s in range(clean.shape[0]):
-            base_ids = (corrupt if base == "corrupt" else clean)[s:s + 1]
+            base_ids = (corrupt if base == "corrupt" else clean)[s : s + 1]
             src = source_values(model, source, s, clean, corrupt, reference, names)
             base_z = cache(model, base_ids, z_names)
-            mc = metric(model, clean[s:s + 1], int(expect[s]), int(foil[s]))
-            mx = metric(model, corrupt[s:s + 1], int(expect[s]), int(foil[s]))
+            mc = metric(model, clean[s : s + 1], int(expect[s]), int(foil[s]))
+            mx = metric(model, corrupt[s : s + 1], int(expect[s]), int(foil[s]))
             for i, sender in enumerate(senders):
                 for j, receiver in enumerate(receivers):
-                    if (i + j + d + s) % 3:      # the engine computed every pair; the reference checks a third
+                    if (i + j + d + s) % 3:  # the engine computed every pair; the reference checks a third
                         continue
-                    m = ref_path(model, base_ids, src, base_z, as_ref_senders(sender), receiver[0], int(expect[s]),
-                                 int(foil[s]))
+                    m = ref_path(
+                        model, base_ids, src, base_z, as_ref_senders(sender), receiver[0], int(expect[s]), int(foil[s])
+                    )
                     assert abs(mc - mx) >= 1.0
                     want = (m - mx) / (mc - mx) if direction == "denoise" else (mc - m) / (mc - mx)
                     delta = abs(float(values[s, i, j]) - want)
@@ -291,8 +322,11 @@ def test_ablations_and_faithfulness_equal_the_one_forward_reference(arch):
     clean, corrupt, expect, foil, reference = inputs(model, tiny=arch == "interptest-tiny")
     engine = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    kept_sets = [[("heads", (0, 1, None)), ("heads", (L - 1, 2, None)), ("mlp_out", (0, None))],
-                 [("heads", (l, h, None)) for l in range(L) for h in range(H)], []]
+    kept_sets = [
+        [("heads", (0, 1, None)), ("heads", (L - 1, 2, None)), ("mlp_out", (0, None))],
+        [("heads", (l, h, None)) for l in range(L) for h in range(H)],
+        [],
+    ]
     region = [("heads", (0, 2, 4)), ("mlp_out", (L - 1, 6)), ("heads", (L - 1, 0, None))]
     names = node_names(model)
     worst = worst_raw = 0.0
@@ -302,19 +336,19 @@ def test_ablations_and_faithfulness_equal_the_one_forward_reference(arch):
         for s in range(clean.shape[0]):
             e, f = int(expect[s]), int(foil[s])
             values = source_values(model, ablation, s, clean, corrupt, reference, names)
-            mc = metric(model, clean[s:s + 1], e, f)
-            empty = ref_ablated(model, clean[s:s + 1], values, [], e, f, complement=True)
+            mc = metric(model, clean[s : s + 1], e, f)
+            empty = ref_ablated(model, clean[s : s + 1], values, [], e, f, complement=True)
             for k, kept in enumerate(kept_sets):
-                m = ref_ablated(model, clean[s:s + 1], values, kept, e, f, complement=True)
+                m = ref_ablated(model, clean[s : s + 1], values, kept, e, f, complement=True)
                 want = (m - empty) / (mc - empty)
                 delta = abs(float(faithful[s, k]) - want)
                 worst = max(worst, delta)
                 assert delta <= TOL * max(1.0, 1.0 / abs(mc - empty)), (ablation, s, k)
             for k, edits in enumerate([region, region[:1]]):
-                m = ref_ablated(model, clean[s:s + 1], values, edits, e, f)
+                m = ref_ablated(model, clean[s : s + 1], values, edits, e, f)
                 delta = abs(float(patched[s, k]) - m)
                 worst_raw = max(worst_raw, delta)
-                assert delta <= TOL * max(1.0, abs(m) / 10), (ablation, s, k)     # float32 rounding of the logits
+                assert delta <= TOL * max(1.0, abs(m) / 10), (ablation, s, k)  # float32 rounding of the logits
     print(f"{arch}: faithfulness max |Δ| = {worst:.2e}, ablated logit difference max |Δ| = {worst_raw:.2e}")
 
 
@@ -331,6 +365,7 @@ def test_grouped_query_k_and_v_receivers_are_the_key_value_head_the_query_head_r
         act = act.clone()
         act[:, :, 0] += 3.0
         return act
+
     before = cache(model, clean[:1], ["blocks.1.attn.hook_pattern"])["blocks.1.attn.hook_pattern"]
     after = cache(model, clean[:1], ["blocks.1.attn.hook_pattern"], [(name, noise)])["blocks.1.attn.hook_pattern"]
     moved = [(after[0, h] - before[0, h]).abs().max().item() > 1e-4 for h in range(4)]
@@ -342,14 +377,22 @@ def test_grouped_query_k_and_v_receivers_are_the_key_value_head_the_query_head_r
 
 
 @pytest.mark.torchfree
-@pytest.mark.parametrize("text, senders, receivers, direction, ablation", [
-    ("path heads[0.3] -> heads[1.0].k recovers >= 0.5", "heads[0.3]", ["heads[1.0].k"], "denoise", None),
-    ("path heads[0.3] -> heads[1.0].q recovers <= 0.1", "heads[0.3]", ["heads[1.0].q"], "denoise", None),
-    ("path heads[1.0, 1.3] -> logits recovers >= 0.8", "heads[1.0, 1.3]", ["logits"], "denoise", None),
-    ("path mlp_out[0] -> heads[1.0].v breaks >= 0.2", "mlp_out[0]", ["heads[1.0].v"], "noise", None),
-    ("path heads[0.2; -1] + mlp_out[0] -> heads[1.0, 1.3; ' Alex'].k + mlp_in[1] breaks >= 0.2 ablate zero",
-     "heads[0.2; -1] + mlp_out[0]", ["heads[1.0, 1.3; ' Alex'].k", "mlp_in[1]"], "noise", "zero"),
-])
+@pytest.mark.parametrize(
+    "text, senders, receivers, direction, ablation",
+    [
+        ("path heads[0.3] -> heads[1.0].k recovers >= 0.5", "heads[0.3]", ["heads[1.0].k"], "denoise", None),
+        ("path heads[0.3] -> heads[1.0].q recovers <= 0.1", "heads[0.3]", ["heads[1.0].q"], "denoise", None),
+        ("path heads[1.0, 1.3] -> logits recovers >= 0.8", "heads[1.0, 1.3]", ["logits"], "denoise", None),
+        ("path mlp_out[0] -> heads[1.0].v breaks >= 0.2", "mlp_out[0]", ["heads[1.0].v"], "noise", None),
+        (
+            "path heads[0.2; -1] + mlp_out[0] -> heads[1.0, 1.3; ' Alex'].k + mlp_in[1] breaks >= 0.2 ablate zero",
+            "heads[0.2; -1] + mlp_out[0]",
+            ["heads[1.0, 1.3; ' Alex'].k", "mlp_in[1]"],
+            "noise",
+            "zero",
+        ),
+    ],
+)
 def test_path_grammar(text, senders, receivers, direction, ablation):
     claim = parse_claim(text)
     assert " + ".join(n.source for n in claim.senders) == senders
@@ -358,20 +401,29 @@ def test_path_grammar(text, senders, receivers, direction, ablation):
 
 
 @pytest.mark.torchfree
-@pytest.mark.parametrize("text, message", [
-    ("path heads[0.3] heads[1.0].k recovers >= 0.5", "expected '->' and the receiver"),
-    ("path heads[0.3] -> heads[1.0] recovers >= 0.5", "expected '.q', '.k' or '.v' after the receiving heads"),
-    ("path heads[0.3] -> heads[1.0].x recovers >= 0.5", "expected q, k or v"),
-    ("path heads[0.3] -> resid_pre[1] recovers >= 0.5", "expected a receiver: heads[L.H].q"),
-    ("path attn_out[0] -> logits recovers >= 0.5", "expected the path's senders: attention heads heads[L.H, ...] or "
-                                                   "MLP layers mlp_out[L, ...]"),
-    ("path heads[0.3] -> logits recovers >= 0.5 ablate mean", "'ablate' names what replaces the senders in a "
-                                                              "'breaks' claim"),
-    ("path heads[0.3] -> logits breaks >= 0.5 ablate median", "expected an ablation after 'ablate' (resample, mean, "
-                                                              "zero)"),
-    ("path heads[0.3] -> logits recovers beats random at 0.9", "'beats random' compares node sets"),
-    ("path mlp_out[0, ' France'] -> logits recovers >= 0.5", "in a node list, positions follow ';'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("path heads[0.3] heads[1.0].k recovers >= 0.5", "expected '->' and the receiver"),
+        ("path heads[0.3] -> heads[1.0] recovers >= 0.5", "expected '.q', '.k' or '.v' after the receiving heads"),
+        ("path heads[0.3] -> heads[1.0].x recovers >= 0.5", "expected q, k or v"),
+        ("path heads[0.3] -> resid_pre[1] recovers >= 0.5", "expected a receiver: heads[L.H].q"),
+        (
+            "path attn_out[0] -> logits recovers >= 0.5",
+            "expected the path's senders: attention heads heads[L.H, ...] or MLP layers mlp_out[L, ...]",
+        ),
+        (
+            "path heads[0.3] -> logits recovers >= 0.5 ablate mean",
+            "'ablate' names what replaces the senders in a 'breaks' claim",
+        ),
+        (
+            "path heads[0.3] -> logits breaks >= 0.5 ablate median",
+            "expected an ablation after 'ablate' (resample, mean, zero)",
+        ),
+        ("path heads[0.3] -> logits recovers beats random at 0.9", "'beats random' compares node sets"),
+        ("path mlp_out[0, ' France'] -> logits recovers >= 0.5", "in a node list, positions follow ';'"),
+    ],
+)
 def test_path_grammar_errors_name_the_offending_part(text, message):
     with pytest.raises(ClaimSyntaxError) as error:
         parse_claim(text)

@@ -54,42 +54,74 @@ def test_local_lexicon_beside_the_spec_wins(tmp_path):
     assert behavior.family.variables["last"] == ("Hart", "Cole", "Wade")
 
 
-FAMILY_HEAD = "behaviors:\n  - name: fam\n    template: \"Her name was {first} {last}. When {first}\"\n"
+FAMILY_HEAD = 'behaviors:\n  - name: fam\n    template: "Her name was {first} {last}. When {first}"\n'
 
 
-@pytest.mark.parametrize("text, message", [
-    (FAMILY_HEAD + "    expect: \" {last}\"\n    vars:\n      first: [A, B]\n",
-     "specs/f.yaml:5: behavior 'fam', key 'vars': template variable {last} has no values in 'vars'"),
-    (FAMILY_HEAD + "    expect: \" {last}\"\n",
-     "behavior 'fam', key 'vars': the template uses {first}, {last} but 'vars' is missing"),
-    (FAMILY_HEAD + "    expect: \" {middle}\"\n    samples: 2\n    vars:\n      first: [A, B]\n      last: [C, D]\n",
-     "behavior 'fam', key 'expect': {middle} is used in 'expect' but is not a variable of the template"),
-    (FAMILY_HEAD + "    expect: \" {last}\"\n    vars:\n      first: [A, B]\n      last: \"@no_such_lexicon\"\n",
-     "key 'vars.last': lexicon @no_such_lexicon not found: looked for specs/lexicons/no_such_lexicon.txt or "),
-    (FAMILY_HEAD + "    expect: \" {last}\"\n    samples: 5\n    vars:\n      first: [A, B]\n      last: [C]\n",
-     "key 'samples': 'samples' is 5 but the variables allow only 2 distinct combinations"),
-    (FAMILY_HEAD + "    expect: \" {last}\"\n    samples: 2\n    corrupt: {resample: [last]}\n    vars:\n"
-                   "      first: [A, B]\n      last: [C]\n",
-     "key 'corrupt.resample': variable 'last' has a single value, so it cannot be re-drawn"),
-    (FAMILY_HEAD + "    expect: \" {last}\"\n    samples: 2\n    corrupt: {resample: [middle]}\n    vars:\n"
-                   "      first: [A, B]\n      last: [C, D]\n",
-     "key 'corrupt.resample': 'middle' is not a template variable"),
-    (FAMILY_HEAD + "    expect: \" {last}\"\n    samples: 2\n    vars:\n      first: [A, B]\n      last: [C, D]\n"
-                   "      extra: [E]\n",
-     "key 'vars.extra': variable 'extra' in 'vars' is not used by the template"),
-    ("behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {resample: [x]}\n",
-     "key 'corrupt.resample': resample re-draws template variables: it needs a 'template' with 'vars'"),
-    ("behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {noise: {positions: []}}\n",
-     "key 'corrupt.noise': 'positions' must be a non-empty list"),
-    ("behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {noise: {positions: [1], scale: 0}}\n",
-     "key 'corrupt.noise': 'scale' must be a positive number, got a number (0)"),
-    ("behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {swap: 1}\n",
-     "key 'corrupt': expected one of {replace: ...}, {resample: [...]}, {noise: ...}, got keys ['swap']"),
-    ("behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    vars: {x: [a]}\n",
-     "key 'vars': 'vars' only applies to a prompt family: write 'template' instead of 'prompt'"),
-    ("behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    min_pass_rate: 2\n",
-     "key 'min_pass_rate': expected a fraction between 0 and 1, got a number (2)"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            FAMILY_HEAD + '    expect: " {last}"\n    vars:\n      first: [A, B]\n',
+            "specs/f.yaml:5: behavior 'fam', key 'vars': template variable {last} has no values in 'vars'",
+        ),
+        (
+            FAMILY_HEAD + '    expect: " {last}"\n',
+            "behavior 'fam', key 'vars': the template uses {first}, {last} but 'vars' is missing",
+        ),
+        (
+            FAMILY_HEAD
+            + '    expect: " {middle}"\n    samples: 2\n    vars:\n      first: [A, B]\n      last: [C, D]\n',
+            "behavior 'fam', key 'expect': {middle} is used in 'expect' but is not a variable of the template",
+        ),
+        (
+            FAMILY_HEAD + '    expect: " {last}"\n    vars:\n      first: [A, B]\n      last: "@no_such_lexicon"\n',
+            "key 'vars.last': lexicon @no_such_lexicon not found: looked for specs/lexicons/no_such_lexicon.txt or ",
+        ),
+        (
+            FAMILY_HEAD + '    expect: " {last}"\n    samples: 5\n    vars:\n      first: [A, B]\n      last: [C]\n',
+            "key 'samples': 'samples' is 5 but the variables allow only 2 distinct combinations",
+        ),
+        (
+            FAMILY_HEAD + '    expect: " {last}"\n    samples: 2\n    corrupt: {resample: [last]}\n    vars:\n'
+            "      first: [A, B]\n      last: [C]\n",
+            "key 'corrupt.resample': variable 'last' has a single value, so it cannot be re-drawn",
+        ),
+        (
+            FAMILY_HEAD + '    expect: " {last}"\n    samples: 2\n    corrupt: {resample: [middle]}\n    vars:\n'
+            "      first: [A, B]\n      last: [C, D]\n",
+            "key 'corrupt.resample': 'middle' is not a template variable",
+        ),
+        (
+            FAMILY_HEAD + '    expect: " {last}"\n    samples: 2\n    vars:\n      first: [A, B]\n      last: [C, D]\n'
+            "      extra: [E]\n",
+            "key 'vars.extra': variable 'extra' in 'vars' is not used by the template",
+        ),
+        (
+            "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {resample: [x]}\n",
+            "key 'corrupt.resample': resample re-draws template variables: it needs a 'template' with 'vars'",
+        ),
+        (
+            "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {noise: {positions: []}}\n",
+            "key 'corrupt.noise': 'positions' must be a non-empty list",
+        ),
+        (
+            "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {noise: {positions: [1], scale: 0}}\n",
+            "key 'corrupt.noise': 'scale' must be a positive number, got a number (0)",
+        ),
+        (
+            "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {swap: 1}\n",
+            "key 'corrupt': expected one of {replace: ...}, {resample: [...]}, {noise: ...}, got keys ['swap']",
+        ),
+        (
+            "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    vars: {x: [a]}\n",
+            "key 'vars': 'vars' only applies to a prompt family: write 'template' instead of 'prompt'",
+        ),
+        (
+            "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    min_pass_rate: 2\n",
+            "key 'min_pass_rate': expected a fraction between 0 and 1, got a number (2)",
+        ),
+    ],
+)
 def test_family_errors(text, message):
     assert message in error_of(text)
 
@@ -97,8 +129,10 @@ def test_family_errors(text, message):
 def test_empty_lexicon(tmp_path):
     (tmp_path / "lexicons").mkdir()
     (tmp_path / "lexicons" / "empty.txt").write_text("# nothing\n\n")
-    message = error_of(FAMILY_HEAD + "    expect: \" {last}\"\n    vars:\n      first: [A, B]\n      last: \"@empty\"\n",
-                       str(tmp_path / "f.yaml"))
+    message = error_of(
+        FAMILY_HEAD + '    expect: " {last}"\n    vars:\n      first: [A, B]\n      last: "@empty"\n',
+        str(tmp_path / "f.yaml"),
+    )
     assert "key 'vars.last': lexicon @empty" in message and "is empty" in message
 
 
@@ -112,8 +146,10 @@ def test_samples_are_reproducible_distinct_and_change_with_the_seed():
         assert sample.values["first"] != sample.values["last"]
         assert sample.corrupt_values["last"] not in (sample.values["last"], sample.values["first"])
         assert sample.expect == " " + sample.values["last"]
-        assert sample.corrupt == f"Her name was {sample.values['first']} {sample.corrupt_values['last']}. " \
-                                 f"When {sample.values['first']}"
+        assert (
+            sample.corrupt == f"Her name was {sample.values['first']} {sample.corrupt_values['last']}. "
+            f"When {sample.values['first']}"
+        )
 
 
 def test_sampling_is_uniform_over_the_combinations():
@@ -124,7 +160,7 @@ def test_sampling_is_uniform_over_the_combinations():
             key = (assignment["a"], assignment["b"])
             counts[key] = counts.get(key, 0) + 1
     assert set(counts) == {(a, b) for a in "xyz" for b in "xyz" if a != b}
-    assert min(counts.values()) > 60                 # 6 combinations, 100 expected each
+    assert min(counts.values()) > 60  # 6 combinations, 100 expected each
 
 
 def test_minimal_instance_yaml_is_valid_and_pasteable():
@@ -149,9 +185,9 @@ def test_bootstrap_bound_brackets_the_mean_and_bonferroni_widens_it():
     [upper] = bootstrap_bounds(values, wants_high=False, n_cells=1)
     assert one.bound < one.mean < upper.bound
     assert many.bound < one.bound and many.level == pytest.approx(1 - 0.05 / 20)
-    assert bootstrap_bounds(values, True, 1) == bootstrap_bounds(values, True, 1)     # seeded
-    se = float(values.std() / 50 ** 0.5)
-    assert one.mean - one.bound == pytest.approx(1.645 * se, rel=0.25)                # close to the normal bound
+    assert bootstrap_bounds(values, True, 1) == bootstrap_bounds(values, True, 1)  # seeded
+    se = float(values.std() / 50**0.5)
+    assert one.mean - one.bound == pytest.approx(1.645 * se, rel=0.25)  # close to the normal bound
 
 
 def test_pass_rate():

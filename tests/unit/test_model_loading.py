@@ -125,8 +125,7 @@ def test_resolve_dtype_and_device():
     with pytest.raises(ValueError):
         M.resolve_dtype("float64")
     assert M.resolve_device("cpu") == "cpu"
-    expected = "cuda" if torch.cuda.is_available() else (
-        "mps" if torch.backends.mps.is_available() else "cpu")
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert M.resolve_device(None) == M.resolve_device("auto") == expected
 
 
@@ -158,7 +157,9 @@ def test_model_context_length():
 
 
 def test_import_is_cheap():
-    code = ("import sys, interptest, interptest.model; "
-            "print(any(m in sys.modules for m in ('torch', 'transformer_lens', 'transformers')))")
+    code = (
+        "import sys, interptest, interptest.model; "
+        "print(any(m in sys.modules for m in ('torch', 'transformer_lens', 'transformers')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

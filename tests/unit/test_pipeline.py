@@ -11,7 +11,7 @@ from interptest.check import bind_behavior, check_behavior, run_behavior
 from interptest.errors import SpecError
 from interptest.spec import parse_behavior
 
-WORDS = [" dog", " sat", " the", " on", " Bob"]      # the single tokens of tinymodels' small BPE vocabulary
+WORDS = [" dog", " sat", " the", " on", " Bob"]  # the single tokens of tinymodels' small BPE vocabulary
 
 
 def bind(model, **keys):
@@ -32,8 +32,14 @@ def _greedy(model, prompt: str, steps: int) -> list[int]:
 def test_family_foil_must_be_one_token_as_for_a_single_prompt():
     model = tinymodels.tiny_model("gpt2")
     single = dict(prompt="The dog sat", corrupt="The Bob sat", expect=" on", foil=" on the")
-    family = dict(template="The {a} sat", vars={"a": ["dog", "Bob"]}, samples=2, corrupt="The the sat",
-                  expect=" on", foil=" on the")
+    family = dict(
+        template="The {a} sat",
+        vars={"a": ["dog", "Bob"]},
+        samples=2,
+        corrupt="The the sat",
+        expect=" on",
+        foil=" on the",
+    )
     for keys in (single, family):
         with pytest.raises(SpecError, match=r"key 'foil': the foil must be a single token; ' on the' is 2 tokens"):
             bind(model, **keys)
@@ -56,8 +62,12 @@ def test_family_multi_token_expect_is_checked_token_by_token_on_every_sample():
     assert len(words) >= 2, "no two prompts share their top-1 token; pick other words"
     first_text = model.tokenizer.decode([first])
     second = _greedy(model, f"The {words[0]} sat", 2)[1]
-    wrong = next(t for t in (" dog", " mat", " sat", " on") if len(model.to_tokens(first_text + t, prepend_bos=False)[0])
-                 == 2 and model.to_tokens(t, prepend_bos=False)[0, 0] != second)
+    wrong = next(
+        t
+        for t in (" dog", " mat", " sat", " on")
+        if len(model.to_tokens(first_text + t, prepend_bos=False)[0]) == 2
+        and model.to_tokens(t, prepend_bos=False)[0, 0] != second
+    )
     family = dict(template="The {a} sat", vars={"a": words[:2]}, samples=2)
 
     ok = run_behavior(bind(model, expect=first_text, **family))
@@ -66,27 +76,53 @@ def test_family_multi_token_expect_is_checked_token_by_token_on_every_sample():
     bad = run_behavior(bind(model, expect=first_text + wrong, **family))
     top1 = bad.checks[0]
     assert not top1.passed and top1.value == 0.0
-    assert f"after {first_text!r}" in top1.detail           # the second token is what fails
+    assert f"after {first_text!r}" in top1.detail  # the second token is what fails
     # ... and the single prompt of each sample says the same.
-    single = check_behavior({"name": "s", "prompt": f"The {words[0]} sat", "expect": first_text + wrong}, model,
-                            raise_on_failure=False)
+    single = check_behavior(
+        {"name": "s", "prompt": f"The {words[0]} sat", "expect": first_text + wrong}, model, raise_on_failure=False
+    )
     assert not single.checks[0].passed and single.checks[0].detail in top1.detail
 
 
 def test_a_single_prompt_and_a_family_of_one_give_the_same_numbers():
     model = tinymodels.tiny_model("gpt2")
-    claims = ["resid_pre[:, 2] recovers >= 0.5", "heads[0.1, 1.2] together recovers >= 0.1",
-              "any attn_out[:, -1] breaks >= 0.1", "logit_diff >= 0"]
-    single = check_behavior({"name": "s", "prompt": "The dog sat on the", "corrupt": "The Bob sat on the",
-                             "expect": " the", "foil": " on", "claims": claims}, model, raise_on_failure=False)
-    family = check_behavior({"name": "f", "template": "The {a} sat on the", "vars": {"a": ["dog"]},
-                             "samples": 1, "corrupt": "The Bob sat on the", "expect": " the", "foil": " on",
-                             "claims": claims}, model, raise_on_failure=False)
+    claims = [
+        "resid_pre[:, 2] recovers >= 0.5",
+        "heads[0.1, 1.2] together recovers >= 0.1",
+        "any attn_out[:, -1] breaks >= 0.1",
+        "logit_diff >= 0",
+    ]
+    single = check_behavior(
+        {
+            "name": "s",
+            "prompt": "The dog sat on the",
+            "corrupt": "The Bob sat on the",
+            "expect": " the",
+            "foil": " on",
+            "claims": claims,
+        },
+        model,
+        raise_on_failure=False,
+    )
+    family = check_behavior(
+        {
+            "name": "f",
+            "template": "The {a} sat on the",
+            "vars": {"a": ["dog"]},
+            "samples": 1,
+            "corrupt": "The Bob sat on the",
+            "expect": " the",
+            "foil": " on",
+            "claims": claims,
+        },
+        model,
+        raise_on_failure=False,
+    )
     assert family.samples == 1 and family.tokens == single.tokens
     assert len(single.checks) == len(family.checks) == 5
     for a, b in zip(single.checks, family.checks):
         assert a.text == b.text and a.passed == b.passed
-        assert b.detail.split("\nminimal failing instance")[0] == a.detail      # a family may add a shrunk instance
+        assert b.detail.split("\nminimal failing instance")[0] == a.detail  # a family may add a shrunk instance
         assert a.value == pytest.approx(b.value, abs=1e-6)
 
 
@@ -98,17 +134,36 @@ def test_the_pipeline_never_mixes_devices():
 
     model = tinymodels.tiny_model("gpt2")
     behaviors = [
-        {"name": "single", "prompt": "The dog sat on the", "corrupt": "The Bob sat on the", "expect": " the",
-         "foil": " on", "claims": ["resid_pre[:, 2] recovers >= 0.5", "heads[0.1, 1.2] together recovers >= 0.1",
-                                   "heads[0.1; -1] breaks >= 0.1", "prob(' the') > 0", "rank(' on') <= 3",
-                                   "logit_diff >= 0"]},
-        {"name": "family", "template": "The {a} sat on the", "vars": {"a": ["dog", "Bob"]}, "samples": 2,
-         "corrupt": {"noise": {"positions": ["{a}"], "scale": 3.0}}, "expect": " the", "foil": " on",
-         "claims": ["resid_pre[:, {a}] recovers >= 0.5", "mlp_out[0, -1] breaks <= 0.5", "logit(' on') > -100"]},
+        {
+            "name": "single",
+            "prompt": "The dog sat on the",
+            "corrupt": "The Bob sat on the",
+            "expect": " the",
+            "foil": " on",
+            "claims": [
+                "resid_pre[:, 2] recovers >= 0.5",
+                "heads[0.1, 1.2] together recovers >= 0.1",
+                "heads[0.1; -1] breaks >= 0.1",
+                "prob(' the') > 0",
+                "rank(' on') <= 3",
+                "logit_diff >= 0",
+            ],
+        },
+        {
+            "name": "family",
+            "template": "The {a} sat on the",
+            "vars": {"a": ["dog", "Bob"]},
+            "samples": 2,
+            "corrupt": {"noise": {"positions": ["{a}"], "scale": 3.0}},
+            "expect": " the",
+            "foil": " on",
+            "claims": ["resid_pre[:, {a}] recovers >= 0.5", "mlp_out[0, -1] breaks <= 0.5", "logit(' on') > -100"],
+        },
     ]
     for behavior in behaviors:
         expected = check_behavior(behavior, model, raise_on_failure=False)
         with stray_device(model):
             got = check_behavior(behavior, model, raise_on_failure=False)
-        assert [(c.text, c.passed, c.value) for c in got.checks] == [(c.text, c.passed, c.value)
-                                                                       for c in expected.checks]
+        assert [(c.text, c.passed, c.value) for c in got.checks] == [
+            (c.text, c.passed, c.value) for c in expected.checks
+        ]

@@ -10,16 +10,21 @@ import torch
 from interptest.check import check_behavior
 from interptest.claims.base import DTYPE_ERROR
 
-BEHAVIOR = {"name": "b", "prompt": "The dog sat on the", "corrupt": "The Bob sat on the", "expect": " the",
-            "foil": " on", "min_effect": 0.1}
+BEHAVIOR = {
+    "name": "b",
+    "prompt": "The dog sat on the",
+    "corrupt": "The Bob sat on the",
+    "expect": " the",
+    "foil": " on",
+    "min_effect": 0.1,
+}
 
 
 @functools.lru_cache(maxsize=None)
 def bf16_model():
     from transformer_lens import TransformerBridge
 
-    model = TransformerBridge.boot_transformers(tinymodels.build_model_dir("gpt2"), device="cpu",
-                                                dtype=torch.bfloat16)
+    model = TransformerBridge.boot_transformers(tinymodels.build_model_dir("gpt2"), device="cpu", dtype=torch.bfloat16)
     model.eval()
     return model
 
@@ -30,17 +35,28 @@ def measure(model, claims):
 
 def test_near_threshold_is_undecided_far_is_judged():
     model = bf16_model()
-    value, m_clean, rank = (c.value for c in measure(model, ["resid_pre[1, 2] recovers >= -9", "logit_diff > -99",
-                                                             "rank(' the') >= 1"]))
-    near, far, logit_near, rank_exact = measure(model, [
-        f"resid_pre[1, 2] recovers >= {value - 0.005}", f"resid_pre[1, 2] recovers >= {value - 0.5}",
-        f"logit_diff >= {m_clean - 0.001}", f"rank(' the') <= {rank:g}"])
-    assert not near.passed and "undecided at bfloat16: the value is 0.005 from the threshold, within this " \
-                               f"precision's error (±{DTYPE_ERROR['bfloat16']:.3g})" in near.detail
+    value, m_clean, rank = (
+        c.value for c in measure(model, ["resid_pre[1, 2] recovers >= -9", "logit_diff > -99", "rank(' the') >= 1"])
+    )
+    near, far, logit_near, rank_exact = measure(
+        model,
+        [
+            f"resid_pre[1, 2] recovers >= {value - 0.005}",
+            f"resid_pre[1, 2] recovers >= {value - 0.5}",
+            f"logit_diff >= {m_clean - 0.001}",
+            f"rank(' the') <= {rank:g}",
+        ],
+    )
+    assert (
+        not near.passed
+        and "undecided at bfloat16: the value is 0.005 from the threshold, within this "
+        f"precision's error (±{DTYPE_ERROR['bfloat16']:.3g})"
+        in near.detail
+    )
     assert "run with --interp-dtype float32 to decide it" in near.detail
     assert far.passed and "undecided" not in far.detail
     assert not logit_near.passed and "undecided at bfloat16" in logit_near.detail
-    assert rank_exact.passed                                                  # ranks are exact: no tolerance
+    assert rank_exact.passed  # ranks are exact: no tolerance
 
 
 def test_float32_is_never_undecided():

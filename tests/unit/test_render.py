@@ -18,7 +18,7 @@ def test_cells_marked_and_formatted():
     table = "\n".join(lines)
     assert "·Alex" in table and "·Hart" in table and "<|end…" in table
     layer1 = next(line for line in lines if line.strip().startswith("L1"))
-    assert layer1.split()[1:] == ["-0.40", "-0.30", "-0.20", "-0.10", "0.00", "0.10!"]   # the mark after its cell
+    assert layer1.split()[1:] == ["-0.40", "-0.30", "-0.20", "-0.10", "0.00", "0.10!"]  # the mark after its cell
     layer2 = next(line for line in lines if line.strip().startswith("L2"))
     assert layer2.endswith(" 0.70*")
     assert "\x1b[" not in table
@@ -28,8 +28,8 @@ def test_long_prompts_wrap_within_the_terminal_width():
     tokens = [f" tok{i}" for i in range(40)]
     lines = render_map(patch_map(n_layers=12, tokens=tokens))
     assert max(len(line) for line in lines) <= WIDTH
-    assert sum(1 for line in lines if line.strip().startswith("L11")) == 4     # 40 positions in 4 chunks
-    assert any(line.split()[-1:] == ["39"] for line in lines)                 # position numbers as headers
+    assert sum(1 for line in lines if line.strip().startswith("L11")) == 4  # 40 positions in 4 chunks
+    assert any(line.split()[-1:] == ["39"] for line in lines)  # position numbers as headers
 
 
 def test_colour_only_when_asked():
@@ -38,8 +38,9 @@ def test_colour_only_when_asked():
 
 
 def test_heads_map_labels_heads():
-    lines = render_map(SimpleNamespace(values=torch.zeros(2, 4), tokens=["a"], component="heads",
-                                       direction="noise"), claimed=[(1, 3)])
+    lines = render_map(
+        SimpleNamespace(values=torch.zeros(2, 4), tokens=["a"], component="heads", direction="noise"), claimed=[(1, 3)]
+    )
     assert "layer × head" in lines[1] and "breaks" in lines[1]
     assert lines[3].split() == ["H0", "H1", "H2", "H3"]
 

@@ -19,7 +19,7 @@ import pytest
 from interptest import report
 from interptest.report import write_report
 
-pytestmark = pytest.mark.torchfree   # no torch, no transformer_lens, no model: `pytest tests -m torchfree`
+pytestmark = pytest.mark.torchfree  # no torch, no transformer_lens, no model: `pytest tests -m torchfree`
 
 VERSION = "0.1.0"
 CREATED = "2026-11-27T13:00:00Z"
@@ -37,31 +37,82 @@ def _grid(n_rows, n_cols, fn):
 def passing_record() -> dict:
     tokens = ["<|endoftext|>", "Her", " name", " was", " Alex", " Hart", ".", " When", " Alex"]
     return {
-        "nodeid": "behaviors/induction.yaml::alex-hart", "model": "interptest-tiny",
-        "prompt": "Her name was Alex Hart. When Alex", "corrupt": "Her name was Alex Cole. When Alex",
-        "tokens": tokens, "expect": " Hart", "foil": " Cole", "clean_metric": 7.2, "corrupt_metric": -6.1,
+        "nodeid": "behaviors/induction.yaml::alex-hart",
+        "model": "interptest-tiny",
+        "prompt": "Her name was Alex Hart. When Alex",
+        "corrupt": "Her name was Alex Cole. When Alex",
+        "tokens": tokens,
+        "expect": " Hart",
+        "foil": " Cole",
+        "clean_metric": 7.2,
+        "corrupt_metric": -6.1,
         "outcome": "passed",
-        "clean_top": [{"token": " Hart", "prob": 0.97}, {"token": " Cole", "prob": 0.01},
-                      {"token": ",", "prob": 0.005}, {"token": " and", "prob": 0.004}, {"token": "\n", "prob": 0.002}],
-        "corrupt_top": [{"token": " Cole", "prob": 0.95}, {"token": " Hart", "prob": 0.02},
-                        {"token": ",", "prob": 0.01}, {"token": " was", "prob": 0.004}, {"token": ".", "prob": 0.001}],
+        "clean_top": [
+            {"token": " Hart", "prob": 0.97},
+            {"token": " Cole", "prob": 0.01},
+            {"token": ",", "prob": 0.005},
+            {"token": " and", "prob": 0.004},
+            {"token": "\n", "prob": 0.002},
+        ],
+        "corrupt_top": [
+            {"token": " Cole", "prob": 0.95},
+            {"token": " Hart", "prob": 0.02},
+            {"token": ",", "prob": 0.01},
+            {"token": " was", "prob": 0.004},
+            {"token": ".", "prob": 0.001},
+        ],
         "claims": [
-            {"text": "prob(' Hart') >= 0.5", "passed": True, "value": 0.97, "detail": None,
-             "map": None, "cells": [], "failing_cells": []},
-            {"text": "resid_pre[2:, -1] recovers >= 0.9", "passed": True, "value": 0.98,
-             "detail": "worst cell L2 pos 8: 0.98", "map": "resid_pre", "cells": [[2, 8]], "failing_cells": []},
-            {"text": "heads[1, 0..1] recovers >= 0.4", "passed": True, "value": 0.55,
-             "detail": "worst cell L1 H1: 0.55", "map": "heads", "cells": [[1, 0], [1, 1]], "failing_cells": []},
+            {
+                "text": "prob(' Hart') >= 0.5",
+                "passed": True,
+                "value": 0.97,
+                "detail": None,
+                "map": None,
+                "cells": [],
+                "failing_cells": [],
+            },
+            {
+                "text": "resid_pre[2:, -1] recovers >= 0.9",
+                "passed": True,
+                "value": 0.98,
+                "detail": "worst cell L2 pos 8: 0.98",
+                "map": "resid_pre",
+                "cells": [[2, 8]],
+                "failing_cells": [],
+            },
+            {
+                "text": "heads[1, 0..1] recovers >= 0.4",
+                "passed": True,
+                "value": 0.55,
+                "detail": "worst cell L1 H1: 0.55",
+                "map": "heads",
+                "cells": [[1, 0], [1, 1]],
+                "failing_cells": [],
+            },
         ],
         "maps": {
-            "resid_pre": {"component": "resid_pre", "direction": "denoise",
-                          "values": _grid(3, 9, lambda r, c: 1.0 if c == 5 and r < 2 else
-                                          (r / 2 if c == 8 else (-0.3 if (r, c) == (1, 4) else 0.0))),
-                          "layers": [0, 1, 2], "positions": list(range(9))},
-            "heads": {"component": "heads", "direction": "denoise",
-                      "values": _grid(3, 4, lambda r, c: 0.6 if (r, c) == (1, 0) else
-                                      (0.55 if (r, c) == (1, 1) else -0.05 * c)),
-                      "layers": [0, 1, 2], "heads": [0, 1, 2, 3]},
+            "resid_pre": {
+                "component": "resid_pre",
+                "direction": "denoise",
+                "values": _grid(
+                    3,
+                    9,
+                    lambda r, c: (
+                        1.0 if c == 5 and r < 2 else (r / 2 if c == 8 else (-0.3 if (r, c) == (1, 4) else 0.0))
+                    ),
+                ),
+                "layers": [0, 1, 2],
+                "positions": list(range(9)),
+            },
+            "heads": {
+                "component": "heads",
+                "direction": "denoise",
+                "values": _grid(
+                    3, 4, lambda r, c: 0.6 if (r, c) == (1, 0) else (0.55 if (r, c) == (1, 1) else -0.05 * c)
+                ),
+                "layers": [0, 1, 2],
+                "heads": [0, 1, 2, 3],
+            },
         },
     }
 
@@ -69,25 +120,50 @@ def passing_record() -> dict:
 def failing_record() -> dict:
     tokens = ["<|endoftext|>", "The", " capital", " of", " France", " is"]
     return {
-        "nodeid": "behaviors/facts.yaml::france", "model": "interptest-tiny",
-        "prompt": "The capital of France is", "corrupt": "The capital of Spain is",
-        "tokens": tokens, "expect": " Paris", "foil": " Madrid", "clean_metric": 1.4, "corrupt_metric": float("nan"),
+        "nodeid": "behaviors/facts.yaml::france",
+        "model": "interptest-tiny",
+        "prompt": "The capital of France is",
+        "corrupt": "The capital of Spain is",
+        "tokens": tokens,
+        "expect": " Paris",
+        "foil": " Madrid",
+        "clean_metric": 1.4,
+        "corrupt_metric": float("nan"),
         "outcome": "failed",
         "clean_top": [{"token": " Paris", "prob": 0.41}, {"token": " the", "prob": 0.2}],
         "corrupt_top": [],
         "claims": [
-            {"text": "resid_pre[1:, 4] recovers >= 0.8", "passed": False, "value": 0.31,
-             "detail": "2 of 2 cells below 0.8; worst cell L2 pos 4: 0.12", "map": "resid_pre",
-             "cells": [[1, 4], [2, 4]], "failing_cells": [[1, 4], [2, 4]]},
-            {"text": "resid_pre[0, 5] recovers >= 0.1", "passed": True, "value": 0.2, "detail": "",
-             "map": "resid_pre", "cells": [[0, 5]], "failing_cells": []},
+            {
+                "text": "resid_pre[1:, 4] recovers >= 0.8",
+                "passed": False,
+                "value": 0.31,
+                "detail": "2 of 2 cells below 0.8; worst cell L2 pos 4: 0.12",
+                "map": "resid_pre",
+                "cells": [[1, 4], [2, 4]],
+                "failing_cells": [[1, 4], [2, 4]],
+            },
+            {
+                "text": "resid_pre[0, 5] recovers >= 0.1",
+                "passed": True,
+                "value": 0.2,
+                "detail": "",
+                "map": "resid_pre",
+                "cells": [[0, 5]],
+                "failing_cells": [],
+            },
         ],
         "maps": {
-            "resid_pre": {"component": "resid_pre", "direction": "noise",
-                          "values": [[0.0, 0.1, -0.2, 0.05, 0.5, 0.2],
-                                     [0.0, 0.0, -0.9, float("nan"), 0.31, 1.7],
-                                     [0.0, 0.0, -1.4, float("inf"), 0.12, 0.95]],
-                          "layers": [0, 1, 2], "positions": list(range(6))},
+            "resid_pre": {
+                "component": "resid_pre",
+                "direction": "noise",
+                "values": [
+                    [0.0, 0.1, -0.2, 0.05, 0.5, 0.2],
+                    [0.0, 0.0, -0.9, float("nan"), 0.31, 1.7],
+                    [0.0, 0.0, -1.4, float("inf"), 0.12, 0.95],
+                ],
+                "layers": [0, 1, 2],
+                "positions": list(range(6)),
+            },
         },
     }
 
@@ -95,16 +171,38 @@ def failing_record() -> dict:
 def long_record() -> dict:
     tokens = ["<|endoftext|>"] + [f" w{i}" for i in range(63)]
     return {
-        "nodeid": "behaviors/long.yaml::sixty-four", "model": "interptest-tiny",
-        "prompt": "".join(tokens[1:]), "corrupt": "".join(tokens[1:-1]) + " x",
-        "tokens": tokens, "expect": " w0", "foil": " x", "clean_metric": 3.0, "corrupt_metric": 0.5,
+        "nodeid": "behaviors/long.yaml::sixty-four",
+        "model": "interptest-tiny",
+        "prompt": "".join(tokens[1:]),
+        "corrupt": "".join(tokens[1:-1]) + " x",
+        "tokens": tokens,
+        "expect": " w0",
+        "foil": " x",
+        "clean_metric": 3.0,
+        "corrupt_metric": 0.5,
         "outcome": "xfailed",
-        "clean_top": [{"token": " w0", "prob": 0.5}], "corrupt_top": [{"token": " x", "prob": 0.4}],
-        "claims": [{"text": "resid_pre[:, -1] recovers >= 0.5", "passed": True, "value": 0.9, "detail": "",
-                    "map": "resid_pre", "cells": [[0, 63], [1, 63], [2, 63], [3, 63]], "failing_cells": []}],
-        "maps": {"resid_pre": {"component": "resid_pre", "direction": "denoise",
-                               "values": _grid(4, 64, lambda r, c: math.sin(c / 5 + r)),
-                               "layers": [0, 1, 2, 3], "positions": list(range(64))}},
+        "clean_top": [{"token": " w0", "prob": 0.5}],
+        "corrupt_top": [{"token": " x", "prob": 0.4}],
+        "claims": [
+            {
+                "text": "resid_pre[:, -1] recovers >= 0.5",
+                "passed": True,
+                "value": 0.9,
+                "detail": "",
+                "map": "resid_pre",
+                "cells": [[0, 63], [1, 63], [2, 63], [3, 63]],
+                "failing_cells": [],
+            }
+        ],
+        "maps": {
+            "resid_pre": {
+                "component": "resid_pre",
+                "direction": "denoise",
+                "values": _grid(4, 64, lambda r, c: math.sin(c / 5 + r)),
+                "layers": [0, 1, 2, 3],
+                "positions": list(range(64)),
+            }
+        },
     }
 
 
@@ -158,8 +256,7 @@ def parse(page: str) -> Heatmaps:
 def test_results_json_round_trips_the_records(tmp_path):
     recs = [passing_record(), long_record()]
     write_report(recs, tmp_path / "out", version=VERSION, created=CREATED)
-    loaded = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"),
-                        parse_constant=no_constants)
+    loaded = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"), parse_constant=no_constants)
     assert loaded == {"format": 1, "interptest_version": VERSION, "created": CREATED, "behaviors": recs}
 
 
@@ -173,7 +270,7 @@ def test_non_finite_numbers_become_null_and_input_is_untouched(tmp_path):
     assert behavior["maps"]["resid_pre"]["values"][1][3] is None
     assert behavior["maps"]["resid_pre"]["values"][2][3] is None
     assert behavior["maps"]["resid_pre"]["values"][2][2] == -1.4
-    assert math.isnan(rec["corrupt_metric"])          # the caller's records are not rewritten
+    assert math.isnan(rec["corrupt_metric"])  # the caller's records are not rewritten
 
 
 def test_created_defaults_to_utc_now(tmp_path):
@@ -191,7 +288,7 @@ def test_created_defaults_to_utc_now(tmp_path):
 def test_directory_created_and_no_temporary_files_left(tmp_path):
     out = tmp_path / "a" / "b"
     write_report(records(), out, version=VERSION, created=CREATED)
-    write_report(records(), out, version=VERSION, created="2026-11-28T00:00:00Z")   # replaces
+    write_report(records(), out, version=VERSION, created="2026-11-28T00:00:00Z")  # replaces
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.json"]
     assert json.loads((out / "results.json").read_text())["created"] == "2026-11-28T00:00:00Z"
     assert "2026-11-28T00:00:00Z" in (out / "report.html").read_text()
@@ -228,8 +325,8 @@ def test_failure_while_replacing_removes_the_temporary_file(tmp_path, monkeypatc
 
     def failing_replace(src, dst):
         seen.append(Path(src))
-        assert Path(src).parent == Path(dst).parent == tmp_path      # same directory: a rename, not a copy
-        assert Path(src).read_text(encoding="utf-8")                  # the new text was fully written first
+        assert Path(src).parent == Path(dst).parent == tmp_path  # same directory: a rename, not a copy
+        assert Path(src).read_text(encoding="utf-8")  # the new text was fully written first
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", failing_replace)
@@ -255,15 +352,19 @@ def test_html_is_self_contained(page):
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", lowered)
     assert "http://" not in lowered and "https://" not in lowered
     assert "<link" not in lowered and "@import" not in lowered and "url(" not in lowered
-    assert "<script" not in lowered          # no JavaScript at all
+    assert "<script" not in lowered  # no JavaScript at all
     assert "<style>" in page and f"interptest {VERSION}" in page and CREATED in page
 
 
 def test_one_heatmap_element_per_map(page):
     parsed = parse(page)
     assert len(parsed.maps) == n_maps(records()) == page.count('class="heatmap"')
-    assert parsed.maps == [("behavior-0", "resid_pre"), ("behavior-0", "heads"),
-                           ("behavior-1", "resid_pre"), ("behavior-2", "resid_pre")]
+    assert parsed.maps == [
+        ("behavior-0", "resid_pre"),
+        ("behavior-0", "heads"),
+        ("behavior-1", "resid_pre"),
+        ("behavior-2", "resid_pre"),
+    ]
 
 
 def test_summary_links_every_behavior(page):
@@ -275,15 +376,15 @@ def test_summary_links_every_behavior(page):
 
 def test_claimed_and_failing_cells_are_marked(page):
     cells = parse(page).cell_classes
-    assert cells.count("failing") == 2                       # failing_record's two failing cells
+    assert cells.count("failing") == 2  # failing_record's two failing cells
     # claimed: alex-hart 1 resid_pre + 2 heads, france 1 passing cell, long 4 cells
     assert cells.count("claimed") == 1 + 2 + 1 + 4
-    assert cells.count("nan") == 2                           # NaN and inf are shown as missing
+    assert cells.count("nan") == 2  # NaN and inf are shown as missing
     assert 'title="L1 · position 4 ·France: 0.31 (claimed, failing)"' in page
 
 
 def test_values_printed_to_two_decimals_and_tokens_shown(page):
-    assert ">-1.40<" in page and ">1.70<" in page          # printed unclamped
+    assert ">-1.40<" in page and ">1.70<" in page  # printed unclamped
     assert "·Hart" in page and "·When" in page and "H3" in page
 
 
@@ -301,7 +402,7 @@ def test_user_text_is_escaped(tmp_path):
     assert "<script" not in page.lower() and "<img" not in page and "<b>bold" not in page and "<v>" not in page
     assert "&lt;script&gt;alert(&quot;prompt&quot;)&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
-    assert parse(page).maps == [("behavior-0", '<evil">')]   # the attribute survives as text
+    assert parse(page).maps == [("behavior-0", '<evil">')]  # the attribute survives as text
 
 
 def test_sparse_records_still_render(tmp_path):
@@ -331,14 +432,28 @@ def find_chromium() -> str | None:
 def chromium(tmp_path):
     binary = find_chromium()
     if binary is None:
-        pytest.skip("no Chromium found (looked for chromium, chromium-browser, google-chrome on PATH); "
-                    "install it with `apt-get install -y chromium` to run the browser checks")
+        pytest.skip(
+            "no Chromium found (looked for chromium, chromium-browser, google-chrome on PATH); "
+            "install it with `apt-get install -y chromium` to run the browser checks"
+        )
 
     def run(*args: str) -> subprocess.CompletedProcess:
         profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-        command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                   "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+        command = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            *args,
+        ]
         return subprocess.run(command, capture_output=True, text=True, timeout=BROWSER_TIMEOUT, check=False)
 
     return run
@@ -350,8 +465,8 @@ def read_png(path: Path) -> tuple[int, int, int, bytes]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, header = 8, [], None
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
@@ -367,7 +482,7 @@ def read_png(path: Path) -> tuple[int, int, int, bytes]:
     out = bytearray(height * stride)
     prev = bytearray(stride)
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         if kind == 1:
             for i in range(bpp, stride):
                 line[i] = (line[i] + line[i - bpp]) & 255
@@ -384,7 +499,7 @@ def read_png(path: Path) -> tuple[int, int, int, bytes]:
                 p = a + b - c
                 pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
                 line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        out[y * stride:(y + 1) * stride] = line
+        out[y * stride : (y + 1) * stride] = line
         prev = line
     return width, height, bpp, bytes(out)
 
@@ -399,7 +514,7 @@ def test_browser_renders_the_report(tmp_path, chromium):
     assert shot.exists(), f"no screenshot; chromium said:\n{result.stderr[-2000:]}"
     width, height, bpp, pixels = read_png(shot)
     assert (width, height) == (1200, 2000)
-    colours = {pixels[i:i + 3] for i in range(0, len(pixels), bpp * 7)}     # a sample of the pixels
+    colours = {pixels[i : i + 3] for i in range(0, len(pixels), bpp * 7)}  # a sample of the pixels
     assert len(colours) > 50, "screenshot is (nearly) blank"
     reds = sum(1 for r, g, b in colours if r > 150 and g < 90 and b < 90)
     blues = sum(1 for r, g, b in colours if b > 150 and r < 90)
@@ -408,14 +523,24 @@ def test_browser_renders_the_report(tmp_path, chromium):
     # The DOM as Chromium built it: one heatmap per map, and the 64-token map scrolls inside its own
     # container instead of widening the page (a test-only probe script reports the widths).
     probe = out / "probe.html"
-    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", """<script>
+    probe.write_text(
+        page.read_text(encoding="utf-8").replace(
+            "</body>",
+            """<script>
       const boxes = [...document.querySelectorAll('.heatmap-scroll')];
       document.body.dataset.probePage = document.documentElement.scrollWidth;
       document.body.dataset.probeOverflow = boxes.map(b => b.scrollWidth > b.clientWidth ? 1 : 0).join('');
-    </script></body>"""), encoding="utf-8")
+    </script></body>""",
+        ),
+        encoding="utf-8",
+    )
     result = chromium("--dump-dom", "--window-size=1200,2000", probe.as_uri())
     dom = parse(result.stdout)
-    assert dom.maps == [("behavior-0", "resid_pre"), ("behavior-0", "heads"),
-                        ("behavior-1", "resid_pre"), ("behavior-2", "resid_pre")], result.stderr[-2000:]
+    assert dom.maps == [
+        ("behavior-0", "resid_pre"),
+        ("behavior-0", "heads"),
+        ("behavior-1", "resid_pre"),
+        ("behavior-2", "resid_pre"),
+    ], result.stderr[-2000:]
     assert int(dom.probe["data-probe-page"]) <= 1200
     assert dom.probe["data-probe-overflow"] == "0001"

@@ -28,25 +28,39 @@ def test_every_shipped_spec_is_valid(path):
     VALIDATOR.validate(yaml.safe_load(path.read_text()))
 
 
-GOOD = {"behaviors": [{"name": "b", "prompt": "x y", "expect": " z", "corrupt": "x w",
-                       "claims": ["prob(' z') > 0", {"claim": "logit_diff > 0", "min_pass_rate": 0.9}]}]}
+GOOD = {
+    "behaviors": [
+        {
+            "name": "b",
+            "prompt": "x y",
+            "expect": " z",
+            "corrupt": "x w",
+            "claims": ["prob(' z') > 0", {"claim": "logit_diff > 0", "min_pass_rate": 0.9}],
+        }
+    ]
+}
 
 
-@pytest.mark.parametrize("change, parser_message", [
-    (lambda d: d["behaviors"][0].update(expcet=" z"), "unknown key 'expcet'"),
-    (lambda d: d.update(behaviours=[]), "unknown key 'behaviours'"),
-    (lambda d: d.pop("behaviors"), "missing required key 'behaviors'"),
-    (lambda d: d["behaviors"][0].pop("name"), "is missing required key 'name'"),
-    (lambda d: d["behaviors"][0].update(samples="many"), "expected an integer"),
-    (lambda d: d["behaviors"][0].update(min_effect="big"), "expected a number"),
-    (lambda d: d["behaviors"][0].update(claims="prob(' z') > 0"), "expected a list of claims"),
-    (lambda d: d["behaviors"][0].update(name="a b"), "invalid name 'a b'"),
-    (lambda d: d["behaviors"][0].update(template="x {v}"), "give either 'prompt'"),
-    (lambda d: d["behaviors"][0].update(corrupt={"swap": {}}), "expected one of {replace"),
-    (lambda d: d["behaviors"][0].update(if_model_unavailable="ignore"), "expected one of error, skip"),
-    (lambda d: d["behaviors"][0].update(claims=[{"claim": "logit_diff > 0", "rate": 1}]), "a claim given as a "
-                                                                                          "mapping needs"),
-])
+@pytest.mark.parametrize(
+    "change, parser_message",
+    [
+        (lambda d: d["behaviors"][0].update(expcet=" z"), "unknown key 'expcet'"),
+        (lambda d: d.update(behaviours=[]), "unknown key 'behaviours'"),
+        (lambda d: d.pop("behaviors"), "missing required key 'behaviors'"),
+        (lambda d: d["behaviors"][0].pop("name"), "is missing required key 'name'"),
+        (lambda d: d["behaviors"][0].update(samples="many"), "expected an integer"),
+        (lambda d: d["behaviors"][0].update(min_effect="big"), "expected a number"),
+        (lambda d: d["behaviors"][0].update(claims="prob(' z') > 0"), "expected a list of claims"),
+        (lambda d: d["behaviors"][0].update(name="a b"), "invalid name 'a b'"),
+        (lambda d: d["behaviors"][0].update(template="x {v}"), "give either 'prompt'"),
+        (lambda d: d["behaviors"][0].update(corrupt={"swap": {}}), "expected one of {replace"),
+        (lambda d: d["behaviors"][0].update(if_model_unavailable="ignore"), "expected one of error, skip"),
+        (
+            lambda d: d["behaviors"][0].update(claims=[{"claim": "logit_diff > 0", "rate": 1}]),
+            "a claim given as a mapping needs",
+        ),
+    ],
+)
 def test_the_schema_rejects_what_the_parser_rejects(change, parser_message):
     data = json.loads(json.dumps(GOOD))
     VALIDATOR.validate(data)

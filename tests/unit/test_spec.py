@@ -9,7 +9,7 @@ import pytest
 from interptest.errors import SpecError
 from interptest.spec import parse_behavior, parse_spec
 
-pytestmark = pytest.mark.torchfree   # no torch, no transformer_lens, no model: `pytest tests -m torchfree`
+pytestmark = pytest.mark.torchfree  # no torch, no transformer_lens, no model: `pytest tests -m torchfree`
 
 GOOD = """\
 model: interptest-tiny
@@ -58,58 +58,89 @@ def test_parse_behavior_from_dict():
         parse_behavior({"name": "x", "prompt": 1, "expect": " c"})
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a: [\n", "specs/f.yaml:2: invalid YAML: while parsing a flow"),
-    ("- 1\n", "specs/f.yaml:1: the top level must be a mapping with a 'behaviors' list, got a list"),
-    ("model: x\n", "specs/f.yaml:1: missing required key 'behaviors' (a list of behaviors)"),
-    ("behaviors: []\n", "specs/f.yaml:1: key 'behaviors': 'behaviors' is empty"),
-    ("behaviors: 3\n", "specs/f.yaml:1: key 'behaviors': expected a list of behaviors, got a number (3)"),
-    ("behaviours: []\n", "key 'behaviours': unknown key 'behaviours' in the spec file; did you mean 'behaviors'?"),
-    ("behaviors:\n  - prompt: x\n", "specs/f.yaml:2: behavior #1 is missing required key 'name'"),
-    ("behaviors:\n  - name: a\n    expect: y\n", "specs/f.yaml:2: behavior 'a': missing required key 'prompt'"),
-    ("behaviors:\n  - name: a\n    promt: x\n",
-     "specs/f.yaml:3: behavior 'a', key 'promt': unknown key 'promt' in a behavior; did you mean 'prompt'?"),
-    ("behaviors:\n  - name: a\n    prompt: 3\n    expect: y\n",
-     "specs/f.yaml:3: behavior 'a', key 'prompt': expected a string, got a number (3)"),
-    ("behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    claims: \"prob(' y') > 0\"\n",
-     "specs/f.yaml:5: behavior 'a', key 'claims': expected a list of claims (strings, or mappings with 'claim' "
-     "and 'min_pass_rate'), got a string"),
-    ("behaviors:\n  - name: a b\n    prompt: x\n    expect: y\n",
-     "specs/f.yaml:2: behavior 'a b', key 'name': invalid name 'a b': use letters, digits"),
-    ("behaviors:\n  - name: a\n    prompt: x\n    expect: y\n  - name: a\n    prompt: z\n    expect: y\n",
-     "specs/f.yaml:5: behavior 'a', key 'name': duplicate behavior name (first on line 2)"),
-    ("behaviors:\n  - name: a\n    prompt: x\n    prompt: y\n",
-     "specs/f.yaml:4: key 'prompt': duplicate key 'prompt' (first on line 3)"),
-    ("behaviors:\n  - name: a\n    prompt: ''\n    expect: y\n", "specs/f.yaml:3: behavior 'a', key 'prompt': 'prompt' is empty"),
-    ("behaviors:\n  - name: a\n    prompt: x\n    expect: ''\n", "specs/f.yaml:4: behavior 'a', key 'expect': 'expect' is empty"),
-    ("behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    corrupt: x\n",
-     "specs/f.yaml:5: behavior 'a', key 'corrupt': 'corrupt' is identical to 'prompt'"),
-    ("behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    foil: y\n",
-     "specs/f.yaml:5: behavior 'a', key 'foil': 'foil' equals 'expect' ('y')"),
-    ("behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    foil: ''\n", "key 'foil': 'foil' is empty"),
-    ("behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    min_effect: -1\n",
-     "specs/f.yaml:5: behavior 'a', key 'min_effect': 'min_effect' must be >= 0, got -1"),
-    ("defaults:\n  name: a\nbehaviors:\n  - name: a\n    prompt: x\n    expect: y\n",
-     "specs/f.yaml:2: key 'defaults.name': 'name' cannot have a default"),
-    ("defaults:\n  corupt: a\nbehaviors:\n  - name: a\n    prompt: x\n    expect: y\n",
-     "key 'defaults.corupt': unknown key 'corupt' in defaults; did you mean 'corrupt'?"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: [\n", "specs/f.yaml:2: invalid YAML: while parsing a flow"),
+        ("- 1\n", "specs/f.yaml:1: the top level must be a mapping with a 'behaviors' list, got a list"),
+        ("model: x\n", "specs/f.yaml:1: missing required key 'behaviors' (a list of behaviors)"),
+        ("behaviors: []\n", "specs/f.yaml:1: key 'behaviors': 'behaviors' is empty"),
+        ("behaviors: 3\n", "specs/f.yaml:1: key 'behaviors': expected a list of behaviors, got a number (3)"),
+        ("behaviours: []\n", "key 'behaviours': unknown key 'behaviours' in the spec file; did you mean 'behaviors'?"),
+        ("behaviors:\n  - prompt: x\n", "specs/f.yaml:2: behavior #1 is missing required key 'name'"),
+        ("behaviors:\n  - name: a\n    expect: y\n", "specs/f.yaml:2: behavior 'a': missing required key 'prompt'"),
+        (
+            "behaviors:\n  - name: a\n    promt: x\n",
+            "specs/f.yaml:3: behavior 'a', key 'promt': unknown key 'promt' in a behavior; did you mean 'prompt'?",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: 3\n    expect: y\n",
+            "specs/f.yaml:3: behavior 'a', key 'prompt': expected a string, got a number (3)",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    claims: \"prob(' y') > 0\"\n",
+            "specs/f.yaml:5: behavior 'a', key 'claims': expected a list of claims (strings, or mappings with 'claim' "
+            "and 'min_pass_rate'), got a string",
+        ),
+        (
+            "behaviors:\n  - name: a b\n    prompt: x\n    expect: y\n",
+            "specs/f.yaml:2: behavior 'a b', key 'name': invalid name 'a b': use letters, digits",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n  - name: a\n    prompt: z\n    expect: y\n",
+            "specs/f.yaml:5: behavior 'a', key 'name': duplicate behavior name (first on line 2)",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    prompt: y\n",
+            "specs/f.yaml:4: key 'prompt': duplicate key 'prompt' (first on line 3)",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: ''\n    expect: y\n",
+            "specs/f.yaml:3: behavior 'a', key 'prompt': 'prompt' is empty",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: ''\n",
+            "specs/f.yaml:4: behavior 'a', key 'expect': 'expect' is empty",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    corrupt: x\n",
+            "specs/f.yaml:5: behavior 'a', key 'corrupt': 'corrupt' is identical to 'prompt'",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    foil: y\n",
+            "specs/f.yaml:5: behavior 'a', key 'foil': 'foil' equals 'expect' ('y')",
+        ),
+        ("behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    foil: ''\n", "key 'foil': 'foil' is empty"),
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    min_effect: -1\n",
+            "specs/f.yaml:5: behavior 'a', key 'min_effect': 'min_effect' must be >= 0, got -1",
+        ),
+        (
+            "defaults:\n  name: a\nbehaviors:\n  - name: a\n    prompt: x\n    expect: y\n",
+            "specs/f.yaml:2: key 'defaults.name': 'name' cannot have a default",
+        ),
+        (
+            "defaults:\n  corupt: a\nbehaviors:\n  - name: a\n    prompt: x\n    expect: y\n",
+            "key 'defaults.corupt': unknown key 'corupt' in defaults; did you mean 'corrupt'?",
+        ),
+    ],
+)
 def test_malformed_spec_messages(text, message):
     assert message in error_of(text)
 
 
 def claim_error(claim: str, corrupt: bool = True) -> str:
     extra = "    corrupt: z\n" if corrupt else ""
-    return error_of(f"behaviors:\n  - name: a\n    prompt: x\n    expect: y\n{extra}    claims:\n"
-                    f"      - \"{claim}\"\n")
+    return error_of(f'behaviors:\n  - name: a\n    prompt: x\n    expect: y\n{extra}    claims:\n      - "{claim}"\n')
 
 
 def test_unparsable_claim_points_at_the_character():
     message = claim_error("resid_pre[0:2 ' Hart'] recovers >= 0.9")
-    assert message.startswith("specs/f.yaml:7: behavior 'a', key 'claims[0]': cannot parse claim at column 15: "
-                              "expected ',' and a position part")
-    assert message.splitlines()[1:] == ["    resid_pre[0:2 ' Hart'] recovers >= 0.9",
-                                        "                  ^"]
+    assert message.startswith(
+        "specs/f.yaml:7: behavior 'a', key 'claims[0]': cannot parse claim at column 15: "
+        "expected ',' and a position part"
+    )
+    assert message.splitlines()[1:] == ["    resid_pre[0:2 ' Hart'] recovers >= 0.9", "                  ^"]
 
 
 def test_claim_needing_corrupt_without_one():
@@ -118,12 +149,15 @@ def test_claim_needing_corrupt_without_one():
 
 
 def test_elsewhere_needs_another_claim():
-    assert ("resid_pre[elsewhere] needs another claim on resid_pre" in
-            claim_error("resid_pre[elsewhere] recovers <= 0.1"))
+    assert "resid_pre[elsewhere] needs another claim on resid_pre" in claim_error(
+        "resid_pre[elsewhere] recovers <= 0.1"
+    )
 
 
 def test_spec_module_imports_neither_torch_nor_pytest():
-    code = ("import sys, interptest.spec, interptest.claims, interptest.session\n"
-            "print(sorted(m for m in ('torch', 'pytest', 'transformer_lens') if m in sys.modules))")
+    code = (
+        "import sys, interptest.spec, interptest.claims, interptest.session\n"
+        "print(sorted(m for m in ('torch', 'pytest', 'transformer_lens') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
