@@ -35,7 +35,7 @@ class SpecError(InterpError):
         self.key = key
         super().__init__(self.__str__())
 
-    def located(self, *, path=None, line=None, behavior=None, key=None) -> "SpecError":
+    def located(self, *, path=None, line=None, behavior=None, key=None) -> SpecError:
         """Fill in location fields that are still unknown (inner layers know less than outer ones)."""
         return SpecError(
             self.message,

@@ -40,8 +40,8 @@ TINY_MODEL_NAME = "interptest-tiny"
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt", "model.pth", "model.ckpt")
 _HOW_TO_GET = (
-    "there is no local directory of that name either; {hint}pre-download it on a machine with network (e.g. `hf download {name}` or "
-    "`huggingface-cli download {name}`) into the Hugging Face cache, or name a "
+    "there is no local directory of that name either; {hint}pre-download it on a machine with network "
+    "(e.g. `hf download {name}` or `huggingface-cli download {name}`) into the Hugging Face cache, or name a "
     "local save_pretrained directory instead"
 )
 # A hub id: "name" or "org/name" (letters, digits, '-', '_', '.'); anything else is taken as a path.
@@ -143,7 +143,7 @@ _DTYPES = {
 }
 
 
-def resolve_dtype(dtype: Any = None) -> "torch.dtype":
+def resolve_dtype(dtype: Any = None) -> torch.dtype:
     """``None``/``"float32"``/``"bfloat16"``/``"float16"`` (or a ``torch.dtype``) -> ``torch.dtype``."""
     import torch
 
@@ -245,7 +245,7 @@ def _official_name(name: str) -> str:
     except (OSError, ValueError, KeyError):
         return name
     lowered = name.lower()
-    for official, names in aliases.items():
+    for official in aliases:
         if name == official:
             return official
     for official, names in aliases.items():
@@ -387,7 +387,7 @@ def _looks_like_path(name: str) -> bool:
 # ------------------------------------------------------------------ the loader
 
 
-def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = None) -> "TransformerBridge":
+def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = None) -> TransformerBridge:
     """Load a model as a TransformerLens 4 ``TransformerBridge`` in eval mode.
 
     Args:
@@ -437,8 +437,8 @@ def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any =
     problem = device_problem(dev)
     if problem:
         raise ModelNotAvailable(f"model {name!r} cannot be loaded on {problem}")
-    from transformer_lens import TransformerBridge
     import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
+    from transformer_lens import TransformerBridge
 
     target = str(local) if local is not None else official
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def write_report(records: list[dict], directory: str | Path, *, version: str, cr
     current UTC time in ISO 8601 (``2026-11-27T13:00:00Z``).
     """
     if created is None:
-        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     directory = Path(directory)
     # Render everything first: an exception here must leave any previous report untouched.
     results = results_json(records, version=version, created=created)
@@ -667,7 +667,8 @@ table.heatmap th.col .idx { display:block; font-size:10px; color:var(--muted); m
 table.heatmap th.row, table.heatmap th.corner { position:sticky; left:0; z-index:1; background:#fff;
        padding:0 8px; text-align:right; font-weight:600; font-size:11.5px; white-space:nowrap;
        border-right:1px solid var(--line); }
-table.heatmap th.corner { font-weight:400; color:var(--muted); font-size:10.5px; vertical-align:bottom; padding-bottom:4px; }
+table.heatmap th.corner { font-weight:400; color:var(--muted); font-size:10.5px; vertical-align:bottom;
+       padding-bottom:4px; }
 .legend { display:flex; flex-wrap:wrap; align-items:center; gap:6px 18px; margin-top:6px; font-size:12px; }
 .legend .scale { display:inline-flex; align-items:center; gap:6px; }
 .legend .grad { display:inline-block; width:160px; height:10px; border-radius:2px; border:1px solid var(--line);

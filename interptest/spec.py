@@ -128,7 +128,7 @@ class Family:
     single_token: str = "error"  # what a value that is not one token for the model does: error | drop
 
     @staticmethod
-    def from_units(units, samples: int, sources: dict, single_token: str = "error") -> "Family":
+    def from_units(units, samples: int, sources: dict, single_token: str = "error") -> Family:
         variables = {var: tuple(row[i] for row in rows) for names, rows in units for i, var in enumerate(names)}
         return Family(variables, samples, sources, tuple(units), single_token)
 

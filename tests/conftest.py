@@ -1,10 +1,10 @@
-pytest_plugins = ["pytester"]
-
 import textwrap
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+pytest_plugins = ["pytester"]
 
 # Property tests are part of CI's gate: the same examples every run, no wall-clock deadline on a
 # shared 2-core machine, no example database written into the checkout.

@@ -203,7 +203,7 @@ def remove_stale() -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hf_home() -> Path:
     """An HF_HOME holding the random gpt2 above, built once per process and removed at exit."""
     remove_stale()

@@ -25,7 +25,7 @@ _CORPUS = [
 ARCHS = ("gpt2", "llama", "neox")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer_dir(vocab_size: int = 300) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -122,7 +122,7 @@ def build_model_dir(
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
     with torch.no_grad():  # random weights big enough that patching effects are visible
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.ndim >= 2:
                 p.normal_(0.0, 0.3 if p.shape[0] < 1000 else 0.05)
     d = tempfile.mkdtemp(prefix=f"interptest-{arch}-")
@@ -134,22 +134,22 @@ def build_model_dir(
 
 def boot(model_dir: str):
     import torch
-    from transformer_lens import TransformerBridge
     import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
+    from transformer_lens import TransformerBridge
 
     model = TransformerBridge.boot_transformers(model_dir, device="cpu", dtype=torch.float32)
     model.eval()
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(arch: str):
     """A session-cached tiny random model: 'gpt2', 'llama' (rotary, RMSNorm, gated MLP) or 'neox'
     (Pythia-style parallel attention)."""
     return boot(build_model_dir(arch))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gpt2_small_arch(seed: int = 0):
     """gpt2-small's architecture (12 layers, d_model 768, 12 heads, vocab 50257) with random weights.
 

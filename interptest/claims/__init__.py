@@ -7,6 +7,7 @@ line in :data:`KINDS`. Imports neither torch nor pytest.
 
 from __future__ import annotations
 
+from interptest.claims.attention import AttentionClaim
 from interptest.claims.base import (
     BindContext,
     Claim,
@@ -16,6 +17,8 @@ from interptest.claims.base import (
     judge,
     precision_limit,
 )
+from interptest.claims.circuit import CircuitClaim
+from interptest.claims.direct import DirectClaim
 from interptest.claims.grammar import (
     ClaimBindError,
     ClaimSyntaxError,
@@ -28,9 +31,6 @@ from interptest.claims.grammar import (
     resolve_layers,
     resolve_positions,
 )
-from interptest.claims.attention import AttentionClaim
-from interptest.claims.circuit import CircuitClaim
-from interptest.claims.direct import DirectClaim
 from interptest.claims.lens import LensClaim
 from interptest.claims.localization import BoundClaim, LocalizationClaim
 from interptest.claims.path import PathClaim

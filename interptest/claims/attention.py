@@ -88,7 +88,7 @@ class AttentionClaim(Claim):
         return self.elsewhere
 
     @classmethod
-    def parse(cls, p: Parser) -> "AttentionClaim":
+    def parse(cls, p: Parser) -> AttentionClaim:
         p.expect("ident", "attn")
         heads, elsewhere = parse_heads_or_elsewhere(p)
         p.expect("ident", "from", "'from' and the query position, e.g. attn[1.0] from -1 to ' Hart'")

@@ -15,11 +15,11 @@ receives tensors from ``measure``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from interptest.claims.grammar import Comparison, Parser
-
 
 # How far a value may move when the model runs in reduced precision instead of float32, in normalized
 # units (logit-valued claims: as a fraction of |m_clean|). Three times the largest difference measured on
@@ -67,7 +67,7 @@ class Claim:
     comparison: Comparison
 
     @classmethod
-    def parse(cls, parser: Parser) -> "Claim":
+    def parse(cls, parser: Parser) -> Claim:
         raise NotImplementedError
 
     @property

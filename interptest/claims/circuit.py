@@ -59,7 +59,7 @@ DEFAULT_RANDOM_SETS = 200
 
 @dataclass(frozen=True)
 class BoundCircuit:
-    claim: "CircuitClaim"
+    claim: CircuitClaim
     nodes: tuple[Node, ...]
     random_sets: int = 0  # how many node sets of the same composition exist besides this one
 
@@ -77,7 +77,7 @@ class CircuitClaim(Claim):
     hint: ClassVar[str] = "circuit heads[...] + mlp_out[...] faithful|minimal ..."
 
     @classmethod
-    def parse(cls, p: Parser) -> "CircuitClaim":
+    def parse(cls, p: Parser) -> CircuitClaim:
         p.expect("ident", "circuit")
         nodes = p.node_list("the circuit's nodes")
         word = p.tok
@@ -377,9 +377,9 @@ def cells_to_nodes(component: str, cells) -> tuple[Node, ...]:
 def measure_ablated(claim, bound, run) -> Measurement:
     """``breaks`` with ``ablate mean|zero``: the clean run with the cells set to the ablation value,
     normalized as breaks: (m_clean − m_patched) / (m_clean − m_corrupt)."""
+    from interptest import components
     from interptest.claims.localization import cell_label
     from interptest.patching.paths import normalize
-    from interptest import components
 
     problem = run.effect_problem()
     if problem:

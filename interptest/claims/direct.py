@@ -53,7 +53,7 @@ class DirectClaim(Claim):
         return self.elsewhere
 
     @classmethod
-    def parse(cls, p: Parser) -> "DirectClaim":
+    def parse(cls, p: Parser) -> DirectClaim:
         p.expect("ident", "direct")
         p.expect("punct", "(", "'(' after direct")
         target = p.tok

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 OPERATORS = (">=", "<=", "==", ">", "<")
 
@@ -349,7 +349,7 @@ class Parser:
         return n
 
     # -- node lists, receivers, ablations and random controls (circuit and path claims)
-    def node_list(self, what: str = "a node list") -> tuple["NodeSpec", ...]:
+    def node_list(self, what: str = "a node list") -> tuple[NodeSpec, ...]:
         """``heads[0.3, 1.0] + mlp_out[0, 1]``: attention heads and MLP layers, each optionally at
         positions after ';' (``heads[1.0; -1]``, ``mlp_out[0; ' Hart']``)."""
         nodes = [self.node(what)]
@@ -357,7 +357,7 @@ class Parser:
             nodes.append(self.node("a node after '+'"))
         return tuple(nodes)
 
-    def node(self, what: str) -> "NodeSpec":
+    def node(self, what: str) -> NodeSpec:
         start = self.tok
         if start.kind != "ident" or start.value not in NODE_COMPONENTS:
             self.fail(
@@ -391,14 +391,14 @@ class Parser:
             values = tuple(values)
         return LayerSelection(kind, values, self.text[start.start : self.tokens[self.i - 1].end])
 
-    def receivers(self) -> tuple["ReceiverSpec", ...]:
+    def receivers(self) -> tuple[ReceiverSpec, ...]:
         """``heads[1.0].k``, ``heads[1.0, 1.3; -1].q``, ``mlp_in[1]``, ``logits``, joined by '+'."""
         out = [self.receiver()]
         while self.accept("punct", "+"):
             out.append(self.receiver())
         return tuple(out)
 
-    def receiver(self) -> "ReceiverSpec":
+    def receiver(self) -> ReceiverSpec:
         start = self.tok
         if self.accept("ident", "logits"):
             return ReceiverSpec("logits", (), None, None, "logits")
@@ -432,7 +432,7 @@ class Parser:
         )
         raise AssertionError("unreachable")
 
-    def comparison_or_random(self) -> tuple[Comparison, "RandomControl | None"]:
+    def comparison_or_random(self) -> tuple[Comparison, RandomControl | None]:
         """A comparison, or ``beats random at q``: the value must exceed the q-quantile of the same
         quantity for random node sets of the same composition."""
         start = self.tok

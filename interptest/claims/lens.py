@@ -45,7 +45,7 @@ class LensClaim(Claim):
     hint: ClassVar[str] = "lens(resid_post[L], POS) rank(...)"
 
     @classmethod
-    def parse(cls, p: Parser) -> "LensClaim":
+    def parse(cls, p: Parser) -> LensClaim:
         p.expect("ident", "lens")
         p.expect("punct", "(", "'(' after lens")
         comp = p.tok

@@ -42,7 +42,7 @@ class BoundClaim:
     positions; ``(layer, head, position)`` for heads restricted to positions.
     """
 
-    claim: "LocalizationClaim"
+    claim: LocalizationClaim
     cells: tuple[tuple[int, ...], ...]
     positions: tuple[int, ...] = ()
 
@@ -74,7 +74,7 @@ class LocalizationClaim(Claim):
 
     # -- grammar
     @classmethod
-    def parse(cls, p: Parser) -> "LocalizationClaim":
+    def parse(cls, p: Parser) -> LocalizationClaim:
         quantifier = "any" if p.accept("ident", "any") else "every"
         comp_tok = p.tok
         if comp_tok.kind != "ident" or comp_tok.value not in components.COMPONENTS:

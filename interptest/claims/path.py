@@ -46,7 +46,7 @@ RECEIVER_WORDS = {"q": "query input", "k": "key input", "v": "value input", "mlp
 
 @dataclass(frozen=True)
 class BoundPath:
-    claim: "PathClaim"
+    claim: PathClaim
     senders: tuple[Node, ...]
     receivers: tuple[tuple, ...]  # the engine's receivers: (q|k|v, L, H, pos), (mlp_in, L, pos), (logits, None)
     description: str
@@ -69,7 +69,7 @@ class PathClaim(Claim):
         return "recovers" if self.direction == "denoise" else "breaks"
 
     @classmethod
-    def parse(cls, p: Parser) -> "PathClaim":
+    def parse(cls, p: Parser) -> PathClaim:
         p.expect("ident", "path")
         senders = p.node_list("the path's senders")
         p.expect("punct", "->", "'->' and the receiver, e.g. path heads[0.3] -> heads[1.0].k")

@@ -23,7 +23,7 @@ class PredictionClaim(Claim):
     hint: ClassVar[str] = "prob(...), rank(...), logit(...), logit_diff"
 
     @classmethod
-    def parse(cls, p: Parser) -> "PredictionClaim":
+    def parse(cls, p: Parser) -> PredictionClaim:
         name = p.expect("ident").value
         token = None
         if name != "logit_diff":

@@ -79,7 +79,7 @@ class ScoreClaim(Claim):
         return self.elsewhere
 
     @classmethod
-    def parse(cls, p: Parser) -> "ScoreClaim":
+    def parse(cls, p: Parser) -> ScoreClaim:
         score = p.expect("ident").value
         p.expect("punct", "(", f"'(' after {score}")
         head = p.tok

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import random
 import zlib
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 LEXICON_FILES = ("names", "surnames", "countries", "capitals", "objects", "places")
 
 
-@lru_cache(maxsize=None)
+@cache
 def lexicon(name: str) -> tuple[str, ...]:
     """Entries of ``interptest/lexicons/<name>.txt`` (one per line, blank lines ignored)."""
     text = resources.files("interptest").joinpath("lexicons", f"{name}.txt").read_text(encoding="utf-8")

@@ -30,15 +30,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from interptest.zoo.corpus import (
     CONNECTORS,
     INTROS_ONE,
-    VERB_PHRASES,
     INTROS_TWO,
+    VERB_PHRASES,
     facts,
     induction_pair_held_out,
     ioi_pair_held_out,
     lexicon,
     person_pool,
 )
-
 
 SHIPPED_PROMPTS = {
     "induction": ("Her name was Alex Hart. When Alex", " Hart"),

@@ -7,12 +7,12 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import interptest  # noqa: E402
-from interptest.check import Run, bind_behavior, check_behavior  # noqa: E402
-from interptest.spec import load_spec_file  # noqa: E402
+import interptest
+from interptest.check import Run, bind_behavior, check_behavior
+from interptest.spec import load_spec_file
 
 SPEC = Path(__file__).parents[2] / "behaviors" / "induction.yaml"
 

@@ -10,7 +10,6 @@ only tokenization, positions, loading, and patching invariants that hold for any
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time

@@ -7,7 +7,6 @@ import interptest.check  # noqa: F401
 import interptest.model  # noqa: F401
 import interptest.patching  # noqa: F401
 
-
 # Every in-process run loads interptest-tiny (and the models its specs name) once, from one store shared
 # by the runs' model caches; the check below keeps a run from leaving hooks on a shared model.
 interptest.check.ModelCache.shared = {}

@@ -23,9 +23,9 @@ def test_summary_lines(pytester, write):
         [
             "*- interptest -*",
             # the user's claims, and apart from them the implicit check (the top-1 prediction)
-            "FAILED   behaviors/f.yaml::alex-hart  [[]interptest-tiny]  m_clean *  m_corrupt *  claims 1/2 + implicit 1/1 "
-            "(top-1)",
-            "PASSED   behaviors/f.yaml::france  [[]interptest-tiny]  m_clean n/a  m_corrupt n/a  claims 0/0 + implicit 1/1 "
-            "(top-1)",
+            "FAILED   behaviors/f.yaml::alex-hart  [[]interptest-tiny]  m_clean *  m_corrupt *  "
+            "claims 1/2 + implicit 1/1 (top-1)",
+            "PASSED   behaviors/f.yaml::france  [[]interptest-tiny]  m_clean n/a  m_corrupt n/a  "
+            "claims 0/0 + implicit 1/1 (top-1)",
         ]
     )

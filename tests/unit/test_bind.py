@@ -4,15 +4,15 @@ import functools
 import tempfile
 
 import pytest
-import tinymodels
 
+import tinymodels
 from interptest.check import bind_behavior, check_behavior
 from interptest.errors import SpecError
 from interptest.render import render_failure
 from interptest.spec import parse_behavior
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def word_level_model():
     """A GPT-2 with a word-level tokenizer that has an unknown token, as some user models do."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors

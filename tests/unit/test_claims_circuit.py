@@ -24,17 +24,18 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 sys.path.insert(0, os.path.dirname(__file__))
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import tinymodels  # noqa: E402
-from interptest.check import check_behavior  # noqa: E402
-from interptest.claims import ClaimBindError, bind_claims, parse_claim  # noqa: E402
-from interptest.claims.circuit import count_node_sets, random_node_sets  # noqa: E402
-from interptest.claims.grammar import ClaimSyntaxError, Node  # noqa: E402
-from interptest.patching import BatchPatcher  # noqa: E402
-from interptest.patching.paths import CircuitPatcher, normalize  # noqa: E402
+import tinymodels
+from interptest.check import check_behavior
+from interptest.claims import ClaimBindError, bind_claims, parse_claim
+from interptest.claims.circuit import count_node_sets, random_node_sets
+from interptest.claims.grammar import ClaimSyntaxError, Node
+from interptest.patching import BatchPatcher
+from interptest.patching.paths import CircuitPatcher, normalize
 
 EXAMPLES = settings(max_examples=8)
 TOL = 1e-5
@@ -245,8 +246,8 @@ def test_circuit_grammar_errors_name_the_offending_part(text, message):
         ("circuit heads[0.1; 9] faithful >= 0.9", "position 9 is out of range"),
         (
             "circuit heads[0.0, 0.1, 0.2, 0.3, 1.0, 1.1, 1.2, 1.3] + mlp_out[0, 1] faithful beats random at 0.9",
-            "'beats random' needs other node sets of the same composition, but the set takes 8 of 8 heads, 2 of 2 mlp_out "
-            "layers: it is as large as the whole model",
+            "'beats random' needs other node sets of the same composition, but the set takes 8 of 8 heads, "
+            "2 of 2 mlp_out layers: it is as large as the whole model",
         ),
         (
             "heads[0.0, 0.1, 0.2, 0.3, 1.0, 1.1, 1.2, 1.3] together recovers beats random at 0.9",
@@ -263,8 +264,8 @@ def test_binding_errors_name_the_claims_offending_part(text, message):
 
 
 def test_grouped_query_receivers_sharing_a_key_value_head_are_ambiguous():
-    from interptest.claims import BindContext, bind_all
     from interptest import components
+    from interptest.claims import BindContext, bind_all
 
     context = BindContext([""], [["<bos>", "a", "b"]], [{}], 2, 4, components.NAMES, "m", None, n_kv_heads=2)
     bind_all([parse_claim("path heads[0.1] -> heads[1.0].k + heads[1.2].k recovers >= 0.5")], context)

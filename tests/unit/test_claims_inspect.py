@@ -5,10 +5,10 @@ accumulated_resid) on random GPT-2, Llama-style and NeoX-style models built here
 import functools
 
 import pytest
-import tinymodels
 import torch
 from transformer_lens import head_detector
 
+import tinymodels
 from interptest.check import Run, bind_behavior, check_behavior
 from interptest.claims import parse_claim
 from interptest.claims.direct import direct_effects
@@ -21,7 +21,7 @@ BEHAVIOR = {"name": "b", "prompt": PROMPT, "expect": " the", "foil": " on"}
 ARCHS = tinymodels.ARCHS + ("interptest-tiny",)  # three random architectures and the trained reference model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_for(arch):
     if arch == "interptest-tiny":
         from interptest.model import load_model
@@ -35,14 +35,14 @@ def values(model, claims, **keys):
     return [check.value for check in result.checks[1:]]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clean_cache(arch):
     model = model_for(arch)
     with torch.inference_mode():
         return model.run_with_cache(model.to_tokens(PROMPT))[1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compatibility_model(arch):
     """The same weights as tiny_model(arch), LayerNorm folded (TransformerLens compatibility mode)."""
     if arch == "interptest-tiny":
@@ -161,7 +161,7 @@ def test_lens_equals_accumulated_resid_through_the_final_norm(arch):
     L = model.cfg.n_layers
     claims = [f"lens(resid_pre[{l}], -1) logit_diff >= 0" for l in range(L)] + [
         f"lens(resid_post[{L - 1}], last) logit(' the') > 0",
-        f"lens(resid_pre[1], -1) rank(' on') <= 1000",
+        "lens(resid_pre[1], -1) rank(' on') <= 1000",
         "lens(resid_pre[1], -1) prob(' on') >= 0",
     ]
     got = values(model, claims)

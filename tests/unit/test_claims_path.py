@@ -16,13 +16,13 @@ import sys
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import tinymodels  # noqa: E402
-from interptest.claims import parse_claim  # noqa: E402
-from interptest.claims.grammar import ClaimSyntaxError  # noqa: E402
-from interptest.patching.paths import CircuitPatcher, normalize  # noqa: E402
+import tinymodels
+from interptest.claims import parse_claim
+from interptest.claims.grammar import ClaimSyntaxError
+from interptest.patching.paths import CircuitPatcher, normalize
 
 TOL = 1e-5
 
@@ -245,7 +245,7 @@ ARCHS = ["gpt2", "llama-gqa", "neox", "interptest-tiny"]
 
 
 def path_cases(model):
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+    L = model.cfg.n_layers
     last = L - 1
     senders = [
         [("heads", (0, 1, None))],

@@ -105,7 +105,8 @@ FAMILY_HEAD = 'behaviors:\n  - name: fam\n    template: "Her name was {first} {l
             "key 'corrupt.noise': 'positions' must be a non-empty list",
         ),
         (
-            "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {noise: {positions: [1], scale: 0}}\n",
+            "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n"
+            "    corrupt: {noise: {positions: [1], scale: 0}}\n",
             "key 'corrupt.noise': 'scale' must be a positive number, got a number (0)",
         ),
         (

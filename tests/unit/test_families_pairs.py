@@ -4,8 +4,8 @@ single tokens dropped with a note (``single_token: drop``) instead of failing co
 import random
 
 import pytest
-import tinymodels
 
+import tinymodels
 from interptest import families
 from interptest.check import bind_behavior, check_behavior
 from interptest.errors import SpecError

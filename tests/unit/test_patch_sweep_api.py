@@ -4,17 +4,17 @@ models built here."""
 import functools
 
 import pytest
-import tinymodels
 import torch
 from test_bind import word_level_model
 
 import interptest
+import tinymodels
 from interptest.errors import InterpError
 
 PROMPT, CORRUPT = "The dog sat on the", "The Bob sat on the"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def twin_token_model(gap: float):
     """A gpt2 whose ' Bob' embedding is ' dog''s plus ``gap``: the two prompts differ by that much."""
     model = tinymodels.boot(tinymodels.build_model_dir("gpt2"))

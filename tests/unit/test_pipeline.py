@@ -3,10 +3,10 @@ prompt gets (single-token foil, unknown words, greedy multi-token expect) hold f
 family too. Tiny random models built here; no trained model."""
 
 import pytest
-import tinymodels
 import torch
 from test_bind import word_level_model
 
+import tinymodels
 from interptest.check import bind_behavior, check_behavior, run_behavior
 from interptest.errors import SpecError
 from interptest.spec import parse_behavior

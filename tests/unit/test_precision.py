@@ -4,9 +4,9 @@ undecided (a failure that says so), never silently passed or failed. A tiny rand
 import functools
 
 import pytest
-import tinymodels
 import torch
 
+import tinymodels
 from interptest.check import check_behavior
 from interptest.claims.base import DTYPE_ERROR
 
@@ -20,7 +20,7 @@ BEHAVIOR = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bf16_model():
     from transformer_lens import TransformerBridge
 
