@@ -4,14 +4,15 @@ import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from pathlib import Path
 
-import interptest  # noqa: E402
-from interptest.patching import Patcher  # noqa: E402
-from pathlib import Path  # noqa: E402
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import interptest
+from interptest.patching import Patcher
 
 TL_FUNCTIONS = {
     "resid_pre": "get_act_patch_resid_pre",
