@@ -1,12 +1,30 @@
 """Benchmark: interptest's patching engine against TransformerLens' own sweeps, same run, same model.
 
     python -m interptest.bench [--components resid_pre,heads] [--lengths 16,64] [--threads 1,2] [--quick]
+                               [--family 40] [--no-generic] [--shapes gpt2-small,...] [--device cpu|cuda]
+                               [--clock wall|process]
 
 Builds gpt2-small's architecture (12 layers, d_model 768, 12 heads, vocab 50257) with random weights
 locally (no download), and uses ``interptest-tiny`` when it is present.  For each case it prints the
-TransformerLens time, interptest's time, the ratio, max |Δ| between the two, and the exact work floor
-in layer-token units (one layer applied to one token; the unembedding of one token counts as
-d_vocab * d_model / per-layer cost) with how many units/second each engine achieves.
+TransformerLens time, the generic hook engine's time (``engine="generic"``, the engine every
+architecture falls back to), interptest's time (the fast engine where the architecture is covered),
+the ratios, max |Δ| between interptest and TransformerLens, and the exact work floor in layer-token
+units (one layer applied to one token; the unembedding of one token counts as d_vocab * d_model /
+per-layer cost) with how many units/second each engine achieves.
+
+``--family S`` (default 40; 0 skips it) adds a prompt family on ``interptest-tiny``: S induction
+prompts ("Her name was {first} {last}. When {first}", the surname re-drawn in the corrupted prompt),
+every component swept over all samples by one :class:`~interptest.patching.BatchPatcher`, against the
+generic engine and against TransformerLens looping over the samples.  Times include building the
+patcher (its clean and corrupted forwards); "sweep only" excludes them.
+
+``--device cuda`` runs on the GPU (times synchronized, peak device memory printed).  Without
+``--shapes`` it runs the GPU suite: gpt2-small (17 and 65 tokens, resid_pre and heads), pythia-410m
+(64 tokens, resid_pre) and a Llama-3.2-1B shape (16 layers, d_model 2048, 32 query / 8 key-value heads,
+129 tokens, resid_pre and heads), random weights built locally, float32.  ``--shapes`` picks shapes by
+name (also the small ``gpt2-tiny``, ``pythia-tiny``, ``llama-tiny`` for a quick run on any device).
+``--clock process`` times CPU runs by the process's CPU time, less sensitive to other processes on a
+shared machine than the default wall clock.
 """
 
 from __future__ import annotations
@@ -30,8 +48,30 @@ _TL_FN = {
 }
 
 
-def _build_gpt2_small(tmp: str):
-    import torch
+# name -> (transformers config class, its arguments); random weights, float32
+SHAPES = {
+    "gpt2-small": ("GPT2Config", dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)),
+    "pythia-410m": ("GPTNeoXConfig", dict(vocab_size=50304, hidden_size=1024, num_hidden_layers=24,
+                                          num_attention_heads=16, intermediate_size=4096, rotary_pct=0.25,
+                                          use_parallel_residual=True, max_position_embeddings=2048)),
+    "llama-1b": ("LlamaConfig", dict(vocab_size=128256, hidden_size=2048, num_hidden_layers=16,
+                                     num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                                     intermediate_size=8192, max_position_embeddings=2048, rope_theta=500000.0,
+                                     tie_word_embeddings=True)),
+    "gpt2-tiny": ("GPT2Config", dict(vocab_size=50257, n_positions=512, n_embd=128, n_layer=4, n_head=4)),
+    "pythia-tiny": ("GPTNeoXConfig", dict(vocab_size=50304, hidden_size=128, num_hidden_layers=4,
+                                          num_attention_heads=4, intermediate_size=512, rotary_pct=0.25,
+                                          use_parallel_residual=True, max_position_embeddings=512)),
+    "llama-tiny": ("LlamaConfig", dict(vocab_size=32000, hidden_size=128, num_hidden_layers=4, num_attention_heads=8,
+                                       num_key_value_heads=2, intermediate_size=512, max_position_embeddings=512,
+                                       tie_word_embeddings=False)),
+}
+# the GPU suite of issue 9.3: (shape, tokens incl. BOS, components)
+GPU_SUITE = [("gpt2-small", 17, ["resid_pre", "heads"]), ("gpt2-small", 65, ["resid_pre", "heads"]),
+             ("pythia-410m", 64, ["resid_pre"]), ("llama-1b", 129, ["resid_pre", "heads"])]
+
+
+def _save_tokenizer(tmp: str) -> None:
     import transformers as tf
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -48,24 +88,43 @@ def _build_gpt2_small(tmp: str):
         single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tok.token_to_id("<|endoftext|>"))])
     tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                unk_token="<|endoftext|>").save_pretrained(tmp)
-    cfg = tf.GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                        bos_token_id=0, eos_token_id=0)
+
+
+def build_shape(name: str, tmp: str, device: str = "cpu"):
+    """A bridge over a random-weight model of shape ``name`` (see SHAPES), built on ``device`` in memory
+    (only the config and the tokenizer are written, to ``tmp``)."""
+    import torch
+    import transformers as tf
+
+    cls_name, kwargs = SHAPES[name]
+    cfg = getattr(tf, cls_name)(bos_token_id=0, eos_token_id=0, **kwargs)
+    cfg._attn_implementation = "eager"
+    d = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+    path = os.path.join(tmp, name)
+    os.makedirs(path, exist_ok=True)
+    _save_tokenizer(path)
+    cfg.save_pretrained(path)
     torch.manual_seed(0)
-    model = tf.GPT2LMHeadModel(cfg)
+    with torch.device(device):
+        hf = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", torch_dtype=torch.float32)
     with torch.no_grad():
-        for p in model.parameters():
+        for p in hf.parameters():
             if p.ndim >= 2:
-                p.normal_(0.0, 768 ** -0.5)
-    model.save_pretrained(tmp, safe_serialization=True)
-    return _boot(tmp)
+                p.normal_(0.0, d ** -0.5)
+    hf.eval()
+    return _boot(path, device, hf_model=hf)
 
 
-def _boot(path: str):
+def _build_gpt2_small(tmp: str):
+    return build_shape("gpt2-small", tmp)
+
+
+def _boot(path: str, device: str = "cpu", hf_model=None):
     import torch
     from transformer_lens import TransformerBridge
     import transformer_lens.model_bridge.sources.transformers  # noqa: F401
 
-    m = TransformerBridge.boot_transformers(path, device="cpu", dtype=torch.float32)
+    m = TransformerBridge.boot_transformers(path, device=device, dtype=torch.float32, hf_model=hf_model)
     m.eval()
     return m
 
@@ -139,13 +198,55 @@ def _tl_units(model, n: int, cells: int) -> float:
     return cells * n * (L + int(cfg.d_vocab) * d / per_layer)
 
 
-def run_case(model, name, n, components, repeats, out=print):
+class _Clock:
+    """Seconds of wall time (or of this process's CPU time), the device synchronized first."""
+
+    def __init__(self, kind: str = "wall", device: str = "cpu"):
+        self.kind, self.cuda = kind, str(device).startswith("cuda")
+
+    def __call__(self) -> float:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.process_time() if self.kind == "process" else time.perf_counter()
+
+
+def _timed(fn, repeats: int, clock: _Clock):
+    """(best time over ``repeats`` calls, the last result, peak device memory in MiB or None)."""
+    import torch
+
+    best, result, peak = float("inf"), None, None
+    for _ in range(repeats):
+        if clock.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = clock()
+        with torch.inference_mode():
+            result = fn()
+        best = min(best, clock() - t0)
+        if clock.cuda:
+            peak = max(peak or 0.0, torch.cuda.max_memory_allocated() / 2**20)
+    return best, result, peak
+
+
+def _fmt_mib(peak) -> str:
+    return "-" if peak is None else f"{peak:.0f}"
+
+
+HEADER = (f"{'model':<16} {'tok':>4} {'component':<10} {'TL s':>8} {'generic s':>9} {'ours s':>8} {'vs TL':>7} "
+          f"{'vs gen':>7} {'max|Δ|':>9} {'Δm':>7} {'TL/fl':>6} {'vs floor':>8} {'MiB TL':>7} {'MiB ours':>8}")
+
+
+def run_case(model, name, n, components, repeats, out=print, generic=True, clock=None):
     import torch
     from transformer_lens import patching as tlp
 
     from interptest.patching import Patcher
 
+    clock = clock or _Clock()
+    dev = str(getattr(model.cfg, "device", "cpu") or "cpu")
     clean, corrupt = _case_tokens(model, n, seed=n, repeated=name == "interptest-tiny")
+    clean, corrupt = clean.to(dev), corrupt.to(dev)
     with torch.inference_mode():
         lc = model(clean)[0, -1]
         expect = int(lc.argmax())
@@ -158,24 +259,26 @@ def run_case(model, name, n, components, repeats, out=print):
             out(f"{name:<16} {n:>4} {comp:<10}  (no TransformerLens reference for {comp}; skipped)")
             continue
         try:
-            best_ours = best_tl = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    pt = Patcher(model, clean, corrupt, expect, foil)
-                    ours = pt.sweep(comp, "denoise").values
-                best_ours = min(best_ours, time.perf_counter() - t0)
+            def ours_fn(engine="auto"):
+                pt = Patcher(model, clean, corrupt, expect, foil, engine=engine)
+                return pt, pt.sweep(comp, "denoise").values
+
+            t_ours, (pt, ours), peak_ours = _timed(ours_fn, repeats, clock)
+            t_gen = None
+            if generic and pt.engine != "generic":
+                t_gen, _, _ = _timed(lambda: ours_fn("generic"), repeats, clock)
+            elif generic:
+                t_gen = t_ours
             mc, mx = pt.clean_metric, pt.corrupt_metric
 
             def metric(logits):
                 return (logits[0, -1, expect] - logits[0, -1, foil] - mx) / (mc - mx)
 
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    _, cache = model.run_with_cache(clean)
-                    ref = getattr(tlp, fn_name)(model, corrupt, cache, metric)
-                best_tl = min(best_tl, time.perf_counter() - t0)
+            def tl_fn():
+                _, cache = model.run_with_cache(clean)
+                return getattr(tlp, fn_name)(model, corrupt, cache, metric)
+
+            t_tl, ref, peak_tl = _timed(tl_fn, repeats, clock)
         except Exception as e:
             out(f"{name:<16} {n:>4} {comp:<10}  error: {type(e).__name__}: {e}")
             continue
@@ -184,10 +287,114 @@ def run_case(model, name, n, components, repeats, out=print):
         floor = _floor_units(model, comp, n, pt.first_diff)
         tl_units = _tl_units(model, n, cells)
         # "how close to the floor": the floor's work done at TL's units/second, vs our time.
-        floor_time_at_tl_rate = floor / tl_units * best_tl
-        out(f"{name:<16} {n:>4} {comp:<10} {best_tl:>8.3f} {best_ours:>8.3f} {best_tl / best_ours:>7.1f}x "
-            f"{delta:>9.1e} {mc - mx:>7.2f} {tl_units:>9.0f} {floor:>8.0f} {tl_units / floor:>6.1f}x "
-            f"{best_ours / floor_time_at_tl_rate:>7.2f}  [{pt.engine}]")
+        floor_time_at_tl_rate = floor / tl_units * t_tl
+        gen = f"{t_gen:>9.3f}" if t_gen is not None else f"{'-':>9}"
+        vs_gen = f"{t_gen / t_ours:>6.1f}x" if t_gen is not None else f"{'-':>7}"
+        out(f"{name:<16} {n:>4} {comp:<10} {t_tl:>8.3f} {gen} {t_ours:>8.3f} {t_tl / t_ours:>6.1f}x {vs_gen} "
+            f"{delta:>9.1e} {mc - mx:>7.2f} {tl_units / floor:>5.1f}x {t_ours / floor_time_at_tl_rate:>8.2f} "
+            f"{_fmt_mib(peak_tl):>7} {_fmt_mib(peak_ours):>8}  [{pt.engine}]")
+
+
+def family_tokens(model, samples: int, seed: int = 0):
+    """``samples`` induction prompts of one token length on ``model`` ("Her name was {first} {last}. When
+    {first}", the surname re-drawn in the corrupted prompt), expect = the clean top-1, foil = the corrupted
+    top-1 (the runner-up where they agree)."""
+    import random
+    from pathlib import Path
+
+    import torch
+
+    here = Path(__file__).parent / "lexicons"
+
+    def lexicon(name):
+        return [w.strip() for w in (here / f"{name}.txt").read_text().splitlines()
+                if w.strip() and not w.startswith("#")]
+
+    names, surnames = lexicon("names"), lexicon("surnames")
+    rng = random.Random(seed)
+    clean, corrupt, length = [], [], None
+    for _ in range(100 * samples):
+        if len(clean) == samples:
+            break
+        first = rng.choice(names)
+        last, other = rng.sample(surnames, 2)
+        c = model.to_tokens(f"Her name was {first} {last}. When {first}")
+        x = model.to_tokens(f"Her name was {first} {other}. When {first}")
+        length = length or c.shape[1]
+        if c.shape[1] == x.shape[1] == length:
+            clean.append(c)
+            corrupt.append(x)
+    clean, corrupt = torch.cat(clean), torch.cat(corrupt)
+    with torch.inference_mode():
+        lc, lx = model(clean)[:, -1], model(corrupt)[:, -1]
+    expect = lc.argmax(-1)
+    masked = lx.clone()
+    masked[torch.arange(len(expect)), expect] = -torch.inf
+    return clean, corrupt, expect.tolist(), masked.argmax(-1).tolist()
+
+
+FAMILY_HEADER = (f"{'model':<16} {'S':>4} {'component':<10} {'TL s':>8} {'generic s':>9} {'ours s':>8} {'vs TL':>7} "
+                 f"{'vs gen':>7} {'max|Δ|':>9} {'min Δm':>7}  sweep only: generic s, ours s, vs gen")
+
+
+def run_family_case(model, name, samples, components, repeats, out=print, generic=True, clock=None):
+    """S samples through one BatchPatcher per component (built, then swept), against the generic engine and
+    TransformerLens looping over the samples."""
+    import torch
+    from transformer_lens import patching as tlp
+
+    from interptest.patching import BatchPatcher
+
+    clock = clock or _Clock()
+    clean, corrupt, expect, foil = family_tokens(model, samples)
+    S, n = clean.shape
+    for comp in components:
+        fn_name = _TL_FN.get(comp)
+        try:
+            times = {}
+            for engine in (["auto", "generic"] if generic else ["auto"]):
+                built = {}
+
+                def run(engine=engine, built=built):
+                    built["bp"] = bp = BatchPatcher(model, clean, corrupt, expect, foil, engine=engine)
+                    t0 = clock()
+                    values = bp.sweep(comp)
+                    built["sweep"] = min(built.get("sweep", float("inf")), clock() - t0)
+                    return values
+
+                t, values, _ = _timed(run, repeats, clock)
+                times[engine] = (t, built["sweep"], values, built["bp"])
+            t_ours, s_ours, ours, bp = times["auto"]
+            t_tl, ref = None, None
+            if fn_name is not None:
+                mc, mx = bp.clean_metrics.tolist(), bp.corrupt_metrics.tolist()
+
+                def tl_fn():
+                    refs = []
+                    for s in range(S):
+                        _, cache = model.run_with_cache(clean[s:s + 1])
+                        e, f, c, x = expect[s], foil[s], mc[s], mx[s]
+                        refs.append(getattr(tlp, fn_name)(
+                            model, corrupt[s:s + 1], cache,
+                            lambda lg, e=e, f=f, c=c, x=x: (lg[0, -1, e] - lg[0, -1, f] - x) / (c - x)))
+                    return torch.stack(refs)
+
+                t_tl, ref, _ = _timed(tl_fn, 1, clock)
+        except Exception as e:
+            out(f"{name:<16} {S:>4} {comp:<10}  error: {type(e).__name__}: {e}")
+            continue
+        dm = float((bp.clean_metrics - bp.corrupt_metrics).abs().min())
+        delta = f"{float((ours - ref.float().cpu()).abs().max()):>9.1e}" if ref is not None else f"{'-':>9}"
+        tl = f"{t_tl:>8.3f}" if t_tl is not None else f"{'-':>8}"
+        vs_tl = f"{t_tl / t_ours:>6.1f}x" if t_tl is not None else f"{'-':>7}"
+        if "generic" in times:
+            t_gen, s_gen = times["generic"][:2]
+            gen, vs_gen, only = (f"{t_gen:>9.3f}", f"{t_gen / t_ours:>6.1f}x",
+                                 f"{s_gen:>9.3f} {s_ours:>8.3f} {s_gen / s_ours:>6.1f}x")
+        else:
+            gen, vs_gen, only = f"{'-':>9}", f"{'-':>7}", f"{'-':>9} {s_ours:>8.3f}"
+        out(f"{name:<16} {S:>4} {comp:<10} {tl} {gen} {t_ours:>8.3f} {vs_tl} {vs_gen} {delta} {dm:>7.2f}  {only}"
+            f"  [{bp.engine}]")
 
 
 def _tl_faithful_reference(model, clean, corrupt, expect, foil, kept_sets):
@@ -318,6 +525,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="resid_pre only, 16 tokens, one repeat")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-tiny", action="store_true")
+    ap.add_argument("--family", type=int, default=40, metavar="S",
+                    help="samples of the interptest-tiny prompt-family case (0: skip it)")
+    ap.add_argument("--no-generic", action="store_true", help="do not time the generic hook engine")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--shapes", default=None,
+                    help=f"comma-separated model shapes: {', '.join(SHAPES)} (default: gpt2-small; on cuda the "
+                         "GPU suite)")
+    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
+                    help="wall-clock time (default) or this process's CPU time (CPU runs on a shared machine)")
     ap.add_argument("--circuits", action="store_true",
                     help="instead of the node sweeps: a 200-set negative control and a path-patching sender sweep")
     args = ap.parse_args(argv)
@@ -335,22 +551,45 @@ def main(argv=None) -> int:
     if bad:
         print(f"unknown component(s) {bad}; valid: {', '.join(COMPONENTS)}", file=sys.stderr)
         return 2
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--device {device}: CUDA is not available on this machine", file=sys.stderr)
+        return 2
+    shapes = [x.strip() for x in args.shapes.split(",") if x.strip()] if args.shapes else None
+    unknown = [x for x in shapes or [] if x not in SHAPES]
+    if unknown:
+        print(f"unknown shape(s) {unknown}; valid: {', '.join(SHAPES)}", file=sys.stderr)
+        return 2
+    if shapes is None and device.startswith("cuda") and not args.circuits:
+        cases = [c for c in GPU_SUITE]       # the GPU suite, its own lengths and components
+    else:
+        cases = [(shape, n, comps) for shape in (shapes or ["gpt2-small"]) for n in lengths]
     threads = [int(x) for x in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+    clock = _Clock(args.clock, device)
 
     tmp = tempfile.mkdtemp(prefix="interptest-bench-")
     try:
-        t0 = time.perf_counter()
-        models = [("gpt2-small-arch", _build_gpt2_small(tmp))]
-        print(f"# built gpt2-small architecture (random weights) in {time.perf_counter() - t0:.1f}s")
+        built: dict = {}
+
+        def model_for(shape):
+            if shape not in built:
+                built.clear()  # one large model at a time
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                t0 = time.perf_counter()
+                built[shape] = build_shape(shape, tmp, device)
+                print(f"# built {shape} (random weights, float32, {device}) in {time.perf_counter() - t0:.1f}s")
+            return built[shape]
+
+        tiny = None
         if not args.no_tiny:
             tiny, msg = _load_tiny()
             if tiny is None:
                 print(f"# {msg}")
-            else:
-                models.append(("interptest-tiny", tiny))
-        hdr = (f"{'model':<16} {'tok':>4} {'component':<10} {'TL s':>8} {'ours s':>8} {'ratio':>8} "
-               f"{'max|Δ|':>9} {'Δm':>7} {'TL units':>9} {'floor':>8} {'TL/fl':>7} {'vs floor':>7}")
+            elif device != "cpu":
+                tiny = tiny.to(device)
         if args.circuits:
+            models = [("gpt2-small-arch", model_for("gpt2-small"))] + ([("interptest-tiny", tiny)] if tiny else [])
             print(f"{'model':<16} {'tok':>4} {'case':<22} {'TL s':>8} {'ours s':>8} {'ratio':>8} {'max|Δ|':>9}")
             for name, model in models:
                 for n in ([16] if args.lengths == ap.get_default("lengths") else lengths):
@@ -359,15 +598,29 @@ def main(argv=None) -> int:
             return 0
         for nt in threads:
             torch.set_num_threads(nt)
-            print(f"\n## torch threads = {nt}")
-            print(hdr)
-            for name, model in models:
+            print(f"\n## torch threads = {nt}, device {device}, clock {args.clock}")
+            print(HEADER)
+            for shape, n, cs in cases:
+                run_case(model_for(shape), shape if shape != "gpt2-small" else "gpt2-small-arch", n, cs, repeats,
+                         generic=not args.no_generic, clock=clock)
+                sys.stdout.flush()
+            if tiny is not None:
                 for n in lengths:
-                    run_case(model, name, n, comps, repeats)
+                    run_case(tiny, "interptest-tiny", n, comps, repeats, generic=not args.no_generic, clock=clock)
                     sys.stdout.flush()
-        print("\nΔm = m_clean - m_corrupt, the normalizer: float32 rounding of the logits (~1e-6) is divided by it, so max|Δ| grows on random-token prompts whose corruption barely matters.  units = layer-token units (one layer on one token; unembedding of one token = d_vocab*d_model/"
-              "per-layer flops).  'vs floor' = our time / (time TL would need for the floor's units at TL's "
-              "units/s); < 1 means faster than the exact floor at TL's efficiency (only 2 logits are computed).")
+                if args.family > 0:
+                    print()
+                    print(FAMILY_HEADER)
+                    run_family_case(tiny, "interptest-tiny", args.family, comps, repeats,
+                                    generic=not args.no_generic, clock=clock)
+                    sys.stdout.flush()
+        print("\nvs TL, vs gen = TransformerLens's / the generic engine's time over ours.  Δm = m_clean - m_corrupt, "
+              "the normalizer: float32 rounding of the logits (~1e-6) is divided by it, so max|Δ| grows on random-token "
+              "prompts whose corruption barely matters.  TL/fl = TransformerLens's work over the exact floor, in "
+              "layer-token units (one layer on one token; unembedding of one token = d_vocab*d_model/per-layer "
+              "flops).  'vs floor' = our time / (time TL would need for the floor's units at TL's units/s); < 1 means "
+              "faster than the exact floor at TL's efficiency (only 2 logits are computed).  MiB = peak device memory "
+              "(CUDA only).")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

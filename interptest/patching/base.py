@@ -21,7 +21,8 @@ DIRECTIONS = ("denoise", "noise")
 
 # Memory budget (bytes) used to size batches when batch_size is not given.
 BATCH_BUDGET = 256 * 2**20
-MAX_ROWS = 128
+MAX_ROWS = 128        # rows per forward of the bridge (generic engine)
+MAX_ROWS_FAST = 1024  # rows per forward of the fast engine (one layer's rows share its matrix products)
 
 
 @dataclass(frozen=True)
@@ -205,4 +206,4 @@ class PatchShape:
         per_row = n * (8 * d + 2 * d_mlp + 2 * self.n_heads * n) * 4
         if generic:
             per_row += n * int(cfg.d_vocab) * 4
-        return max(1, min(MAX_ROWS, BATCH_BUDGET // max(per_row, 1)))
+        return max(1, min(MAX_ROWS if generic else MAX_ROWS_FAST, BATCH_BUDGET // max(per_row, 1)))

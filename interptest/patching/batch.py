@@ -21,9 +21,11 @@ token embedding (``hook_embed``)", as in ROME's causal tracing.  It applies to e
 rows represent the corrupted run: the corrupted metrics, the patched rows of a denoise sweep, and
 the corrupted source activations of a noise sweep (whose patched rows are clean, without noise).
 
-Cells before a sample's first difference (first differing token, or first position with nonzero
-noise) are not computed: patching an activation with an identical one is the identity, so their
-value is exactly 0 (nan when m_clean_s == m_corrupt_s).
+Cells that provably change nothing are not computed, by either engine: cells before a sample's first
+difference (first differing token, or first position with nonzero noise) — patching an activation
+with an identical one is the identity — and post-attention activations of the last layer (resid_mid,
+attn_out, mlp_out, resid_post, a head's output at a given position) away from the last position,
+which no later computation reads.  Their value is exactly 0 (nan when m_clean_s == m_corrupt_s).
 """
 
 from __future__ import annotations
@@ -139,8 +141,7 @@ class BatchPatcher(PatchShape):
 
         self._hooks = HookEngine(model, {"clean": self.clean_tokens, "corrupt": self.corrupt_tokens},
                                  expect.to(device), foil.to(device), self.embed_noise, self._rows_per_batch(True))
-        clean_logits = self._hooks.last_logits("clean")
-        corrupt_logits = self._hooks.last_logits("corrupt")
+        clean_logits, corrupt_logits = self._hooks.last_logits()
         # cloned outside inference mode: ordinary tensors the caller may modify
         self.clean_logits, self.corrupt_logits = clean_logits.clone(), corrupt_logits.clone()
         self.clean_metrics = (self.clean_logits.gather(1, expect.unsqueeze(1))
@@ -155,12 +156,11 @@ class BatchPatcher(PatchShape):
             from interptest.patching import fast as _fast
 
             try:
-                if S != 1 or self.embed_noise is not None:
-                    raise _fast.Unsupported("the fast engine takes one prompt pair without embedding noise")
                 with torch.inference_mode():
-                    eng = _fast.FastEngine.build(model, self.clean_tokens, self.corrupt_tokens,
-                                                 int(expect[0]), int(foil[0]))
-                    eng.self_check(self.clean_logits[0], self.corrupt_logits[0])
+                    eng = _fast.FastEngine.build(model, self.clean_tokens, self.corrupt_tokens, expect, foil,
+                                                 first_diff=self.first_diff, embed_noise=self.embed_noise,
+                                                 rows_per_batch=self._rows_per_batch(False))
+                    eng.self_check(self.clean_logits, self.corrupt_logits)
                 self._fast = eng
                 self.engine = "fast"
             except _fast.Unsupported as e:
@@ -187,18 +187,22 @@ class BatchPatcher(PatchShape):
         """Patched metric (CPU float32) for each row (sample, cells), all cells patched together."""
         if not rows:
             return torch.empty(0, dtype=torch.float32, device="cpu")
-        if self._fast is not None and all(len(cs) == 1 for _, cs in rows):
+        if self._fast is not None:
             with torch.inference_mode():
-                return self._fast.run_cells(component, [cs[0] for _, cs in rows], direction,
-                                            self._rows_per_batch(False))
+                return self._fast.run_rows(component, direction, rows, self._rows_per_batch(False))
         return self._hooks.run_rows(component, direction, rows)
 
-    def _before_diff(self, s: int, cell: tuple) -> bool:
-        """The cell patches only positions before sample s's first difference (value exactly the
-        unpatched run's)."""
+    def _unchanged(self, s: int, component: str, cell: tuple) -> bool:
+        """Patching the cell in sample s provably leaves the metric at the unpatched run's value:
+        it writes only positions before the sample's first difference (equal activations), or a
+        post-attention activation of the last layer away from the last position (never read)."""
         pos = cell[-1] if len(cell) == 3 else cell[1]
         fd = int(self.first_diff[s])
-        return fd >= self.n_positions if pos is None else pos < fd
+        if pos is None:
+            return fd >= self.n_positions
+        if pos < fd:
+            return True
+        return component != "resid_pre" and cell[0] == self.n_layers - 1 and pos != self.n_positions - 1
 
     def _check(self, component: str, direction: str) -> None:
         check_component(component)
@@ -215,7 +219,7 @@ class BatchPatcher(PatchShape):
             S, L, n, H = self.n_samples, self.n_layers, self.n_positions, self.n_heads
             fd = [int(x) for x in self.first_diff]
             width = H if component == "heads" else n
-            # Cells before a sample's first difference: the unpatched run, exactly.
+            # Cells that change nothing (see the module docstring): the unpatched run, exactly.
             raw = self._base_metrics(direction).reshape(S, 1, 1).expand(S, L, width).clone()
             rows: list[tuple[int, list[tuple]]] = []
             where: list[tuple[int, int, int]] = []
@@ -229,8 +233,9 @@ class BatchPatcher(PatchShape):
                             where.append((s, l, h))
                     else:
                         for p in range(fd[s], n):
-                            rows.append((s, [(l, p)]))
-                            where.append((s, l, p))
+                            if not self._unchanged(s, component, (l, p)):
+                                rows.append((s, [(l, p)]))
+                                where.append((s, l, p))
             if rows:
                 idx = torch.tensor(where, dtype=torch.long, device="cpu")
                 raw[idx[:, 0], idx[:, 1], idx[:, 2]] = self._run_rows(component, direction, rows)
@@ -252,7 +257,7 @@ class BatchPatcher(PatchShape):
         rows, where = [], []
         for s in range(S):
             for j, c in enumerate(norm):
-                if not self._before_diff(s, c):
+                if not self._unchanged(s, component, c):
                     rows.append((s, [c]))
                     where.append((s, j))
         if rows:
@@ -275,7 +280,7 @@ class BatchPatcher(PatchShape):
         raw = self._base_metrics(direction).clone()
         rows, where = [], []
         for s in range(self.n_samples):
-            cs = [c for c in norm if not self._before_diff(s, c)]
+            cs = [c for c in norm if not self._unchanged(s, component, c)]
             if cs:
                 rows.append((s, cs))
                 where.append(s)

@@ -40,19 +40,35 @@ class HookEngine:
             return act + noise.to(act.dtype)
         return hook
 
-    def last_logits(self, run: str) -> torch.Tensor:
-        """Unpatched next-token logits [S, vocab] of the clean or corrupted (+ noise) runs, on the CPU."""
-        tokens = self.tokens[run]
-        noise = run == "corrupt" and self.noise is not None
+    def last_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unpatched next-token logits [S, vocab] of the clean and the corrupted (+ noise) runs, on the
+        CPU; both runs share forwards (clean samples first)."""
+        tokens = torch.cat([self.tokens["clean"], self.tokens["corrupt"]])
+        S = self.tokens["clean"].shape[0]
         out = []
         with torch.inference_mode():
-            for start in range(0, tokens.shape[0], self.rows_per_batch):
-                samples = torch.arange(start, min(start + self.rows_per_batch, tokens.shape[0]),
-                                       device=tokens.device)
-                hooks = [("hook_embed", self.noise_hook(samples))] if noise else []
-                logits = self.model.run_with_hooks(tokens[samples], fwd_hooks=hooks)
+            for start in range(0, 2 * S, self.rows_per_batch):
+                stop = min(start + self.rows_per_batch, 2 * S)
+                hooks = []
+                if self.noise is not None and stop > S:  # rows of corrupted samples in this batch
+                    first = max(start, S)
+                    noisy = torch.arange(first - start, stop - start, device=tokens.device)
+                    samples = torch.arange(first - S, stop - S, device=tokens.device)
+                    hooks = [("hook_embed", self._rows_noise_hook(noisy, samples))]
+                logits = self.model.run_with_hooks(tokens[start:stop], fwd_hooks=hooks)
                 out.append(logits[:, -1].detach().float())
-        return torch.cat(out).cpu()  # one transfer
+        logits = torch.cat(out).cpu()  # one transfer
+        return logits[:S], logits[S:]
+
+    def _rows_noise_hook(self, rows: torch.Tensor, samples: torch.Tensor):
+        """Add sample ``samples[i]``'s noise to batch row ``rows[i]`` (the other rows are clean)."""
+        noise = self.noise[samples]
+
+        def hook(act, hook=None):
+            act = act.clone()
+            act[rows] = act[rows] + noise.to(act.dtype)
+            return act
+        return hook
 
     def metrics(self, last: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         """m per row: last[r, expect[s_r]] - last[r, foil[s_r]] (float32, on last's device)."""

@@ -98,3 +98,61 @@ def test_every_component_equals_transformer_lens(model, pair, direction):
         theirs = reference(model, patcher, component, direction)
         assert ours.shape == theirs.shape
         assert float((ours - theirs).abs().max()) <= 1e-5, (component, direction, pair)
+
+
+def induction_pairs():
+    return st.tuples(st.sampled_from(NAMES), st.sampled_from(SURNAMES), st.sampled_from(SURNAMES)).filter(
+        lambda t: len(set(t)) == 3).map(lambda t: (f"Her name was {t[0]} {t[1]}. When {t[0]}",
+                                                   f"Her name was {t[0]} {t[2]}. When {t[0]}"))
+
+
+@settings(max_examples=3)
+@given(family=st.lists(induction_pairs(), min_size=3, max_size=3), direction=st.sampled_from(["denoise", "noise"]))
+def test_batched_fast_engine_equals_transformer_lens(model, family, direction):
+    """Three samples stacked in the fast engine's forwards: every component, and a joint patch of heads,
+    per sample equal to transformer_lens.patching (and its patch setters) on that sample alone."""
+    from transformer_lens import patching
+
+    from interptest.patching import BatchPatcher
+
+    with torch.inference_mode():
+        clean = [model.to_tokens(c) for c, _ in family]
+        corrupt = [model.to_tokens(x) for _, x in family]
+    if len({t.shape[1] for t in clean + corrupt}) != 1:
+        return  # a name of several tokens: not one family
+    clean, corrupt = torch.cat(clean), torch.cat(corrupt)
+    with torch.inference_mode():
+        expect = model(clean)[:, -1].argmax(-1).tolist()
+        foil = model(corrupt)[:, -1].argmax(-1).tolist()
+    bp = BatchPatcher(model, clean, corrupt, expect, foil)
+    assert bp.engine == "fast", bp.engine_note
+    base, src = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
+    joint_cells = [(0, 1, None), (1, 0, None), (1, 2, -1)]
+    joint = bp.joint("heads", joint_cells, direction)
+    for s in range(3):
+        e, f = expect[s], foil[s]
+        mc, mx = float(bp.clean_metrics[s]), float(bp.corrupt_metrics[s])
+        assert abs(mc - mx) > 1.0
+
+        def metric(logits):
+            m = logits[0, -1, e] - logits[0, -1, f]
+            return (m - mx) / (mc - mx) if direction == "denoise" else (mc - m) / (mc - mx)
+
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(src[s:s + 1])
+            for component in TL_FUNCTIONS:
+                theirs = getattr(patching, TL_FUNCTIONS[component])(model, base[s:s + 1], cache, metric).float()
+                ours = bp.sweep(component, direction)[s]
+                assert float((ours - theirs).abs().max()) <= 1e-5, (component, direction, family[s])
+
+            def heads_hook(act, hook=None):
+                layer = int(hook.name.split(".")[1])
+                for l, h, p in joint_cells:
+                    if l == layer and p is None:
+                        patching.layer_head_vector_patch_setter(act, (l, h), cache[hook.name])
+                    elif l == layer:
+                        patching.layer_pos_head_vector_patch_setter(act, (l, p, h), cache[hook.name])
+                return act
+            logits = model.run_with_hooks(base[s:s + 1], fwd_hooks=[(f"blocks.{l}.attn.hook_z", heads_hook)
+                                                                    for l in (0, 1)])
+        assert abs(float(joint[s]) - float(metric(logits))) <= 1e-5

@@ -265,10 +265,11 @@ def test_undefined_normalization_gives_nan_not_crash():
 # ---- batching ---------------------------------------------------------------------------------
 
 def test_samples_share_forwards():
+    """The generic engine: S × cells rows per forward of the bridge."""
     model = tinymodels.tiny_model("gpt2")
     S, n, batch = 8, 8, 16
     clean, corrupt, e, f = random_pairs(model, S, n, seed=7)
-    bp = BatchPatcher(model, clean, corrupt, e, f, batch_size=batch)
+    bp = BatchPatcher(model, clean, corrupt, e, f, batch_size=batch, engine="generic")
     L, H = bp.n_layers, bp.n_heads
     sizes: list[int] = []
 
@@ -291,6 +292,41 @@ def test_samples_share_forwards():
         bp.joint("mlp_out", [(0, -1), (1, -1)])  # one row per sample
         assert len(sizes) == 1 + math.ceil(S / batch)
     assert not hooks_left(model)
+
+
+def test_fast_engine_stacks_samples_and_cells(monkeypatch):
+    """The fast engine: rows of every sample in each chunk, at most batch_size rows, one chunk per
+    (first layer, batch_size rows); no forward of the bridge at all after construction."""
+    from interptest.patching.fast import FastEngine
+
+    model = tinymodels.tiny_model("gpt2")
+    S, n, batch = 8, 8, 16
+    clean, corrupt, e, f = random_pairs(model, S, n, seed=7)
+    bp = BatchPatcher(model, clean, corrupt, e, f, batch_size=batch)
+    assert bp.engine == "fast", bp.engine_note
+    L, H = bp.n_layers, bp.n_heads
+    chunks: list[tuple[int, list[int]]] = []
+    inner = FastEngine._run_chunk
+
+    def spy(self, component, l0, smp, *args):
+        chunks.append((l0, list(smp)))
+        return inner(self, component, l0, smp, *args)
+
+    monkeypatch.setattr(FastEngine, "_run_chunk", spy)
+    bridge: list[int] = []
+    with model.hooks(fwd_hooks=[("hook_embed", lambda act, hook=None: bridge.append(1))]):
+        bp.sweep("heads")
+        assert len(chunks) == L * math.ceil(S * H / batch)
+        assert all(len(smp) <= batch for _, smp in chunks)
+        assert any(len(set(smp)) > 1 for _, smp in chunks)  # samples share a forward
+        chunks.clear()
+        bp.sweep("resid_pre", "noise")
+        rows = [sum(1 for fd in bp.first_diff.tolist() for _ in range(fd, n))] * L
+        assert len(chunks) == sum(math.ceil(r / batch) for r in rows)
+        chunks.clear()
+        bp.joint("mlp_out", [(0, -1), (1, -1)])  # one row per sample, all in one chunk
+        assert [sorted(smp) for _, smp in chunks] == [list(range(S))]
+    assert bridge == []
 
 
 # ---- errors -----------------------------------------------------------------------------------

@@ -142,9 +142,11 @@ def batch_inputs(model, noise, S=3, n=7):
     return clean, corrupt, embed_noise
 
 
-def batch_results(model, clean, corrupt, embed_noise):
+def batch_results(model, clean, corrupt, embed_noise, engine="auto"):
     n = clean.shape[1]
-    bp = BatchPatcher(model, clean, corrupt, [5, 6, 7], [9, 10, 11], embed_noise=embed_noise, batch_size=24)
+    bp = BatchPatcher(model, clean, corrupt, [5, 6, 7], [9, 10, 11], embed_noise=embed_noise, batch_size=24,
+                      engine=engine)
+    assert bp.engine == ("generic" if engine == "generic" else "fast"), bp.engine_note
     L, H = bp.n_layers, bp.n_heads
     out = {"metrics": (bp.clean_metrics, bp.corrupt_metrics, bp.first_diff)}
     for d in ("denoise", "noise"):
@@ -158,13 +160,14 @@ def batch_results(model, clean, corrupt, embed_noise):
     return out
 
 
-@pytest.mark.parametrize("arch, noise", [("gpt2", False)] + [(a, True) for a in tinymodels.ARCHS])
-def test_batch_patcher_creates_every_tensor_on_the_models_device(arch, noise):
+@pytest.mark.parametrize("arch, noise, engine", [("gpt2", False, "auto"), ("gpt2", True, "generic")]
+                         + [(a, True, "auto") for a in tinymodels.ARCHS])
+def test_batch_patcher_creates_every_tensor_on_the_models_device(arch, noise, engine):
     model = tinymodels.tiny_model(arch)
     inputs = batch_inputs(model, noise)  # the caller's tensors, built outside the harness
-    want = batch_results(model, *inputs)
+    want = batch_results(model, *inputs, engine=engine)
     with stray_device(model):
-        got = batch_results(model, *inputs)
+        got = batch_results(model, *inputs, engine=engine)
     assert_same(got, want)
 
 

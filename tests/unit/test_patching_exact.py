@@ -148,3 +148,133 @@ def test_joint(arch, data):
         assert abs(p.joint("resid_pre", [(0, q) for q in range(n)], d) - 1.0) <= TOL
         h = data.draw(st.integers(0, p.n_heads - 1), label="head")
         assert abs(p.joint("heads", [(l, h, None)], d) - float(p.sweep("heads", d).values[l, h])) <= TOL
+
+
+# ---- the batched fast engine (S samples, rows of every sample stacked) and joint patches ------------
+
+def tl_raw(model, fn, base_tokens, cache, e, f):
+    """TransformerLens's own sweep of one sample, raw metric m = logit[e] - logit[f]."""
+    from transformer_lens import patching as tlp
+
+    with torch.inference_mode():  # as the other references: TransformerLens's setters then patch in place
+        return getattr(tlp, fn)(model, base_tokens, cache, lambda lg: lg[0, -1, e] - lg[0, -1, f]).float().cpu()
+
+
+def tl_joint_raw(model, component, cells, base_tokens, cache, e, f):
+    """ONE forward of the base run with every cell written by TransformerLens's own patch setters
+    (``layer_pos_patch_setter``, ``layer_head_vector_patch_setter``, ``layer_pos_head_vector_patch_setter``)."""
+    from transformer_lens import patching as tlp
+
+    from interptest.components import get
+
+    hooks = []
+    for name in sorted({get(component).hook_name(c[0]) for c in cells}):
+        mine = [c for c in cells if get(component).hook_name(c[0]) == name]
+
+        def hook(act, hook=None, mine=mine, src=cache[name]):
+            for c in mine:
+                if component != "heads":
+                    tlp.layer_pos_patch_setter(act, (c[0], c[1]), src)
+                elif c[2] is None:
+                    tlp.layer_head_vector_patch_setter(act, (c[0], c[1]), src)
+                else:
+                    tlp.layer_pos_head_vector_patch_setter(act, (c[0], c[2], c[1]), src)
+            return act
+        hooks.append((name, hook))
+    with torch.inference_mode():
+        logits = model.run_with_hooks(base_tokens, fwd_hooks=hooks)
+    return float(logits[0, -1, e] - logits[0, -1, f])
+
+
+def caches(model, tokens):
+    with torch.inference_mode():
+        return [model.run_with_cache(tokens[s:s + 1])[1] for s in range(tokens.shape[0])]
+
+
+def family_pairs(data, model, S=3):
+    """S prompt pairs of one length, each with its own expect/foil (drawn)."""
+    n = data.draw(st.integers(4, 8), label="n")
+    pairs = [prompt_pair(data, model, n_min=n - 1 if model.cfg.default_prepend_bos else n,
+                         n_max=n - 1 if model.cfg.default_prepend_bos else n) for _ in range(S)]
+    clean = torch.cat([p[0] for p in pairs])
+    corrupt = torch.cat([p[1] for p in pairs])
+    return clean, corrupt, [p[2] for p in pairs], [p[3] for p in pairs]
+
+
+def draw_cells(data, component, L, H, n, k):
+    if component == "heads":
+        return [(data.draw(st.integers(0, L - 1)), data.draw(st.integers(0, H - 1)),
+                 data.draw(st.one_of(st.none(), st.integers(0, n - 1)))) for _ in range(k)]
+    return [(data.draw(st.integers(0, L - 1)), data.draw(st.integers(0, n - 1))) for _ in range(k)]
+
+
+def check_sample(bp, s, got_raw, ref_raw, what):
+    """The bound of the module docstring: 1e-5 on normalized values while |Δm| >= 0.5, else on the raw
+    logit difference (5e-6 = 1e-5 * 0.5)."""
+    mc, mx = float(bp.clean_metrics[s]), float(bp.corrupt_metrics[s])
+    raw_err = float((torch.as_tensor(got_raw).double() - torch.as_tensor(ref_raw).double()).abs().max())
+    if abs(mc - mx) >= 0.5:
+        assert raw_err / abs(mc - mx) <= TOL, (what, s, raw_err, mc - mx)
+    else:
+        assert raw_err <= TOL * 0.5, (what, s, raw_err, mc - mx)
+
+
+@pytest.mark.parametrize("arch", tinymodels.ARCHS)
+@settings(SETTINGS, max_examples=2)
+@given(data=st.data())
+def test_batched_fast_engine_equals_transformer_lens(arch, data):
+    """BatchPatcher's fast engine, 3 samples stacked, every component both directions; joint patches over
+    drawn cells (several layers, positions and heads at once) and single head cells at one position."""
+    from interptest.patching import BatchPatcher
+
+    model = tinymodels.tiny_model(arch)
+    clean, corrupt, e, f = family_pairs(data, model)
+    bp = BatchPatcher(model, clean, corrupt, e, f)
+    assert bp.engine == "fast", bp.engine_note
+    L, H, n = bp.n_layers, bp.n_heads, bp.n_positions
+    comps = components(model)
+    src_caches = {"denoise": caches(model, clean), "noise": caches(model, corrupt)}
+    for d in ("denoise", "noise"):
+        base = corrupt if d == "denoise" else clean
+        for comp in comps:
+            got = bp.sweep_raw(comp, d)
+            for s in range(bp.n_samples):
+                ref = tl_raw(model, TL_FN[comp], base[s:s + 1], src_caches[d][s], e[s], f[s])
+                check_sample(bp, s, got[s], ref, (comp, d))
+        for comp in comps + ["resid_post"]:
+            cells = draw_cells(data, comp, L, H, n, data.draw(st.integers(2, 4), label="k"))
+            joint = bp.joint_raw(comp, cells, d)
+            for s in range(bp.n_samples):
+                ref = tl_joint_raw(model, comp, cells, base[s:s + 1], src_caches[d][s], e[s], f[s])
+                check_sample(bp, s, joint[s], ref, ("joint", comp, d, cells))
+        cells = [(l, h, data.draw(st.integers(0, n - 1), label="pos")) for l in range(L) for h in (0, H - 1)]
+        each = bp.cells_raw("heads", cells, d)
+        for s in range(bp.n_samples):
+            for j, c in enumerate(cells):
+                ref = tl_joint_raw(model, "heads", [c], base[s:s + 1], src_caches[d][s], e[s], f[s])
+                check_sample(bp, s, each[s, j], ref, ("cell", d, c))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_generic_joint_equals_transformer_lens(arch):
+    """The generic engine's joint patches, the same reference."""
+    from interptest.patching import BatchPatcher
+
+    model = tinymodels.tiny_model(arch)
+    clean = model.to_tokens(["When Mary and John went to the store, John gave", "The cat sat on the mat and "
+                             "the dog sat on"])
+    clean = clean[:, :9]
+    corrupt = clean.clone()
+    corrupt[:, 3] = 40
+    bp = BatchPatcher(model, clean, corrupt, [50, 51], [60, 61], engine="generic")
+    L = bp.n_layers
+    src_caches = {"denoise": caches(model, clean), "noise": caches(model, corrupt)}
+    for comp, cells in (("resid_pre", [(0, 3), (1, 5), (L - 1, 8)]), ("heads", [(0, 1, None), (1, 2, 4),
+                                                                               (L - 1, 0, None)]),
+                        ("mlp_out", [(0, 3), (1, 8)])):
+        for d in ("denoise", "noise"):
+            base = corrupt if d == "denoise" else clean
+            got = bp.joint_raw(comp, cells, d)
+            for s in range(2):
+                ref = tl_joint_raw(model, comp, cells, base[s:s + 1], src_caches[d][s], [50, 51][s], [60, 61][s])
+                check_sample(bp, s, got[s], ref, (comp, d))

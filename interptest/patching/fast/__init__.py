@@ -4,18 +4,35 @@ Why it is exact (up to float32 rounding): patching an activation at layer ``l`` 
 cannot change anything at layers ``< l`` or at positions ``< p`` (causal attention).  So a patched
 run only recomputes positions ``>= p`` of layers ``>= l``; the keys and values of positions ``< p``
 are those of the unpatched run, cached once.  The metric reads two logits at the last position, so
-only those two columns of the unembedding are computed.
+the last layer computes keys and values at every recomputed position but queries, attention output
+and MLP at the last position only, and only those two columns of the unembedding are computed.
+Likewise a post-attention activation (resid_mid, attn_out, mlp_out, resid_post, a head's output) of
+the last layer at any other position is never read: the caller leaves such cells out (their value
+is the unpatched run's, exactly).
+
+The engine holds S prompt pairs (the samples of a family; one for a single prompt).  A *row* is one
+patched run: a sample and the cells patched together in it (one cell for a sweep, several for a
+joint patch, all of one component).  Rows of every sample are stacked in each forward: row ``r``
+recomputes its sample's positions ``>= pmin[r]``, packed one row after the other; a chunk whose rows
+all start at the same position is a dense [rows, positions] block.
 
 Covered, one module per architecture family: GPT-2 (:mod:`.gpt2`), Llama (:mod:`.llama`: RMSNorm,
 rotary, gated MLP, GQA) and GPT-NeoX / Pythia (:mod:`.neox`: partial rotary, parallel or sequential
-residual), float32 weights on one device.  ``FastEngine.self_check`` compares this forward's last-position logits with the
-bridge's own and raises :class:`Unsupported` on disagreement, so a variant this module misreads
-(compatibility mode, an attached hook, an unusual config flag) falls back to the hook engine.
+residual), float32 weights on one device.  Gaussian noise on the corrupted run's token embeddings
+(``hook_embed``) is added where the bridge's hook adds it.  ``FastEngine.self_check`` compares this
+forward's last-position logits with the bridge's own for every sample and raises
+:class:`Unsupported` on disagreement, so a variant this module misreads (compatibility mode, an
+attached hook, an unusual config flag) falls back to the hook engine.
+
+Devices: every tensor of a forward lives on the weights' device; index tensors are built on the CPU
+from Python lists and moved once per chunk; the patched metrics of all chunks come back to the CPU
+once per call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -29,18 +46,70 @@ _FAMILIES = {cls: mod.build for mod in (gpt2, llama, neox) for cls in mod.HF_CLA
 
 @dataclass
 class _Run:
-    """Everything the engine needs from one unpatched run (per layer, all positions)."""
-    resid_pre: list = field(default_factory=list)  # [n, d]
-    resid_mid: list = field(default_factory=list)
+    """Everything the engine needs from one unpatched run of all S samples (per layer, all positions)."""
+    resid_pre: list = field(default_factory=list)  # [S, n, d]
+    resid_mid: list = field(default_factory=list)  # [S, n, d] (None: parallel block)
     attn_out: list = field(default_factory=list)
     mlp_out: list = field(default_factory=list)
-    z: list = field(default_factory=list)  # [n, H, dh]
-    k: list = field(default_factory=list)  # [n, Hkv, dh] after rotary
+    z: list = field(default_factory=list)  # [S, n, H, dh]
+    k: list = field(default_factory=list)  # [S, n, Hkv, dh] after rotary
     v: list = field(default_factory=list)
-    final: torch.Tensor | None = None  # resid_post of the last layer [n, d]
+    final: torch.Tensor | None = None  # resid_post of the last layer [S, n, d]
 
     def resid_post(self, layer: int):
         return self.resid_pre[layer + 1] if layer + 1 < len(self.resid_pre) else self.final
+
+    def split(self, S: int) -> tuple["_Run", "_Run"]:
+        """The first S samples and the rest, as two runs (views)."""
+        a, b = _Run(), _Run()
+        for name in ("resid_pre", "resid_mid", "attn_out", "mlp_out", "z", "k", "v"):
+            for t in getattr(self, name):
+                getattr(a, name).append(None if t is None else t[:S])
+                getattr(b, name).append(None if t is None else t[S:])
+        a.final, b.final = self.final[:S], self.final[S:]
+        return a, b
+
+    def act(self, component: str, layer: int) -> torch.Tensor:
+        if component == "heads":
+            return self.z[layer]
+        if component == "resid_post":
+            return self.resid_post(layer)
+        return getattr(self, component)[layer]
+
+
+class _Pack:
+    """R rows; row r recomputes positions pmin[r]..n-1 of sample smp[r], packed row after row."""
+
+    def __init__(self, smp: Sequence[int], pmin: Sequence[int], n: int, device):
+        R = len(smp)
+        self.R, self.n = R, n
+        self.q0 = min(pmin)
+        self.dense = all(p == self.q0 for p in pmin)
+        cnt = torch.tensor([n - p for p in pmin], dtype=torch.long, device="cpu")
+        self.offset = torch.cumsum(cnt, 0) - cnt  # CPU, for pack indices
+        self.pmin = torch.tensor(list(pmin), dtype=torch.long, device="cpu")
+        self.T = int(cnt.sum())
+        rows = torch.repeat_interleave(torch.arange(R, device="cpu"), cnt)
+        pos = torch.arange(self.T, device="cpu") - self.offset[rows] + self.pmin[rows]
+        smp_t = torch.tensor(list(smp), dtype=torch.long, device="cpu")
+        self.smp = smp_t.to(device)
+        self.rows = rows.to(device)
+        self.pos = pos.to(device)
+        self.tok_smp = smp_t[rows].to(device)
+        self.last = (self.offset + cnt - 1).to(device)
+
+    def index(self, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Pack index (CPU) of (row, position) pairs given on the CPU."""
+        return self.offset[rows] + pos - self.pmin[rows]
+
+
+@dataclass
+class _Patch:
+    """Source values written into one layer's ``component`` activation at pack indices ``idx``."""
+    component: str
+    idx: torch.Tensor
+    val: torch.Tensor
+    head: torch.Tensor | None = None
 
 
 class FastEngine:
@@ -54,12 +123,17 @@ class FastEngine:
         self.rotary = arch.rotary
         self.n_heads, self.n_kv, self.d_head = arch.n_heads, arch.n_kv, arch.d_head
         self.runs: dict[str, _Run] = {}
-        self.first_diff = 0
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
+        self._cs = None
 
     # ---- construction --------------------------------------------------------------------
 
     @classmethod
-    def build(cls, model, clean_tokens, corrupt_tokens, expect_id, foil_id):
+    def build(cls, model, clean_tokens, corrupt_tokens, expect_ids, foil_ids, *, first_diff,
+              embed_noise=None, rows_per_batch: int = 64):
+        """clean/corrupt tokens [S, n]; expect/foil ids [S]; first_diff [S] (CPU: the first position
+        where the runs differ, tokens or noise); embed_noise: None or [S, n, d_model], added to the
+        corrupted run's token embeddings."""
         hf = getattr(getattr(model, "_driver", None), "underlying_model", None)
         if hf is None:
             hf = getattr(model, "original_model", None)
@@ -69,8 +143,9 @@ class FastEngine:
         builder = _FAMILIES.get(kind)
         if builder is None:
             raise Unsupported(f"architecture {kind} not covered by the fast engine")
-        dtypes = {p.dtype for p in hf.parameters()}
-        devices = {p.device for p in hf.parameters()}
+        params = list(hf.parameters())
+        dtypes = {p.dtype for p in params}
+        devices = {p.device for p in params}
         if dtypes != {torch.float32}:
             raise Unsupported(f"fast engine needs float32 weights, found {sorted(map(str, dtypes))}")
         if len(devices) != 1:
@@ -78,25 +153,26 @@ class FastEngine:
         if getattr(hf, "training", False):
             raise Unsupported("model is in training mode")
         eng = cls(builder(hf))
-        eng.device = next(iter(devices))
-        eng.expect_id, eng.foil_id = int(expect_id), int(foil_id)
-        two = [eng.expect_id, eng.foil_id]
-        eng.w2 = eng.unembed_w[two].detach()
-        eng.b2 = None if eng.unembed_b is None else eng.unembed_b[two].detach()
-        diff = (clean_tokens[0].cpu() != corrupt_tokens[0].cpu()).nonzero()
-        eng.n = int(clean_tokens.shape[1])
-        eng.first_diff = int(diff[0, 0]) if diff.numel() else eng.n
-        eng.runs["clean"] = eng._full_run(clean_tokens[0].to(eng.device))
-        eng.runs["corrupt"] = eng._full_run(corrupt_tokens[0].to(eng.device))
+        eng.device = dev = next(iter(devices))
+        S, n = int(clean_tokens.shape[0]), int(clean_tokens.shape[1])
+        eng.S, eng.n = S, n
+        eng.first_diff = [int(x) for x in first_diff]
+        ids = torch.stack([torch.as_tensor(expect_ids, device="cpu"), torch.as_tensor(foil_ids, device="cpu")], 1)
+        eng.w2 = eng.unembed_w[ids.to(dev)].detach()  # [S, 2, d]
+        eng.b2 = None if eng.unembed_b is None else eng.unembed_b[ids.to(dev)].detach()  # [S, 2]
+        # both runs in the same forwards: the clean samples, then the corrupted ones (+ noise)
+        tokens = torch.cat([clean_tokens.to(dev), corrupt_tokens.to(dev)])
+        noise = None
+        if embed_noise is not None:
+            noise = torch.cat([torch.zeros_like(embed_noise, device=dev), embed_noise.to(dev)])
+        both = eng._full_run(tokens, noise, rows_per_batch)
+        eng.runs["clean"], eng.runs["corrupt"] = both.split(S)
         return eng
-
 
     # ---- the forward ---------------------------------------------------------------------
 
     def _cos_sin(self, n: int, like: torch.Tensor):
-        if self.rotary is None:
-            return None
-        if getattr(self, "_cs", None) is None or self._cs[0].shape[0] < n:
+        if self._cs is None or self._cs[0].shape[0] < n:
             pos = torch.arange(n, device=like.device).unsqueeze(0)
             cos, sin = self.rotary(like[:1].unsqueeze(0), pos)
             self._cs = (cos[0], sin[0])
@@ -110,45 +186,93 @@ class FastEngine:
         xr, xp = x[..., :rd], x[..., rd:]
         return torch.cat((xr * c + rotate_half(xr) * s, xp), dim=-1)
 
-    def _layer(self, li, x, rows, pos, R, q0, n, base_k, base_v, store: _Run | None = None):
-        """One block on packed tokens x [T, d] (row ``rows``, position ``pos`` each).
+    def _mask(self, q0: int, n: int, device) -> torch.Tensor:
+        key = (q0, n)
+        if key not in self._masks:
+            qi = torch.arange(q0, n, device=device).unsqueeze(1)
+            ki = torch.arange(n, device=device).unsqueeze(0)
+            self._masks[key] = ki > qi
+        return self._masks[key]
 
-        Keys/values of positions not in the pack come from base_k/base_v [n, Hkv, dh]."""
+    def _keys(self, k, pack: _Pack, base_k):
+        """All n keys (or values) of every row [R, n, H, dh]: the row's recomputed positions from ``k``
+        [T, Hkv, dh], earlier ones from the base run (``base_k``: [R, q0, Hkv, dh] for a dense pack,
+        [R, n, Hkv, dh] otherwise, None when nothing precedes the pack)."""
+        R, n = pack.R, pack.n
+        if pack.dense:
+            kn = k.view(R, n - pack.q0, k.shape[-2], k.shape[-1])
+            full = kn if base_k is None else torch.cat([base_k, kn], dim=1)
+        else:
+            full = base_k  # a fresh gathered copy: written in place
+            full[pack.rows, pack.pos] = k
+        if self.n_kv != self.n_heads:
+            full = full.repeat_interleave(self.n_heads // self.n_kv, dim=2)
+        return full
+
+    def _layer(self, li, x, pack: _Pack, base_k, base_v, patch: _Patch | None = None,
+               final: bool = False, store: _Run | None = None):
+        """One block on packed tokens x [T, d].  ``final``: the output only at each row's last
+        position [R, d] (keys and values still at every packed position)."""
         L = self.layers[li]
-        H, Hkv, dh = self.n_heads, self.n_kv, self.d_head
+        H, dh = self.n_heads, self.d_head
+        comp = patch.component if patch is not None else None
+        if comp == "resid_pre":
+            x[patch.idx] = patch.val
         h = L.ln1(x)
-        q, k, v = L.qkv(h)
+        if final and L.kv is not None:
+            q = L.q(h[pack.last])
+            k, v = L.kv(h)
+        else:
+            q, k, v = L.qkv(h)
+            if final:
+                q = q[pack.last]
         if L.rotary_dims:
-            cos, sin = self._cos_sin(n, x)
-            c, s = cos[pos], sin[pos]
-            q = self._rope(q, c, s, L.rotary_dims)
+            cos, sin = self._cos_sin(pack.n, x)
+            c, s = cos[pack.pos], sin[pack.pos]
             k = self._rope(k, c, s, L.rotary_dims)
-        kf = base_k.unsqueeze(0).repeat(R, 1, 1, 1)
-        vf = base_v.unsqueeze(0).repeat(R, 1, 1, 1)
-        kf[rows, pos] = k
-        vf[rows, pos] = v
-        if Hkv != H:
-            kf = kf.repeat_interleave(H // Hkv, dim=2)
-            vf = vf.repeat_interleave(H // Hkv, dim=2)
-        nq = n - q0
-        qp = x.new_zeros(R, nq, H, dh)
-        qp[rows, pos - q0] = q
-        scores = torch.matmul(qp.transpose(1, 2), kf.permute(0, 2, 3, 1)) * L.attn_scale  # [R,H,nq,n]
-        qi = torch.arange(q0, n, device=x.device).unsqueeze(1)
-        ki = torch.arange(n, device=x.device).unsqueeze(0)
-        scores = scores.masked_fill(ki > qi, float("-inf"))
-        pattern = torch.softmax(scores, dim=-1)
-        zf = torch.matmul(pattern, vf.transpose(1, 2)).transpose(1, 2)  # [R, nq, H, dh]
-        z = zf[rows, pos - q0]
+            q = self._rope(q, c[pack.last], s[pack.last], L.rotary_dims) if final else self._rope(q, c, s,
+                                                                                                   L.rotary_dims)
+        kf, vf = self._keys(k, pack, base_k), self._keys(v, pack, base_v)
+        R, n, q0 = pack.R, pack.n, pack.q0
+        if final:  # the last position attends to every position: no mask
+            scores = torch.matmul(q.unsqueeze(2), kf.permute(0, 2, 3, 1)) * L.attn_scale  # [R, H, 1, n]
+            pattern = torch.softmax(scores, dim=-1)
+            z = torch.matmul(pattern, vf.transpose(1, 2))[:, :, 0]  # [R, H, dh]
+            xr = x[pack.last]
+        else:
+            nq = n - q0
+            if pack.dense:
+                qp = q.view(R, nq, H, dh)
+            else:
+                qp = x.new_zeros(R, nq, H, dh)
+                qp[pack.rows, pack.pos - q0] = q
+            scores = torch.matmul(qp.transpose(1, 2), kf.permute(0, 2, 3, 1)) * L.attn_scale  # [R,H,nq,n]
+            scores = scores.masked_fill(self._mask(q0, n, x.device), float("-inf"))
+            pattern = torch.softmax(scores, dim=-1)
+            zf = torch.matmul(pattern, vf.transpose(1, 2)).transpose(1, 2)  # [R, nq, H, dh]
+            z = zf.reshape(pack.T, H, dh) if pack.dense else zf[pack.rows, pack.pos - q0]
+            xr = x
+        if comp == "heads":
+            z[patch.idx, patch.head] = patch.val
         attn = linear(L.o, z.reshape(z.shape[0], H * dh))
+        if comp == "attn_out":
+            attn[patch.idx] = patch.val
         if L.parallel:
-            mlp = L.mlp(L.ln2(x))
-            out = mlp + attn + x
+            mlp = L.mlp(L.ln2(xr))
+            if comp == "mlp_out":
+                mlp[patch.idx] = patch.val
+            out = mlp + attn + xr
             mid = None
         else:
-            mid = attn + x
+            mid = attn + xr
+            if comp == "resid_mid":
+                mid[patch.idx] = patch.val
             mlp = L.mlp(L.ln2(mid))
+            if comp == "mlp_out":
+                mlp[patch.idx] = patch.val
             out = mid + mlp
+        if comp == "resid_post":
+            out[patch.idx] = patch.val
         if store is not None:
             store.resid_pre.append(x)
             store.k.append(k)
@@ -159,135 +283,187 @@ class FastEngine:
             store.resid_mid.append(mid)
         return out
 
-    def _full_run(self, tokens):
-        n = tokens.shape[0]
-        run = _Run()
-        x = self.embed(tokens, torch.arange(tokens.shape[0], device=tokens.device))
-        rows = torch.zeros(n, dtype=torch.long, device=x.device)
-        pos = torch.arange(n, device=x.device)
-        zeros = x.new_zeros(n, self.n_kv, self.d_head)
-        for li in range(len(self.layers)):
-            x = self._layer(li, x, rows, pos, 1, 0, n, zeros, zeros, store=run)
-        run.final = x
-        return run
+    def _full_run(self, tokens, noise, rows_per_batch: int) -> _Run:
+        """The unpatched run of every sample, ``rows_per_batch`` samples per forward."""
+        S, n = tokens.shape
+        parts = []
+        for start in range(0, S, max(1, rows_per_batch)):
+            stop = min(S, start + max(1, rows_per_batch))
+            pack = _Pack(range(start, stop), [0] * (stop - start), n, tokens.device)
+            run = _Run()
+            x = self.embed(tokens[start:stop].reshape(-1), pack.pos,
+                           None if noise is None else noise[start:stop].reshape(pack.T, -1))
+            for li in range(len(self.layers)):
+                x = self._layer(li, x, pack, None, None, store=run)
+            run.final = x
+            parts.append(run)
 
-    def _metric_rows(self, x_last):
+        def stack(ts, *shape):
+            if ts[0] is None:
+                return None
+            return (ts[0] if len(ts) == 1 else torch.cat(ts)).reshape(S, n, *shape)
+
+        out = _Run()
+        d = parts[0].final.shape[-1]
+        for li in range(len(self.layers)):
+            for name, shape in (("resid_pre", (d,)), ("resid_mid", (d,)), ("attn_out", (d,)), ("mlp_out", (d,)),
+                                ("z", (self.n_heads, self.d_head)), ("k", (self.n_kv, self.d_head)),
+                                ("v", (self.n_kv, self.d_head))):
+                getattr(out, name).append(stack([getattr(p, name)[li] for p in parts], *shape))
+        out.final = stack([p.final for p in parts], d)
+        return out
+
+    def _metric_rows(self, x_last, smp):
+        """m = logit[expect] - logit[foil] of each row's sample, from last-position residuals [R, d]."""
         h = self.lnf(x_last)
-        two = h @ self.w2.T
+        two = torch.matmul(self.w2[smp], h.unsqueeze(2)).squeeze(2)  # [R, 2]
         if self.b2 is not None:
-            two = two + self.b2
-        return (two[:, 0] - two[:, 1]).float()  # on the device; run_cells moves all rows at once
+            two = two + self.b2[smp]
+        return (two[:, 0] - two[:, 1]).float()  # on the device; run_rows moves all rows at once
 
     def self_check(self, clean_logits, corrupt_logits):
+        """clean/corrupt_logits: the bridge's last-position logits [S, vocab] (CPU)."""
         for name, ref in (("clean", clean_logits), ("corrupt", corrupt_logits)):
-            h = self.lnf(self.runs[name].final[-1:])
-            logits = torch.nn.functional.linear(h, self.unembed_w, self.unembed_b)[0].float().cpu()
+            h = self.lnf(self.runs[name].final[:, -1])
+            logits = torch.nn.functional.linear(h, self.unembed_w, self.unembed_b).float().cpu()
             err = float((logits - ref).abs().max())
             tol = 1e-4 * (1.0 + float(ref.abs().max()))
             if not err <= tol:
                 raise Unsupported(f"self-check failed on the {name} run: max |Δlogit| = {err:.3g} vs bridge")
 
-    def _run_from(self, s, X, pmin, q0, base: _Run):
-        """Continue patched residuals X [R, n, d] (entering layer s) to the metric.
+    # ---- patched rows --------------------------------------------------------------------
 
-        Row r differs from the base run only at positions >= pmin[r] (a device tensor); q0 = min(pmin)."""
-        R, n, _ = X.shape
-        if s >= len(self.layers):
-            return self._metric_rows(X[:, -1])
-        M = torch.arange(n, device=X.device).unsqueeze(0) >= pmin.unsqueeze(1)
-        rows, pos = M.nonzero(as_tuple=True)
-        x = X[rows, pos]
-        for li in range(s, len(self.layers)):
-            x = self._layer(li, x, rows, pos, R, q0, n, base.k[li], base.v[li])
-        return self._metric_rows(x[pos == n - 1])
+    def _entries(self, component, sample, cells):
+        """The (layer, position, head) writes of a row's cells; a head without a position is every
+        position from the sample's first difference on (earlier ones are equal in both runs)."""
+        out = []
+        last = len(self.layers) - 1
+        for c in cells:
+            if component == "heads":
+                l, h, p = c
+                ps = range(self.first_diff[sample], self.n) if p is None else (p,)
+                if l == last:  # only the last position of the last layer is read
+                    ps = [q for q in ps if q == self.n - 1]
+                out.extend((l, q, h) for q in ps)
+            else:
+                l, p = c
+                if l == last and component != "resid_pre" and p != self.n - 1:
+                    continue
+                out.append((l, p, -1))
+        return out
 
-    # ---- cells ---------------------------------------------------------------------------
+    def run_rows(self, component: str, direction: str, rows: Sequence[tuple[int, Sequence[tuple]]],
+                 rows_per_batch: int) -> torch.Tensor:
+        """Patched metric (float32, CPU) of each row (sample, cells), the cells patched together.
 
-    def run_cells(self, component, cells, direction, rows_per_batch):
+        The caller leaves out cells that provably change nothing (before the sample's first
+        difference; a post-attention activation of the last layer away from the last position)."""
         base = self.runs["corrupt" if direction == "denoise" else "clean"]
         src = self.runs["clean" if direction == "denoise" else "corrupt"]
-        n = self.n
+        entries = [self._entries(component, s, cells) for s, cells in rows]
+        if not all(entries):
+            raise ValueError("a row patches nothing; leave it out")  # the caller's contract
+        l0 = [min(e[0] for e in es) for es in entries]
+        pmin = [min(e[1] for e in es) for es in entries]
+        order = sorted(range(len(rows)), key=lambda i: (l0[i], pmin[i], rows[i][0], i))
         parts: list[torch.Tensor] = []
-        start = 0 if component == "resid_pre" else 1
-
-        def first_pos(c):
-            if component == "heads":
-                return c[2] if c[2] is not None else min(self.first_diff, n - 1)
-            return c[1]
-
-        order = sorted(range(len(cells)), key=lambda i: (cells[i][0], first_pos(cells[i]), i))
         i0 = 0
         while i0 < len(order):
-            layer = cells[order[i0]][0]
             i1 = i0
-            while i1 < len(order) and i1 - i0 < rows_per_batch and cells[order[i1]][0] == layer:
+            while i1 < len(order) and i1 - i0 < rows_per_batch and l0[order[i1]] == l0[order[i0]]:
                 i1 += 1
-            idx = order[i0:i1]
-            chunk = [cells[i] for i in idx]
-            s = layer + start
-            X, pmin, q0 = self._patched_start(component, layer, chunk, base, src)
-            parts.append(self._run_from(s, X, pmin, q0, base))
+            chunk = order[i0:i1]
+            parts.append(self._run_chunk(component, l0[chunk[0]], [rows[i][0] for i in chunk],
+                                         [pmin[i] for i in chunk], [entries[i] for i in chunk], base, src))
             i0 = i1
-        out = torch.empty(len(cells), dtype=torch.float32, device="cpu")
+        out = torch.empty(len(rows), dtype=torch.float32, device="cpu")
         if parts:
             out[torch.tensor(order, dtype=torch.long, device="cpu")] = torch.cat(parts).cpu()  # one transfer
         return out
 
-    def _finish_layer(self, li, base: _Run, P, attn=None, mid=None, mlp=None):
-        """resid_post of layer li at positions P (a LongTensor) given a replaced attn_out,
-        resid_mid or mlp_out there (everything else from the base run)."""
+    def _run_chunk(self, component, l0, smp, pmin, entries, base: _Run, src: _Run):
+        """Rows that all start at layer l0: their patched metrics [R] on the device."""
+        dev, n, last = self.device, self.n, len(self.layers) - 1
+        # every write as flat CPU arrays: row, layer, position, head
+        flat = [(r, l, p, h) for r, es in enumerate(entries) for (l, p, h) in es]
+        E = torch.tensor(flat, dtype=torch.long, device="cpu").reshape(-1, 4)
+        smp_cpu = torch.tensor(smp, dtype=torch.long, device="cpu")
+        at_l0 = E[E[:, 1] == l0]
+        R = len(smp)
+        if component == "resid_pre":
+            start, x_start = l0, None
+        else:
+            # layer l0 changes only at the written positions: finish the layer there alone
+            pairs, inv = torch.unique(at_l0[:, 0] * n + at_l0[:, 2], return_inverse=True)
+            pr, pp = pairs // n, pairs % n
+            out = self._finish_layer(component, l0, smp_cpu[pr].to(dev), pp.to(dev), inv.to(dev),
+                                     at_l0[:, 3].to(dev), smp_cpu[at_l0[:, 0]].to(dev), at_l0[:, 2].to(dev),
+                                     base, src)
+            if l0 == last:  # one write per row, at the last position (the caller's contract)
+                x_last = torch.empty(R, out.shape[-1], dtype=out.dtype, device=dev)
+                x_last[pr.to(dev)] = out
+                return self._metric_rows(x_last, smp_cpu.to(dev))
+            start, x_start = l0 + 1, (pr, pp, out)
+        pack = _Pack(smp, pmin, n, dev)
+        x = base.resid_pre[start][pack.tok_smp, pack.pos]
+        if x_start is not None:
+            pr, pp, out = x_start
+            x[pack.index(pr, pp).to(dev)] = out
+        for li in range(start, len(self.layers)):
+            final = li == last
+            if pack.dense:
+                bk = None if pack.q0 == 0 else base.k[li][:, :pack.q0][pack.smp]
+                bv = None if pack.q0 == 0 else base.v[li][:, :pack.q0][pack.smp]
+            else:
+                bk, bv = base.k[li][pack.smp], base.v[li][pack.smp]
+            here = E[E[:, 1] == li] if (li > l0 or component == "resid_pre") else E[:0]
+            patch = self._patch(component, here, pack, smp_cpu, src, li, final) if here.shape[0] else None
+            x = self._layer(li, x, pack, bk, bv, patch=patch, final=final)
+        return self._metric_rows(x, pack.smp)
+
+    def _patch(self, component, here, pack: _Pack, smp_cpu, src: _Run, li, final) -> _Patch | None:
+        """The writes ``here`` [(row, layer, pos, head)] of layer li as pack indices and source values."""
+        if final and component != "resid_pre":  # outputs exist at the last position only
+            here = here[here[:, 2] == pack.n - 1]
+            if not here.shape[0]:
+                return None
+            idx = here[:, 0]
+        else:
+            idx = pack.index(here[:, 0], here[:, 2])
+        dev = self.device
+        s, p = smp_cpu[here[:, 0]].to(dev), here[:, 2].to(dev)
+        act = src.act(component, li)
+        if component == "heads":
+            h = here[:, 3].to(dev)
+            return _Patch(component, idx.to(dev), act[s, p, h], h)
+        return _Patch(component, idx.to(dev), act[s, p])
+
+    def _finish_layer(self, component, li, smp, pos, inv, heads, e_smp, e_pos, base: _Run, src: _Run):
+        """resid_post of layer li at (sample, position) pairs whose ``component`` activation is
+        replaced by the source run's (heads: the written heads only; ``inv`` maps each write to its
+        pair).  Everything else comes from the base run."""
         L = self.layers[li]
+        attn = mid = mlp = None
+        if component == "heads":
+            z = base.z[li][smp, pos]  # [U, H, dh] (a gathered copy)
+            z[inv, heads] = src.z[li][e_smp, e_pos, heads]
+            attn = linear(L.o, z.reshape(z.shape[0], -1))
+        elif component == "attn_out":
+            attn = src.attn_out[li][smp, pos]
+        elif component == "resid_mid":
+            mid = src.resid_mid[li][smp, pos]
+        elif component == "mlp_out":
+            mlp = src.mlp_out[li][smp, pos]
+        elif component == "resid_post":
+            return src.resid_post(li)[smp, pos]
+        else:
+            raise ValueError(component)
         if L.parallel:
-            a = attn if attn is not None else base.attn_out[li][P]
-            m = mlp if mlp is not None else base.mlp_out[li][P]
-            return m + a + base.resid_pre[li][P]
+            a = attn if attn is not None else base.attn_out[li][smp, pos]
+            m = mlp if mlp is not None else base.mlp_out[li][smp, pos]
+            return m + a + base.resid_pre[li][smp, pos]
         if mid is None:
-            mid = (attn + base.resid_pre[li][P]) if attn is not None else base.resid_mid[li][P]
+            mid = (attn + base.resid_pre[li][smp, pos]) if attn is not None else base.resid_mid[li][smp, pos]
         if mlp is None:
             mlp = L.mlp(L.ln2(mid))
         return mid + mlp
-
-    def _patched_start(self, component, li, chunk, base: _Run, src: _Run):
-        R = len(chunk)
-        n, dev = self.n, self.device
-        if component == "resid_pre":
-            X = base.resid_pre[li].unsqueeze(0).repeat(R, 1, 1)
-        else:
-            X = base.resid_post(li).unsqueeze(0).repeat(R, 1, 1)
-        if component == "heads":
-            H, dh = self.n_heads, self.d_head
-            pieces, rows_idx, pos_idx, pmin = [], [], [], []
-            for r, (_, h, p) in enumerate(chunk):
-                first = self.first_diff if p is None else p
-                last = n if p is None else p + 1
-                if first >= last:  # no differing position: nothing changes
-                    pmin.append(n - 1)
-                    continue
-                P = torch.arange(first, last, device=dev)
-                z = base.z[li][P].clone()
-                z[:, h] = src.z[li][P, h]
-                pieces.append(z)
-                rows_idx.append(torch.full((last - first,), r, dtype=torch.long, device=dev))
-                pos_idx.append(P)
-                pmin.append(first)
-            if pieces:
-                z = torch.cat(pieces)
-                rows_t, pos_t = torch.cat(rows_idx), torch.cat(pos_idx)
-                attn = linear(self.layers[li].o, z.reshape(z.shape[0], H * dh))
-                X[rows_t, pos_t] = self._finish_layer(li, base, pos_t, attn=attn)
-            return X, torch.tensor(pmin, dtype=torch.long, device=dev), min(pmin)
-        P = torch.tensor([c[1] for c in chunk], dtype=torch.long, device=dev)
-        rows_t = torch.arange(R, device=dev)
-        if component == "resid_pre":
-            X[rows_t, P] = src.resid_pre[li][P]
-        elif component == "resid_post":
-            X[rows_t, P] = src.resid_post(li)[P]
-        elif component == "resid_mid":
-            X[rows_t, P] = self._finish_layer(li, base, P, mid=src.resid_mid[li][P])
-        elif component == "attn_out":
-            X[rows_t, P] = self._finish_layer(li, base, P, attn=src.attn_out[li][P])
-        elif component == "mlp_out":
-            X[rows_t, P] = self._finish_layer(li, base, P, mlp=src.mlp_out[li][P])
-        else:
-            raise ValueError(component)
-        return X, P, min(c[1] for c in chunk)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from interptest.patching.fast.blocks import Arch, Layer, Unsupported, add_noise, linear, norm_fn, raw
+from interptest.patching.fast.blocks import Arch, Layer, Unsupported, activation, add_noise, linear, norm_fn, raw
 
 HF_CLASSES = ("GPT2LMHeadModel",)
 
@@ -23,7 +23,7 @@ def build(hf) -> Arch:
         b = raw(blk)
         attn, mlp = raw(b.attn), raw(b.mlp)
         c_attn, c_proj = raw(attn.c_attn), raw(attn.c_proj)
-        c_fc, m_proj, act = raw(mlp.c_fc), raw(mlp.c_proj), raw(mlp.act)
+        c_fc, m_proj, act = raw(mlp.c_fc), raw(mlp.c_proj), activation(raw(mlp.act))
         scale = dh ** -0.5 if cfg.scale_attn_weights else 1.0
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= float(i + 1)
