@@ -12,6 +12,7 @@ enabled.  torch and transformer_lens are imported lazily, so importing this modu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,9 +48,6 @@ _HOW_TO_GET = (
 # A hub id: "name" or "org/name" (letters, digits, '-', '_', '.'); anything else is taken as a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 
-_threads_configured = False
-
-
 # ------------------------------------------------------------------ threads, device, dtype
 
 
@@ -70,7 +68,6 @@ def configure_threads(n: int | None = None) -> int:
     machine for models of this size. An explicit ``n`` is capped at the CPUs available to the process.
     (The plugin calls this for ``--interp-threads``.)
     """
-    global _threads_configured
     import torch
 
     cpus = available_cpus()
@@ -81,7 +78,6 @@ def configure_threads(n: int | None = None) -> int:
             raise ValueError(f"thread count must be a positive integer, got {n!r}")
         n = min(n, cpus)
     torch.set_num_threads(max(1, n))
-    _threads_configured = True
     return torch.get_num_threads()
 
 
@@ -167,23 +163,49 @@ def model_context_length(model: Any) -> int:
 # ------------------------------------------------------------------ quiet environment
 
 
-def _quiet() -> None:
-    """Silence TransformerLens / transformers / hub progress bars and chatter."""
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+_QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
+              "TRANSFORMERS_VERBOSITY": "error"}
 
 
-def _quiet_transformers() -> None:
+@contextlib.contextmanager
+def _quiet():
+    """Silence TransformerLens / transformers / hub progress bars and chatter while loading, and put
+    everything back afterwards: environment variables, transformers' verbosity and progress bars, the
+    loggers' levels (a load does not change global state nobody asked for)."""
     import logging
 
-    import transformers
+    tf_logging = None
+    try:  # imported first: libraries that read these variables at import see the caller's environment
+        import transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        tf_logging = transformers.logging
+        verbosity, bars = tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()
+    except Exception:  # pragma: no cover - transformers missing or changed: nothing to silence
+        tf_logging = None
+    saved_env = {k: os.environ.get(k) for k in _QUIET_ENV}
+    for k, v in _QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    loggers = [logging.getLogger(n) for n in ("transformer_lens", "huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    if tf_logging is not None:
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if tf_logging is not None:
+            tf_logging.set_verbosity(verbosity)
+            if bars:
+                tf_logging.enable_progress_bar()
 
 
 # ------------------------------------------------------------------ sources
@@ -387,8 +409,35 @@ def _looks_like_path(name: str) -> bool:
 # ------------------------------------------------------------------ the loader
 
 
-def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = None) -> TransformerBridge:
+def _parse_device_map(device_map: Any, name: str) -> Any:
+    """``"auto"``/``"balanced"``/... as is; a dict as is; a JSON object string (the ini / command-line
+    form, e.g. ``{"": "cpu"}``) as a dict; anything else a one-line ModelNotAvailable."""
+    if isinstance(device_map, dict):
+        return device_map
+    if isinstance(device_map, str):
+        text = device_map.strip()
+        if text.startswith("{"):
+            try:
+                parsed = json.loads(text)
+            except ValueError as exc:
+                raise ModelNotAvailable(f"model {name!r}: device_map {text!r} is not valid JSON ({exc})") from None
+            if not isinstance(parsed, dict):
+                raise ModelNotAvailable(f"model {name!r}: device_map must be a JSON object, got {text!r}")
+            return parsed
+        if text in ("auto", "balanced", "balanced_low_0", "sequential"):
+            return text
+        raise ModelNotAvailable(f"model {name!r}: unknown device_map {text!r}; expected auto, balanced, "
+                                "balanced_low_0, sequential or a JSON object of module name to device")
+    raise ModelNotAvailable(f"model {name!r}: device_map must be a string or a dict, got {device_map!r}")
+
+
+def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = None, *,
+               device_map: Any = None, threads: int | None = None) -> TransformerBridge:
     """Load a model as a TransformerLens 4 ``TransformerBridge`` in eval mode.
+
+    Loading changes no global state: torch's thread count is left alone unless ``threads`` is given
+    (the plugin sets it from ``--interp-threads``), and the quieting of progress bars and logs during
+    the load is undone afterwards.
 
     Args:
         name_or_path: ``"interptest-tiny"``, a local Hugging Face ``save_pretrained`` directory with
@@ -396,13 +445,23 @@ def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any =
             ``"EleutherAI/pythia-70m"``, ``"gpt2-small"``).
         device: ``None``/``"auto"`` (cuda, else mps, else cpu) or any torch device string.
         dtype: ``None``/``"float32"``/``"bfloat16"``/``"float16"`` or a ``torch.dtype``.
+        device_map: a Hugging Face ``device_map`` (``"auto"``, ``"balanced"``, or a dict of module name
+            to device), passed to ``from_pretrained`` through the bridge; the layers may then live on
+            several devices (inputs go to the embedding's). Excludes ``device``.
+        threads: torch's intra-op thread count to set (:func:`configure_threads`); ``None`` leaves it.
 
     Raises:
         ModelNotAvailable: with a one-line message for a missing directory, a directory without
             (safetensors) weights, a pickle-only checkpoint, or a model that is neither cached nor
             downloadable.
     """
-    _quiet()
+    if threads is not None:
+        configure_threads(threads)
+    with _quiet():
+        return _load(name_or_path, device, dtype, device_map)
+
+
+def _load(name_or_path, device, dtype, device_map) -> TransformerBridge:
     if isinstance(name_or_path, os.PathLike):
         name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str) or not name_or_path.strip():
@@ -430,19 +489,23 @@ def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any =
             official = _official_name(name)
             _ensure_hub_model(name, official)
 
-    if not _threads_configured:
-        configure_threads(None)
-    _quiet_transformers()
-    dev = resolve_device(device)
-    problem = device_problem(dev)
-    if problem:
-        raise ModelNotAvailable(f"model {name!r} cannot be loaded on {problem}")
+    if device_map is not None:
+        if device not in (None, "auto") and not (isinstance(device, str) and device.strip().lower() == "auto"):
+            raise ModelNotAvailable(f"model {name!r}: give either device ({device!r}) or device_map, not both")
+        device_map = _parse_device_map(device_map, name)
+        dev = None
+    else:
+        dev = resolve_device(device)
+        problem = device_problem(dev)
+        if problem:
+            raise ModelNotAvailable(f"model {name!r} cannot be loaded on {problem}")
     import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
     from transformer_lens import TransformerBridge
 
     target = str(local) if local is not None else official
     try:
-        model = TransformerBridge.boot_transformers(target, device=dev, dtype=torch_dtype, trust_remote_code=False)
+        kwargs = {"device_map": device_map} if device_map is not None else {"device": dev}
+        model = TransformerBridge.boot_transformers(target, dtype=torch_dtype, trust_remote_code=False, **kwargs)
     except ModelNotAvailable:
         raise
     except Exception as exc:

@@ -71,9 +71,11 @@ class HookEngine:
         return hook
 
     def metrics(self, last: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-        """m per row: last[r, expect[s_r]] - last[r, foil[s_r]] (float32, on last's device)."""
-        e = self.expect[samples].unsqueeze(1)
-        f = self.foil[samples].unsqueeze(1)
+        """m per row: last[r, expect[s_r]] - last[r, foil[s_r]] (float32, on last's device: with a
+        device_map the logits come from the last layer's device, not the embedding's)."""
+        samples = samples.to(last.device)
+        e = self.expect.to(last.device)[samples].unsqueeze(1)
+        f = self.foil.to(last.device)[samples].unsqueeze(1)
         return (last.gather(1, e).float() - last.gather(1, f).float()).squeeze(1)
 
     def source_acts(self, component: str, run: str) -> dict[str, torch.Tensor]:
