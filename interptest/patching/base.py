@@ -19,8 +19,10 @@ from interptest.errors import InterpError
 COMPONENTS: tuple[str, ...] = _components.NAMES
 DIRECTIONS = ("denoise", "noise")
 
-# Memory budget (bytes) used to size batches when batch_size is not given.
+# Memory budget (bytes) used to size batches when batch_size is not given: on the CPU a fixed one; on a
+# CUDA device this fraction of its free memory (measured when a patcher is built), at least the CPU's.
 BATCH_BUDGET = 256 * 2**20
+CUDA_FREE_FRACTION = 0.5
 MAX_ROWS = 128        # rows per forward of the bridge (generic engine)
 MAX_ROWS_FAST = 1024  # rows per forward of the fast engine (one layer's rows share its matrix products)
 
@@ -74,6 +76,19 @@ class PatchMap:
         ax.set_title(f"{self.component} {verb}")
         ax.figure.colorbar(image, ax=ax)
         return ax
+
+
+def batch_budget(device) -> int:
+    """Bytes the activations of one batched forward may take on ``device``: on CUDA half of the free
+    memory (``torch.cuda.mem_get_info``), at least :data:`BATCH_BUDGET`; elsewhere :data:`BATCH_BUDGET`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            free, _total = torch.cuda.mem_get_info(device)
+        except (RuntimeError, AssertionError, ValueError):  # no usable CUDA: the fixed budget
+            return BATCH_BUDGET
+        return max(BATCH_BUDGET, int(free * CUDA_FREE_FRACTION))
+    return BATCH_BUDGET
 
 
 def hook_name(component: str, layer: int) -> str:
@@ -197,8 +212,13 @@ class PatchShape:
         return (idx(cell[0], L, "layer"), idx(cell[1], n, "position"))
 
     def _rows_per_batch(self, generic: bool) -> int:
+        """Rows per forward: ``batch_size`` when given (``--interp-batch-size``), else as many as the
+        device's budget (:func:`batch_budget`) holds, at most MAX_ROWS (generic) / MAX_ROWS_FAST."""
         if self.batch_size is not None:
             return self.batch_size
+        budget = getattr(self, "_budget", None)
+        if budget is None:
+            budget = self._budget = batch_budget(model_device(self.model))
         cfg = self.model.cfg
         d = int(cfg.d_model)
         d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d)
@@ -206,4 +226,4 @@ class PatchShape:
         per_row = n * (8 * d + 2 * d_mlp + 2 * self.n_heads * n) * 4
         if generic:
             per_row += n * int(cfg.d_vocab) * 4
-        return max(1, min(MAX_ROWS if generic else MAX_ROWS_FAST, BATCH_BUDGET // max(per_row, 1)))
+        return max(1, min(MAX_ROWS if generic else MAX_ROWS_FAST, budget // max(per_row, 1)))
