@@ -132,21 +132,26 @@ def build_model_dir(
     return d
 
 
-def boot(model_dir: str):
+def boot(model_dir: str, device: str = "cpu"):
     import torch
     import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
     from transformer_lens import TransformerBridge
 
-    model = TransformerBridge.boot_transformers(model_dir, device="cpu", dtype=torch.float32)
+    model = TransformerBridge.boot_transformers(model_dir, device=device, dtype=torch.float32)
     model.eval()
     return model
 
 
 @functools.cache
-def tiny_model(arch: str):
+def model_dir(arch: str) -> str:
+    return build_model_dir(arch)
+
+
+@functools.cache
+def tiny_model(arch: str, device: str = "cpu"):
     """A session-cached tiny random model: 'gpt2', 'llama' (rotary, RMSNorm, gated MLP) or 'neox'
-    (Pythia-style parallel attention)."""
-    return boot(build_model_dir(arch))
+    (Pythia-style parallel attention); the same weights on every device."""
+    return boot(model_dir(arch), device)
 
 
 @functools.cache
