@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from interptest import families
 from interptest.claims import (
@@ -213,7 +213,7 @@ def _check_lexicons(spec: BehaviorSpec, tok: _Tokenizer) -> tuple[BehaviorSpec, 
 
     from interptest.spec import Family, check_sample_count
 
-    family = spec.family
+    family = families.family_of(spec)
     bad: dict[str, list[str]] = {}
     kept_units, dropped = [], []
     for names, rows in family.units:
@@ -251,7 +251,7 @@ def _check_lexicons(spec: BehaviorSpec, tok: _Tokenizer) -> tuple[BehaviorSpec, 
             )
     smaller = Family.from_units(kept_units, family.samples, family.sources, family.single_token)
 
-    def error(message, key):
+    def error(message, key) -> NoReturn:
         raise spec.error(message, key)
 
     check_sample_count(smaller, error, f" after dropping {len(dropped)} value(s) that are not single tokens")
@@ -354,7 +354,7 @@ def bind_samples(
         except ClaimBindError as problem:
             raise spec.error(f"noise position: {problem}", "corrupt.noise") from None
     corrupt_tokens = None
-    if corrupt_ids is not None and spec.corruption.kind != "noise":
+    if corrupt_ids is not None and spec.corruption is not None and spec.corruption.kind != "noise":
         corrupt_tokens = tok.decode(corrupt_ids[0].tolist())
 
     def single_token_ids(text: str, what: str) -> list[int]:
@@ -489,6 +489,8 @@ class Run:
         if problem:
             return problem
         spec = self.bound.spec
+        # Patching claims require a corruption, so both runs have a foil and a metric.
+        assert self.clean_metrics is not None and self.corrupt_metrics is not None, "no corrupted run"
         delta = self.clean_metrics - self.corrupt_metrics
         weak = int((delta.abs() < spec.min_effect).sum())
         if not weak:
@@ -567,6 +569,7 @@ class Run:
     def patcher(self):
         """The patching engine for every sample at once (BatchPatcher's interface: [S, ...] values)."""
         if self._patcher is None:
+            assert self.foil_ids is not None, "patching claims require a corruption, hence a foil"
             self._patcher = open_patcher(
                 self.model,
                 self.bound.clean_ids,
@@ -622,6 +625,7 @@ def _noise(bound: BoundBehavior, device):
     generator = torch.Generator(device="cpu").manual_seed(families.sample_seed(bound.seed, bound.spec))
     noise = torch.zeros(bound.n_samples, bound.clean_ids.shape[1], d_model, device="cpu")
     draws = torch.randn(bound.n_samples, len(bound.noise_positions), d_model, generator=generator, device="cpu")
+    assert bound.spec.corruption is not None, "noise positions come from a noise corruption"
     noise[:, bound.noise_positions] = draws * bound.spec.corruption.scale * std
     return noise.to(device)
 
@@ -914,6 +918,8 @@ def patch_sweep(
         problem = run.foil_problem()
         if problem:
             raise InterpError(f"patch_sweep: {problem}")
+        # patch_sweep always has a corrupted prompt, so both runs have a metric
+        assert run.clean_metrics is not None and run.corrupt_metrics is not None
         delta = float(run.clean_metrics[0] - run.corrupt_metrics[0])
         if not math.isfinite(delta) or delta == 0:
             raise InterpError(

@@ -14,7 +14,7 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from interptest.spec import BehaviorSpec
+from interptest.spec import BehaviorSpec, Family
 
 ENUMERATION_LIMIT = 200_000
 
@@ -32,6 +32,12 @@ class Sample:
 def sample_seed(seed: int, behavior: BehaviorSpec) -> int:
     """Stable across processes, machines and xdist workers: depends on the seed and the name only."""
     return zlib.crc32(f"{seed}|{behavior.name}".encode())
+
+
+def family_of(behavior: BehaviorSpec) -> Family:
+    """The behavior's prompt family; for the code paths only a template behavior reaches."""
+    assert behavior.family is not None, f"{behavior.name!r} is not a template behavior"
+    return behavior.family
 
 
 def _distinct(values) -> bool:
@@ -60,7 +66,8 @@ def draw_assignments(variables, count: int, rng: random.Random) -> list[dict]:
     if total <= ENUMERATION_LIMIT:
         combos = [c for c in itertools.product(*(rows for _, rows in units)) if _distinct(v for row in c for v in row)]
         return [_assignment(units, c) for c in rng.sample(combos, count)]
-    seen, out = set(), []
+    seen: set[tuple] = set()
+    out: list[dict] = []
     while len(out) < count:
         combo = tuple(rng.choice(rows) for _, rows in units)
         if _distinct(v for row in combo for v in row) and combo not in seen:
@@ -70,12 +77,13 @@ def draw_assignments(variables, count: int, rng: random.Random) -> list[dict]:
 
 
 def _unit_of(behavior: BehaviorSpec, var: str):
-    return next(unit for unit in behavior.family.units if var in unit[0])
+    return next(unit for unit in family_of(behavior).units if var in unit[0])
 
 
 def resampled(behavior: BehaviorSpec, values: dict, rng: random.Random) -> dict:
     """The corrupted assignment: each resampled variable (with the variables paired with it) re-drawn to
     values different from its clean ones and from every other variable's value."""
+    assert behavior.corruption is not None, "only a resample corruption re-draws variables"
     new = dict(values)
     done = set()
     for var in behavior.corruption.resample:
@@ -96,8 +104,10 @@ def instance(behavior: BehaviorSpec, values: dict, corrupt_values: dict | None =
     corruption = behavior.corruption
     corrupt = None
     if corruption is not None and corruption.kind == "text":
+        assert corruption.text is not None, "a text corruption has its text"
         corrupt = corruption.text.format(**values)
     elif corruption is not None and corruption.kind == "resample":
+        assert corrupt_values is not None, "a resample corruption's instance has its corrupted values"
         corrupt = behavior.prompt.format(**corrupt_values)
     return Sample(
         values,
@@ -112,7 +122,8 @@ def instance(behavior: BehaviorSpec, values: dict, corrupt_values: dict | None =
 def expand(behavior: BehaviorSpec, seed: int = 0) -> list[Sample]:
     """The family's samples for this seed."""
     rng = random.Random(sample_seed(seed, behavior))
-    assignments = draw_assignments(behavior.family.units, behavior.family.samples, rng)
+    family = family_of(behavior)
+    assignments = draw_assignments(family.units, family.samples, rng)
     resample = behavior.corruption is not None and behavior.corruption.kind == "resample"
     return [instance(behavior, a, resampled(behavior, a, rng) if resample else None) for a in assignments]
 
@@ -121,7 +132,7 @@ def instance_strategy(behavior: BehaviorSpec):
     """A hypothesis strategy over single instances (clean values, corrupted values), for shrinking."""
     from hypothesis import strategies as st
 
-    units = behavior.family.units
+    units = family_of(behavior).units
     clean = (
         st.tuples(*(st.sampled_from(rows) for _, rows in units))
         .filter(lambda combo: _distinct(v for row in combo for v in row))

@@ -333,7 +333,7 @@ def _heatmap(key: str, spec: dict, tokens: list, claims: list[dict]) -> str:
             if not heads:
                 token = tokens[col] if isinstance(col, int) and 0 <= col < len(tokens) else ""
                 where += f" {show_token(token)}"
-            if text is None:
+            if raw is None or text is None:  # _num(None) is None: the same test, for the type checker
                 classes.append("nan")
                 style = ""
                 shown = "–"

@@ -90,7 +90,7 @@ def _claim_record(check) -> ClaimRecord:
         "figure": check.figure,
     }
     if check.claim is not None:
-        entry.update(check.claim.record(check))  # type: ignore[typeddict-item]
+        entry.update(check.claim.record(check))
     return entry
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -270,6 +272,9 @@ def _tab_line(text: str, line: int | None, about_tabs: bool) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # Validation
 
+ErrorFn = Callable[..., NoReturn]
+"""How the parsing helpers report a problem: ``error(message, key=None)`` raises a located SpecError."""
+
 
 def _type_ok(value, expected: str) -> bool:
     if expected == _STR:
@@ -307,7 +312,7 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-def _check_keys(mapping: dict, allowed: dict, where: str, make_error) -> None:
+def _check_keys(mapping: dict, allowed: dict, where: str, make_error: ErrorFn) -> None:
     for key in mapping:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
@@ -326,8 +331,9 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
             path=path,
             line=getattr(data, "line", 1) or 1,
         )
+    assert isinstance(data, _Mapping), "_LineLoader builds every mapping as a _Mapping"
 
-    def file_error(message, key=None):
+    def file_error(message, key=None) -> NoReturn:
         raise SpecError(message, path=path, line=data.key_lines.get(key, data.line), key=key)
 
     _check_keys(data, FILE_KEYS, "the spec file", file_error)
@@ -342,7 +348,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
             key="defaults.name",
         )
 
-    def defaults_error(message, key=None):
+    def defaults_error(message, key=None) -> NoReturn:
         raise SpecError(message, path=path, line=defaults.key_lines.get(key), key=f"defaults.{key}")
 
     _check_keys(defaults, BEHAVIOR_KEYS, "defaults", defaults_error)
@@ -350,7 +356,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
     if not entries:
         file_error("'behaviors' is empty", "behaviors")
     behaviors = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int | None] = {}  # name -> line
     for index, entry in enumerate(entries):
         line = entries.item_lines[index]
         if not isinstance(entry, dict):
@@ -406,7 +412,7 @@ def _parse_behavior(
     key_lines.update(getattr(entry, "key_lines", {}))
     display_name = name if isinstance(name, str) else None
 
-    def error(message, key=None):
+    def error(message, key=None) -> NoReturn:
         raise SpecError(
             message,
             path=path,
@@ -418,6 +424,7 @@ def _parse_behavior(
     if "name" not in entry:
         error(f"behavior #{index + 1} is missing required key 'name'")
     _check_keys(entry, BEHAVIOR_KEYS, "a behavior", error)
+    assert isinstance(name, str), "present (checked above) and a string (_check_keys)"
     if not NAME_PATTERN.fullmatch(name):
         error(f"invalid name {name!r}: use letters, digits, '_', '.' and '-' only", "name")
     merged = {**defaults, **entry}
@@ -504,7 +511,7 @@ def _parse_behavior(
     return behavior
 
 
-def _pass_rate(value, error, key="min_pass_rate"):
+def _pass_rate(value, error: ErrorFn, key="min_pass_rate"):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -523,7 +530,7 @@ def template_fields(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _parse_family(merged: dict, path: str, error) -> Family:
+def _parse_family(merged: dict, path: str, error: ErrorFn) -> Family:
     template = merged["template"]
     try:
         used = template_fields(template)
@@ -570,7 +577,7 @@ def _parse_family(merged: dict, path: str, error) -> Family:
     return family
 
 
-def check_sample_count(family: Family, error, why: str = "") -> None:
+def check_sample_count(family: Family, error: ErrorFn, why: str = "") -> None:
     available = count_assignments(family.units, limit=family.samples)
     if available < family.samples:
         error(
@@ -580,7 +587,7 @@ def check_sample_count(family: Family, error, why: str = "") -> None:
         )
 
 
-def _rows(names: list[str], values, path: str, error, key: str) -> tuple[tuple[str, ...], ...]:
+def _rows(names: list[str], values, path: str, error: ErrorFn, key: str) -> tuple[tuple[str, ...], ...]:
     """The rows of one unit: a single variable's values as 1-tuples, or paired variables' rows (a list of
     lists, or a lexicon whose lines hold the columns separated by '|' or a tab)."""
     if len(names) == 1:
@@ -604,7 +611,7 @@ def _rows(names: list[str], values, path: str, error, key: str) -> tuple[tuple[s
     return rows
 
 
-def _values(var: str, values, path: str, error, key: str) -> tuple[str, ...]:
+def _values(var: str, values, path: str, error: ErrorFn, key: str) -> tuple[str, ...]:
     if isinstance(values, str) and values.startswith("@"):
         return load_lexicon(values[1:], path, error, key)
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
@@ -619,13 +626,13 @@ def lexicon_paths(name: str, spec_path: str) -> list[Path]:
     return [Path(spec_path).parent / "lexicons" / f"{name}.txt", Path(__file__).parent / "lexicons" / f"{name}.txt"]
 
 
-def load_lexicon(name: str, spec_path: str, error, key: str) -> tuple[str, ...]:
+def load_lexicon(name: str, spec_path: str, error: ErrorFn, key: str) -> tuple[str, ...]:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         error(f"invalid lexicon name {name!r}", key)
     for candidate in lexicon_paths(name, spec_path):
         if candidate.is_file():
-            entries = [ln.strip() for ln in candidate.read_text(encoding="utf-8").splitlines()]
-            entries = tuple(dict.fromkeys(e for e in entries if e and not e.startswith("#")))
+            lines = [ln.strip() for ln in candidate.read_text(encoding="utf-8").splitlines()]
+            entries = tuple(dict.fromkeys(e for e in lines if e and not e.startswith("#")))
             if not entries:
                 error(f"lexicon @{name} ({candidate}) is empty", key)
             return entries
@@ -659,7 +666,7 @@ def count_assignments(units, limit: int) -> int:
     return count
 
 
-def _parse_corruption(value, prompt: str, family: Family | None, error) -> Corruption | None:
+def _parse_corruption(value, prompt: str, family: Family | None, error: ErrorFn) -> Corruption | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -736,8 +743,9 @@ def _quote_hint(item) -> str:
     )
 
 
-def _check_family_references(behavior: BehaviorSpec, error) -> None:
+def _check_family_references(behavior: BehaviorSpec, error: ErrorFn) -> None:
     """Variables used by expect, foil, a corrupted template or a claim must exist in the template."""
+    assert behavior.family is not None, "called for template behaviors only"
     used = set(behavior.family.variables)
     texts = [("expect", behavior.expect), ("foil", behavior.foil)]
     if behavior.corruption.kind == "text" if behavior.corruption else False:

@@ -58,7 +58,8 @@ def residual_claims(component: str, lower, upper, tokens: list[str]) -> list[str
     are the measured values (one sample) or the bootstrap bounds of their mean (a family)."""
     n_layers = len(lower)
     carriers = [tuple(p for p, v in enumerate(row) if v is not None and v >= CARRIER) for row in lower]
-    claims, covered = [], set()
+    claims: list[str] = []
+    covered: set[tuple[int, int]] = set()
     layer = 0
     while layer < n_layers:
         positions = carriers[layer]

@@ -44,6 +44,7 @@ def single_position(selection: PositionSelection, tokens, variables, what: str) 
 def parse_heads_or_elsewhere(p: Parser) -> tuple[tuple[tuple[int, int], ...], bool]:
     """``[1.0, 2.3]`` or ``[elsewhere]`` after a kind's keyword: (heads, elsewhere)."""
     p.expect("punct", "[", f"'[' after {p.tokens[p.i - 1].value}")
+    heads: tuple[tuple[int, int], ...]
     if p.accept("ident", "elsewhere"):
         heads, elsewhere = (), True
     else:
@@ -135,6 +136,7 @@ class AttentionClaim(Claim):
                     "template variables such as {last} or numeric positions"
                 )
             where = (query, key)
+        assert where is not None, "a behavior has at least one sample"
         return BoundAttention(heads, *where)
 
     def measure(self, bound: BoundAttention, run) -> Measurement:

@@ -32,7 +32,7 @@ import math
 import random
 import zlib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from interptest.claims.base import (
     BindContext,
@@ -151,7 +151,7 @@ class CircuitClaim(Claim):
         return control_measurement(values, random_values, self.random.quantile, exhaustive, "faithfulness")
 
     def record(self, check) -> dict:
-        out = {"ablation": self.ablation}
+        out: dict[str, Any] = {"ablation": self.ablation}
         if self.measure_name == "minimal":
             out["failing_nodes"] = list(check.failing_cells)
         if check.figure:

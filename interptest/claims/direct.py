@@ -74,7 +74,9 @@ class DirectClaim(Claim):
             )
         p.i += 1
         p.expect("punct", "[", f"'[' after {target.value}")
-        heads, layers, elsewhere = (), None, False
+        heads: tuple[tuple[int, int], ...] = ()
+        layers: LayerSelection | None = None
+        elsewhere = False
         if p.accept("ident", "elsewhere"):
             elsewhere = True
         elif target.value == "heads":
@@ -109,6 +111,7 @@ class DirectClaim(Claim):
 
     def bind(self, context: BindContext):
         key = f"direct:{self.target}"
+        cells: tuple[tuple[int, ...], ...]  # (layer, head) pairs or (layer,) 1-tuples
         if self.target == "heads":
             if self.elsewhere:
                 return elsewhere_heads(context, key, "direct(heads")
@@ -125,6 +128,7 @@ class DirectClaim(Claim):
                 raise ClaimBindError(f"direct({self.target}[elsewhere]) is empty: the other claims name every layer")
             return cells
         else:
+            assert self.layers is not None, "the grammar reads layers for attn_out and mlp_out"
             cells = tuple((layer,) for layer in resolve_layers(self.layers, context.n_layers))
         context.covered.setdefault(key, set()).update(cells)
         return cells

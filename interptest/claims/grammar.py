@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 OPERATORS = (">=", "<=", "==", ">", "<")
 
@@ -155,7 +156,7 @@ class Node:
 @dataclass(frozen=True)
 class _Token:
     kind: str  # ident, number, string, op, punct, end
-    value: object
+    value: str  # the token's text (a string's contents, unquoted); "" for the end
     start: int
     end: int
 
@@ -220,7 +221,7 @@ def _lex(text: str) -> list[_Token]:
             i += 1
             continue
         raise ClaimSyntaxError(f"unexpected character {ch!r}", text, i)
-    tokens.append(_Token("end", None, len(text), len(text)))
+    tokens.append(_Token("end", "", len(text), len(text)))
     return tokens
 
 
@@ -239,7 +240,7 @@ class Parser:
     def tok(self) -> _Token:
         return self.tokens[self.i]
 
-    def fail(self, expected: str, tok: _Token | None = None):
+    def fail(self, expected: str, tok: _Token | None = None) -> NoReturn:
         tok = tok or self.tok
         found = "the end of the claim" if tok.kind == "end" else repr(self.text[tok.start : tok.end])
         raise ClaimSyntaxError(f"expected {expected}, found {found}", self.text, tok.start)
@@ -366,7 +367,9 @@ class Parser:
             )
         self.i += 1
         self.expect("punct", "[", f"'[' after {start.value}")
-        heads, layers, positions = (), None, None
+        heads: tuple[tuple[int, int], ...] = ()
+        layers: LayerSelection | None = None
+        positions: PositionSelection | None = None
         if start.value == "heads":
             heads = self.head_list()
         else:
@@ -405,7 +408,9 @@ class Parser:
         if start.kind == "ident" and start.value in ("heads", "mlp_in"):
             self.i += 1
             self.expect("punct", "[", f"'[' after {start.value}")
-            heads, layers, positions = (), None, None
+            heads: tuple[tuple[int, int], ...] = ()
+            layers: LayerSelection | None = None
+            positions: PositionSelection | None = None
             if start.value == "heads":
                 heads = self.head_list()
             else:
@@ -508,7 +513,8 @@ def resolve_layers(selection: LayerSelection, n_layers: int) -> list[int]:
     if selection.kind == "index":
         return [resolve_index(selection.values[0], n_layers, "layer", "layers")]
     if selection.kind == "slice":
-        return _resolve_slice(*selection.values, n_layers, "layer", "layers", selection.source)
+        start, stop = selection.values
+        return _resolve_slice(start, stop, n_layers, "layer", "layers", selection.source)
     layers = [resolve_index(v, n_layers, "layer", "layers") for v in selection.values]
     if len(set(layers)) != len(layers):
         raise ClaimBindError(f"layer list {selection.source} names a layer twice")
@@ -539,7 +545,8 @@ def resolve_positions(
     if selection.kind == "index":
         return [resolve_index(selection.values[0], n, "position", "positions")]
     if selection.kind == "slice":
-        return _resolve_slice(*selection.values, n, "position", "positions", selection.source)
+        start, stop = selection.values
+        return _resolve_slice(start, stop, n, "position", "positions", selection.source)
     text, occurrence = selection.values
     if selection.kind == "variable":
         if variables is None or text not in variables:

@@ -13,7 +13,7 @@ activations into the clean run (noising); values are normalized logit difference
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from interptest import components
 from interptest.claims.base import BindContext, Claim, Measurement, Unjudgeable, ablation_requirement
@@ -185,6 +185,8 @@ class LocalizationClaim(Claim):
                 return BoundClaim(self, tuple(heads))
             positions = resolve_positions(self.positions, tokens, variables)
             return BoundClaim(self, tuple((l, h, p) for l, h in heads for p in positions), tuple(positions))
+        # the grammar requires both for a per-layer component: comp[LAYERS, POSITIONS]
+        assert self.layers is not None and self.positions is not None, self.text
         layers = resolve_layers(self.layers, n_layers)
         positions = resolve_positions(self.positions, tokens, variables)
         return BoundClaim(self, tuple((l, p) for l in layers for p in positions), tuple(positions))
@@ -238,7 +240,7 @@ class LocalizationClaim(Claim):
         from interptest.results import map_key
 
         on_map = check.patch_map is not None
-        out = {
+        out: dict[str, Any] = {
             "map": map_key(self.component, self.direction) if on_map else None,
             "cells": [list(cell[:2]) for cell in check.bound.cells] if on_map else [],
             "failing_cells": [list(cell[:2]) for cell in check.failing_cells] if on_map else [],

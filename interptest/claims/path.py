@@ -171,7 +171,7 @@ class PathClaim(Claim):
 
 def _bind_receivers(specs, context: BindContext, sample: int) -> tuple[tuple, ...]:
     tokens, variables = context.tokens[sample], context.variables[sample]
-    out = []
+    out: list[tuple] = []
     for spec in specs:
         positions = (None,) if spec.positions is None else tuple(resolve_positions(spec.positions, tokens, variables))
         if spec.kind == "logits":

@@ -117,7 +117,7 @@ def ioi_prompts(n: int, seed: int = 3, fixed_template: bool = False) -> list[tup
     repeated name swapped ("..., A gave ...", answer " B")."""
     rng = random.Random(seed)
     pool, places, objects = person_pool(), lexicon("places"), lexicon("objects")
-    out = []
+    out: list[tuple[str, str, str, str]] = []
     while len(out) < n:
         a, b = rng.choice(pool), rng.choice(pool)
         if a == b or not ioi_pair_held_out(a, b):
@@ -205,7 +205,7 @@ def random_repeat_strings(model, n_seqs: int = 10, length: int = 20, seed: int =
         if len(s) > 1 and s[0] == " " and not s[1].isspace() and tok.encode(s, add_special_tokens=False) == [i]:
             candidates.append(i)
     rng = random.Random(seed)
-    out = []
+    out: list[str] = []
     while len(out) < n_seqs:
         ids = [rng.choice(candidates) for _ in range(length)]
         text = tok.decode(ids)

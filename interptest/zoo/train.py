@@ -168,7 +168,9 @@ def train(args) -> dict:
         eos_token_id=bos_id,
         pad_token_id=bos_id,
         tie_word_embeddings=True,
-        attn_implementation="eager",
+        # PreTrainedConfig takes it at run time (a keyword of its own __init__); GPT2Config's typed
+        # signature does not list it
+        attn_implementation="eager",  # type: ignore[call-arg]
         use_cache=False,
     )
     model = GPT2LMHeadModel(cfg)
