@@ -163,8 +163,12 @@ def model_context_length(model: Any) -> int:
 # ------------------------------------------------------------------ quiet environment
 
 
-_QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
-              "TRANSFORMERS_VERBOSITY": "error"}
+_QUIET_ENV = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
 
 
 @contextlib.contextmanager
@@ -426,13 +430,21 @@ def _parse_device_map(device_map: Any, name: str) -> Any:
             return parsed
         if text in ("auto", "balanced", "balanced_low_0", "sequential"):
             return text
-        raise ModelNotAvailable(f"model {name!r}: unknown device_map {text!r}; expected auto, balanced, "
-                                "balanced_low_0, sequential or a JSON object of module name to device")
+        raise ModelNotAvailable(
+            f"model {name!r}: unknown device_map {text!r}; expected auto, balanced, "
+            "balanced_low_0, sequential or a JSON object of module name to device"
+        )
     raise ModelNotAvailable(f"model {name!r}: device_map must be a string or a dict, got {device_map!r}")
 
 
-def load_model(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = None, *,
-               device_map: Any = None, threads: int | None = None) -> TransformerBridge:
+def load_model(
+    name_or_path: str | os.PathLike,
+    device: Any = None,
+    dtype: Any = None,
+    *,
+    device_map: Any = None,
+    threads: int | None = None,
+) -> TransformerBridge:
     """Load a model as a TransformerLens 4 ``TransformerBridge`` in eval mode.
 
     Loading changes no global state: torch's thread count is left alone unless ``threads`` is given

@@ -101,9 +101,11 @@ def test_every_component_equals_transformer_lens(model, pair, direction):
 
 
 def induction_pairs():
-    return st.tuples(st.sampled_from(NAMES), st.sampled_from(SURNAMES), st.sampled_from(SURNAMES)).filter(
-        lambda t: len(set(t)) == 3).map(lambda t: (f"Her name was {t[0]} {t[1]}. When {t[0]}",
-                                                   f"Her name was {t[0]} {t[2]}. When {t[0]}"))
+    return (
+        st.tuples(st.sampled_from(NAMES), st.sampled_from(SURNAMES), st.sampled_from(SURNAMES))
+        .filter(lambda t: len(set(t)) == 3)
+        .map(lambda t: (f"Her name was {t[0]} {t[1]}. When {t[0]}", f"Her name was {t[0]} {t[2]}. When {t[0]}"))
+    )
 
 
 @settings(max_examples=3)
@@ -139,9 +141,9 @@ def test_batched_fast_engine_equals_transformer_lens(model, family, direction):
             return (m - mx) / (mc - mx) if direction == "denoise" else (mc - m) / (mc - mx)
 
         with torch.inference_mode():
-            _, cache = model.run_with_cache(src[s:s + 1])
+            _, cache = model.run_with_cache(src[s : s + 1])
             for component in TL_FUNCTIONS:
-                theirs = getattr(patching, TL_FUNCTIONS[component])(model, base[s:s + 1], cache, metric).float()
+                theirs = getattr(patching, TL_FUNCTIONS[component])(model, base[s : s + 1], cache, metric).float()
                 ours = bp.sweep(component, direction)[s]
                 assert float((ours - theirs).abs().max()) <= 1e-5, (component, direction, family[s])
 
@@ -153,6 +155,8 @@ def test_batched_fast_engine_equals_transformer_lens(model, family, direction):
                     elif l == layer:
                         patching.layer_pos_head_vector_patch_setter(act, (l, p, h), cache[hook.name])
                 return act
-            logits = model.run_with_hooks(base[s:s + 1], fwd_hooks=[(f"blocks.{l}.attn.hook_z", heads_hook)
-                                                                    for l in (0, 1)])
+
+            logits = model.run_with_hooks(
+                base[s : s + 1], fwd_hooks=[(f"blocks.{l}.attn.hook_z", heads_hook) for l in (0, 1)]
+            )
         assert abs(float(joint[s]) - float(metric(logits))) <= 1e-5

@@ -50,9 +50,12 @@ def test_loading_restores_environment_and_logging(monkeypatch):
         transformers.logging.set_verbosity_warning()
         transformers.logging.enable_progress_bar()
         load_model("interptest-tiny")
-        assert {k: os.environ.get(k) for k in QUIET_ENV} == {"TQDM_DISABLE": None, "HF_HUB_DISABLE_PROGRESS_BARS": None,
-                                                             "TOKENIZERS_PARALLELISM": "true",
-                                                             "TRANSFORMERS_VERBOSITY": None}
+        assert {k: os.environ.get(k) for k in QUIET_ENV} == {
+            "TQDM_DISABLE": None,
+            "HF_HUB_DISABLE_PROGRESS_BARS": None,
+            "TOKENIZERS_PARALLELISM": "true",
+            "TRANSFORMERS_VERBOSITY": None,
+        }
         assert transformers.logging.get_verbosity() == transformers.logging.WARNING
         assert transformers.logging.is_progress_bar_enabled()
         assert logging.getLogger("transformer_lens").level == tl_level
@@ -78,14 +81,22 @@ def test_one_device_map_loads_and_patches_like_a_plain_load(device_map):
         assert torch.equal(a.sweep(component).values, b.sweep(component).values)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(device="cpu", device_map="auto"), "model 'interptest-tiny': give either device ('cpu') or device_map, "
-                                            "not both"),
-    (dict(device_map="everywhere"), "model 'interptest-tiny': unknown device_map 'everywhere'; expected auto, "
-                                    "balanced, balanced_low_0, sequential or a JSON object of module name to device"),
-    (dict(device_map="{cpu"), "model 'interptest-tiny': device_map '{cpu' is not valid JSON"),
-    (dict(device_map=3), "model 'interptest-tiny': device_map must be a string or a dict, got 3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(device="cpu", device_map="auto"),
+            "model 'interptest-tiny': give either device ('cpu') or device_map, not both",
+        ),
+        (
+            dict(device_map="everywhere"),
+            "model 'interptest-tiny': unknown device_map 'everywhere'; expected auto, "
+            "balanced, balanced_low_0, sequential or a JSON object of module name to device",
+        ),
+        (dict(device_map="{cpu"), "model 'interptest-tiny': device_map '{cpu' is not valid JSON"),
+        (dict(device_map=3), "model 'interptest-tiny': device_map must be a string or a dict, got 3"),
+    ],
+)
 def test_device_map_errors(kwargs, message):
     with pytest.raises(ModelNotAvailable) as info:
         interptest.load_model("interptest-tiny", **kwargs)
