@@ -199,11 +199,11 @@ def _quiet():
     try:
         yield
     finally:
-        for k, v in saved_env.items():
-            if v is None:
+        for k, old in saved_env.items():
+            if old is None:
                 os.environ.pop(k, None)
             else:
-                os.environ[k] = v
+                os.environ[k] = old
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
         if tf_logging is not None:

@@ -136,9 +136,11 @@ def test_batched_fast_engine_equals_transformer_lens(model, family, direction):
         mc, mx = float(bp.clean_metrics[s]), float(bp.corrupt_metrics[s])
         assert abs(mc - mx) > 1.0
 
+        # metric and heads_hook read this iteration's e, f, mc, mx and cache: both are only called
+        # within it (B023 warns about closures that outlive the loop)
         def metric(logits):
-            m = logits[0, -1, e] - logits[0, -1, f]
-            return (m - mx) / (mc - mx) if direction == "denoise" else (mc - m) / (mc - mx)
+            m = logits[0, -1, e] - logits[0, -1, f]  # noqa: B023
+            return (m - mx) / (mc - mx) if direction == "denoise" else (mc - m) / (mc - mx)  # noqa: B023
 
         with torch.inference_mode():
             _, cache = model.run_with_cache(src[s : s + 1])
@@ -151,9 +153,9 @@ def test_batched_fast_engine_equals_transformer_lens(model, family, direction):
                 layer = int(hook.name.split(".")[1])
                 for l, h, p in joint_cells:
                     if l == layer and p is None:
-                        patching.layer_head_vector_patch_setter(act, (l, h), cache[hook.name])
+                        patching.layer_head_vector_patch_setter(act, (l, h), cache[hook.name])  # noqa: B023
                     elif l == layer:
-                        patching.layer_pos_head_vector_patch_setter(act, (l, p, h), cache[hook.name])
+                        patching.layer_pos_head_vector_patch_setter(act, (l, p, h), cache[hook.name])  # noqa: B023
                 return act
 
             logits = model.run_with_hooks(
