@@ -20,7 +20,7 @@ def test_map_prints_the_heatmap_and_writes_html(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "interptest-tiny: m_clean 18.881, m_corrupt -20.231, Δm 39.111" in out
     assert "heads (recovers: clean patched into corrupted run), layer × head" in out
-    assert "L1     0.59   0.00   0.11   0.31" in out
+    assert "L1    0.59   0.00   0.11   0.31" in out
     page = (tmp_path / "m.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and 'data-map="heads"' in page
 
@@ -56,7 +56,7 @@ def test_patch_map_repr_html_and_plot():
     pm = interptest.patch_sweep(model, ALEX[0], ALEX[2], "resid_pre", expect=" Hart")
     text = repr(pm)
     assert text.splitlines()[0] == "PatchMap(resid_pre, denoise: m_clean 18.881, m_corrupt -20.231, Δm 39.111)"
-    assert "·Hart" in text and "L0     0.00   0.00   0.00   0.00   0.00   1.00" in text
+    assert "·Hart" in text and "L0    0.00   0.00   0.00   0.00   0.00   1.00" in text
     assert 'data-map="resid_pre"' in pm._repr_html_() and "<style>" in pm._repr_html_()
     assert pm.delta == pytest.approx(39.111, abs=1e-3)
     matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is the 'plot' extra")
