@@ -4,6 +4,7 @@ work to :class:`interptest.session.InterpSession`. The only module of interptest
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,8 +27,11 @@ INI_FILES = "interp_files"
 
 _OPTIONS = {
     # dest: (help, default)
-    OPTION_MODEL: ("model for every behavior, overriding the specs: a name (gpt2) or a checkpoint directory; "
-                   "the ini key sets the default for specs that name none", "interptest-tiny"),
+    OPTION_MODEL: (
+        "model for every behavior, overriding the specs: a name (gpt2) or a checkpoint directory; "
+        "the ini key sets the default for specs that name none",
+        "interptest-tiny",
+    ),
     OPTION_DEVICE: ("device to run models on: auto, cpu, cuda, cuda:N, mps", "auto"),
     OPTION_DTYPE: ("model dtype: float32, bfloat16, float16", "float32"),
     OPTION_THREADS: ("torch intra-op threads (default: auto, at most the CPUs available)", "auto"),
@@ -35,12 +39,16 @@ _OPTIONS = {
     OPTION_REPORT: ("write results.json and report.html (heatmaps) into this directory", ""),
     OPTION_BASELINE_TOLERANCE: ("how far a map cell may move from its baseline (default 0.05)", "0.05"),
     OPTION_SEED: ("seed of the samples drawn for prompt families and of noise corruptions (default 0)", "0"),
-    OPTION_REPEAT_LENGTH: ("length of the random token sequence that head-score claims 'on random_repeat' "
-                           "repeat twice (default 20)", "20"),
-    OPTION_RANDOM_SETS: ("how many random node sets of the same composition a 'beats random' claim is compared "
-                         "with (default 200)", "200"),
+    OPTION_REPEAT_LENGTH: (
+        "length of the random token sequence that head-score claims 'on random_repeat' repeat twice (default 20)",
+        "20",
+    ),
+    OPTION_RANDOM_SETS: (
+        "how many random node sets of the same composition a 'beats random' claim is compared with (default 200)",
+        "200",
+    ),
 }
-_SESSION_KEY = pytest.StashKey()
+_SESSION_KEY: pytest.StashKey[Any] = pytest.StashKey()  # the run's InterpSession
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,20 +56,41 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for dest, (help_text, default) in _OPTIONS.items():
         group.addoption("--" + dest.replace("_", "-"), dest=dest, default=None, help=help_text)
         parser.addini(dest, help_text, default=default)
-    group.addoption("--interp-baseline-update", dest=OPTION_BASELINE_UPDATE, action="store_true", default=None,
-                    help="write each behavior's patching maps to __baselines__/<spec>.json beside its spec")
-    parser.addini(OPTION_BASELINE_UPDATE, "always update baselines (see --interp-baseline-update)", type="bool",
-                  default=False)
-    group.addoption("--interp-suggest", dest=OPTION_SUGGEST, action="store_true", default=None,
-                    help="print, per behavior, the strongest localization claims that hold, as YAML to paste")
+    group.addoption(
+        "--interp-baseline-update",
+        dest=OPTION_BASELINE_UPDATE,
+        action="store_true",
+        default=None,
+        help="write each behavior's patching maps to __baselines__/<spec>.json beside its spec",
+    )
+    parser.addini(
+        OPTION_BASELINE_UPDATE, "always update baselines (see --interp-baseline-update)", type="bool", default=False
+    )
+    group.addoption(
+        "--interp-suggest",
+        dest=OPTION_SUGGEST,
+        action="store_true",
+        default=None,
+        help="print, per behavior, the strongest localization claims that hold, as YAML to paste",
+    )
     parser.addini(OPTION_SUGGEST, "always print suggested claims (see --interp-suggest)", type="bool", default=False)
-    group.addoption("--interp-report-all", dest=OPTION_REPORT_ALL, action="store_true", default=None,
-                    help="sweep every component of every behavior with a corruption, so that the report draws "
-                         "every map, not only those of the claimed components")
-    parser.addini(OPTION_REPORT_ALL, "always sweep every component (see --interp-report-all)", type="bool",
-                  default=False)
-    parser.addini(INI_FILES, "glob patterns of spec files; replaces the default rule (YAML files inside a "
-                             "'behaviors' directory)", type="linelist", default=[])
+    group.addoption(
+        "--interp-report-all",
+        dest=OPTION_REPORT_ALL,
+        action="store_true",
+        default=None,
+        help="sweep every component of every behavior with a corruption, so that the report draws "
+        "every map, not only those of the claimed components",
+    )
+    parser.addini(
+        OPTION_REPORT_ALL, "always sweep every component (see --interp-report-all)", type="bool", default=False
+    )
+    parser.addini(
+        INI_FILES,
+        "glob patterns of spec files; replaces the default rule (YAML files inside a 'behaviors' directory)",
+        type="linelist",
+        default=[],
+    )
 
 
 def _option(config: pytest.Config, dest: str):
@@ -95,10 +124,21 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except OptionError as error:
         raise pytest.UsageError(str(error)) from None
-    explicit = [Path(config.invocation_params.dir, arg.split("::")[0]) for arg in config.invocation_params.args
-                if not arg.startswith("-")]
+    explicit = [
+        Path(config.invocation_params.dir, arg.split("::")[0])
+        for arg in config.invocation_params.args
+        if not arg.startswith("-")
+    ]
     session = config.stash[_SESSION_KEY] = InterpSession(options, config.rootpath, explicit)
-    if not hasattr(config, "workerinput"):
+    worker = getattr(config, "workerinput", None)
+    if worker is not None and Path(worker.get("interptest_share", "")).is_dir():
+        # An xdist worker on the controller's machine: bind at setup, validate once per model (SharedValidation).
+        from interptest.session import SharedValidation
+
+        session.shared = SharedValidation(
+            worker["interptest_share"], int(worker["workerid"].lstrip("gw") or 0), int(worker.get("workercount", 1))
+        )
+    if worker is None:
         config.pluginmanager.register(_Reporter(session), "interptest-reporter")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(session), "interptest-xdist")
@@ -106,7 +146,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(_SESSION_KEY, None)
-    if session is not None:
+    if session is not None and not hasattr(config, "workerinput"):  # an xdist worker exits right after: no gc
         session.close()
 
 
@@ -152,11 +192,27 @@ class _Reporter:
 
 
 class _XdistHooks:
-    """pytest-xdist's hooks, registered only where xdist is installed: YAML files a worker saw but did not
+    """pytest-xdist's hooks, registered only where xdist is installed: the controller hands every worker a
+    directory for the validation verdicts (see SharedValidation); YAML files a worker saw but did not
     collect as specs travel to the controller, which prints the collection-rule hint."""
 
     def __init__(self, session):
         self.session = session
+        self.share: str | None = None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        if self.share is None:
+            import tempfile
+
+            self.share = tempfile.mkdtemp(prefix="interptest-xdist-")
+        node.workerinput["interptest_share"] = self.share
+
+    def pytest_unconfigure(self) -> None:
+        if self.share is not None:
+            import shutil
+
+            shutil.rmtree(self.share, ignore_errors=True)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
@@ -191,19 +247,48 @@ class SpecFile(pytest.File):
             spec = session.load_file(self.path)
             for behavior in spec.behaviors:
                 bound, unavailable = None, None
-                if not behavior.skip:
+                if not behavior.skip and session.shared is None:  # xdist workers bind later
                     try:
                         bound = session.bind(behavior)
                     except ModelSkipped as skipped:
                         unavailable = str(skipped)
-                item = BehaviorItem.from_parent(self, name=behavior.name, behavior=behavior, bound=bound,
-                                                model_name=session.model_name(behavior))
+                item = BehaviorItem.from_parent(
+                    self, name=behavior.name, behavior=behavior, bound=bound, model_name=session.model_name(behavior)
+                )
                 session.collected += 1
                 if unavailable:
                     item.add_marker(pytest.mark.skip(reason=f"model not available: {unavailable}"))
                 yield item
         except InterpError as error:
             raise self.CollectError(str(error)) from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """On an xdist worker: the verdicts of binding every collected behavior, one worker per model; a spec
+    file a verdict rejects is a collection error, as in a serial run (where SpecFile.collect binds)."""
+    interp = _session(config)
+    if interp.shared is None:
+        return
+    behaviors = {
+        item.nodeid: item.behavior for item in items if isinstance(item, BehaviorItem) and not item.behavior.skip
+    }
+    if not behaviors:
+        return
+    verdicts, bound = interp.shared.run(interp, behaviors)
+    failed: dict = {}
+    for item in items:
+        verdict = verdicts.get(item.nodeid, {}) if isinstance(item, BehaviorItem) else {}
+        if "error" in verdict:
+            failed.setdefault(item.parent, verdict["error"])  # the file's first failing behavior, as serially
+        elif "skip" in verdict:
+            item.add_marker(pytest.mark.skip(reason=f"model not available: {verdict['skip']}"))
+        if item.nodeid in bound:
+            item.bound = bound[item.nodeid]
+    for spec_file, message in failed.items():
+        config.hook.pytest_collectreport(report=pytest.CollectReport(spec_file.nodeid, "failed", message, []))
+    if failed:
+        items[:] = [item for item in items if getattr(item, "parent", None) not in failed]
 
 
 class BehaviorItem(pytest.Item):
@@ -222,19 +307,28 @@ class BehaviorItem(pytest.Item):
         # Under `pytest -n N --dist loadgroup`, behaviors of one model share a worker.
         self.add_marker(pytest.mark.xdist_group(model_name))
 
+    def setup(self) -> None:
+        if self.bound is None and not self.behavior.skip:  # under xdist: bound here, on the worker that runs it
+            from interptest.session import ModelSkipped
+
+            try:
+                self.bound = _session(self.config).bind(self.behavior)
+            except ModelSkipped as skipped:
+                pytest.skip(f"model not available: {skipped}")
+
     def runtest(self) -> None:
         from interptest.check import BehaviorFailed
 
-        self.result = _session(self.config).run(self.bound)
-        if not self.result.passed:
-            raise BehaviorFailed(self.result)
+        result = self.result = _session(self.config).run(self.bound)
+        if not result.passed:
+            raise BehaviorFailed(result)
 
     def repr_failure(self, excinfo, style=None):
         from interptest.check import BehaviorFailed
         from interptest.render import render_failure
 
         if isinstance(excinfo.value, BehaviorFailed):
-            reporter = self.config.pluginmanager.get_plugin("terminalreporter")   # absent with -p no:terminal
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")  # absent with -p no:terminal
             markup = reporter is not None and self.config.get_terminal_writer().hasmarkup
             return render_failure(excinfo.value.result, color=markup)
         if isinstance(excinfo.value, InterpError):

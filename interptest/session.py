@@ -31,26 +31,26 @@ class OptionError(InterpError):
 
 @dataclass(frozen=True)
 class Options:
-    model: str | None = None          # --interp-model: beats every spec
+    model: str | None = None  # --interp-model: beats every spec
     default_model: str = DEFAULT_MODEL  # ini interp_model: used when neither behavior nor file names one
     device: str = "auto"
     dtype: str = "float32"
     threads: int | None = None
     batch_size: int | None = None
-    files: tuple[str, ...] = ()       # ini interp_files: replaces the default collection rule
-    report: str | None = None         # --interp-report DIR
-    baseline_update: bool = False     # --interp-baseline-update
+    files: tuple[str, ...] = ()  # ini interp_files: replaces the default collection rule
+    report: str | None = None  # --interp-report DIR
+    baseline_update: bool = False  # --interp-baseline-update
     baseline_tolerance: float = 0.05  # ini interp_baseline_tolerance
-    suggest: bool = False             # --interp-suggest
-    report_all: bool = False          # --interp-report-all: sweep every component, not only the claimed ones
+    suggest: bool = False  # --interp-suggest
+    report_all: bool = False  # --interp-report-all: sweep every component, not only the claimed ones
     repeat_length: int | None = None  # --interp-repeat-length: random_repeat sequences of head-score claims
-    random_sets: int | None = None    # --interp-random-sets: random node sets of a 'beats random' claim
-    seed: int = 0                     # --interp-seed: which samples prompt families draw
+    random_sets: int | None = None  # --interp-random-sets: random node sets of a 'beats random' claim
+    seed: int = 0  # --interp-seed: which samples prompt families draw
 
     @staticmethod
     def validate_device(value: str) -> str:
         if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
-            if value not in ("auto", "cpu"):        # only then is torch imported here
+            if value not in ("auto", "cpu"):  # only then is torch imported here
                 from interptest.model import device_problem
 
                 problem = device_problem(value)
@@ -96,6 +96,93 @@ class Options:
         return number
 
 
+class SharedValidation:
+    """Binding under pytest-xdist, where every worker collects every behavior: each model's behaviors are
+    bound (validated) at collection by one worker only, which writes its verdicts into a directory the
+    controller shares; the other workers read them, so a spec the model rejects is a collection error on
+    every worker alike, and they load a model only when they run one of its behaviors (binding at setup).
+
+    The validator of a model is its index among the run's sorted model names modulo the number of
+    workers. A worker that waits for a validator that died, or that has not started validating within
+    ``timeout`` seconds, validates that model itself."""
+
+    def __init__(self, directory: str, worker: int, workers: int, timeout: float = 120.0):
+        self.directory, self.worker, self.workers, self.timeout = Path(directory), worker, max(1, workers), timeout
+
+    def _file(self, model: str, kind: str) -> Path:
+        import hashlib
+
+        return self.directory / f"{hashlib.sha256(model.encode()).hexdigest()[:20]}.{kind}"
+
+    def run(self, session: InterpSession, behaviors: dict[str, BehaviorSpec]) -> tuple[dict, dict]:
+        """Verdicts {nodeid: {} | {"error": message} | {"skip": reason}} of every behavior, and the
+        behaviors this worker bound itself {nodeid: BoundBehavior}."""
+        import json
+        import os
+        import time
+
+        from interptest.files import atomic_write
+
+        by_model: dict[str, dict[str, BehaviorSpec]] = {}
+        for nodeid, behavior in behaviors.items():
+            by_model.setdefault(session.model_name(behavior), {})[nodeid] = behavior
+        models = sorted(by_model)
+        verdicts: dict = {}
+        bound: dict = {}
+
+        def validate(model: str) -> None:
+            found: dict[str, dict] = {}
+            for nodeid, behavior in by_model[model].items():
+                try:
+                    bound[nodeid] = session.bind(behavior)
+                    found[nodeid] = {}
+                except ModelSkipped as skipped:
+                    found[nodeid] = {"skip": str(skipped)}
+                except InterpError as error:
+                    found[nodeid] = {"error": str(error)}
+            atomic_write(self._file(model, "json"), json.dumps(found))
+            verdicts.update(found)
+
+        mine = [m for i, m in enumerate(models) if i % self.workers == self.worker]
+        for model in mine:
+            atomic_write(self._file(model, "pid"), str(os.getpid()))
+            validate(model)
+        others = [m for m in models if m not in mine]
+        if others:
+            # This worker will likely run some of these behaviors: import the stack while the validators bind.
+            import transformer_lens.model_bridge.sources.transformers  # noqa: F401
+        start = time.monotonic()
+        for model in others:
+            while True:
+                path = self._file(model, "json")
+                if path.is_file():
+                    verdicts.update(json.loads(path.read_text(encoding="utf-8")))
+                    break
+                pid = self._file(model, "pid")
+                if _dead(pid) or (not pid.is_file() and time.monotonic() - start > self.timeout):
+                    validate(model)
+                    break
+                time.sleep(0.05)
+        return verdicts, bound
+
+
+def _dead(pid_file: Path) -> bool:
+    """Whether the process that wrote ``pid_file`` has exited (False while the file does not exist)."""
+    import os
+
+    try:
+        pid = int(pid_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 class InterpSession:
     def __init__(self, options: Options, rootpath: Path, explicit_args: list[Path]):
         self.options = options
@@ -105,8 +192,9 @@ class InterpSession:
         self.models = ModelCache(device=device, dtype=options.dtype, threads=options.threads)
         self.records: list[dict] = []
         self._baselines: dict[str, dict] = {}
-        self.unclaimed: set[str] = set()   # YAML files with a 'behaviors' list that the collection rule skipped
-        self.collected = 0                  # behaviors collected in this process
+        self.unclaimed: set[str] = set()  # YAML files with a 'behaviors' list that the collection rule skipped
+        self.collected = 0  # behaviors collected in this process
+        self.shared: SharedValidation | None = None  # set on xdist workers: bind at setup, validate shared
 
     # -- collection
     def is_spec_file(self, path: Path) -> bool:
@@ -145,10 +233,12 @@ class InterpSession:
         files = sorted(self.unclaimed)
         first = files[0]
         folder = first.rsplit("/", 1)[0] if "/" in first else "."
-        return [f"interptest: {len(files)} YAML file(s) with a 'behaviors' list were not collected as specs: "
-                f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}",
-                f"  a spec is collected when it is inside a directory named '{SPEC_DIRECTORY}', named on the command "
-                f"line (pytest {first}), or matched by the ini key interp_files (e.g. interp_files = {folder}/*.yaml)"]
+        return [
+            f"interptest: {len(files)} YAML file(s) with a 'behaviors' list were not collected as specs: "
+            f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}",
+            f"  a spec is collected when it is inside a directory named '{SPEC_DIRECTORY}', named on the command "
+            f"line (pytest {first}), or matched by the ini key interp_files (e.g. interp_files = {folder}/*.yaml)",
+        ]
 
     def load_file(self, path: Path):
         return load_spec_file(path)
@@ -179,11 +269,17 @@ class InterpSession:
             if behavior.if_model_unavailable == "skip":
                 raise ModelSkipped(str(error)) from None
             source = self.model_source(behavior)
-            if source is not None:      # the spec did not name this model: blame what did
-                raise SpecError(f"{source} {name!r}: {error}", path=behavior.path, line=behavior.line,
-                                behavior=behavior.name) from None
-            raise SpecError(str(error), path=behavior.path, line=behavior.key_lines.get("model", behavior.line),
-                            behavior=behavior.name, key="model") from None
+            if source is not None:  # the spec did not name this model: blame what did
+                raise SpecError(
+                    f"{source} {name!r}: {error}", path=behavior.path, line=behavior.line, behavior=behavior.name
+                ) from None
+            raise SpecError(
+                str(error),
+                path=behavior.path,
+                line=behavior.key_lines.get("model", behavior.line),
+                behavior=behavior.name,
+                key="model",
+            ) from None
         return bind_behavior(behavior, model, name, self.options.seed, self.run_options())
 
     def run_options(self) -> dict:
@@ -233,12 +329,14 @@ class InterpSession:
             except ValueError as error:
                 raise SpecError(str(error), path=behavior.path) from None
         stored = self._baselines[behavior.path].get(behavior.name)
-        passed, detail = baselines.compare(stored, map_entries(result), result.tokens,
-                                           self.options.baseline_tolerance)
+        passed, detail = baselines.compare(stored, map_entries(result), result.tokens, self.options.baseline_tolerance)
         result.baseline = {"status": "missing" if stored is None else "ok" if passed else "moved", "detail": detail}
         if stored is not None:
-            result.checks.append(CheckResult(f"maps match the baseline (tolerance {self.options.baseline_tolerance:g})",
-                                             passed, None, detail))
+            result.checks.append(
+                CheckResult(
+                    f"maps match the baseline (tolerance {self.options.baseline_tolerance:g})", passed, None, detail
+                )
+            )
 
     def record(self, behavior: BehaviorSpec, nodeid: str, result, report) -> dict | None:
         """The record of one behavior, from the report phase that decides its outcome."""
@@ -294,8 +392,11 @@ class InterpSession:
         notes, never_recorded = [], []
         for spec_file, ran in sorted(by_file.items()):
             if self.options.baseline_update:
-                entries = {name: {"model": r["model"], "tokens": r["tokens"], "maps": r["maps"]}
-                           for name, r in ran.items() if r["maps"]}
+                entries = {
+                    name: {"model": r["model"], "tokens": r["tokens"], "maps": r["maps"]}
+                    for name, r in ran.items()
+                    if r["maps"]
+                }
                 if entries:
                     path = baselines.update(spec_file, entries)
                     notes.append(f"baseline updated: {path} ({len(entries)} behavior(s))")
@@ -313,11 +414,14 @@ class InterpSession:
             elif missing:
                 notes.append(f"no baseline for {', '.join(missing)} in {baselines.baseline_path(spec_file)}")
             if unused:
-                notes.append(f"unused baseline entries in {baselines.baseline_path(spec_file)}: {', '.join(unused)} "
-                             f"(no behavior of {spec_file.name} has that name)")
+                notes.append(
+                    f"unused baseline entries in {baselines.baseline_path(spec_file)}: {', '.join(unused)} "
+                    f"(no behavior of {spec_file.name} has that name)"
+                )
         if never_recorded:
-            notes.append(f"no baselines recorded for {len(never_recorded)} spec file(s) "
-                         "(--interp-baseline-update records them)")
+            notes.append(
+                f"no baselines recorded for {len(never_recorded)} spec file(s) (--interp-baseline-update records them)"
+            )
         return notes
 
     @staticmethod

@@ -1,9 +1,12 @@
 """Messages that name the real cause and the fix (issue 13.3): each mistake a new user makes, and the
 text interptest answers with."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
+import interptest.spec
 from interptest.errors import SpecError
 from interptest.spec import parse_spec
 
@@ -170,10 +173,12 @@ behaviors:
 """,
         str(tmp_path / "f.yaml"),
     )
+    shipped = sorted(p.stem for p in (Path(interptest.spec.__file__).parent / "lexicons").glob("*.txt"))
+    assert "surnames" in shipped and "pets" not in shipped
     assert "key 'vars.last': lexicon @surname not found: looked for " in message
     assert message.endswith(
         "did you mean @surnames? lexicons beside the spec: @pets; shipped with interptest: "
-        "@capitals, @countries, @names, @objects, @places, @surnames"
+        + ", ".join("@" + name for name in shipped)
     )
 
 
