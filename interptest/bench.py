@@ -51,43 +51,98 @@ _TL_FN = {
 # name -> (transformers config class, its arguments); random weights, float32
 SHAPES = {
     "gpt2-small": ("GPT2Config", dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)),
-    "pythia-410m": ("GPTNeoXConfig", dict(vocab_size=50304, hidden_size=1024, num_hidden_layers=24,
-                                          num_attention_heads=16, intermediate_size=4096, rotary_pct=0.25,
-                                          use_parallel_residual=True, max_position_embeddings=2048)),
-    "llama-1b": ("LlamaConfig", dict(vocab_size=128256, hidden_size=2048, num_hidden_layers=16,
-                                     num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-                                     intermediate_size=8192, max_position_embeddings=2048, rope_theta=500000.0,
-                                     tie_word_embeddings=True)),
+    "pythia-410m": (
+        "GPTNeoXConfig",
+        dict(
+            vocab_size=50304,
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            max_position_embeddings=2048,
+        ),
+    ),
+    "llama-1b": (
+        "LlamaConfig",
+        dict(
+            vocab_size=128256,
+            hidden_size=2048,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=64,
+            intermediate_size=8192,
+            max_position_embeddings=2048,
+            rope_theta=500000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
     "gpt2-tiny": ("GPT2Config", dict(vocab_size=50257, n_positions=512, n_embd=128, n_layer=4, n_head=4)),
-    "pythia-tiny": ("GPTNeoXConfig", dict(vocab_size=50304, hidden_size=128, num_hidden_layers=4,
-                                          num_attention_heads=4, intermediate_size=512, rotary_pct=0.25,
-                                          use_parallel_residual=True, max_position_embeddings=512)),
-    "llama-tiny": ("LlamaConfig", dict(vocab_size=32000, hidden_size=128, num_hidden_layers=4, num_attention_heads=8,
-                                       num_key_value_heads=2, intermediate_size=512, max_position_embeddings=512,
-                                       tie_word_embeddings=False)),
+    "pythia-tiny": (
+        "GPTNeoXConfig",
+        dict(
+            vocab_size=50304,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=512,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            max_position_embeddings=512,
+        ),
+    ),
+    "llama-tiny": (
+        "LlamaConfig",
+        dict(
+            vocab_size=32000,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            intermediate_size=512,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+        ),
+    ),
 }
 # the GPU suite of issue 9.3: (shape, tokens incl. BOS, components)
-GPU_SUITE = [("gpt2-small", 17, ["resid_pre", "heads"]), ("gpt2-small", 65, ["resid_pre", "heads"]),
-             ("pythia-410m", 64, ["resid_pre"]), ("llama-1b", 129, ["resid_pre", "heads"])]
+GPU_SUITE = [
+    ("gpt2-small", 17, ["resid_pre", "heads"]),
+    ("gpt2-small", 65, ["resid_pre", "heads"]),
+    ("pythia-410m", 64, ["resid_pre"]),
+    ("llama-1b", 129, ["resid_pre", "heads"]),
+]
 
 
 def _save_tokenizer(tmp: str) -> None:
     import transformers as tf
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    corpus = ["When Mary and John went to the store, John gave a drink to Mary.",
-              "The Eiffel Tower is in Paris. The Colosseum is in Rome.",
-              "one two three four five six seven eight nine ten eleven twelve"] * 4
+    corpus = [
+        "When Mary and John went to the store, John gave a drink to Mary.",
+        "The Eiffel Tower is in Paris. The Colosseum is in Rome.",
+        "one two three four five six seven eight nine ten eleven twelve",
+    ] * 4
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tok.token_to_id("<|endoftext|>"))])
-    tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                               unk_token="<|endoftext|>").save_pretrained(tmp)
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tok.token_to_id("<|endoftext|>"))]
+    )
+    tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    ).save_pretrained(tmp)
 
 
 def build_shape(name: str, tmp: str, device: str = "cpu"):
@@ -106,11 +161,11 @@ def build_shape(name: str, tmp: str, device: str = "cpu"):
     cfg.save_pretrained(path)
     torch.manual_seed(0)
     with torch.device(device):
-        hf = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", torch_dtype=torch.float32)
+        hf = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
     with torch.no_grad():
         for p in hf.parameters():
             if p.ndim >= 2:
-                p.normal_(0.0, d ** -0.5)
+                p.normal_(0.0, d**-0.5)
     hf.eval()
     return _boot(path, device, hf_model=hf)
 
@@ -129,7 +184,7 @@ def _boot(path: str, device: str = "cpu", hf_model=None):
     return m
 
 
-def _load_tiny():
+def _load_tiny(device: str = "cpu"):
     here = os.path.join(os.path.dirname(__file__), "zoo", "interptest-tiny")
     if not os.path.isdir(here):
         return None, f"interptest-tiny not found at {here} (skipped)"
@@ -138,7 +193,7 @@ def _load_tiny():
             from interptest.model import load_model
         except ImportError:
             load_model = None
-        return (load_model("interptest-tiny") if load_model else _boot(here)), ""
+        return (load_model("interptest-tiny", device=device) if load_model else _boot(here, device)), ""
     except Exception as e:  # the model is being trained by someone else; never fail the bench on it
         return None, f"interptest-tiny could not be loaded ({type(e).__name__}: {e}) (skipped)"
 
@@ -159,9 +214,9 @@ def _case_tokens(model, n: int, seed: int, repeated: bool = False):
         clean[0, 0] = bos
     where = min(4, n - 1)
     if repeated:
-        span = (n - 1) - (n - 1) // 2                # the first copy; the second stops one token short
-        clean[0, 1 + span:] = clean[0, 1:n - span]
-        where = span                                 # the token the last position will copy
+        span = (n - 1) - (n - 1) // 2  # the first copy; the second stops one token short
+        clean[0, 1 + span :] = clean[0, 1 : n - span]
+        where = span  # the token the last position will copy
     corrupt = clean.clone()
     corrupt[0, where] = (clean[0, where] + 7) % (vocab - 1) + 1
     return clean, corrupt
@@ -233,8 +288,10 @@ def _fmt_mib(peak) -> str:
     return "-" if peak is None else f"{peak:.0f}"
 
 
-HEADER = (f"{'model':<16} {'tok':>4} {'component':<10} {'TL s':>8} {'generic s':>9} {'ours s':>8} {'vs TL':>7} "
-          f"{'vs gen':>7} {'max|Δ|':>9} {'Δm':>7} {'TL/fl':>6} {'vs floor':>8} {'MiB TL':>7} {'MiB ours':>8}")
+HEADER = (
+    f"{'model':<16} {'tok':>4} {'component':<10} {'TL s':>8} {'generic s':>9} {'ours s':>8} {'vs TL':>7} "
+    f"{'vs gen':>7} {'max|Δ|':>9} {'Δm':>7} {'TL/fl':>6} {'vs floor':>8} {'MiB TL':>7} {'MiB ours':>8}"
+)
 
 
 def run_case(model, name, n, components, repeats, out=print, generic=True, clock=None):
@@ -259,6 +316,7 @@ def run_case(model, name, n, components, repeats, out=print, generic=True, clock
             out(f"{name:<16} {n:>4} {comp:<10}  (no TransformerLens reference for {comp}; skipped)")
             continue
         try:
+
             def ours_fn(engine="auto"):
                 pt = Patcher(model, clean, corrupt, expect, foil, engine=engine)
                 return pt, pt.sweep(comp, "denoise").values
@@ -290,9 +348,11 @@ def run_case(model, name, n, components, repeats, out=print, generic=True, clock
         floor_time_at_tl_rate = floor / tl_units * t_tl
         gen = f"{t_gen:>9.3f}" if t_gen is not None else f"{'-':>9}"
         vs_gen = f"{t_gen / t_ours:>6.1f}x" if t_gen is not None else f"{'-':>7}"
-        out(f"{name:<16} {n:>4} {comp:<10} {t_tl:>8.3f} {gen} {t_ours:>8.3f} {t_tl / t_ours:>6.1f}x {vs_gen} "
+        out(
+            f"{name:<16} {n:>4} {comp:<10} {t_tl:>8.3f} {gen} {t_ours:>8.3f} {t_tl / t_ours:>6.1f}x {vs_gen} "
             f"{delta:>9.1e} {mc - mx:>7.2f} {tl_units / floor:>5.1f}x {t_ours / floor_time_at_tl_rate:>8.2f} "
-            f"{_fmt_mib(peak_tl):>7} {_fmt_mib(peak_ours):>8}  [{pt.engine}]")
+            f"{_fmt_mib(peak_tl):>7} {_fmt_mib(peak_ours):>8}  [{pt.engine}]"
+        )
 
 
 def family_tokens(model, samples: int, seed: int = 0):
@@ -307,8 +367,9 @@ def family_tokens(model, samples: int, seed: int = 0):
     here = Path(__file__).parent / "lexicons"
 
     def lexicon(name):
-        return [w.strip() for w in (here / f"{name}.txt").read_text().splitlines()
-                if w.strip() and not w.startswith("#")]
+        return [
+            w.strip() for w in (here / f"{name}.txt").read_text().splitlines() if w.strip() and not w.startswith("#")
+        ]
 
     names, surnames = lexicon("names"), lexicon("surnames")
     rng = random.Random(seed)
@@ -326,15 +387,17 @@ def family_tokens(model, samples: int, seed: int = 0):
             corrupt.append(x)
     clean, corrupt = torch.cat(clean), torch.cat(corrupt)
     with torch.inference_mode():
-        lc, lx = model(clean)[:, -1], model(corrupt)[:, -1]
+        lc, lx = model(clean)[:, -1].cpu(), model(corrupt)[:, -1].cpu()
     expect = lc.argmax(-1)
     masked = lx.clone()
     masked[torch.arange(len(expect)), expect] = -torch.inf
     return clean, corrupt, expect.tolist(), masked.argmax(-1).tolist()
 
 
-FAMILY_HEADER = (f"{'model':<16} {'S':>4} {'component':<10} {'TL s':>8} {'generic s':>9} {'ours s':>8} {'vs TL':>7} "
-                 f"{'vs gen':>7} {'max|Δ|':>9} {'min Δm':>7}  sweep only: generic s, ours s, vs gen")
+FAMILY_HEADER = (
+    f"{'model':<16} {'S':>4} {'component':<10} {'TL s':>8} {'generic s':>9} {'ours s':>8} {'vs TL':>7} "
+    f"{'vs gen':>7} {'max|Δ|':>9} {'min Δm':>7}  sweep only: generic s, ours s, vs gen"
+)
 
 
 def run_family_case(model, name, samples, components, repeats, out=print, generic=True, clock=None):
@@ -352,7 +415,7 @@ def run_family_case(model, name, samples, components, repeats, out=print, generi
         fn_name = _TL_FN.get(comp)
         try:
             times = {}
-            for engine in (["auto", "generic"] if generic else ["auto"]):
+            for engine in ["auto", "generic"] if generic else ["auto"]:
                 built = {}
 
                 def run(engine=engine, built=built):
@@ -372,11 +435,16 @@ def run_family_case(model, name, samples, components, repeats, out=print, generi
                 def tl_fn():
                     refs = []
                     for s in range(S):
-                        _, cache = model.run_with_cache(clean[s:s + 1])
+                        _, cache = model.run_with_cache(clean[s : s + 1])
                         e, f, c, x = expect[s], foil[s], mc[s], mx[s]
-                        refs.append(getattr(tlp, fn_name)(
-                            model, corrupt[s:s + 1], cache,
-                            lambda lg, e=e, f=f, c=c, x=x: (lg[0, -1, e] - lg[0, -1, f] - x) / (c - x)))
+                        refs.append(
+                            getattr(tlp, fn_name)(
+                                model,
+                                corrupt[s : s + 1],
+                                cache,
+                                lambda lg, e=e, f=f, c=c, x=x: (lg[0, -1, e] - lg[0, -1, f] - x) / (c - x),
+                            )
+                        )
                     return torch.stack(refs)
 
                 t_tl, ref, _ = _timed(tl_fn, 1, clock)
@@ -389,12 +457,17 @@ def run_family_case(model, name, samples, components, repeats, out=print, generi
         vs_tl = f"{t_tl / t_ours:>6.1f}x" if t_tl is not None else f"{'-':>7}"
         if "generic" in times:
             t_gen, s_gen = times["generic"][:2]
-            gen, vs_gen, only = (f"{t_gen:>9.3f}", f"{t_gen / t_ours:>6.1f}x",
-                                 f"{s_gen:>9.3f} {s_ours:>8.3f} {s_gen / s_ours:>6.1f}x")
+            gen, vs_gen, only = (
+                f"{t_gen:>9.3f}",
+                f"{t_gen / t_ours:>6.1f}x",
+                f"{s_gen:>9.3f} {s_ours:>8.3f} {s_gen / s_ours:>6.1f}x",
+            )
         else:
             gen, vs_gen, only = f"{'-':>9}", f"{'-':>7}", f"{'-':>9} {s_ours:>8.3f}"
-        out(f"{name:<16} {S:>4} {comp:<10} {tl} {gen} {t_ours:>8.3f} {vs_tl} {vs_gen} {delta} {dm:>7.2f}  {only}"
-            f"  [{bp.engine}]")
+        out(
+            f"{name:<16} {S:>4} {comp:<10} {tl} {gen} {t_ours:>8.3f} {vs_tl} {vs_gen} {delta} {dm:>7.2f}  {only}"
+            f"  [{bp.engine}]"
+        )
 
 
 def _tl_faithful_reference(model, clean, corrupt, expect, foil, kept_sets):
@@ -421,10 +494,15 @@ def _tl_faithful_reference(model, clean, corrupt, expect, foil, kept_sets):
             def z(act, hook=None, heads=heads, src=src):
                 act[:, :, heads] = src[:, :, heads]
                 return act
+
             hooks.append((f"blocks.{layer}.attn.hook_z", z))
             if ("mlp_out", (layer, None)) not in kept:
-                hooks.append((f"blocks.{layer}.hook_mlp_out",
-                              lambda act, hook=None, v=cache[f"blocks.{layer}.hook_mlp_out"]: v.clone()))
+                hooks.append(
+                    (
+                        f"blocks.{layer}.hook_mlp_out",
+                        lambda act, hook=None, v=cache[f"blocks.{layer}.hook_mlp_out"]: v.clone(),
+                    )
+                )
         return m(hooks)
 
     empty = run(set())
@@ -454,11 +532,13 @@ def _tl_path_reference(model, clean, corrupt, expect, foil, sender, receiver):
     def keep(act, hook=None):
         recorded["k"] = act[:, :, rh].clone()
         return act
+
     model.run_with_hooks(corrupt, fwd_hooks=hooks + [(kname, keep)], stop_at_layer=rl + 1)
 
     def patch(act, hook=None):
         act[:, :, rh] = recorded["k"]
         return act
+
     logits = model.run_with_hooks(corrupt, fwd_hooks=[(kname, patch)])
     return float(logits[0, -1, expect] - logits[0, -1, foil])
 
@@ -483,8 +563,11 @@ def run_circuit_cases(model, name, n, sets=200, out=print):
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
     rng = random.Random(0)
     heads = [(l, h) for l in range(L) for h in range(H)]
-    kept_sets = [[("heads", (l, h, None)) for l, h in rng.sample(heads, min(4, len(heads)))]
-                 + [("mlp_out", (rng.randrange(L), None))] for _ in range(sets)]
+    kept_sets = [
+        [("heads", (l, h, None)) for l, h in rng.sample(heads, min(4, len(heads)))]
+        + [("mlp_out", (rng.randrange(L), None))]
+        for _ in range(sets)
+    ]
     with torch.inference_mode():
         t0 = time.perf_counter()
         ref = _tl_faithful_reference(model, clean, corrupt, expect, foil, kept_sets)
@@ -494,8 +577,10 @@ def run_circuit_cases(model, name, n, sets=200, out=print):
         ours = engine.faithfulness(kept_sets, "resample")[0]
         t_ours = time.perf_counter() - t0
     delta = float((ours - torch.tensor(ref, dtype=torch.float64)).abs().max())
-    out(f"{name:<16} {n:>4} {f'control {sets} sets':<22} {t_tl:>8.3f} {t_ours:>8.3f} {t_tl / t_ours:>7.1f}x "
-        f"{delta:>9.1e}")
+    out(
+        f"{name:<16} {n:>4} {f'control {sets} sets':<22} {t_tl:>8.3f} {t_ours:>8.3f} {t_tl / t_ours:>7.1f}x "
+        f"{delta:>9.1e}"
+    )
     receiver = (L - 1, 0)
     senders = [(l, h) for l in range(L - 1) for h in range(H)]
     with torch.inference_mode():
@@ -507,35 +592,53 @@ def run_circuit_cases(model, name, n, sets=200, out=print):
         t_tl = time.perf_counter() - t0
         t0 = time.perf_counter()
         engine = CircuitPatcher(model, clean, corrupt, [expect], [foil])
-        raw = engine.path([[("heads", (l, h, None))] for l, h in senders], [[("k", L - 1, 0, None)]], "corrupt",
-                          "clean")
+        raw = engine.path(
+            [[("heads", (l, h, None))] for l, h in senders], [[("k", L - 1, 0, None)]], "corrupt", "clean"
+        )
         ours = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), "denoise")[0, :, 0]
         t_ours = time.perf_counter() - t0
     delta = float((ours - torch.tensor(ref, dtype=torch.float64)).abs().max())
-    out(f"{name:<16} {n:>4} {f'path {len(senders)} senders -> k':<22} {t_tl:>8.3f} {t_ours:>8.3f} "
-        f"{t_tl / t_ours:>7.1f}x {delta:>9.1e}")
+    out(
+        f"{name:<16} {n:>4} {f'path {len(senders)} senders -> k':<22} {t_tl:>8.3f} {t_ours:>8.3f} "
+        f"{t_tl / t_ours:>7.1f}x {delta:>9.1e}"
+    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m interptest.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--components", default="resid_pre,resid_mid,attn_out,mlp_out,heads")
     ap.add_argument("--lengths", default="16,64")
-    ap.add_argument("--threads", default=None,
-                    help="comma-separated torch intra-op thread counts to compare (default: torch's)")
+    ap.add_argument(
+        "--threads", default=None, help="comma-separated torch intra-op thread counts to compare (default: torch's)"
+    )
     ap.add_argument("--quick", action="store_true", help="resid_pre only, 16 tokens, one repeat")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-tiny", action="store_true")
-    ap.add_argument("--family", type=int, default=40, metavar="S",
-                    help="samples of the interptest-tiny prompt-family case (0: skip it)")
+    ap.add_argument(
+        "--family",
+        type=int,
+        default=40,
+        metavar="S",
+        help="samples of the interptest-tiny prompt-family case (0: skip it)",
+    )
     ap.add_argument("--no-generic", action="store_true", help="do not time the generic hook engine")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    ap.add_argument("--shapes", default=None,
-                    help=f"comma-separated model shapes: {', '.join(SHAPES)} (default: gpt2-small; on cuda the "
-                         "GPU suite)")
-    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
-                    help="wall-clock time (default) or this process's CPU time (CPU runs on a shared machine)")
-    ap.add_argument("--circuits", action="store_true",
-                    help="instead of the node sweeps: a 200-set negative control and a path-patching sender sweep")
+    ap.add_argument(
+        "--shapes",
+        default=None,
+        help=f"comma-separated model shapes: {', '.join(SHAPES)} (default: gpt2-small; on cuda the GPU suite)",
+    )
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "process"],
+        default="wall",
+        help="wall-clock time (default) or this process's CPU time (CPU runs on a shared machine)",
+    )
+    ap.add_argument(
+        "--circuits",
+        action="store_true",
+        help="instead of the node sweeps: a 200-set negative control and a path-patching sender sweep",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -544,9 +647,13 @@ def main(argv=None) -> int:
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     repeats = args.repeats
     if args.quick:
-        comps, lengths, repeats = (["resid_pre"] if args.components == ap.get_default("components") else comps,
-                                   [16] if args.lengths == ap.get_default("lengths") else lengths, 1)
+        comps, lengths, repeats = (
+            ["resid_pre"] if args.components == ap.get_default("components") else comps,
+            [16] if args.lengths == ap.get_default("lengths") else lengths,
+            1,
+        )
     from interptest.patching import COMPONENTS
+
     bad = [c for c in comps if c not in COMPONENTS]
     if bad:
         print(f"unknown component(s) {bad}; valid: {', '.join(COMPONENTS)}", file=sys.stderr)
@@ -561,7 +668,7 @@ def main(argv=None) -> int:
         print(f"unknown shape(s) {unknown}; valid: {', '.join(SHAPES)}", file=sys.stderr)
         return 2
     if shapes is None and device.startswith("cuda") and not args.circuits:
-        cases = [c for c in GPU_SUITE]       # the GPU suite, its own lengths and components
+        cases = [c for c in GPU_SUITE]  # the GPU suite, its own lengths and components
     else:
         cases = [(shape, n, comps) for shape in (shapes or ["gpt2-small"]) for n in lengths]
     threads = [int(x) for x in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
@@ -583,16 +690,14 @@ def main(argv=None) -> int:
 
         tiny = None
         if not args.no_tiny:
-            tiny, msg = _load_tiny()
+            tiny, msg = _load_tiny(device)
             if tiny is None:
                 print(f"# {msg}")
-            elif device != "cpu":
-                tiny = tiny.to(device)
         if args.circuits:
             models = [("gpt2-small-arch", model_for("gpt2-small"))] + ([("interptest-tiny", tiny)] if tiny else [])
             print(f"{'model':<16} {'tok':>4} {'case':<22} {'TL s':>8} {'ours s':>8} {'ratio':>8} {'max|Δ|':>9}")
             for name, model in models:
-                for n in ([16] if args.lengths == ap.get_default("lengths") else lengths):
+                for n in [16] if args.lengths == ap.get_default("lengths") else lengths:
                     run_circuit_cases(model, name, n)
                     sys.stdout.flush()
             return 0
@@ -601,8 +706,15 @@ def main(argv=None) -> int:
             print(f"\n## torch threads = {nt}, device {device}, clock {args.clock}")
             print(HEADER)
             for shape, n, cs in cases:
-                run_case(model_for(shape), shape if shape != "gpt2-small" else "gpt2-small-arch", n, cs, repeats,
-                         generic=not args.no_generic, clock=clock)
+                run_case(
+                    model_for(shape),
+                    shape if shape != "gpt2-small" else "gpt2-small-arch",
+                    n,
+                    cs,
+                    repeats,
+                    generic=not args.no_generic,
+                    clock=clock,
+                )
                 sys.stdout.flush()
             if tiny is not None:
                 for n in lengths:
@@ -611,16 +723,19 @@ def main(argv=None) -> int:
                 if args.family > 0:
                     print()
                     print(FAMILY_HEADER)
-                    run_family_case(tiny, "interptest-tiny", args.family, comps, repeats,
-                                    generic=not args.no_generic, clock=clock)
+                    run_family_case(
+                        tiny, "interptest-tiny", args.family, comps, repeats, generic=not args.no_generic, clock=clock
+                    )
                     sys.stdout.flush()
-        print("\nvs TL, vs gen = TransformerLens's / the generic engine's time over ours.  Δm = m_clean - m_corrupt, "
-              "the normalizer: float32 rounding of the logits (~1e-6) is divided by it, so max|Δ| grows on random-token "
-              "prompts whose corruption barely matters.  TL/fl = TransformerLens's work over the exact floor, in "
-              "layer-token units (one layer on one token; unembedding of one token = d_vocab*d_model/per-layer "
-              "flops).  'vs floor' = our time / (time TL would need for the floor's units at TL's units/s); < 1 means "
-              "faster than the exact floor at TL's efficiency (only 2 logits are computed).  MiB = peak device memory "
-              "(CUDA only).")
+        print(
+            "\nvs TL, vs gen = TransformerLens's / the generic engine's time over ours.  Δm = m_clean - m_corrupt, "
+            "the normalizer: float32 rounding of the logits (~1e-6) is divided by it, so max|Δ| grows on random-token "
+            "prompts whose corruption barely matters.  TL/fl = TransformerLens's work over the exact floor, in "
+            "layer-token units (one layer on one token; unembedding of one token = d_vocab*d_model/per-layer "
+            "flops).  'vs floor' = our time / (time TL would need for the floor's units at TL's units/s); < 1 means "
+            "faster than the exact floor at TL's efficiency (only 2 logits are computed).  MiB = peak device memory "
+            "(CUDA only)."
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
