@@ -31,5 +31,14 @@ from interptest.patching.base import (
 from interptest.patching.batch import BatchPatcher
 from interptest.patching.single import Patcher, patch_sweep
 
-__all__ = ["COMPONENTS", "DIRECTIONS", "BatchPatcher", "PatchMap", "Patcher", "check_answer_ids",
-           "check_same_length", "model_device", "patch_sweep"]
+__all__ = [
+    "COMPONENTS",
+    "DIRECTIONS",
+    "BatchPatcher",
+    "PatchMap",
+    "Patcher",
+    "check_answer_ids",
+    "check_same_length",
+    "model_device",
+    "patch_sweep",
+]

@@ -23,7 +23,7 @@ DIRECTIONS = ("denoise", "noise")
 # CUDA device this fraction of its free memory (measured when a patcher is built), at least the CPU's.
 BATCH_BUDGET = 256 * 2**20
 CUDA_FREE_FRACTION = 0.5
-MAX_ROWS = 128        # rows per forward of the bridge (generic engine)
+MAX_ROWS = 128  # rows per forward of the bridge (generic engine)
 MAX_ROWS_FAST = 1024  # rows per forward of the fast engine (one layer's rows share its matrix products)
 
 
@@ -45,9 +45,11 @@ class PatchMap:
     def __repr__(self) -> str:
         from interptest.render import render_map
 
-        head = (f"PatchMap({self.component}, {self.direction}: m_clean {self.clean_metric:.3f}, m_corrupt "
-                f"{self.corrupt_metric:.3f}, Δm {self.delta:.3f})")
-        table = [line[2:] for line in render_map(self)[1:] if "claimed cell" not in line]   # no claims here
+        head = (
+            f"PatchMap({self.component}, {self.direction}: m_clean {self.clean_metric:.3f}, m_corrupt "
+            f"{self.corrupt_metric:.3f}, Δm {self.delta:.3f})"
+        )
+        table = [line[2:] for line in render_map(self)[1:] if "claimed cell" not in line]  # no claims here
         return "\n".join([head] + table)
 
     def _repr_html_(self) -> str:
@@ -122,15 +124,15 @@ def cpu_tensor(x: Any) -> torch.Tensor:
 
 def check_component(component: str) -> None:
     if component not in COMPONENTS:
-        raise InterpError(
-            f"unknown component {component!r}; valid components: {', '.join(COMPONENTS)}")
+        raise InterpError(f"unknown component {component!r}; valid components: {', '.join(COMPONENTS)}")
 
 
 def check_direction(direction: str) -> None:
     if direction not in DIRECTIONS:
         raise InterpError(
             f"unknown direction {direction!r}; valid directions: {', '.join(DIRECTIONS)} "
-            "(denoise = patch clean into corrupted, 'recovers'; noise = patch corrupted into clean, 'breaks')")
+            "(denoise = patch clean into corrupted, 'recovers'; noise = patch corrupted into clean, 'breaks')"
+        )
 
 
 def str_tokens(model, tokens: torch.Tensor) -> list[str]:
@@ -147,12 +149,14 @@ def check_same_length(model, clean: torch.Tensor, corrupt: torch.Tensor) -> None
             f"clean and corrupted prompts must have the same number of tokens, got "
             f"{clean.shape[-1]} vs {corrupt.shape[-1]}:\n"
             f"  clean     ({clean.shape[-1]}): {str_tokens(model, clean[:1])}\n"
-            f"  corrupted ({corrupt.shape[-1]}): {str_tokens(model, corrupt[:1])}")
+            f"  corrupted ({corrupt.shape[-1]}): {str_tokens(model, corrupt[:1])}"
+        )
 
 
 def check_answer_ids(model, expect: torch.Tensor, foil: torch.Tensor, per_sample: bool) -> None:
     """expect/foil: one id per sample. Refuse a zero logit difference by construction, ids outside the
     vocabulary, and a model in training mode; ``per_sample`` names the offending sample."""
+
     def where(s: int) -> str:
         return f"sample {s}: " if per_sample else ""
 
@@ -164,7 +168,8 @@ def check_answer_ids(model, expect: torch.Tensor, foil: torch.Tensor, per_sample
         raise InterpError(
             f"{where(s)}expect and foil are the same token (id {tid}"
             f"{', ' + repr(str_tokens(model, torch.tensor([[tid]], device='cpu'))[0])}); "
-            "the logit difference would be 0 — pick a different foil")
+            "the logit difference would be 0 — pick a different foil"
+        )
     if getattr(model, "training", False):
         raise InterpError("activation patching needs the model in eval mode; call model.eval() first")
     d_vocab = int(getattr(model.cfg, "d_vocab", 0) or 0)
@@ -173,13 +178,20 @@ def check_answer_ids(model, expect: torch.Tensor, foil: torch.Tensor, per_sample
             bad = ((ids < 0) | (ids >= d_vocab)).nonzero()
             if bad.numel():
                 s = int(bad[0, 0])
-                raise InterpError(f"{where(s)}{name} token id {int(ids[s])} is outside the vocabulary "
-                                  f"(0..{d_vocab - 1})")
+                raise InterpError(
+                    f"{where(s)}{name} token id {int(ids[s])} is outside the vocabulary (0..{d_vocab - 1})"
+                )
 
 
 class PatchShape:
     """What Patcher and BatchPatcher share: cell validation, batch sizing, component availability.
     Subclasses set model, batch_size, n_layers, n_positions and n_heads."""
+
+    model: Any
+    batch_size: int | None
+    n_layers: int
+    n_positions: int
+    n_heads: int
 
     def _check_available(self, component: str) -> None:
         check_component(component)

@@ -30,7 +30,8 @@ which no later computation reads.  Their value is exactly 0 (nan when m_clean_s 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -58,8 +59,9 @@ def _as_batch(tokens: Any, what: str) -> torch.Tensor:
     if t.ndim == 1:
         t = t.reshape(1, -1)
     if t.ndim != 2 or t.is_floating_point() or t.is_complex() or t.numel() == 0:
-        raise InterpError(f"{what} tokens must be a non-empty 2-D integer tensor [n_samples, n_tokens], "
-                          f"got shape {tuple(t.shape)}")
+        raise InterpError(
+            f"{what} tokens must be a non-empty 2-D integer tensor [n_samples, n_tokens], got shape {tuple(t.shape)}"
+        )
     return t.long()
 
 
@@ -84,9 +86,19 @@ class BatchPatcher(PatchShape):
     need and memoizes sweeps.
     """
 
-    def __init__(self, model, clean_tokens, corrupt_tokens, expect_ids: Sequence[int],
-                 foil_ids: Sequence[int], *, embed_noise: torch.Tensor | None = None,
-                 batch_size: int | None = None, engine: str = "auto", _per_sample: bool = True):
+    def __init__(
+        self,
+        model,
+        clean_tokens,
+        corrupt_tokens,
+        expect_ids: Sequence[int],
+        foil_ids: Sequence[int],
+        *,
+        embed_noise: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        engine: str = "auto",
+        _per_sample: bool = True,
+    ):
         """clean_tokens, corrupt_tokens: [S, n] integer tensors (a 1-D tensor is one sample).
         expect_ids, foil_ids: S token ids.  embed_noise: optional [S, n, d_model], added at
         ``hook_embed`` to every corrupted run.  batch_size: rows per forward (default: sized to a
@@ -101,7 +113,8 @@ class BatchPatcher(PatchShape):
         if clean.shape[0] != corrupt.shape[0]:
             raise InterpError(
                 f"clean and corrupted batches must have the same number of samples, got "
-                f"{clean.shape[0]} vs {corrupt.shape[0]}")
+                f"{clean.shape[0]} vs {corrupt.shape[0]}"
+            )
         S, n = int(clean.shape[0]), int(clean.shape[1])
         expect = _as_ids(expect_ids, "expect_ids", S)
         foil = _as_ids(foil_ids, "foil_ids", S)
@@ -118,10 +131,12 @@ class BatchPatcher(PatchShape):
             if tuple(noise.shape) != (S, n, d_model):
                 raise InterpError(
                     f"embed_noise must have shape [n_samples, n_tokens, d_model] = [{S}, {n}, {d_model}], "
-                    f"got {tuple(noise.shape)}")
+                    f"got {tuple(noise.shape)}"
+                )
             if "hook_embed" not in getattr(model, "hook_dict", {}):
-                raise InterpError(f"embed_noise needs the hook point 'hook_embed', which model "
-                                  f"{model_name(model)} does not expose")
+                raise InterpError(
+                    f"embed_noise needs the hook point 'hook_embed', which model {model_name(model)} does not expose"
+                )
             noise_pos = (noise != 0).any(-1).cpu()
             self.embed_noise = noise.to(device).clone()
 
@@ -139,15 +154,23 @@ class BatchPatcher(PatchShape):
         self._raw: dict[tuple[str, str], torch.Tensor] = {}
         self._values: dict[tuple[str, str], torch.Tensor] = {}
 
-        self._hooks = HookEngine(model, {"clean": self.clean_tokens, "corrupt": self.corrupt_tokens},
-                                 expect.to(device), foil.to(device), self.embed_noise, self._rows_per_batch(True))
+        self._hooks = HookEngine(
+            model,
+            {"clean": self.clean_tokens, "corrupt": self.corrupt_tokens},
+            expect.to(device),
+            foil.to(device),
+            self.embed_noise,
+            self._rows_per_batch(True),
+        )
         clean_logits, corrupt_logits = self._hooks.last_logits()
         # cloned outside inference mode: ordinary tensors the caller may modify
         self.clean_logits, self.corrupt_logits = clean_logits.clone(), corrupt_logits.clone()
-        self.clean_metrics = (self.clean_logits.gather(1, expect.unsqueeze(1))
-                              - self.clean_logits.gather(1, foil.unsqueeze(1))).squeeze(1)
-        self.corrupt_metrics = (self.corrupt_logits.gather(1, expect.unsqueeze(1))
-                                - self.corrupt_logits.gather(1, foil.unsqueeze(1))).squeeze(1)
+        self.clean_metrics = (
+            self.clean_logits.gather(1, expect.unsqueeze(1)) - self.clean_logits.gather(1, foil.unsqueeze(1))
+        ).squeeze(1)
+        self.corrupt_metrics = (
+            self.corrupt_logits.gather(1, expect.unsqueeze(1)) - self.corrupt_logits.gather(1, foil.unsqueeze(1))
+        ).squeeze(1)
 
         self._fast = None
         self.engine = "generic"
@@ -157,9 +180,16 @@ class BatchPatcher(PatchShape):
 
             try:
                 with torch.inference_mode():
-                    eng = _fast.FastEngine.build(model, self.clean_tokens, self.corrupt_tokens, expect, foil,
-                                                 first_diff=self.first_diff, embed_noise=self.embed_noise,
-                                                 rows_per_batch=self._rows_per_batch(False))
+                    eng = _fast.FastEngine.build(
+                        model,
+                        self.clean_tokens,
+                        self.corrupt_tokens,
+                        expect,
+                        foil,
+                        first_diff=self.first_diff,
+                        embed_noise=self.embed_noise,
+                        rows_per_batch=self._rows_per_batch(False),
+                    )
                     eng.self_check(self.clean_logits, self.corrupt_logits)
                 self._fast = eng
                 self.engine = "fast"
@@ -182,8 +212,7 @@ class BatchPatcher(PatchShape):
     def _base_metrics(self, direction: str) -> torch.Tensor:
         return self.corrupt_metrics if direction == "denoise" else self.clean_metrics
 
-    def _run_rows(self, component: str, direction: str, rows: Sequence[tuple[int, Sequence[tuple]]]
-                  ) -> torch.Tensor:
+    def _run_rows(self, component: str, direction: str, rows: Sequence[tuple[int, Sequence[tuple]]]) -> torch.Tensor:
         """Patched metric (CPU float32) for each row (sample, cells), all cells patched together."""
         if not rows:
             return torch.empty(0, dtype=torch.float32, device="cpu")

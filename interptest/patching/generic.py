@@ -8,7 +8,7 @@ touches few hook points; the patched metrics of all rows come back to the CPU on
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -22,8 +22,15 @@ class HookEngine:
     device; noise: optional [S, n, d_model] on the device, added at ``hook_embed`` to every
     corrupted run."""
 
-    def __init__(self, model, tokens: dict, expect: torch.Tensor, foil: torch.Tensor,
-                 noise: torch.Tensor | None, rows_per_batch: int):
+    def __init__(
+        self,
+        model,
+        tokens: dict,
+        expect: torch.Tensor,
+        foil: torch.Tensor,
+        noise: torch.Tensor | None,
+        rows_per_batch: int,
+    ):
         self.model = model
         self.tokens = tokens
         self.expect, self.foil = expect, foil
@@ -34,10 +41,12 @@ class HookEngine:
 
     def noise_hook(self, samples: torch.Tensor):
         """samples: row -> sample index, on the model's device."""
+        assert self.noise is not None  # only runs with embedding noise ask for its hook
         noise = self.noise[samples]
 
         def hook(act, hook=None):
             return act + noise.to(act.dtype)
+
         return hook
 
     def last_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,12 +71,14 @@ class HookEngine:
 
     def _rows_noise_hook(self, rows: torch.Tensor, samples: torch.Tensor):
         """Add sample ``samples[i]``'s noise to batch row ``rows[i]`` (the other rows are clean)."""
+        assert self.noise is not None  # only runs with embedding noise ask for its hook
         noise = self.noise[samples]
 
         def hook(act, hook=None):
             act = act.clone()
             act[rows] = act[rows] + noise.to(act.dtype)
             return act
+
         return hook
 
     def metrics(self, last: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
@@ -99,8 +110,7 @@ class HookEngine:
                 self._src_cache[key] = {nm: torch.cat(parts[nm]) for nm in names}
         return self._src_cache[key]
 
-    def run_rows(self, component: str, direction: str, rows: Sequence[tuple[int, Sequence[tuple]]]
-                 ) -> torch.Tensor:
+    def run_rows(self, component: str, direction: str, rows: Sequence[tuple[int, Sequence[tuple]]]) -> torch.Tensor:
         """Patched metric for each row (sample, cells): the sample's base run with all of ``cells``
         patched from the same sample's source run. float32 on the CPU."""
         if not rows:
@@ -115,7 +125,7 @@ class HookEngine:
         parts: list[torch.Tensor] = []
         with torch.inference_mode():
             for start in range(0, len(order), per_batch):
-                chunk = order[start:start + per_batch]
+                chunk = order[start : start + per_batch]
                 samples = torch.tensor([rows[i][0] for i in chunk], dtype=torch.long, device=base.device)
                 by_layer: dict[int, list] = {}
                 for r, i in enumerate(chunk):
@@ -145,13 +155,14 @@ def _make_batch_hook(component: str, entries: list, src: torch.Tensor):
         w = torch.tensor(whole, dtype=torch.long, device=dev).reshape(-1, 3)
         o = torch.tensor(single, dtype=torch.long, device=dev).reshape(-1, 4)
 
-        def hook(act, hook=None):  # in place, as TransformerLens' patch setters do
+        def heads_hook(act, hook=None):  # in place, as TransformerLens' patch setters do
             if w.shape[0]:
                 act[w[:, 0], :, w[:, 2]] = src[w[:, 1], :, w[:, 2]].to(act.dtype)
             if o.shape[0]:
                 act[o[:, 0], o[:, 3], o[:, 2]] = src[o[:, 1], o[:, 3], o[:, 2]].to(act.dtype)
             return act
-        return hook
+
+        return heads_hook
 
     t = torch.tensor([(r, s, c[1]) for r, s, c in entries], dtype=torch.long, device=dev).reshape(-1, 3)
     rows, samples, poss = t[:, 0], t[:, 1], t[:, 2]
@@ -159,4 +170,5 @@ def _make_batch_hook(component: str, entries: list, src: torch.Tensor):
     def hook(act, hook=None):
         act[rows, poss] = src[samples, poss].to(act.dtype)
         return act
+
     return hook

@@ -29,7 +29,7 @@ lists) on the CPU, explicitly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -67,8 +67,18 @@ class CircuitPatcher:
     ``hook_embed`` to every corrupted run; reference_ids: optional [R, n] prompts whose clean mean is
     the ``mean`` source (default: the mean over the S clean samples); batch_size: rows per forward."""
 
-    def __init__(self, model, clean_ids, corrupt_ids, expect_ids, foil_ids, *, embed_noise=None,
-                 reference_ids=None, batch_size: int | None = None):
+    def __init__(
+        self,
+        model,
+        clean_ids,
+        corrupt_ids,
+        expect_ids,
+        foil_ids,
+        *,
+        embed_noise=None,
+        reference_ids=None,
+        batch_size: int | None = None,
+    ):
         if getattr(model, "training", False):
             raise InterpError("activation patching needs the model in eval mode; call model.eval() first")
         self.model = model
@@ -84,8 +94,9 @@ class CircuitPatcher:
         if reference_ids is not None:
             reference = torch.as_tensor(reference_ids, device="cpu").long()
             if reference.ndim != 2 or reference.shape[1] != self.n_positions:
-                raise InterpError(f"reference prompts must be [R, {self.n_positions}] token ids, got "
-                                  f"{tuple(reference.shape)}")
+                raise InterpError(
+                    f"reference prompts must be [R, {self.n_positions}] token ids, got {tuple(reference.shape)}"
+                )
             self.tokens["reference"] = reference.to(device)
         self.expect = torch.as_tensor(expect_ids, device="cpu").long().reshape(-1).to(device)
         self.foil = torch.as_tensor(foil_ids, device="cpu").long().reshape(-1).to(device)
@@ -123,13 +134,15 @@ class CircuitPatcher:
 
         def add_noise(act, hook=None):
             return act + noise.to(act.dtype)
+
         return [("hook_embed", add_noise)]
 
     def _unpatched(self, run: str, names: Sequence[str]) -> None:
         """Cache the activations ``names`` of every prompt of ``run`` (and its metrics), on the device."""
         if run not in self.tokens:
-            raise InterpError(f"no {run} prompts to run" + (": the behavior has no corruption" if run == "corrupt"
-                                                               else ""))
+            raise InterpError(
+                f"no {run} prompts to run" + (": the behavior has no corruption" if run == "corrupt" else "")
+            )
         missing = [nm for nm in names if (run, nm) not in self._acts]
         if not missing and (run == "reference" or run in self._metrics):
             return
@@ -221,8 +234,9 @@ class CircuitPatcher:
         def mask(component: str, layer: int) -> torch.Tensor:
             name = self._hook(component, layer)
             if name not in masks:
-                masks[name] = torch.full((len(sets),) + self._shape(component), complement, dtype=torch.bool,
-                                         device="cpu")
+                masks[name] = torch.full(
+                    (len(sets),) + self._shape(component), complement, dtype=torch.bool, device="cpu"
+                )
             return masks[name]
 
         if complement:
@@ -248,16 +262,23 @@ class CircuitPatcher:
 
     # ---- batched forwards -------------------------------------------------------------------
 
-    def _forward(self, base: str, samples: torch.Tensor, hooks: list, record: Sequence[str] = (),
-                 stop_at_layer: int | None = None):
+    def _forward(
+        self,
+        base: str,
+        samples: torch.Tensor,
+        hooks: list,
+        record: Sequence[str] = (),
+        stop_at_layer: int | None = None,
+    ):
         """One forward of the base prompts ``samples`` with ``hooks``; the metric per row (float32,
         device) and the recorded activations."""
         recorded: dict[str, torch.Tensor] = {}
 
-        def keeper(name: str):       # by the name asked for: an alias (attn.hook_k) has another hook.name
+        def keeper(name: str):  # by the name asked for: an alias (attn.hook_k) has another hook.name
             def keep(act, hook=None):
                 recorded[name] = act.detach().clone()
                 return act
+
             return keep
 
         fwd = self._embed_hooks(base, samples) + list(hooks) + [(name, keeper(name)) for name in record]
@@ -273,13 +294,18 @@ class CircuitPatcher:
         rows = [(s, j) for j in range(n_sets) for s in samples]
         out = []
         for start in range(0, len(rows), self.rows_per_batch):
-            chunk = rows[start:start + self.rows_per_batch]
-            out.append((torch.tensor([s for s, _ in chunk], dtype=torch.long, device=self.device),
-                        torch.tensor([j for _, j in chunk], dtype=torch.long, device=self.device)))
+            chunk = rows[start : start + self.rows_per_batch]
+            out.append(
+                (
+                    torch.tensor([s for s, _ in chunk], dtype=torch.long, device=self.device),
+                    torch.tensor([j for _, j in chunk], dtype=torch.long, device=self.device),
+                )
+            )
         return out
 
-    def patch_sets(self, sets: Sequence[Sequence[tuple]], base: str, source: str, *,
-                   complement: bool = False) -> torch.Tensor:
+    def patch_sets(
+        self, sets: Sequence[Sequence[tuple]], base: str, source: str, *, complement: bool = False
+    ) -> torch.Tensor:
         """Patched metrics [S, len(sets)] (float64, CPU): for each set, the base run (``clean`` or
         ``corrupt``) with the set's cells replaced by ``source`` (clean, corrupt, resample, mean,
         zero); with ``complement``, every head and MLP output *outside* the set replaced instead."""
@@ -295,12 +321,13 @@ class CircuitPatcher:
             for samples, set_index in self._rows(len(sets)):
                 hooks = [(name, _where_hook(masks[name][set_index], sources[name][samples])) for name in masks]
                 metric, _ = self._forward(base, samples, hooks)
-                out[done:done + len(samples)] = metric.float().cpu()
+                out[done : done + len(samples)] = metric.float().cpu()
                 done += len(samples)
         return out.reshape(len(sets), self.n_samples).t().double()
 
-    def path(self, sender_sets: Sequence[Sequence[tuple]], receiver_sets: Sequence[Sequence[tuple]], base: str,
-             source: str) -> torch.Tensor:
+    def path(
+        self, sender_sets: Sequence[Sequence[tuple]], receiver_sets: Sequence[Sequence[tuple]], base: str, source: str
+    ) -> torch.Tensor:
         """Path-patched metrics [S, len(sender_sets), len(receiver_sets)] (float64, CPU).
 
         Senders are edits of ``heads`` and ``mlp_out`` (replaced together); receivers are patched
@@ -334,17 +361,23 @@ class CircuitPatcher:
                 for name in z_names:
                     frozen = base_z[name][samples]
                     if name in masks:
-                        hooks.append((name, _replace_hook(torch.where(masks[name][set_index][..., None],
-                                                                      sources[name][samples], frozen))))
+                        hooks.append(
+                            (
+                                name,
+                                _replace_hook(
+                                    torch.where(masks[name][set_index][..., None], sources[name][samples], frozen)
+                                ),
+                            )
+                        )
                     else:
                         hooks.append((name, _replace_hook(frozen)))
                 for name in masks:
-                    if name not in base_z:           # MLP senders: the rest recomputes
+                    if name not in base_z:  # MLP senders: the rest recomputes
                         hooks.append((name, _where_hook(masks[name][set_index], sources[name][samples])))
                 _, rec = self._forward(base, samples, hooks, record=names, stop_at_layer=stop)
                 for name in names:
                     recorded[name].append(rec[name])
-        step1 = {name: torch.cat(parts) for name, parts in recorded.items()}   # row = set * S + sample
+        step1 = {name: torch.cat(parts) for name, parts in recorded.items()}  # row = set * S + sample
 
         # step 2: the base run with only the receivers' inputs replaced by the recorded values
         rmasks = self._receiver_masks(receiver_sets)
@@ -353,13 +386,13 @@ class CircuitPatcher:
         out = torch.empty(len(rows), dtype=torch.float32, device="cpu")
         with torch.inference_mode():
             for start in range(0, len(rows), self.rows_per_batch):
-                chunk = rows[start:start + self.rows_per_batch]
+                chunk = rows[start : start + self.rows_per_batch]
                 samples = torch.tensor([s for _, s, _ in chunk], dtype=torch.long, device=self.device)
                 step1_rows = torch.tensor([i * S + s for i, s, _ in chunk], dtype=torch.long, device=self.device)
                 rset = torch.tensor([r for _, _, r in chunk], dtype=torch.long, device=self.device)
                 hooks = [(name, _where_hook(rmasks[name][rset], step1[name][step1_rows])) for name in rmasks]
                 metric, _ = self._forward(base, samples, hooks)
-                out[start:start + len(chunk)] = metric.float().cpu()
+                out[start : start + len(chunk)] = metric.float().cpu()
         return out.reshape(len(sender_sets), n_rs, S).permute(2, 0, 1).double()
 
     def _receiver_hook(self, receiver: tuple) -> str:
@@ -381,8 +414,9 @@ class CircuitPatcher:
                 kind = receiver[0]
                 if kind in ("q", "k", "v"):
                     width = self.n_heads if kind == "q" else self.n_kv
-                    m = masks.setdefault(name, torch.zeros(len(receiver_sets), n, width, dtype=torch.bool,
-                                                           device="cpu"))
+                    m = masks.setdefault(
+                        name, torch.zeros(len(receiver_sets), n, width, dtype=torch.bool, device="cpu")
+                    )
                     head = int(receiver[2])
                     if not 0 <= head < self.n_heads:
                         raise InterpError(f"head {receiver[1]}.{head} is out of range (0..{self.n_heads - 1})")
@@ -412,12 +446,15 @@ class CircuitPatcher:
 
 def _where_hook(mask: torch.Tensor, src: torch.Tensor):
     """Replace ``act`` by ``src`` where ``mask`` ([rows, n(, H)]) is True."""
+
     def hook(act, hook=None):
         return torch.where(mask[..., None], src.to(act.dtype), act)
+
     return hook
 
 
 def _replace_hook(values: torch.Tensor):
     def hook(act, hook=None):
         return values.to(act.dtype)
+
     return hook

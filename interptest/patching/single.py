@@ -16,8 +16,8 @@ Two engines compute the patched metrics:
   and values come from the unpatched run), and only the two logits the metric reads.  It is
   self-checked against the bridge's own logits when a Patcher is built and switched off if it
   disagrees.
-* the *generic* engine (:mod:`interptest.patching.generic`) runs the bridge with hooks, many patched cells stacked in one batch with
-  one hook per layer.  It covers every architecture TransformerLens supports.
+* the *generic* engine (:mod:`interptest.patching.generic`) runs the bridge with hooks, many patched
+  cells stacked in one batch with one hook per layer.  It covers every architecture TransformerLens supports.
 
 Both skip positions before the first differing token (the patched activation equals the
 unpatched one there, so the value is exactly 0).  A Patcher is a :class:`BatchPatcher` of one sample
@@ -42,8 +42,9 @@ def _as_tokens(tokens: Any, what: str) -> torch.Tensor:
     if t.ndim == 2 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 1 or t.is_floating_point() or t.numel() == 0:
-        raise InterpError(f"{what} tokens must be a non-empty 1-D integer tensor (or [1, n]), "
-                          f"got shape {tuple(t.shape)}")
+        raise InterpError(
+            f"{what} tokens must be a non-empty 1-D integer tensor (or [1, n]), got shape {tuple(t.shape)}"
+        )
     return t.long().reshape(1, -1)
 
 
@@ -54,8 +55,17 @@ class Patcher:
     memoizes sweeps.  All claims of one behavior share one Patcher.
     """
 
-    def __init__(self, model, clean_tokens, corrupt_tokens, expect_id: int, foil_id: int, *,
-                 batch_size: int | None = None, engine: str = "auto"):
+    def __init__(
+        self,
+        model,
+        clean_tokens,
+        corrupt_tokens,
+        expect_id: int,
+        foil_id: int,
+        *,
+        batch_size: int | None = None,
+        engine: str = "auto",
+    ):
         """``engine``: "auto" (fast engine where it is supported and passes its self-check,
         else generic), "generic" (bridge hooks only) or "fast" (raise if unsupported)."""
         if engine not in ENGINES:
@@ -63,8 +73,9 @@ class Patcher:
         clean = _as_tokens(clean_tokens, "clean")
         corrupt = _as_tokens(corrupt_tokens, "corrupted")
         expect_id, foil_id = int(expect_id), int(foil_id)
-        self._b = b = BatchPatcher(model, clean, corrupt, [expect_id], [foil_id], batch_size=batch_size,
-                                   engine=engine, _per_sample=False)
+        self._b = b = BatchPatcher(
+            model, clean, corrupt, [expect_id], [foil_id], batch_size=batch_size, engine=engine, _per_sample=False
+        )
         self.model = model
         self.device = b.device
         self.clean_tokens, self.corrupt_tokens = b.clean_tokens, b.corrupt_tokens
@@ -95,9 +106,15 @@ class Patcher:
         if key not in self._sweeps:
             raw = self._b.sweep_raw(component, direction)[0]
             values = self._b.sweep(component, direction)[0]
-            self._sweeps[key] = PatchMap(component=component, direction=direction, values=values, raw=raw,
-                                         tokens=list(self.tokens), clean_metric=self.clean_metric,
-                                         corrupt_metric=self.corrupt_metric)
+            self._sweeps[key] = PatchMap(
+                component=component,
+                direction=direction,
+                values=values,
+                raw=raw,
+                tokens=list(self.tokens),
+                clean_metric=self.clean_metric,
+                corrupt_metric=self.corrupt_metric,
+            )
         return self._sweeps[key]
 
     def cells_value(self, component: str, cells, direction: str = "denoise") -> torch.Tensor:
@@ -118,8 +135,16 @@ def _first_token(model, s: str, what: str) -> int:
     return int(toks[0, 0])
 
 
-def patch_sweep(model, prompt: str, corrupt: str, component: str, expect: str, foil: str | None = None,
-                direction: str = "denoise", batch_size: int | None = None) -> PatchMap:
+def patch_sweep(
+    model,
+    prompt: str,
+    corrupt: str,
+    component: str,
+    expect: str,
+    foil: str | None = None,
+    direction: str = "denoise",
+    batch_size: int | None = None,
+) -> PatchMap:
     """Sweep one component over (layer, position) — or (layer, head) for ``heads``."""
     check_component(component)
     check_direction(direction)
@@ -138,7 +163,8 @@ def patch_sweep(model, prompt: str, corrupt: str, component: str, expect: str, f
     if foil is None and foil_id == expect_id:
         raise InterpError(
             f"expect {expect!r} is already the corrupted prompt's top-1 token, so it cannot be the foil; "
-            "pass foil= explicitly")
+            "pass foil= explicitly"
+        )
     if foil_id < 0:
         foil_id = expect_id + 1
     return Patcher(model, clean, corr, expect_id, foil_id, batch_size=batch_size).sweep(component, direction)

@@ -30,7 +30,7 @@ RAW_TOL = {"gpt2": TOL, "llama": TOL, "neox": TOL, "interptest-tiny": 2 * TOL}
 WELL_CONDITIONED = 0.5  # |m_clean - m_corrupt| below this: normalized values amplify rounding
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_model(name):
     if name == "interptest-tiny":
         import interptest
@@ -40,8 +40,9 @@ def get_model(name):
 
 
 def components(model):
-    return [c for c in COMPONENTS
-            if ("blocks.0.attn.hook_z" if c == "heads" else f"blocks.0.hook_{c}") in model.hook_dict]
+    return [
+        c for c in COMPONENTS if ("blocks.0.attn.hook_z" if c == "heads" else f"blocks.0.hook_{c}") in model.hook_dict
+    ]
 
 
 def random_pairs(model, S, n, seed, diffs=(1, 2)):
@@ -111,6 +112,7 @@ def hooks_left(model):
 
 # ---- equality with Patcher (generic engine), per sample -------------------------------------
 
+
 @pytest.mark.parametrize("name", MODELS)
 def test_equals_patcher_per_sample(name):
     model = get_model(name)
@@ -146,17 +148,22 @@ def test_equals_patcher_per_sample(name):
         for d in ("denoise", "noise"):
             L, n, H = bp.n_layers, bp.n_positions, bp.n_heads
             cells = [(l, q) for l in range(L) for q in (0, n // 2, n - 1)]
-            assert close_norm(bp.cells_value("resid_post", cells, d)[s],
-                              p.cells_value("resid_post", cells, d), dm, rtol)
+            assert close_norm(
+                bp.cells_value("resid_post", cells, d)[s], p.cells_value("resid_post", cells, d), dm, rtol
+            )
             hcells = [(l, h, q) for l in range(L) for h in range(H) for q in (None, -1, 1)]
             assert close_norm(bp.cells_value("heads", hcells, d)[s], p.cells_value("heads", hcells, d), dm, rtol)
-            for comp, cs in (("resid_pre", [(0, q) for q in range(n)]), ("attn_out", [(1, n - 1), (0, 2)]),
-                             ("heads", [(0, 1, None), (L - 1, 0, -1), (1, 2, 3)])):
+            for comp, cs in (
+                ("resid_pre", [(0, q) for q in range(n)]),
+                ("attn_out", [(1, n - 1), (0, 2)]),
+                ("heads", [(0, 1, None), (L - 1, 0, -1), (1, 2, 3)]),
+            ):
                 assert close_norm(bp.joint(comp, cs, d)[s], p.joint(comp, cs, d), dm, rtol), (comp, d)
     assert conditioned >= 1  # the normalized comparison ran for at least one sample
 
 
 # ---- embed_noise: ROME-style causal tracing equals TransformerLens inside a noise hook ------------
+
 
 def _tl(model, fn, toks, cache, e, f):
     from transformer_lens import patching as tlp
@@ -182,22 +189,26 @@ def test_embed_noise_equals_transformer_lens(arch):
     assert bp.first_diff.tolist() == [2, 3, min(5, first_tok)]
 
     conditioned = 0
-    fns = {"resid_pre": "get_act_patch_resid_pre", "attn_out": "get_act_patch_attn_out",
-           "heads": "get_act_patch_attn_head_out_all_pos"}
+    fns = {
+        "resid_pre": "get_act_patch_resid_pre",
+        "attn_out": "get_act_patch_attn_out",
+        "heads": "get_act_patch_attn_head_out_all_pos",
+    }
     for s in range(S):
+
         def add_noise(act, hook=None, s=s):
             return act + noise[s].to(act.dtype)
 
         with torch.inference_mode():
-            _, clean_cache = model.run_with_cache(clean[s:s + 1])
-            mc = float(model(clean[s:s + 1])[0, -1, e[s]] - model(clean[s:s + 1])[0, -1, f[s]])
+            _, clean_cache = model.run_with_cache(clean[s : s + 1])
+            mc = float(model(clean[s : s + 1])[0, -1, e[s]] - model(clean[s : s + 1])[0, -1, f[s]])
             with model.hooks(fwd_hooks=[("hook_embed", add_noise)]):
-                lg = model(corrupt[s:s + 1])
+                lg = model(corrupt[s : s + 1])
                 mx = float(lg[0, -1, e[s]] - lg[0, -1, f[s]])
-                _, noisy_cache = model.run_with_cache(corrupt[s:s + 1])
-                denoise = {c: _tl(model, fn, corrupt[s:s + 1], clean_cache, e[s], f[s]) for c, fn in fns.items()}
+                _, noisy_cache = model.run_with_cache(corrupt[s : s + 1])
+                denoise = {c: _tl(model, fn, corrupt[s : s + 1], clean_cache, e[s], f[s]) for c, fn in fns.items()}
             # noise direction: the clean run (no noise) with the noised corrupted activations
-            noise_dir = {c: _tl(model, fn, clean[s:s + 1], noisy_cache, e[s], f[s]) for c, fn in fns.items()}
+            noise_dir = {c: _tl(model, fn, clean[s : s + 1], noisy_cache, e[s], f[s]) for c, fn in fns.items()}
         assert not hooks_left(model)
         assert abs(float(bp.clean_metrics[s]) - mc) <= TOL and abs(float(bp.corrupt_metrics[s]) - mx) <= TOL
         conditioned += abs(mc - mx) >= WELL_CONDITIONED
@@ -215,6 +226,7 @@ def test_embed_noise_equals_transformer_lens(arch):
 
 # ---- invariants -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", ["gpt2", "neox"])
 def test_invariants(arch):
     model = tinymodels.tiny_model(arch)
@@ -231,7 +243,7 @@ def test_invariants(arch):
                 continue
             v = bp.sweep(comp, d)
             for s in range(S):
-                assert torch.equal(v[s, :, :pos[s]], torch.zeros_like(v[s, :, :pos[s]])), (comp, d, s)
+                assert torch.equal(v[s, :, : pos[s]], torch.zeros_like(v[s, :, : pos[s]])), (comp, d, s)
         pre = bp.sweep("resid_pre", d)
         whole = bp.joint("resid_pre", [(0, q) for q in range(n)], d)
         for s in range(S):
@@ -263,6 +275,7 @@ def test_undefined_normalization_gives_nan_not_crash():
 
 
 # ---- batching ---------------------------------------------------------------------------------
+
 
 def test_samples_share_forwards():
     """The generic engine: S × cells rows per forward of the bridge."""
@@ -331,6 +344,7 @@ def test_fast_engine_stacks_samples_and_cells(monkeypatch):
 
 # ---- errors -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def gpt2():
     return tinymodels.tiny_model("gpt2")
@@ -361,14 +375,20 @@ def test_error_messages(gpt2):
         BatchPatcher(gpt2, clean[..., None], corrupt, e, f)
     with pytest.raises(InterpError, match=r"corrupted tokens must be .*integer"):
         BatchPatcher(gpt2, clean, corrupt.float(), e, f)
-    with pytest.raises(InterpError, match=r"embed_noise must have shape \[n_samples, n_tokens, d_model\] = "
-                                          r"\[2, 5, 32\], got \(2, 5, 16\)"):
+    with pytest.raises(
+        InterpError,
+        match=r"embed_noise must have shape \[n_samples, n_tokens, d_model\] = "
+        r"\[2, 5, 32\], got \(2, 5, 16\)",
+    ):
         BatchPatcher(gpt2, clean, corrupt, e, f, embed_noise=torch.zeros(2, 5, 16))
     with pytest.raises(InterpError, match=r"embed_noise must be a floating-point tensor"):
         BatchPatcher(gpt2, clean, corrupt, e, f, embed_noise=torch.zeros(2, 5, 32, dtype=torch.long))
     bp = BatchPatcher(gpt2, clean, corrupt, e, f)
-    with pytest.raises(InterpError, match=r"unknown component 'resid'.*resid_pre, resid_mid, resid_post, "
-                                          r"attn_out, mlp_out, heads"):
+    with pytest.raises(
+        InterpError,
+        match=r"unknown component 'resid'.*resid_pre, resid_mid, resid_post, "
+        r"attn_out, mlp_out, heads",
+    ):
         bp.sweep("resid")
     with pytest.raises(InterpError, match=r"unknown direction 'recover'.*denoise, noise"):
         bp.sweep("resid_pre", "recover")
@@ -388,8 +408,11 @@ def test_component_missing_on_parallel_model():
     neox = tinymodels.tiny_model("neox")
     clean, corrupt, e, f = _pairs(neox)
     bp = BatchPatcher(neox, clean, corrupt, e, f)
-    with pytest.raises(InterpError, match=r"'resid_mid' is not available on model .*parallel.*available: "
-                                          r"resid_pre, resid_post, attn_out, mlp_out, heads"):
+    with pytest.raises(
+        InterpError,
+        match=r"'resid_mid' is not available on model .*parallel.*available: "
+        r"resid_pre, resid_post, attn_out, mlp_out, heads",
+    ):
         bp.sweep("resid_mid")
 
 

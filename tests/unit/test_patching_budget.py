@@ -74,9 +74,9 @@ def test_rows_per_forward_follow_the_free_memory(fake_cuda, monkeypatch):
     cuda_full = rows(bp, monkeypatch, "cuda")
     fake_cuda[0] = 8 * GiB
     cuda_free = rows(bp, monkeypatch, "cuda")
-    assert cuda_full == cpu                                   # never below the fixed budget
-    assert 1 < cpu[0] < cuda_free[0] == base.MAX_ROWS         # more free memory, more rows, up to the caps
+    assert cuda_full == cpu  # never below the fixed budget
+    assert 1 < cpu[0] < cuda_free[0] == base.MAX_ROWS  # more free memory, more rows, up to the caps
     assert 1 < cpu[1] < cuda_free[1] == base.MAX_ROWS_FAST
     fake_cuda[0] = 64 * GiB
-    assert rows(fixed, monkeypatch, "cuda") == (3, 3)         # an explicit batch size wins
+    assert rows(fixed, monkeypatch, "cuda") == (3, 3)  # an explicit batch size wins
     assert rows(fixed, monkeypatch, "cpu") == (3, 3)

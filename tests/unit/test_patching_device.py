@@ -47,6 +47,7 @@ def stray_device(model):
         def call(*args, **kwargs):
             with torch.device("cpu"):  # the tokenizer's own bare torch.tensor, not ours
                 return fn(*args, **kwargs)
+
         return call
 
     for name, fn in tokenizer_fns.items():
@@ -60,8 +61,9 @@ def stray_device(model):
 
 
 def available(model):
-    return [c for c in COMPONENTS
-            if ("blocks.0.attn.hook_z" if c == "heads" else f"blocks.0.hook_{c}") in model.hook_dict]
+    return [
+        c for c in COMPONENTS if ("blocks.0.attn.hook_z" if c == "heads" else f"blocks.0.hook_{c}") in model.hook_dict
+    ]
 
 
 def pair(model, n=8, seed=0):
@@ -78,10 +80,10 @@ def test_harness_catches_a_tensor_created_without_a_device():
     model = tinymodels.tiny_model("gpt2")
     act = next(iter(model.parameters()))[:4, 0]
     with stray_device(model):
-        bare = torch.arange(4)                       # no device named: lands on meta
-        named = torch.arange(4, device=act.device)   # fine
+        bare = torch.arange(4)  # no device named: lands on meta
+        named = torch.arange(4, device=act.device)  # fine
         with pytest.raises(RuntimeError, match="meta"):
-            act >= bare
+            _ = act >= bare
         assert bool((act[named] == act).all().to("cpu"))
 
 
@@ -93,12 +95,13 @@ def single_pair_results(model, engine, clean, corrupt):
         for comp in available(model):
             pm = p.sweep(comp, d)
             out[comp, d] = (pm.values, pm.raw)
-        out["cells", d] = p.cells_value("heads", [(l, h, q) for l in range(L) for h in range(H)
-                                                  for q in (None, -1)], d)
+        out["cells", d] = p.cells_value("heads", [(l, h, q) for l in range(L) for h in range(H) for q in (None, -1)], d)
         out["resid cells", d] = p.cells_value("resid_post", [(0, n - 1), (L - 1, 3)], d)
-        out["joint", d] = (p.joint("resid_pre", [(0, q) for q in range(n)], d),
-                           p.joint("heads", [(0, 1, None), (L - 1, 0, -1)], d),
-                           p.joint("mlp_out", [(0, 3), (1, n - 1)], d))
+        out["joint", d] = (
+            p.joint("resid_pre", [(0, q) for q in range(n)], d),
+            p.joint("heads", [(0, 1, None), (L - 1, 0, -1)], d),
+            p.joint("mlp_out", [(0, 3), (1, n - 1)], d),
+        )
     return out
 
 
@@ -107,8 +110,13 @@ def same(a, b) -> bool:
     if isinstance(b, tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(b, torch.Tensor):
-        return (a.device.type == b.device.type == "cpu" and a.dtype == b.dtype and a.shape == b.shape
-                and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
+        return (
+            a.device.type == b.device.type == "cpu"
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a.isnan(), b.isnan())
+            and torch.equal(a.nan_to_num(), b.nan_to_num())
+        )
     return a == b or (a != a and b != b)
 
 
@@ -144,24 +152,30 @@ def batch_inputs(model, noise, S=3, n=7):
 
 def batch_results(model, clean, corrupt, embed_noise, engine="auto"):
     n = clean.shape[1]
-    bp = BatchPatcher(model, clean, corrupt, [5, 6, 7], [9, 10, 11], embed_noise=embed_noise, batch_size=24,
-                      engine=engine)
+    bp = BatchPatcher(
+        model, clean, corrupt, [5, 6, 7], [9, 10, 11], embed_noise=embed_noise, batch_size=24, engine=engine
+    )
     assert bp.engine == ("generic" if engine == "generic" else "fast"), bp.engine_note
     L, H = bp.n_layers, bp.n_heads
     out = {"metrics": (bp.clean_metrics, bp.corrupt_metrics, bp.first_diff)}
     for d in ("denoise", "noise"):
         for comp in available(model):
             out[comp, d] = (bp.sweep(comp, d), bp.sweep_raw(comp, d))
-        out["cells", d] = bp.cells_value("heads", [(l, h, q) for l in range(L) for h in range(H)
-                                                   for q in (None, -1, 2)], d)
-        out["joint", d] = (bp.joint("resid_pre", [(0, q) for q in range(n)], d),
-                           bp.joint("heads", [(0, 1, None), (L - 1, 0, -1)], d),
-                           bp.joint("attn_out", [(0, 3), (1, n - 1)], d))
+        out["cells", d] = bp.cells_value(
+            "heads", [(l, h, q) for l in range(L) for h in range(H) for q in (None, -1, 2)], d
+        )
+        out["joint", d] = (
+            bp.joint("resid_pre", [(0, q) for q in range(n)], d),
+            bp.joint("heads", [(0, 1, None), (L - 1, 0, -1)], d),
+            bp.joint("attn_out", [(0, 3), (1, n - 1)], d),
+        )
     return out
 
 
-@pytest.mark.parametrize("arch, noise, engine", [("gpt2", False, "auto"), ("gpt2", True, "generic")]
-                         + [(a, True, "auto") for a in tinymodels.ARCHS])
+@pytest.mark.parametrize(
+    "arch, noise, engine",
+    [("gpt2", False, "auto"), ("gpt2", True, "generic")] + [(a, True, "auto") for a in tinymodels.ARCHS],
+)
 def test_batch_patcher_creates_every_tensor_on_the_models_device(arch, noise, engine):
     model = tinymodels.tiny_model(arch)
     inputs = batch_inputs(model, noise)  # the caller's tensors, built outside the harness
@@ -174,8 +188,7 @@ def test_batch_patcher_creates_every_tensor_on_the_models_device(arch, noise, en
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_patch_sweep_creates_every_tensor_on_the_models_device(arch):
     model = tinymodels.tiny_model(arch)
-    args = (model, "When Mary and John went to the store, John gave", "When Mary and John went to the store, "
-            "Mary gave")
+    args = (model, "When Mary and John went to the store, John gave", "When Mary and John went to the store, Mary gave")
     want = {c: patch_sweep(*args, c, " Mary").values for c in ("resid_pre", "heads")}
     with stray_device(model):
         got = {c: patch_sweep(*args, c, " Mary").values for c in ("resid_pre", "heads")}

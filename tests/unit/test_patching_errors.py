@@ -8,7 +8,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import tinymodels  # noqa: E402
 from interptest.errors import InterpError  # noqa: E402
@@ -32,8 +31,11 @@ def test_different_token_counts_show_both_tokenizations(model):
 def test_unknown_component_lists_valid_ones(model):
     t = model.to_tokens("the cat sat")
     p = Patcher(model, t, t, 1, 2)
-    with pytest.raises(InterpError, match=r"unknown component 'resid'.*resid_pre, resid_mid, resid_post, "
-                                          r"attn_out, mlp_out, heads"):
+    with pytest.raises(
+        InterpError,
+        match=r"unknown component 'resid'.*resid_pre, resid_mid, resid_post, "
+        r"attn_out, mlp_out, heads",
+    ):
         p.sweep("resid")
 
 

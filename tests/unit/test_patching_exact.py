@@ -10,7 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import HealthCheck, Phase, assume, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, Phase, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 import tinymodels  # noqa: E402
 from interptest.patching import Patcher  # noqa: E402
@@ -29,8 +30,15 @@ def tol(patcher):
     """1e-5 on normalized values while |m_clean - m_corrupt| >= 0.5; below that the bound is on the raw
     logit difference (5e-6): the fast engine's float32 rounding (~1e-7 of the logits) is divided by Δm."""
     return TOL * max(1.0, 0.5 / abs(patcher.clean_metric - patcher.corrupt_metric))
-SETTINGS = settings(max_examples=3, derandomize=True, deadline=None, phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=list(HealthCheck))
+
+
+SETTINGS = settings(
+    max_examples=3,
+    derandomize=True,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def components(model):
@@ -55,6 +63,7 @@ def reference(model, patcher, component, direction):
 
             def metric(lg):
                 return (mc - (lg[0, -1, e] - lg[0, -1, f])) / (mc - mx)
+
         return getattr(tlp, TL_FN[component])(model, toks, cache, metric).float().cpu()
 
 
@@ -70,7 +79,7 @@ def prompt_pair(data, model, n_min=4, n_max=9, max_diffs=2):
     k = data.draw(st.integers(1, max_diffs), label="n_diffs")
     for _ in range(k):
         p = data.draw(st.integers(first, clean.shape[1] - 1), label="pos")
-        corrupt[0, p] = data.draw(st.integers(1, vocab - 1).filter(lambda t: t != int(clean[0, p])), label="tok")
+        corrupt[0, p] = data.draw(st.integers(1, vocab - 1).filter(lambda t, p=p: t != int(clean[0, p])), label="tok")
     e, f = data.draw(st.lists(st.integers(0, vocab - 1), min_size=2, max_size=2, unique=True), label="ids")
     return clean, corrupt, e, f
 
@@ -152,6 +161,7 @@ def test_joint(arch, data):
 
 # ---- the batched fast engine (S samples, rows of every sample stacked) and joint patches ------------
 
+
 def tl_raw(model, fn, base_tokens, cache, e, f):
     """TransformerLens's own sweep of one sample, raw metric m = logit[e] - logit[f]."""
     from transformer_lens import patching as tlp
@@ -180,6 +190,7 @@ def tl_joint_raw(model, component, cells, base_tokens, cache, e, f):
                 else:
                     tlp.layer_pos_head_vector_patch_setter(act, (c[0], c[2], c[1]), src)
             return act
+
         hooks.append((name, hook))
     with torch.inference_mode():
         logits = model.run_with_hooks(base_tokens, fwd_hooks=hooks)
@@ -188,14 +199,21 @@ def tl_joint_raw(model, component, cells, base_tokens, cache, e, f):
 
 def caches(model, tokens):
     with torch.inference_mode():
-        return [model.run_with_cache(tokens[s:s + 1])[1] for s in range(tokens.shape[0])]
+        return [model.run_with_cache(tokens[s : s + 1])[1] for s in range(tokens.shape[0])]
 
 
 def family_pairs(data, model, S=3):
     """S prompt pairs of one length, each with its own expect/foil (drawn)."""
     n = data.draw(st.integers(4, 8), label="n")
-    pairs = [prompt_pair(data, model, n_min=n - 1 if model.cfg.default_prepend_bos else n,
-                         n_max=n - 1 if model.cfg.default_prepend_bos else n) for _ in range(S)]
+    pairs = [
+        prompt_pair(
+            data,
+            model,
+            n_min=n - 1 if model.cfg.default_prepend_bos else n,
+            n_max=n - 1 if model.cfg.default_prepend_bos else n,
+        )
+        for _ in range(S)
+    ]
     clean = torch.cat([p[0] for p in pairs])
     corrupt = torch.cat([p[1] for p in pairs])
     return clean, corrupt, [p[2] for p in pairs], [p[3] for p in pairs]
@@ -203,8 +221,14 @@ def family_pairs(data, model, S=3):
 
 def draw_cells(data, component, L, H, n, k):
     if component == "heads":
-        return [(data.draw(st.integers(0, L - 1)), data.draw(st.integers(0, H - 1)),
-                 data.draw(st.one_of(st.none(), st.integers(0, n - 1)))) for _ in range(k)]
+        return [
+            (
+                data.draw(st.integers(0, L - 1)),
+                data.draw(st.integers(0, H - 1)),
+                data.draw(st.one_of(st.none(), st.integers(0, n - 1))),
+            )
+            for _ in range(k)
+        ]
     return [(data.draw(st.integers(0, L - 1)), data.draw(st.integers(0, n - 1))) for _ in range(k)]
 
 
@@ -239,19 +263,19 @@ def test_batched_fast_engine_equals_transformer_lens(arch, data):
         for comp in comps:
             got = bp.sweep_raw(comp, d)
             for s in range(bp.n_samples):
-                ref = tl_raw(model, TL_FN[comp], base[s:s + 1], src_caches[d][s], e[s], f[s])
+                ref = tl_raw(model, TL_FN[comp], base[s : s + 1], src_caches[d][s], e[s], f[s])
                 check_sample(bp, s, got[s], ref, (comp, d))
         for comp in comps + ["resid_post"]:
             cells = draw_cells(data, comp, L, H, n, data.draw(st.integers(2, 4), label="k"))
             joint = bp.joint_raw(comp, cells, d)
             for s in range(bp.n_samples):
-                ref = tl_joint_raw(model, comp, cells, base[s:s + 1], src_caches[d][s], e[s], f[s])
+                ref = tl_joint_raw(model, comp, cells, base[s : s + 1], src_caches[d][s], e[s], f[s])
                 check_sample(bp, s, joint[s], ref, ("joint", comp, d, cells))
         cells = [(l, h, data.draw(st.integers(0, n - 1), label="pos")) for l in range(L) for h in (0, H - 1)]
         each = bp.cells_raw("heads", cells, d)
         for s in range(bp.n_samples):
             for j, c in enumerate(cells):
-                ref = tl_joint_raw(model, "heads", [c], base[s:s + 1], src_caches[d][s], e[s], f[s])
+                ref = tl_joint_raw(model, "heads", [c], base[s : s + 1], src_caches[d][s], e[s], f[s])
                 check_sample(bp, s, each[s, j], ref, ("cell", d, c))
 
 
@@ -261,20 +285,23 @@ def test_generic_joint_equals_transformer_lens(arch):
     from interptest.patching import BatchPatcher
 
     model = tinymodels.tiny_model(arch)
-    clean = model.to_tokens(["When Mary and John went to the store, John gave", "The cat sat on the mat and "
-                             "the dog sat on"])
+    clean = model.to_tokens(
+        ["When Mary and John went to the store, John gave", "The cat sat on the mat and the dog sat on"]
+    )
     clean = clean[:, :9]
     corrupt = clean.clone()
     corrupt[:, 3] = 40
     bp = BatchPatcher(model, clean, corrupt, [50, 51], [60, 61], engine="generic")
     L = bp.n_layers
     src_caches = {"denoise": caches(model, clean), "noise": caches(model, corrupt)}
-    for comp, cells in (("resid_pre", [(0, 3), (1, 5), (L - 1, 8)]), ("heads", [(0, 1, None), (1, 2, 4),
-                                                                               (L - 1, 0, None)]),
-                        ("mlp_out", [(0, 3), (1, 8)])):
+    for comp, cells in (
+        ("resid_pre", [(0, 3), (1, 5), (L - 1, 8)]),
+        ("heads", [(0, 1, None), (1, 2, 4), (L - 1, 0, None)]),
+        ("mlp_out", [(0, 3), (1, 8)]),
+    ):
         for d in ("denoise", "noise"):
             base = corrupt if d == "denoise" else clean
             got = bp.joint_raw(comp, cells, d)
             for s in range(2):
-                ref = tl_joint_raw(model, comp, cells, base[s:s + 1], src_caches[d][s], [50, 51][s], [60, 61][s])
+                ref = tl_joint_raw(model, comp, cells, base[s : s + 1], src_caches[d][s], [50, 51][s], [60, 61][s])
                 check_sample(bp, s, got[s], ref, (comp, d))

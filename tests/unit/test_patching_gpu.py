@@ -19,8 +19,10 @@ import torch  # noqa: E402
 import tinymodels  # noqa: E402
 from interptest.patching import BatchPatcher, Patcher, patch_sweep  # noqa: E402
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)"),
+]
 
 TL_FN = {
     "resid_pre": "get_act_patch_resid_pre",
@@ -81,9 +83,11 @@ def test_patcher_on_cuda_equals_transformer_lens(name, engine):
         with torch.inference_mode():
             _, cache = model.run_with_cache(src)
             for comp in components(model):
-                def metric(lg):
+
+                def metric(lg, d=d):
                     m = lg[0, -1, e] - lg[0, -1, f]
                     return (m - mx) / (mc - mx) if d == "denoise" else (mc - m) / (mc - mx)
+
                 ref = getattr(tlp, TL_FN[comp])(model, base, cache, metric).float().cpu()
                 got = p.sweep(comp, d).values
                 assert got.device.type == "cpu"
@@ -120,9 +124,19 @@ def test_batch_patcher_with_noise_on_cuda_equals_the_cpu(name):
 
 def test_patch_sweep_on_cuda():
     model = get_model("gpt2", "cuda")
-    pm = patch_sweep(model, "When Mary and John went to the store, John gave",
-                     "When Mary and John went to the store, Mary gave", "heads", " Mary")
-    ref = patch_sweep(get_model("gpt2", "cpu"), "When Mary and John went to the store, John gave",
-                      "When Mary and John went to the store, Mary gave", "heads", " Mary")
+    pm = patch_sweep(
+        model,
+        "When Mary and John went to the store, John gave",
+        "When Mary and John went to the store, Mary gave",
+        "heads",
+        " Mary",
+    )
+    ref = patch_sweep(
+        get_model("gpt2", "cpu"),
+        "When Mary and John went to the store, John gave",
+        "When Mary and John went to the store, Mary gave",
+        "heads",
+        " Mary",
+    )
     assert pm.values.device.type == "cpu"
     assert float((pm.raw - ref.raw).abs().max()) <= 1e-4

@@ -10,13 +10,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import HealthCheck, Phase, assume, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, Phase, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 import tinymodels  # noqa: E402
 from interptest.patching import Patcher  # noqa: E402
 
-SETTINGS = settings(max_examples=4, derandomize=True, deadline=None, phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=list(HealthCheck))
+SETTINGS = settings(
+    max_examples=4,
+    derandomize=True,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def one_diff_pair(data, model):

@@ -31,8 +31,8 @@ once per call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -47,6 +47,7 @@ _FAMILIES = {cls: mod.build for mod in (gpt2, llama, neox) for cls in mod.HF_CLA
 @dataclass
 class _Run:
     """Everything the engine needs from one unpatched run of all S samples (per layer, all positions)."""
+
     resid_pre: list = field(default_factory=list)  # [S, n, d]
     resid_mid: list = field(default_factory=list)  # [S, n, d] (None: parallel block)
     attn_out: list = field(default_factory=list)
@@ -54,12 +55,12 @@ class _Run:
     z: list = field(default_factory=list)  # [S, n, H, dh]
     k: list = field(default_factory=list)  # [S, n, Hkv, dh] after rotary
     v: list = field(default_factory=list)
-    final: torch.Tensor | None = None  # resid_post of the last layer [S, n, d]
+    final: torch.Tensor = field(default_factory=lambda: torch.empty(0, device="cpu"))  # resid_post, last layer
 
     def resid_post(self, layer: int):
         return self.resid_pre[layer + 1] if layer + 1 < len(self.resid_pre) else self.final
 
-    def split(self, S: int) -> tuple["_Run", "_Run"]:
+    def split(self, S: int) -> tuple[_Run, _Run]:
         """The first S samples and the rest, as two runs (views)."""
         a, b = _Run(), _Run()
         for name in ("resid_pre", "resid_mid", "attn_out", "mlp_out", "z", "k", "v"):
@@ -106,13 +107,27 @@ class _Pack:
 @dataclass
 class _Patch:
     """Source values written into one layer's ``component`` activation at pack indices ``idx``."""
+
     component: str
     idx: torch.Tensor
     val: torch.Tensor
     head: torch.Tensor | None = None
 
 
+# "no patch": a component no layer has, so no branch writes anything
+_NO_PATCH = _Patch("", torch.empty(0, dtype=torch.long, device="cpu"), torch.empty(0, device="cpu"))
+
+
 class FastEngine:
+    # set by build(): the device, the samples' count and length, their first differences, and the two
+    # unembedding rows (and biases) of each sample's expect/foil
+    device: torch.device
+    S: int
+    n: int
+    first_diff: list[int]
+    w2: torch.Tensor
+    b2: torch.Tensor | None
+
     def __init__(self, arch):
         self.arch = arch.name
         self.layers = arch.layers
@@ -129,8 +144,18 @@ class FastEngine:
     # ---- construction --------------------------------------------------------------------
 
     @classmethod
-    def build(cls, model, clean_tokens, corrupt_tokens, expect_ids, foil_ids, *, first_diff,
-              embed_noise=None, rows_per_batch: int = 64):
+    def build(
+        cls,
+        model,
+        clean_tokens,
+        corrupt_tokens,
+        expect_ids,
+        foil_ids,
+        *,
+        first_diff,
+        embed_noise=None,
+        rows_per_batch: int = 64,
+    ):
         """clean/corrupt tokens [S, n]; expect/foil ids [S]; first_diff [S] (CPU: the first position
         where the runs differ, tokens or noise); embed_noise: None or [S, n, d_model], added to the
         corrupted run's token embeddings."""
@@ -209,13 +234,23 @@ class FastEngine:
             full = full.repeat_interleave(self.n_heads // self.n_kv, dim=2)
         return full
 
-    def _layer(self, li, x, pack: _Pack, base_k, base_v, patch: _Patch | None = None,
-               final: bool = False, store: _Run | None = None):
+    def _layer(
+        self,
+        li,
+        x,
+        pack: _Pack,
+        base_k,
+        base_v,
+        patch: _Patch | None = None,
+        final: bool = False,
+        store: _Run | None = None,
+    ):
         """One block on packed tokens x [T, d].  ``final``: the output only at each row's last
         position [R, d] (keys and values still at every packed position)."""
         L = self.layers[li]
         H, dh = self.n_heads, self.d_head
-        comp = patch.component if patch is not None else None
+        patch = patch if patch is not None else _NO_PATCH
+        comp = patch.component or None
         if comp == "resid_pre":
             x[patch.idx] = patch.val
         h = L.ln1(x)
@@ -230,8 +265,11 @@ class FastEngine:
             cos, sin = self._cos_sin(pack.n, x)
             c, s = cos[pack.pos], sin[pack.pos]
             k = self._rope(k, c, s, L.rotary_dims)
-            q = self._rope(q, c[pack.last], s[pack.last], L.rotary_dims) if final else self._rope(q, c, s,
-                                                                                                   L.rotary_dims)
+            q = (
+                self._rope(q, c[pack.last], s[pack.last], L.rotary_dims)
+                if final
+                else self._rope(q, c, s, L.rotary_dims)
+            )
         kf, vf = self._keys(k, pack, base_k), self._keys(v, pack, base_v)
         R, n, q0 = pack.R, pack.n, pack.q0
         if final:  # the last position attends to every position: no mask
@@ -253,6 +291,7 @@ class FastEngine:
             z = zf.reshape(pack.T, H, dh) if pack.dense else zf[pack.rows, pack.pos - q0]
             xr = x
         if comp == "heads":
+            assert patch.head is not None  # a heads patch names its heads
             z[patch.idx, patch.head] = patch.val
         attn = linear(L.o, z.reshape(z.shape[0], H * dh))
         if comp == "attn_out":
@@ -291,8 +330,11 @@ class FastEngine:
             stop = min(S, start + max(1, rows_per_batch))
             pack = _Pack(range(start, stop), [0] * (stop - start), n, tokens.device)
             run = _Run()
-            x = self.embed(tokens[start:stop].reshape(-1), pack.pos,
-                           None if noise is None else noise[start:stop].reshape(pack.T, -1))
+            x = self.embed(
+                tokens[start:stop].reshape(-1),
+                pack.pos,
+                None if noise is None else noise[start:stop].reshape(pack.T, -1),
+            )
             for li in range(len(self.layers)):
                 x = self._layer(li, x, pack, None, None, store=run)
             run.final = x
@@ -306,9 +348,15 @@ class FastEngine:
         out = _Run()
         d = parts[0].final.shape[-1]
         for li in range(len(self.layers)):
-            for name, shape in (("resid_pre", (d,)), ("resid_mid", (d,)), ("attn_out", (d,)), ("mlp_out", (d,)),
-                                ("z", (self.n_heads, self.d_head)), ("k", (self.n_kv, self.d_head)),
-                                ("v", (self.n_kv, self.d_head))):
+            for name, shape in (
+                ("resid_pre", (d,)),
+                ("resid_mid", (d,)),
+                ("attn_out", (d,)),
+                ("mlp_out", (d,)),
+                ("z", (self.n_heads, self.d_head)),
+                ("k", (self.n_kv, self.d_head)),
+                ("v", (self.n_kv, self.d_head)),
+            ):
                 getattr(out, name).append(stack([getattr(p, name)[li] for p in parts], *shape))
         out.final = stack([p.final for p in parts], d)
         return out
@@ -336,12 +384,12 @@ class FastEngine:
     def _entries(self, component, sample, cells):
         """The (layer, position, head) writes of a row's cells; a head without a position is every
         position from the sample's first difference on (earlier ones are equal in both runs)."""
-        out = []
+        out: list[tuple[int, int, int]] = []
         last = len(self.layers) - 1
         for c in cells:
             if component == "heads":
                 l, h, p = c
-                ps = range(self.first_diff[sample], self.n) if p is None else (p,)
+                ps: Sequence[int] = range(self.first_diff[sample], self.n) if p is None else (p,)
                 if l == last:  # only the last position of the last layer is read
                     ps = [q for q in ps if q == self.n - 1]
                 out.extend((l, q, h) for q in ps)
@@ -352,8 +400,9 @@ class FastEngine:
                 out.append((l, p, -1))
         return out
 
-    def run_rows(self, component: str, direction: str, rows: Sequence[tuple[int, Sequence[tuple]]],
-                 rows_per_batch: int) -> torch.Tensor:
+    def run_rows(
+        self, component: str, direction: str, rows: Sequence[tuple[int, Sequence[tuple]]], rows_per_batch: int
+    ) -> torch.Tensor:
         """Patched metric (float32, CPU) of each row (sample, cells), the cells patched together.
 
         The caller leaves out cells that provably change nothing (before the sample's first
@@ -373,8 +422,17 @@ class FastEngine:
             while i1 < len(order) and i1 - i0 < rows_per_batch and l0[order[i1]] == l0[order[i0]]:
                 i1 += 1
             chunk = order[i0:i1]
-            parts.append(self._run_chunk(component, l0[chunk[0]], [rows[i][0] for i in chunk],
-                                         [pmin[i] for i in chunk], [entries[i] for i in chunk], base, src))
+            parts.append(
+                self._run_chunk(
+                    component,
+                    l0[chunk[0]],
+                    [rows[i][0] for i in chunk],
+                    [pmin[i] for i in chunk],
+                    [entries[i] for i in chunk],
+                    base,
+                    src,
+                )
+            )
             i0 = i1
         out = torch.empty(len(rows), dtype=torch.float32, device="cpu")
         if parts:
@@ -396,9 +454,18 @@ class FastEngine:
             # layer l0 changes only at the written positions: finish the layer there alone
             pairs, inv = torch.unique(at_l0[:, 0] * n + at_l0[:, 2], return_inverse=True)
             pr, pp = pairs // n, pairs % n
-            out = self._finish_layer(component, l0, smp_cpu[pr].to(dev), pp.to(dev), inv.to(dev),
-                                     at_l0[:, 3].to(dev), smp_cpu[at_l0[:, 0]].to(dev), at_l0[:, 2].to(dev),
-                                     base, src)
+            out = self._finish_layer(
+                component,
+                l0,
+                smp_cpu[pr].to(dev),
+                pp.to(dev),
+                inv.to(dev),
+                at_l0[:, 3].to(dev),
+                smp_cpu[at_l0[:, 0]].to(dev),
+                at_l0[:, 2].to(dev),
+                base,
+                src,
+            )
             if l0 == last:  # one write per row, at the last position (the caller's contract)
                 x_last = torch.empty(R, out.shape[-1], dtype=out.dtype, device=dev)
                 x_last[pr.to(dev)] = out
@@ -412,8 +479,8 @@ class FastEngine:
         for li in range(start, len(self.layers)):
             final = li == last
             if pack.dense:
-                bk = None if pack.q0 == 0 else base.k[li][:, :pack.q0][pack.smp]
-                bv = None if pack.q0 == 0 else base.v[li][:, :pack.q0][pack.smp]
+                bk = None if pack.q0 == 0 else base.k[li][:, : pack.q0][pack.smp]
+                bv = None if pack.q0 == 0 else base.v[li][:, : pack.q0][pack.smp]
             else:
                 bk, bv = base.k[li][pack.smp], base.v[li][pack.smp]
             here = E[E[:, 1] == li] if (li > l0 or component == "resid_pre") else E[:0]

@@ -4,8 +4,8 @@ modules under the bridge (the same weights and the same activation modules the b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -33,8 +33,13 @@ def norm_fn(mod):
     from ``F.layer_norm``) unless it is set to use the native module; mirror whichever it does."""
     inner = raw(mod)
     cfg = getattr(mod, "config", None)
-    if (inner is mod or cfg is None or getattr(mod, "use_native_layernorm_autograd", True)
-            or getattr(cfg, "layer_norm_folding", False) or not hasattr(mod, "uses_rms_norm")):
+    if (
+        inner is mod
+        or cfg is None
+        or getattr(mod, "use_native_layernorm_autograd", True)
+        or getattr(cfg, "layer_norm_folding", False)
+        or not hasattr(mod, "uses_rms_norm")
+    ):
         return inner
     rms = bool(mod.uses_rms_norm)
     eps = getattr(cfg, "eps", 1e-05)
@@ -47,6 +52,7 @@ def norm_fn(mod):
         y = y.div_(scale) if y is not x else y / scale
         y.mul_(weight)
         return y.add_(bias) if bias is not None else y
+
     return norm
 
 
@@ -58,9 +64,9 @@ def _new_gelu_inplace(x):
     the same operations in the same order (so the same bits), with one temporary instead of seven;
     overwrites ``x``, which must be a temporary of the caller."""
     t = torch.pow(x, 3.0)
-    t.mul_(0.044715).add_(x)          # x + 0.044715 * x**3 (IEEE addition commutes)
+    t.mul_(0.044715).add_(x)  # x + 0.044715 * x**3 (IEEE addition commutes)
     t.mul_(_SQRT_2_OVER_PI).tanh_().add_(1.0)
-    return x.mul_(0.5).mul_(t)        # (0.5 * x) * (1 + tanh(...))
+    return x.mul_(0.5).mul_(t)  # (0.5 * x) * (1 + tanh(...))
 
 
 _PROBED: dict[type, bool] = {}
@@ -75,8 +81,9 @@ def activation(act):
         return act
     if cls not in _PROBED:
         probe = torch.randn(64, 96, generator=torch.Generator().manual_seed(0), device="cpu") * 4
-        _PROBED[cls] = (torch.equal(_new_gelu_inplace(probe.clone()), act(probe))
-                        and next(iter(act.parameters()), None) is None)
+        _PROBED[cls] = (
+            torch.equal(_new_gelu_inplace(probe.clone()), act(probe)) and next(iter(act.parameters()), None) is None
+        )
     return _new_gelu_inplace if _PROBED[cls] else act
 
 
@@ -97,28 +104,30 @@ def linear(mod, x):
 @dataclass
 class Layer:
     """One transformer block. Tensors are packed tokens [T, ...]."""
+
     ln1: Callable
     ln2: Callable
     attn_scale: float
-    parallel: bool   # attention and MLP both read the block's input (GPT-NeoX, GPT-J)
-    qkv: Callable    # h [T, d] -> q [T, H, dh], k [T, Hkv, dh], v [T, Hkv, dh] (before rotary)
-    o: object        # raw module: z [T, H*dh] -> [T, d]
-    mlp: Callable    # h [T, d] -> [T, d]
-    rotary_dims: int = 0           # 0 = no rotary
-    q: Callable | None = None      # h -> q only, where the projection is separate (else qkv is used)
-    kv: Callable | None = None     # h -> (k, v) only, where the projections are separate
+    parallel: bool  # attention and MLP both read the block's input (GPT-NeoX, GPT-J)
+    qkv: Callable  # h [T, d] -> q [T, H, dh], k [T, Hkv, dh], v [T, Hkv, dh] (before rotary)
+    o: object  # raw module: z [T, H*dh] -> [T, d]
+    mlp: Callable  # h [T, d] -> [T, d]
+    rotary_dims: int = 0  # 0 = no rotary
+    q: Callable | None = None  # h -> q only, where the projection is separate (else qkv is used)
+    kv: Callable | None = None  # h -> (k, v) only, where the projections are separate
 
 
 @dataclass
 class Arch:
     """A model as the fast engine runs it."""
+
     name: str
     layers: list
-    embed: Callable      # (tokens [T], pos [T], noise [T, d] or None) -> [T, d]; noise added where hook_embed is
+    embed: Callable  # (tokens [T], pos [T], noise [T, d] or None) -> [T, d]; noise added where hook_embed is
     lnf: Callable
     unembed_w: torch.Tensor
     unembed_b: torch.Tensor | None
-    rotary: object       # HF rotary module or None
+    rotary: object  # HF rotary module or None
     n_heads: int
     n_kv: int
     d_head: int

@@ -35,13 +35,25 @@ def build(hf) -> Arch:
         def mlp_fn(h, gp=gp, up=up, dp=dp, act=act):
             return linear(dp, act(linear(gp, h)) * linear(up, h))
 
-        layers.append(Layer(ln1=norm_fn(b.input_layernorm), ln2=norm_fn(b.post_attention_layernorm),
-                            attn_scale=float(getattr(attn, "scaling", dh ** -0.5)), parallel=False,
-                            qkv=qkv, o=op, mlp=mlp_fn, rotary_dims=dh, q=q_fn, kv=kv_fn))
+        layers.append(
+            Layer(
+                ln1=norm_fn(b.input_layernorm),
+                ln2=norm_fn(b.post_attention_layernorm),
+                attn_scale=float(getattr(attn, "scaling", dh**-0.5)),
+                parallel=False,
+                qkv=qkv,
+                o=op,
+                mlp=mlp_fn,
+                rotary_dims=dh,
+                q=q_fn,
+                kv=kv_fn,
+            )
+        )
     head = raw(hf.lm_head)
 
     def embed(tokens, pos, noise=None):
         return add_noise(emb[tokens], noise)
 
-    return Arch("llama", layers, embed, norm_fn(m.norm), head.weight, getattr(head, "bias", None),
-                raw(m.rotary_emb), H, Hkv, dh)
+    return Arch(
+        "llama", layers, embed, norm_fn(m.norm), head.weight, getattr(head, "bias", None), raw(m.rotary_emb), H, Hkv, dh
+    )

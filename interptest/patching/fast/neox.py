@@ -28,14 +28,32 @@ def build(hf) -> Arch:
         def mlp_fn(h, up=up, down=down, act=act):
             return linear(down, act(linear(up, h)))
 
-        layers.append(Layer(ln1=norm_fn(b.input_layernorm), ln2=norm_fn(b.post_attention_layernorm),
-                            attn_scale=float(getattr(attn, "scaling", dh ** -0.5)),
-                            parallel=bool(getattr(b, "use_parallel_residual", cfg.use_parallel_residual)),
-                            qkv=qkv, o=dense, mlp=mlp_fn, rotary_dims=int(attn.rotary_ndims)))
+        layers.append(
+            Layer(
+                ln1=norm_fn(b.input_layernorm),
+                ln2=norm_fn(b.post_attention_layernorm),
+                attn_scale=float(getattr(attn, "scaling", dh**-0.5)),
+                parallel=bool(getattr(b, "use_parallel_residual", cfg.use_parallel_residual)),
+                qkv=qkv,
+                o=dense,
+                mlp=mlp_fn,
+                rotary_dims=int(attn.rotary_ndims),
+            )
+        )
     head = raw(hf.get_output_embeddings())
 
     def embed(tokens, pos, noise=None):
         return add_noise(emb[tokens], noise)
 
-    return Arch("neox", layers, embed, norm_fn(m.final_layer_norm), head.weight, getattr(head, "bias", None),
-                raw(m.rotary_emb), H, H, dh)
+    return Arch(
+        "neox",
+        layers,
+        embed,
+        norm_fn(m.final_layer_norm),
+        head.weight,
+        getattr(head, "bias", None),
+        raw(m.rotary_emb),
+        H,
+        H,
+        dh,
+    )
