@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -49,7 +50,7 @@ _TL_FN = {
 
 
 # name -> (transformers config class, its arguments); random weights, float32
-SHAPES = {
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2-small": ("GPT2Config", dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)),
     "pythia-410m": (
         "GPTNeoXConfig",
@@ -176,8 +177,8 @@ def _build_gpt2_small(tmp: str):
 
 def _boot(path: str, device: str = "cpu", hf_model=None):
     import torch
-    from transformer_lens import TransformerBridge
     import transformer_lens.model_bridge.sources.transformers  # noqa: F401
+    from transformer_lens import TransformerBridge
 
     m = TransformerBridge.boot_transformers(path, device=device, dtype=torch.float32, hf_model=hf_model)
     m.eval()
@@ -192,8 +193,8 @@ def _load_tiny(device: str = "cpu"):
         try:
             from interptest.model import load_model
         except ImportError:
-            load_model = None
-        return (load_model("interptest-tiny", device=device) if load_model else _boot(here, device)), ""
+            return _boot(here, device), ""
+        return load_model("interptest-tiny", device=device), ""
     except Exception as e:  # the model is being trained by someone else; never fail the bench on it
         return None, f"interptest-tiny could not be loaded ({type(e).__name__}: {e}) (skipped)"
 
@@ -317,7 +318,7 @@ def run_case(model, name, n, components, repeats, out=print, generic=True, clock
             continue
         try:
 
-            def ours_fn(engine="auto"):
+            def ours_fn(engine="auto", comp=comp):
                 pt = Patcher(model, clean, corrupt, expect, foil, engine=engine)
                 return pt, pt.sweep(comp, "denoise").values
 
@@ -329,10 +330,10 @@ def run_case(model, name, n, components, repeats, out=print, generic=True, clock
                 t_gen = t_ours
             mc, mx = pt.clean_metric, pt.corrupt_metric
 
-            def metric(logits):
+            def metric(logits, mc=mc, mx=mx):
                 return (logits[0, -1, expect] - logits[0, -1, foil] - mx) / (mc - mx)
 
-            def tl_fn():
+            def tl_fn(fn_name=fn_name, metric=metric):
                 _, cache = model.run_with_cache(clean)
                 return getattr(tlp, fn_name)(model, corrupt, cache, metric)
 
@@ -373,9 +374,11 @@ def family_tokens(model, samples: int, seed: int = 0):
 
     names, surnames = lexicon("names"), lexicon("surnames")
     rng = random.Random(seed)
-    clean, corrupt, length = [], [], None
+    clean_rows: list[torch.Tensor] = []
+    corrupt_rows: list[torch.Tensor] = []
+    length = None
     for _ in range(100 * samples):
-        if len(clean) == samples:
+        if len(clean_rows) == samples:
             break
         first = rng.choice(names)
         last, other = rng.sample(surnames, 2)
@@ -383,9 +386,9 @@ def family_tokens(model, samples: int, seed: int = 0):
         x = model.to_tokens(f"Her name was {first} {other}. When {first}")
         length = length or c.shape[1]
         if c.shape[1] == x.shape[1] == length:
-            clean.append(c)
-            corrupt.append(x)
-    clean, corrupt = torch.cat(clean), torch.cat(corrupt)
+            clean_rows.append(c)
+            corrupt_rows.append(x)
+    clean, corrupt = torch.cat(clean_rows), torch.cat(corrupt_rows)
     with torch.inference_mode():
         lc, lx = model(clean)[:, -1].cpu(), model(corrupt)[:, -1].cpu()
     expect = lc.argmax(-1)
@@ -416,9 +419,9 @@ def run_family_case(model, name, samples, components, repeats, out=print, generi
         try:
             times = {}
             for engine in ["auto", "generic"] if generic else ["auto"]:
-                built = {}
+                built: dict[str, Any] = {}
 
-                def run(engine=engine, built=built):
+                def run(engine=engine, built=built, comp=comp):
                     built["bp"] = bp = BatchPatcher(model, clean, corrupt, expect, foil, engine=engine)
                     t0 = clock()
                     values = bp.sweep(comp)
@@ -432,7 +435,7 @@ def run_family_case(model, name, samples, components, repeats, out=print, generi
             if fn_name is not None:
                 mc, mx = bp.clean_metrics.tolist(), bp.corrupt_metrics.tolist()
 
-                def tl_fn():
+                def tl_fn(fn_name=fn_name, mc=mc, mx=mx):
                     refs = []
                     for s in range(S):
                         _, cache = model.run_with_cache(clean[s : s + 1])
@@ -473,7 +476,6 @@ def run_family_case(model, name, samples, components, repeats, out=print, generi
 def _tl_faithful_reference(model, clean, corrupt, expect, foil, kept_sets):
     """Resample-ablation faithfulness the plain way: one TransformerLens forward per node set, hooks
     writing the corrupted run's head and MLP outputs outside the set."""
-    import torch
 
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
     names = [f"blocks.{l}.attn.hook_z" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
@@ -486,7 +488,7 @@ def _tl_faithful_reference(model, clean, corrupt, expect, foil, kept_sets):
     mc = m([])
 
     def run(kept):
-        hooks = []
+        hooks: list[tuple[str, Any]] = []
         for layer in range(L):
             heads = [h for h in range(H) if ("heads", (layer, h, None)) not in kept]
             src = cache[f"blocks.{layer}.attn.hook_z"]
@@ -512,14 +514,13 @@ def _tl_faithful_reference(model, clean, corrupt, expect, foil, kept_sets):
 def _tl_path_reference(model, clean, corrupt, expect, foil, sender, receiver):
     """Path patching the plain way (denoise): one forward to record the receiver's key input with the sender
     clean and every other head frozen corrupted, one to patch it; TransformerLens hooks, batch 1."""
-    import torch
 
     L = int(model.cfg.n_layers)
     z_names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
     _, base = model.run_with_cache(corrupt, names_filter=lambda nm: nm in set(z_names))
     _, src = model.run_with_cache(clean, names_filter=lambda nm: nm in set(z_names))
     layer, head = sender
-    hooks = []
+    hooks: list[tuple[str, Any]] = []
     for name in z_names:
         frozen = base[name].clone()
         if name == f"blocks.{layer}.attn.hook_z":
