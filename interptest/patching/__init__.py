@@ -6,14 +6,13 @@ The public API — everything outside this package uses these names only:
   ``joint``;
 * :class:`BatchPatcher` — S pairs of one length patched together ([S, ...] values), optionally with
   Gaussian noise on the corrupted run's token embeddings;
-* :func:`patch_sweep` — one sweep from prompt strings;
 * :func:`check_same_length`, :func:`check_answer_ids` — the input checks both classes make.
 
 Every value equals what ``transformer_lens.patching.get_act_patch_*`` returns for the same cell with
 the normalized logit-difference metric (up to float32 rounding). Modules:
 
 * :mod:`.base` — what the engines share: :class:`PatchMap`, checks, cell validation, batch sizing;
-* :mod:`.single` — :class:`Patcher`, :func:`patch_sweep`;
+* :mod:`.single` — :class:`Patcher`;
 * :mod:`.batch` — :class:`BatchPatcher`, which picks the engine;
 * :mod:`.generic` — the generic engine: the bridge run with hooks (every architecture);
 * :mod:`.fast` — the fast engine: the forward re-implemented from the Hugging Face weights, one module
@@ -29,7 +28,7 @@ from interptest.patching.base import (
     model_device,
 )
 from interptest.patching.batch import BatchPatcher
-from interptest.patching.single import Patcher, patch_sweep
+from interptest.patching.single import Patcher
 
 __all__ = [
     "COMPONENTS",
@@ -40,5 +39,4 @@ __all__ = [
     "check_answer_ids",
     "check_same_length",
     "model_device",
-    "patch_sweep",
 ]

@@ -1,4 +1,5 @@
-"""One prompt pair: :class:`Patcher` and :func:`patch_sweep`.
+"""One prompt pair: :class:`Patcher` (``interptest.patch_sweep`` builds one from prompt strings, as
+strictly as a spec).
 
 A :class:`Patcher` holds one clean/corrupted prompt pair. Every value it returns equals what
 ``transformer_lens.patching.get_act_patch_*`` returns for the same cell with the metric
@@ -26,7 +27,6 @@ seen without the sample axis.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -126,45 +126,3 @@ class Patcher:
     def joint(self, component: str, cells, direction: str = "denoise") -> float:
         """ONE forward with all ``cells`` patched together; the normalized value."""
         return float(self._b.joint(component, cells, direction)[0])
-
-
-def _first_token(model, s: str, what: str) -> int:
-    toks = model.to_tokens(s, prepend_bos=False)
-    if toks.numel() == 0:
-        raise InterpError(f"{what} {s!r} tokenizes to nothing")
-    return int(toks[0, 0])
-
-
-def patch_sweep(
-    model,
-    prompt: str,
-    corrupt: str,
-    component: str,
-    expect: str,
-    foil: str | None = None,
-    direction: str = "denoise",
-    batch_size: int | None = None,
-) -> PatchMap:
-    """Sweep one component over (layer, position) — or (layer, head) for ``heads``."""
-    check_component(component)
-    check_direction(direction)
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    with torch.inference_mode():
-        clean = model.to_tokens(prompt)
-        corr = model.to_tokens(corrupt)
-        expect_id = _first_token(model, expect, "expect")
-        if foil is None:
-            if clean.shape[-1] != corr.shape[-1]:
-                foil_id = -1  # the length error below is the one to report
-            else:
-                foil_id = int(model(corr)[0, -1].argmax())
-        else:
-            foil_id = _first_token(model, foil, "foil")
-    if foil is None and foil_id == expect_id:
-        raise InterpError(
-            f"expect {expect!r} is already the corrupted prompt's top-1 token, so it cannot be the foil; "
-            "pass foil= explicitly"
-        )
-    if foil_id < 0:
-        foil_id = expect_id + 1
-    return Patcher(model, clean, corr, expect_id, foil_id, batch_size=batch_size).sweep(component, direction)

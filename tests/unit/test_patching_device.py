@@ -32,7 +32,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import tinymodels  # noqa: E402
-from interptest.patching import BatchPatcher, Patcher, patch_sweep  # noqa: E402
+from interptest import patch_sweep  # noqa: E402  (the public, spec-strict sweep)
+from interptest.patching import BatchPatcher, Patcher  # noqa: E402
 
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads")
 
@@ -189,8 +190,8 @@ def test_batch_patcher_creates_every_tensor_on_the_models_device(arch, noise, en
 def test_patch_sweep_creates_every_tensor_on_the_models_device(arch):
     model = tinymodels.tiny_model(arch)
     args = (model, "When Mary and John went to the store, John gave", "When Mary and John went to the store, Mary gave")
-    want = {c: patch_sweep(*args, c, " Mary").values for c in ("resid_pre", "heads")}
+    want = {c: patch_sweep(*args, c, " the", " on").values for c in ("resid_pre", "heads")}
     with stray_device(model):
-        got = {c: patch_sweep(*args, c, " Mary").values for c in ("resid_pre", "heads")}
+        got = {c: patch_sweep(*args, c, " the", " on").values for c in ("resid_pre", "heads")}
     for c in want:
         assert got[c].device.type == "cpu" and torch.equal(got[c], want[c]), c

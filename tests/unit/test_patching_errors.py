@@ -10,8 +10,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import pytest  # noqa: E402
 
 import tinymodels  # noqa: E402
+from interptest import patch_sweep  # noqa: E402
 from interptest.errors import InterpError  # noqa: E402
-from interptest.patching import Patcher, patch_sweep  # noqa: E402
+from interptest.patching import Patcher  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def test_different_token_counts_show_both_tokenizations(model):
     with pytest.raises(InterpError) as ei:
         patch_sweep(model, "When Mary and John went", "When Mary went", "resid_pre", " Mary", " John")
     msg = str(ei.value)
-    assert "same number of tokens" in msg
+    assert "tokenize to different lengths (13 vs 10), so positions cannot be matched" in msg
     assert str(model.to_str_tokens("When Mary and John went")) in msg
     assert str(model.to_str_tokens("When Mary went")) in msg
 
@@ -46,8 +47,11 @@ def test_unknown_direction(model):
 
 
 def test_expect_equals_foil(model):
+    with pytest.raises(InterpError, match="patch_sweep: foil: 'foil' equals 'expect'"):
+        patch_sweep(model, "the dog sat", "the Bob sat", "resid_pre", " on", " on")
+    t = model.to_tokens("the cat sat")
     with pytest.raises(InterpError, match="expect and foil are the same token"):
-        patch_sweep(model, "the cat sat", "the cat sat", "resid_pre", " on", " on")
+        Patcher(model, t, t, 7, 7)
 
 
 def test_component_missing_on_parallel_model():

@@ -17,7 +17,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import tinymodels  # noqa: E402
-from interptest.patching import BatchPatcher, Patcher, patch_sweep  # noqa: E402
+from interptest import patch_sweep  # noqa: E402  (the public, spec-strict sweep)
+from interptest.patching import BatchPatcher, Patcher  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -129,14 +130,16 @@ def test_patch_sweep_on_cuda():
         "When Mary and John went to the store, John gave",
         "When Mary and John went to the store, Mary gave",
         "heads",
-        " Mary",
+        " the",
+        " on",
     )
     ref = patch_sweep(
         get_model("gpt2", "cpu"),
         "When Mary and John went to the store, John gave",
         "When Mary and John went to the store, Mary gave",
         "heads",
-        " Mary",
+        " the",
+        " on",
     )
     assert pm.values.device.type == "cpu"
     assert float((pm.raw - ref.raw).abs().max()) <= 1e-4
