@@ -522,15 +522,7 @@ class Run:
             rows = self.batch_size or 32
             device = _device(self.model)
             for start in range(0, ids.shape[0], rows):
-                hooks = []
-                if noise is not None:
-                    part = noise[start : start + rows]
-
-                    def add_noise(act, hook=None, part=part):
-                        return act + part.to(act.dtype)
-
-                    hooks = [("hook_embed", add_noise)]
-                with self.model.hooks(fwd_hooks=hooks):
+                with self.model.hooks(fwd_hooks=_noise_hooks(noise, start, rows)):
                     _, cache = self.model.run_with_cache(
                         ids[start : start + rows].to(device), names_filter=lambda nm: nm in wanted
                     )
@@ -630,6 +622,18 @@ def _noise(bound: BoundBehavior, device):
     return noise.to(device)
 
 
+def _noise_hooks(noise, start: int, rows: int) -> list:
+    """The hook adding samples start..start+rows's embedding noise (none without noise)."""
+    if noise is None:
+        return []
+    part = noise[start : start + rows]
+
+    def add_noise(act, hook=None):
+        return act + part.to(act.dtype)
+
+    return [("hook_embed", add_noise)]
+
+
 def _last_logits(model, ids, device, noise, batch_size):
     """Next-token logits at the last position [S, vocab], float32 on the CPU."""
     import torch
@@ -638,14 +642,7 @@ def _last_logits(model, ids, device, noise, batch_size):
     out = []
     for start in range(0, ids.shape[0], rows):
         chunk = ids[start : start + rows].to(device)
-        hooks = []
-        if noise is not None:
-            part = noise[start : start + rows]
-
-            def add_noise(act, hook=None, part=part):
-                return act + part.to(act.dtype)
-
-            hooks = [("hook_embed", add_noise)]
+        hooks = _noise_hooks(noise, start, rows)
         logits = model.run_with_hooks(chunk, fwd_hooks=hooks) if hooks else model(chunk)
         out.append(logits[:, -1].float().cpu())
     return torch.cat(out)
