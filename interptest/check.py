@@ -658,8 +658,7 @@ def _metrics(logits, expect, foil):
 def open_patcher(model, clean_ids, corrupt_ids, expect_ids: list[int], foil_ids: list[int], noise, batch_size):
     """The fastest engine for these samples: a single prompt without noise takes :class:`Patcher`
     (fast engine where supported), everything else :class:`BatchPatcher`."""
-    from interptest.patching import Patcher
-    from interptest.patching_batch import BatchPatcher
+    from interptest.patching import BatchPatcher, Patcher
 
     if clean_ids.shape[0] == 1 and noise is None:
         return _OneSample(Patcher(model, clean_ids, corrupt_ids, expect_ids[0], foil_ids[0], batch_size=batch_size))
@@ -946,8 +945,10 @@ class ModelCache:
 
     shared: dict | None = None
 
-    def __init__(self, device: str | None = None, dtype: str | None = None, threads: int | None = None):
-        self.device, self.dtype, self.threads = device, dtype, threads
+    def __init__(
+        self, device: str | None = None, dtype: str | None = None, threads: int | None = None, device_map=None
+    ):
+        self.device, self.dtype, self.threads, self.device_map = device, dtype, threads, device_map
         self._models: dict = {}
         self._configured = False
 
@@ -958,9 +959,9 @@ class ModelCache:
             configure_threads(self.threads)
             self._configured = True
         store = ModelCache.shared if ModelCache.shared is not None else self._models
-        key = (name, self.device, self.dtype)
+        key = (name, self.device, self.dtype, str(self.device_map))
         if key not in store:
-            store[key] = load_model(name, device=self.device, dtype=self.dtype)
+            store[key] = load_model(name, device=self.device, dtype=self.dtype, device_map=self.device_map)
         return store[key]
 
     def clear(self) -> None:

@@ -21,6 +21,7 @@ OPTION_BASELINE_TOLERANCE = "interp_baseline_tolerance"
 OPTION_SUGGEST = "interp_suggest"
 OPTION_SEED = "interp_seed"
 OPTION_REPEAT_LENGTH = "interp_repeat_length"
+OPTION_DEVICE_MAP = "interp_device_map"
 OPTION_REPORT_ALL = "interp_report_all"
 OPTION_RANDOM_SETS = "interp_random_sets"
 INI_FILES = "interp_files"
@@ -33,6 +34,11 @@ _OPTIONS = {
         "interptest-tiny",
     ),
     OPTION_DEVICE: ("device to run models on: auto, cpu, cuda, cuda:N, mps", "auto"),
+    OPTION_DEVICE_MAP: (
+        "a Hugging Face device_map for models larger than one device: auto, balanced, sequential, or a JSON "
+        'object of module name to device, e.g. {"": "cuda:0"} (replaces --interp-device for loading)',
+        "",
+    ),
     OPTION_DTYPE: ("model dtype: float32, bfloat16, float16", "float32"),
     OPTION_THREADS: ("torch intra-op threads (default: auto, at most the CPUs available)", "auto"),
     OPTION_BATCH_SIZE: ("patched rows per forward pass; bounds memory (default: chosen by the engine)", ""),
@@ -109,6 +115,7 @@ def pytest_configure(config: pytest.Config) -> None:
             model=config.getoption(OPTION_MODEL),
             default_model=config.getini(OPTION_MODEL) or "interptest-tiny",
             device=Options.validate_device(_option(config, OPTION_DEVICE)),
+            device_map=_option(config, OPTION_DEVICE_MAP) or None,
             dtype=Options.validate_dtype(_option(config, OPTION_DTYPE)),
             threads=Options.positive_int(_option(config, OPTION_THREADS), "--interp-threads", allow_auto=True),
             batch_size=Options.positive_int(_option(config, OPTION_BATCH_SIZE), "--interp-batch-size"),

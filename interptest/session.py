@@ -44,6 +44,7 @@ class Options:
     suggest: bool = False  # --interp-suggest
     report_all: bool = False  # --interp-report-all: sweep every component, not only the claimed ones
     repeat_length: int | None = None  # --interp-repeat-length: random_repeat sequences of head-score claims
+    device_map: str | None = None  # --interp-device-map: a Hugging Face device_map (name or JSON object)
     random_sets: int | None = None  # --interp-random-sets: random node sets of a 'beats random' claim
     seed: int = 0  # --interp-seed: which samples prompt families draw
 
@@ -189,7 +190,9 @@ class InterpSession:
         self.rootpath = rootpath
         self.explicit = {p.resolve() for p in explicit_args}
         device = None if options.device == "auto" else options.device
-        self.models = ModelCache(device=device, dtype=options.dtype, threads=options.threads)
+        self.models = ModelCache(
+            device=device, dtype=options.dtype, threads=options.threads, device_map=options.device_map
+        )
         self.records: list[dict] = []
         self._baselines: dict[str, dict] = {}
         self.unclaimed: set[str] = set()  # YAML files with a 'behaviors' list that the collection rule skipped
