@@ -39,5 +39,9 @@ def test_a_bad_map_is_a_collection_error_naming_it(pytester, write):
     write("behaviors/f.yaml", SPEC)
     result = pytester.runpytest("--interp-device-map=everywhere")
     assert result.ret == 2
-    result.stdout.fnmatch_lines(["*unknown device_map 'everywhere'; expected auto, balanced, balanced_low_0, "
-                                 "sequential or a JSON object of module name to device*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*unknown device_map 'everywhere'; expected auto, balanced, balanced_low_0, "
+            "sequential or a JSON object of module name to device*"
+        ]
+    )
