@@ -366,18 +366,26 @@ class Parser:
                 + (did_you_mean(start.value, NODE_COMPONENTS) if start.kind == "ident" else "")
             )
         self.i += 1
-        self.expect("punct", "[", f"'[' after {start.value}")
+        heads, layers, positions = self.heads_or_layers(start.value, "';' and positions, or ']'")
+        return NodeSpec(start.value, heads, layers, positions, self.text[start.start : self.tokens[self.i - 1].end])
+
+    def heads_or_layers(
+        self, name: str, unclosed: str = "']'"
+    ) -> tuple[tuple[tuple[int, int], ...], LayerSelection | None, PositionSelection | None]:
+        """``[L.H, ...; POS]`` after ``heads``, ``[LAYERS; POS]`` after an MLP name; ``unclosed`` is what
+        is expected when no positions follow."""
+        self.expect("punct", "[", f"'[' after {name}")
         heads: tuple[tuple[int, int], ...] = ()
         layers: LayerSelection | None = None
         positions: PositionSelection | None = None
-        if start.value == "heads":
+        if name == "heads":
             heads = self.head_list()
         else:
             layers = self.node_layers()
         if self.accept("punct", ";"):
             positions = self.positions()
-        self.expect("punct", "]", "']'" if positions is not None else "';' and positions, or ']'")
-        return NodeSpec(start.value, heads, layers, positions, self.text[start.start : self.tokens[self.i - 1].end])
+        self.expect("punct", "]", "']'" if positions is not None else unclosed)
+        return heads, layers, positions
 
     def node_layers(self) -> LayerSelection:
         """``0``, ``0, 1``, ``0:2`` or ``:`` inside ``mlp_out[...]`` of a node list."""
@@ -407,17 +415,7 @@ class Parser:
             return ReceiverSpec("logits", (), None, None, "logits")
         if start.kind == "ident" and start.value in ("heads", "mlp_in"):
             self.i += 1
-            self.expect("punct", "[", f"'[' after {start.value}")
-            heads: tuple[tuple[int, int], ...] = ()
-            layers: LayerSelection | None = None
-            positions: PositionSelection | None = None
-            if start.value == "heads":
-                heads = self.head_list()
-            else:
-                layers = self.node_layers()
-            if self.accept("punct", ";"):
-                positions = self.positions()
-            self.expect("punct", "]", "']'")
+            heads, layers, positions = self.heads_or_layers(start.value)
             kind = "mlp_in"
             if start.value == "heads":
                 if not self.accept("punct", "."):
