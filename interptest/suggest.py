@@ -95,28 +95,21 @@ def head_claims(patcher, head_values, seed: int = 0) -> list[str]:
         if value <= 0:
             break
         chosen.append((layer, head, None))
-        joint = _lower(patcher.joint("heads", chosen, "denoise")[:, None], seed, 1)[0]
+        joint = measured_bounds(patcher.joint("heads", chosen, "denoise")[:, None], seed, 1, True)[0]
         if joint >= CARRIER:
             names = ", ".join(f"{l}.{h}" for l, h, _ in sorted(chosen))
             return [f"heads[{names}] together recovers >= {_floor(joint):.2f}"]
     return []
 
 
-def _lower(values, seed: int, n_cells: int) -> list[float]:
-    """Per column of [samples, cells]: the value itself (one sample), else the lower bootstrap bound."""
+def measured_bounds(values, seed: int, n_cells: int, wants_high: bool) -> list[float]:
+    """Per column of [samples, cells]: the value itself (one sample), else the one-sided bootstrap bound
+    (lower for ``wants_high``)."""
     if values.shape[0] == 1:
         return [float(v) for v in values[0]]
     from interptest.stats import bootstrap_bounds
 
-    return [s.bound for s in bootstrap_bounds(values, True, n_cells, seed)]
-
-
-def _upper(values, seed: int, n_cells: int) -> list[float]:
-    if values.shape[0] == 1:
-        return [float(v) for v in values[0]]
-    from interptest.stats import bootstrap_bounds
-
-    return [s.bound for s in bootstrap_bounds(values, False, n_cells, seed)]
+    return [s.bound for s in bootstrap_bounds(values, wants_high, n_cells, seed)]
 
 
 def suggest(bound, batch_size: int | None = None) -> str:
@@ -145,8 +138,8 @@ def suggest(bound, batch_size: int | None = None) -> str:
             values, _ = run.sweep(component, "denoise")
             n_layers, width = values.shape[1], values.shape[2]
             flat = values.reshape(values.shape[0], -1).double()
-            lower = _lower(flat, seed, n_layers * width)
-            upper = _upper(flat, seed, n_layers * width)
+            lower = measured_bounds(flat, seed, n_layers * width, True)
+            upper = measured_bounds(flat, seed, n_layers * width, False)
             claims += residual_claims(
                 component,
                 [lower[l * width : (l + 1) * width] for l in range(n_layers)],

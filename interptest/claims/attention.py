@@ -121,8 +121,9 @@ class AttentionClaim(Claim):
         else:
             heads = tuple(resolve_heads(self.heads, context.n_layers, context.n_heads))
             context.covered.setdefault("attn", set()).update(heads)
-        where = None
-        for s, (tokens, variables) in enumerate(zip(context.tokens, context.variables)):
+
+        def where(s: int) -> tuple[int, int]:
+            tokens, variables = context.tokens[s], context.variables[s]
             query = single_position(self.query, tokens, variables, "query")
             key = single_position(self.key, tokens, variables, "key")
             if key > query:
@@ -130,14 +131,9 @@ class AttentionClaim(Claim):
                     f"key position {key} ({tokens[key]!r}) comes after query position {query} "
                     f"({tokens[query]!r}): causal attention there is always 0"
                 )
-            if where is not None and where != (query, key):
-                raise ClaimBindError(
-                    f"its positions differ between samples ({context.prompts[s]!r}); use "
-                    "template variables such as {last} or numeric positions"
-                )
-            where = (query, key)
-        assert where is not None, "a behavior has at least one sample"
-        return BoundAttention(heads, *where)
+            return query, key
+
+        return BoundAttention(heads, *context.same_on_every_sample(where))
 
     def measure(self, bound: BoundAttention, run) -> Measurement:
         import torch

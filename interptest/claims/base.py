@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from interptest.claims.grammar import Comparison, Parser
+from interptest.claims.grammar import ClaimBindError, Comparison, Parser
 
 # How far a value may move when the model runs in reduced precision instead of float32, in normalized
 # units (logit-valued claims: as a fraction of |m_clean|). Three times the largest difference measured on
@@ -222,3 +222,15 @@ class BindContext:
     single_token_ids: Any  # (text or template, what) -> [one id per sample]
     covered: dict = field(default_factory=dict)  # component -> cells claimed so far (for elsewhere)
     n_kv_heads: int | None = None  # key/value heads per layer (grouped-query attention), None: n_heads
+
+    def same_on_every_sample(self, resolve, moved: str = "its positions differ"):
+        """``resolve(sample)`` on the first sample, required equal on every other one: a claim's cells
+        must not move between a family's samples. ``moved`` names what moved in the error."""
+        first = resolve(0)
+        for s in range(1, len(self.tokens)):
+            if resolve(s) != first:
+                raise ClaimBindError(
+                    f"{moved} between samples ({self.prompts[s]!r}); use template variables such as {{last}} "
+                    "or numeric positions"
+                )
+        return first

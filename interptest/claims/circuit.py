@@ -198,15 +198,9 @@ def node_variables(specs) -> list[str]:
 
 def bind_nodes(specs, context: BindContext) -> tuple[Node, ...]:
     """The node list resolved on every sample; positions must not move between samples."""
-    nodes = resolve_nodes(specs, context.tokens[0], context.variables[0], context.n_layers, context.n_heads)
-    for s in range(1, len(context.tokens)):
-        other = resolve_nodes(specs, context.tokens[s], context.variables[s], context.n_layers, context.n_heads)
-        if other != nodes:
-            raise ClaimBindError(
-                f"its positions differ between samples ({context.prompts[s]!r}); use template "
-                "variables such as {last} or numeric positions"
-            )
-    return nodes
+    return context.same_on_every_sample(
+        lambda s: resolve_nodes(specs, context.tokens[s], context.variables[s], context.n_layers, context.n_heads)
+    )
 
 
 def edits_of(nodes) -> tuple:
@@ -442,7 +436,7 @@ def suggest_claims(run, seed: int = 0) -> list[str]:
     >= 0.9, as faithful / minimal / beats-random claims, and the strongest path into each query, key
     and value input of the heads it keeps. On a family the measured values are the lower bootstrap
     bounds of the samples' mean, as the claims will be judged."""
-    from interptest.suggest import _floor, _lower
+    from interptest.suggest import _floor, measured_bounds
 
     engine = run.circuits()
     n_layers, n_heads = int(run.model.cfg.n_layers), int(run.model.cfg.n_heads)
@@ -457,7 +451,7 @@ def suggest_claims(run, seed: int = 0) -> list[str]:
         return engine.faithfulness([edits_of(s) for s in sets], "resample")
 
     def lower(values) -> float:
-        return _lower(values[:, :1], seed, 1)[0]
+        return measured_bounds(values[:, :1], seed, 1, True)[0]
 
     # least important first: the node whose removal alone keeps the most faithfulness
     alone = faithful([[m for m in nodes if m is not v] for v in nodes]).mean(dim=0).tolist()
@@ -473,7 +467,7 @@ def suggest_claims(run, seed: int = 0) -> list[str]:
     claims = [f"circuit {text} faithful >= {_floor(value):.2f}"]
     values = faithful([kept] + [[m for m in kept if m is not v] for v in kept])
     drops = values[:, :1] - values[:, 1:]
-    weakest = min(_lower(drops.double(), seed, len(kept)))
+    weakest = min(measured_bounds(drops.double(), seed, len(kept), True))
     if _floor(weakest) > 0:
         claims.append(f"circuit {text} minimal >= {_floor(weakest):.2f}")
     if count_node_sets(kept, n_layers, n_heads) > 1:
@@ -487,7 +481,7 @@ def suggest_claims(run, seed: int = 0) -> list[str]:
 
 def _path_suggestions(run, engine, kept, seed: int) -> list[str]:
     from interptest.patching.paths import normalize
-    from interptest.suggest import _floor, _lower
+    from interptest.suggest import _floor, measured_bounds
 
     heads = [n for n in kept if n.component == "heads" and n.layer > 0]
     senders = [n for n in kept if n.layer < max((h.layer for h in heads), default=0)]
@@ -502,7 +496,7 @@ def _path_suggestions(run, engine, kept, seed: int) -> list[str]:
         for i, sender in enumerate(senders):
             if sender.layer >= layer:
                 continue
-            bound = _lower(values[:, i, j][:, None].double(), seed, 1)[0]
+            bound = measured_bounds(values[:, i, j][:, None].double(), seed, 1, True)[0]
             if bound >= best_value:
                 best, best_value = sender, bound
         if best is not None:

@@ -96,15 +96,10 @@ class LensClaim(Claim):
                 f"this model does not expose {self.component!r} (available: {', '.join(context.components)})"
             )
         layer = resolve_layers(self.layer, context.n_layers)[0]
-        where = None
-        for s, (tokens, variables) in enumerate(zip(context.tokens, context.variables)):
-            position = single_position(self.position, tokens, variables, "lens")
-            if where is not None and where != position:
-                raise ClaimBindError(
-                    f"its position differs between samples ({context.prompts[s]!r}); use "
-                    "template variables such as {last} or numeric positions"
-                )
-            where = position
+        where = context.same_on_every_sample(
+            lambda s: single_position(self.position, context.tokens[s], context.variables[s], "lens"),
+            "its position differs",
+        )
         return layer, where, self.prediction.bind(context)
 
     def measure(self, bound, run) -> Measurement:

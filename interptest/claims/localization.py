@@ -163,14 +163,9 @@ class LocalizationClaim(Claim):
             )
         if self.elsewhere:
             return self._bind_elsewhere(context)
-        bound = self._bind_cells(context.tokens[0], context.variables[0], context.n_layers, context.n_heads)
-        for s in range(1, len(context.tokens)):  # positions must not move between samples
-            other = self._bind_cells(context.tokens[s], context.variables[s], context.n_layers, context.n_heads)
-            if other.cells != bound.cells:
-                raise ClaimBindError(
-                    f"its positions differ between samples ({context.prompts[s]!r}); use "
-                    "template variables such as {last} or numeric positions"
-                )
+        bound = context.same_on_every_sample(
+            lambda s: self._bind_cells(context.tokens[s], context.variables[s], context.n_layers, context.n_heads)
+        )
         context.covered.setdefault(self.component, set()).update(cell[:2] for cell in bound.cells)
         if self.random is not None:
             from interptest.claims.circuit import cells_to_nodes, check_random_control

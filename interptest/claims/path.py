@@ -116,13 +116,9 @@ class PathClaim(Claim):
 
     def bind(self, context: BindContext) -> BoundPath:
         senders = bind_nodes(self.senders, context)
-        receivers = _bind_receivers(self.receivers, context, 0)
-        for s in range(1, len(context.tokens)):
-            if _bind_receivers(self.receivers, context, s) != receivers:
-                raise ClaimBindError(
-                    f"its receiver positions differ between samples ({context.prompts[s]!r}); use "
-                    "template variables such as {last} or numeric positions"
-                )
+        receivers = context.same_on_every_sample(
+            lambda s: _bind_receivers(self.receivers, context, s), "its receiver positions differ"
+        )
         sequential = "resid_mid" in context.components
         for spec in self.receivers:
             for receiver in _bind_receivers((spec,), context, 0):
