@@ -169,15 +169,28 @@ def test_the_pipeline_never_mixes_devices():
         ]
 
 
-@pytest.mark.parametrize("claim, moved", [
-    ("resid_pre[0, ' dog'] recovers >= 0", "its positions differ"),
-    ("attn[0.0] from -1 to ' dog' >= 0", "its positions differ"),
-    ("lens(resid_pre[0], ' dog') logit_diff >= 0", "its position differs"),
-])
+@pytest.mark.parametrize(
+    "claim, moved",
+    [
+        ("resid_pre[0, ' dog'] recovers >= 0", "its positions differ"),
+        ("attn[0.0] from -1 to ' dog' >= 0", "its positions differ"),
+        ("lens(resid_pre[0], ' dog') logit_diff >= 0", "its position differs"),
+    ],
+)
 def test_a_claim_whose_positions_move_between_samples_is_an_error(claim, moved):
     model = tinymodels.tiny_model("gpt2")
-    family = dict(template="The {a} sat on the {b}", vars={"a": ["dog", "Bob"], "b": ["dog", "Bob"]}, samples=2,
-                  expect=" the", foil=" on", corrupt="The the sat on the the", claims=[claim])
-    with pytest.raises(SpecError, match=rf"{moved} between samples \('The .* sat on the .*'\); use template "
-                                        r"variables such as \{last\} or numeric positions"):
+    family = dict(
+        template="The {a} sat on the {b}",
+        vars={"a": ["dog", "Bob"], "b": ["dog", "Bob"]},
+        samples=2,
+        expect=" the",
+        foil=" on",
+        corrupt="The the sat on the the",
+        claims=[claim],
+    )
+    with pytest.raises(
+        SpecError,
+        match=rf"{moved} between samples \('The .* sat on the .*'\); use template "
+        r"variables such as \{last\} or numeric positions",
+    ):
         bind(model, **family)
