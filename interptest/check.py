@@ -562,6 +562,7 @@ class Run:
         """The patching engine for every sample at once (BatchPatcher's interface: [S, ...] values)."""
         if self._patcher is None:
             assert self.foil_ids is not None, "patching claims require a corruption, hence a foil"
+            assert self.corrupt_logits is not None, "a foil comes with a corruption"
             self._patcher = open_patcher(
                 self.model,
                 self.bound.clean_ids,
@@ -570,6 +571,7 @@ class Run:
                 self.foil_ids.tolist(),
                 self.noise,
                 self.batch_size,
+                logits=(self.clean_logits, self.corrupt_logits),
             )
         return self._patcher
 
@@ -655,14 +657,22 @@ def _metrics(logits, expect, foil):
     return (logits[rows, expect] - logits[rows, foil]).double()
 
 
-def open_patcher(model, clean_ids, corrupt_ids, expect_ids: list[int], foil_ids: list[int], noise, batch_size):
+def open_patcher(
+    model, clean_ids, corrupt_ids, expect_ids: list[int], foil_ids: list[int], noise, batch_size, logits=None
+):
     """The fastest engine for these samples: a single prompt without noise takes :class:`Patcher`
-    (fast engine where supported), everything else :class:`BatchPatcher`."""
+    (fast engine where supported), everything else :class:`BatchPatcher`.  ``logits``: the clean and
+    corrupted last-position logits the caller computed already (the engine does not run them again;
+    its metrics are then the caller's, exactly)."""
     from interptest.patching import BatchPatcher, Patcher
 
     if clean_ids.shape[0] == 1 and noise is None:
-        return _OneSample(Patcher(model, clean_ids, corrupt_ids, expect_ids[0], foil_ids[0], batch_size=batch_size))
-    return BatchPatcher(model, clean_ids, corrupt_ids, expect_ids, foil_ids, embed_noise=noise, batch_size=batch_size)
+        return _OneSample(
+            Patcher(model, clean_ids, corrupt_ids, expect_ids[0], foil_ids[0], batch_size=batch_size, _logits=logits)
+        )
+    return BatchPatcher(
+        model, clean_ids, corrupt_ids, expect_ids, foil_ids, embed_noise=noise, batch_size=batch_size, _logits=logits
+    )
 
 
 class _OneSample:

@@ -98,12 +98,16 @@ class BatchPatcher(PatchShape):
         batch_size: int | None = None,
         engine: str = "auto",
         _per_sample: bool = True,
+        _logits: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         """clean_tokens, corrupt_tokens: [S, n] integer tensors (a 1-D tensor is one sample).
         expect_ids, foil_ids: S token ids.  embed_noise: optional [S, n, d_model], added at
         ``hook_embed`` to every corrupted run.  batch_size: rows per forward (default: sized to a
         memory budget).  engine: "auto" (fast engine where it is supported and passes its
-        self-check, else generic), "generic" (bridge hooks only) or "fast" (raise if unsupported)."""
+        self-check, else generic), "generic" (bridge hooks only) or "fast" (raise if unsupported).
+        ``_logits``: the bridge's last-position logits [S, vocab] of these clean and corrupted (+ noise)
+        runs, where the caller (the spec pipeline) computed them already: the unpatched forwards are not
+        run twice."""
         if engine not in ENGINES:
             raise InterpError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
         self.model = model
@@ -162,7 +166,12 @@ class BatchPatcher(PatchShape):
             self.embed_noise,
             self._rows_per_batch(True),
         )
-        clean_logits, corrupt_logits = self._hooks.last_logits()
+        if _logits is None:
+            clean_logits, corrupt_logits = self._hooks.last_logits()
+        else:
+            clean_logits, corrupt_logits = (cpu_tensor(t).float() for t in _logits)
+            if clean_logits.shape != corrupt_logits.shape or clean_logits.shape[0] != S:
+                raise ValueError(f"_logits must be two [{S}, vocab] tensors")  # an internal caller's contract
         # cloned outside inference mode: ordinary tensors the caller may modify
         self.clean_logits, self.corrupt_logits = clean_logits.clone(), corrupt_logits.clone()
         self.clean_metrics = (

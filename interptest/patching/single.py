@@ -65,16 +65,26 @@ class Patcher:
         *,
         batch_size: int | None = None,
         engine: str = "auto",
+        _logits: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         """``engine``: "auto" (fast engine where it is supported and passes its self-check,
-        else generic), "generic" (bridge hooks only) or "fast" (raise if unsupported)."""
+        else generic), "generic" (bridge hooks only) or "fast" (raise if unsupported).  ``_logits``: see
+        :class:`BatchPatcher`."""
         if engine not in ENGINES:
             raise InterpError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
         clean = _as_tokens(clean_tokens, "clean")
         corrupt = _as_tokens(corrupt_tokens, "corrupted")
         expect_id, foil_id = int(expect_id), int(foil_id)
         self._b = b = BatchPatcher(
-            model, clean, corrupt, [expect_id], [foil_id], batch_size=batch_size, engine=engine, _per_sample=False
+            model,
+            clean,
+            corrupt,
+            [expect_id],
+            [foil_id],
+            batch_size=batch_size,
+            engine=engine,
+            _per_sample=False,
+            _logits=_logits,
         )
         self.model = model
         self.device = b.device

@@ -194,3 +194,34 @@ def test_a_claim_whose_positions_move_between_samples_is_an_error(claim, moved):
         r"variables such as \{last\} or numeric positions",
     ):
         bind(model, **family)
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_the_unpatched_forwards_run_once_per_behavior(samples, monkeypatch):
+    """The engine reuses the logits the pipeline computed for the predictions (it used to run the clean
+    and corrupted forwards a second time); the fast engine then runs no bridge forward at all, and its
+    metrics are the pipeline's, exactly."""
+    model = tinymodels.tiny_model("gpt2")
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    behavior = {
+        "name": "f",
+        "template": "The {a} sat on the",
+        "vars": {"a": ["dog", "Bob", "the"][:samples]},
+        "samples": samples,
+        "corrupt": "The on sat on the",
+        "expect": " the",
+        "foil": " on",
+        "claims": ["resid_pre[:, 1] recovers >= 0", "heads[0.1] recovers >= 0"],
+    }
+    bound = bind_behavior(parse_behavior(behavior), model)
+    from interptest.check import Run
+
+    run = Run(bound)
+    assert len(calls) == 2  # clean, corrupted
+    patcher = run.patcher()
+    patcher.sweep("resid_pre", "denoise")
+    assert len(calls) == 2
+    assert torch.equal(patcher.clean_metrics.double(), run.clean_metrics.float().double())
+    assert torch.equal(patcher.corrupt_metrics.double(), run.corrupt_metrics.float().double())

@@ -273,7 +273,7 @@ class FastEngine:
         kf, vf = self._keys(k, pack, base_k), self._keys(v, pack, base_v)
         R, n, q0 = pack.R, pack.n, pack.q0
         if final:  # the last position attends to every position: no mask
-            scores = torch.matmul(q.unsqueeze(2), kf.permute(0, 2, 3, 1)) * L.attn_scale  # [R, H, 1, n]
+            scores = torch.matmul(q.unsqueeze(2), kf.permute(0, 2, 3, 1)).mul_(L.attn_scale)  # [R, H, 1, n]
             pattern = torch.softmax(scores, dim=-1)
             z = torch.matmul(pattern, vf.transpose(1, 2))[:, :, 0]  # [R, H, dh]
             xr = x[pack.last]
@@ -284,8 +284,8 @@ class FastEngine:
             else:
                 qp = x.new_zeros(R, nq, H, dh)
                 qp[pack.rows, pack.pos - q0] = q
-            scores = torch.matmul(qp.transpose(1, 2), kf.permute(0, 2, 3, 1)) * L.attn_scale  # [R,H,nq,n]
-            scores = scores.masked_fill(self._mask(q0, n, x.device), float("-inf"))
+            scores = torch.matmul(qp.transpose(1, 2), kf.permute(0, 2, 3, 1)).mul_(L.attn_scale)  # [R,H,nq,n]
+            scores.masked_fill_(self._mask(q0, n, x.device), float("-inf"))  # in place: a fresh temporary
             pattern = torch.softmax(scores, dim=-1)
             zf = torch.matmul(pattern, vf.transpose(1, 2)).transpose(1, 2)  # [R, nq, H, dh]
             z = zf.reshape(pack.T, H, dh) if pack.dense else zf[pack.rows, pack.pos - q0]

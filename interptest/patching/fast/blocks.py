@@ -59,14 +59,34 @@ def norm_fn(mod):
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+# elements per block of an elementwise chain: the block stays in the core's L2 cache across the chain's
+# passes (GPT-2's MLP, [720, 3072], one thread: 9.0 ms whole, 3.8 ms in blocks of 21 rows, same bits)
+_BLOCK_ELEMENTS = 1 << 16
+# the chain's constants as float32 0-dim tensors: a Python float is wrapped into a tensor on every call
+# (a copy per op per block); the arithmetic and its bits are the same
+_GELU_CONSTANTS = tuple(
+    torch.tensor(v, dtype=torch.float32, device="cpu") for v in (0.044715, _SQRT_2_OVER_PI, 1.0, 0.5)
+)
+
+
 def _new_gelu_inplace(x):
     """transformers' NewGELUActivation, ``0.5 * x * (1.0 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3)))``,
-    the same operations in the same order (so the same bits), with one temporary instead of seven;
-    overwrites ``x``, which must be a temporary of the caller."""
-    t = torch.pow(x, 3.0)
-    t.mul_(0.044715).add_(x)  # x + 0.044715 * x**3 (IEEE addition commutes)
-    t.mul_(_SQRT_2_OVER_PI).tanh_().add_(1.0)
-    return x.mul_(0.5).mul_(t)  # (0.5 * x) * (1 + tanh(...))
+    the same operations in the same order (so the same bits), with one temporary instead of seven; on
+    the CPU over blocks of rows that stay in cache (elementwise: blocking changes no bit).  Overwrites
+    ``x``, which must be a temporary of the caller."""
+    if x.device.type == "cpu" and x.is_contiguous() and x.dtype == torch.float32 and x.ndim >= 1:
+        cubic, sqrt_2_over_pi, one, half = _GELU_CONSTANTS
+        rows = max(1, _BLOCK_ELEMENTS // max(1, x.shape[-1]))
+        blocks = x.view(-1, x.shape[-1]).split(rows)
+    else:
+        cubic, sqrt_2_over_pi, one, half = 0.044715, _SQRT_2_OVER_PI, 1.0, 0.5  # type: ignore[assignment]
+        blocks = (x,)
+    for block in blocks:
+        t = torch.pow(block, 3.0)
+        t.mul_(cubic).add_(block)  # x + 0.044715 * x**3 (IEEE addition commutes)
+        t.mul_(sqrt_2_over_pi).tanh_().add_(one)
+        block.mul_(half).mul_(t)  # (0.5 * x) * (1 + tanh(...))
+    return x
 
 
 _PROBED: dict[type, bool] = {}
