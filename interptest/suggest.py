@@ -26,13 +26,16 @@ MARGIN = 0.05
 SUGGESTED_COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
 
 
-def _floor(value: float) -> float:
-    """The bound a ``>=`` claim on ``value`` gets: MARGIN below it, rounded down to a STEP."""
+def bound_at_least(value: float) -> float:
+    """The threshold a suggested ``>=`` claim on a measured ``value`` gets: ``MARGIN`` below it, rounded
+    down to a multiple of ``STEP`` (1.0 -> 0.95, 0.992 -> 0.90, 0.95 -> 0.90). Public: the circuit and
+    path suggestions of :mod:`interptest.claims.circuit` round their bounds with it too."""
     return round(math.floor((value - MARGIN) / STEP + 1e-9) * STEP, 2)
 
 
-def _ceil(value: float) -> float:
-    """The bound a ``<=`` claim on ``value`` gets: MARGIN above it, rounded up to a STEP."""
+def bound_at_most(value: float) -> float:
+    """The threshold a suggested ``<=`` claim on a measured ``value`` gets: ``MARGIN`` above it, rounded
+    up to a multiple of ``STEP`` and never below ``STEP`` (0.0 -> 0.05, 0.008 -> 0.10, 0.51 -> 0.60)."""
     return round(max(STEP, math.ceil((value + MARGIN) / STEP - 1e-9) * STEP), 2)
 
 
@@ -71,7 +74,7 @@ def residual_claims(component: str, lower, upper, tokens: list[str]) -> list[str
                 weakest = min(lower[l][p] for l in range(layer, end + 1))
                 claims.append(
                     f"{component}[{_layers(layer, end, n_layers)}, {_position(tokens, p)}] recovers >= "
-                    f"{_floor(weakest):.2f}"
+                    f"{bound_at_least(weakest):.2f}"
                 )
                 covered.update((l, p) for l in range(layer, end + 1))
         layer = end + 1
@@ -82,7 +85,7 @@ def residual_claims(component: str, lower, upper, tokens: list[str]) -> list[str
         if (l, p) not in covered and v is not None
     ]
     if claims and rest:
-        claims.append(f"{component}[elsewhere] recovers <= {_ceil(max(rest)):.2f}")
+        claims.append(f"{component}[elsewhere] recovers <= {bound_at_most(max(rest)):.2f}")
     return claims
 
 
@@ -98,7 +101,7 @@ def head_claims(patcher, head_values, seed: int = 0) -> list[str]:
         joint = measured_bounds(patcher.joint("heads", chosen, "denoise")[:, None], seed, 1, True)[0]
         if joint >= CARRIER:
             names = ", ".join(f"{l}.{h}" for l, h, _ in sorted(chosen))
-            return [f"heads[{names}] together recovers >= {_floor(joint):.2f}"]
+            return [f"heads[{names}] together recovers >= {bound_at_least(joint):.2f}"]
     return []
 
 

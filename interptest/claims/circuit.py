@@ -436,7 +436,7 @@ def suggest_claims(run, seed: int = 0) -> list[str]:
     >= 0.9, as faithful / minimal / beats-random claims, and the strongest path into each query, key
     and value input of the heads it keeps. On a family the measured values are the lower bootstrap
     bounds of the samples' mean, as the claims will be judged."""
-    from interptest.suggest import _floor, measured_bounds
+    from interptest.suggest import bound_at_least, measured_bounds
 
     engine = run.circuits()
     n_layers, n_heads = int(run.model.cfg.n_layers), int(run.model.cfg.n_heads)
@@ -464,12 +464,12 @@ def suggest_claims(run, seed: int = 0) -> list[str]:
     if value < SUGGEST_FAITHFUL:
         return []
     text = node_list(kept)
-    claims = [f"circuit {text} faithful >= {_floor(value):.2f}"]
+    claims = [f"circuit {text} faithful >= {bound_at_least(value):.2f}"]
     values = faithful([kept] + [[m for m in kept if m is not v] for v in kept])
     drops = values[:, :1] - values[:, 1:]
     weakest = min(measured_bounds(drops.double(), seed, len(kept), True))
-    if _floor(weakest) > 0:
-        claims.append(f"circuit {text} minimal >= {_floor(weakest):.2f}")
+    if bound_at_least(weakest) > 0:
+        claims.append(f"circuit {text} minimal >= {bound_at_least(weakest):.2f}")
     if count_node_sets(kept, n_layers, n_heads) > 1:
         sets, exhaustive = random_node_sets(kept, n_layers, n_heads, random_count(run), control_seed(run, text))
         control = control_measurement(values[:, :1], faithful(sets), 0.95, exhaustive, "faithfulness")
@@ -481,7 +481,7 @@ def suggest_claims(run, seed: int = 0) -> list[str]:
 
 def _path_suggestions(run, engine, kept, seed: int) -> list[str]:
     from interptest.patching.paths import normalize
-    from interptest.suggest import _floor, measured_bounds
+    from interptest.suggest import bound_at_least, measured_bounds
 
     heads = [n for n in kept if n.component == "heads" and n.layer > 0]
     senders = [n for n in kept if n.layer < max((h.layer for h in heads), default=0)]
@@ -501,6 +501,6 @@ def _path_suggestions(run, engine, kept, seed: int) -> list[str]:
                 best, best_value = sender, bound
         if best is not None:
             claims.append(
-                f"path {node_list([best])} -> heads[{layer}.{head}].{kind} recovers >= {_floor(best_value):.2f}"
+                f"path {node_list([best])} -> heads[{layer}.{head}].{kind} recovers >= {bound_at_least(best_value):.2f}"
             )
     return claims

@@ -49,7 +49,7 @@ def test_families_get_claims_on_their_bootstrap_bounds_that_hold_when_pasted(pyt
 
 
 def test_suggested_bounds_keep_a_margin_to_the_measured_values():
-    from interptest.suggest import _ceil, _floor
+    from interptest.suggest import bound_at_least, bound_at_most
 
-    assert (_floor(1.0), _floor(0.992), _floor(0.95), _floor(0.9)) == (0.95, 0.9, 0.9, 0.85)
-    assert (_ceil(0.0), _ceil(0.008), _ceil(0.05), _ceil(0.51)) == (0.05, 0.1, 0.1, 0.6)
+    assert [bound_at_least(v) for v in (1.0, 0.992, 0.95, 0.9)] == [0.95, 0.9, 0.9, 0.85]
+    assert [bound_at_most(v) for v in (0.0, 0.008, 0.05, 0.51)] == [0.05, 0.1, 0.1, 0.6]
