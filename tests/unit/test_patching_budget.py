@@ -80,3 +80,27 @@ def test_rows_per_forward_follow_the_free_memory(fake_cuda, monkeypatch):
     fake_cuda[0] = 64 * GiB
     assert rows(fixed, monkeypatch, "cuda") == (3, 3)  # an explicit batch size wins
     assert rows(fixed, monkeypatch, "cpu") == (3, 3)
+
+
+def test_the_circuit_engine_follows_the_same_budget(fake_cuda, monkeypatch):
+    """Path patching, ablations and random-set controls size their forwards by the device's budget too (they
+    kept a fixed CPU budget of their own before: on a GPU they never used its free memory)."""
+    from interptest.patching import paths
+
+    model = tinymodels.tiny_model("gpt2")
+    clean = torch.randint(1, 299, (2, 40), generator=torch.Generator().manual_seed(0))
+    corrupt = clean.clone()
+    corrupt[:, 5] = 7
+
+    cp, fixed = (paths.CircuitPatcher(model, clean, corrupt, [1, 2], [3, 4], batch_size=b) for b in (None, 3))
+
+    def rows_on(device, patcher=cp):
+        monkeypatch.setattr(paths, "model_device", lambda m: torch.device(device))
+        patcher._budget = None
+        return patcher.rows_per_batch
+
+    monkeypatch.setattr(base, "BATCH_BUDGET", 2 * 2**20)
+    cpu = rows_on("cpu")
+    fake_cuda[0] = 8 * GiB
+    assert 1 < cpu < rows_on("cuda") == base.MAX_ROWS
+    assert rows_on("cuda", fixed) == 3
