@@ -16,7 +16,9 @@ per-layer cost) with how many units/second each engine achieves.
 prompts ("Her name was {first} {last}. When {first}", the surname re-drawn in the corrupted prompt),
 every component swept over all samples by one :class:`~interptest.patching.BatchPatcher`, against the
 generic engine and against TransformerLens looping over the samples.  Times include building the
-patcher (its clean and corrupted forwards); "sweep only" excludes them.
+patcher (its clean and corrupted forwards); "in the pipeline" gives the engines the logits of those
+forwards, as the spec pipeline does (it computes them once for the prediction claims, whatever the
+engine); "sweep only" excludes the patcher's construction.
 
 ``--device cuda`` runs on the GPU (times synchronized, peak device memory printed).  Without
 ``--shapes`` it runs the GPU suite: gpt2-small (17 and 65 tokens, resid_pre and heads), pythia-410m
@@ -399,7 +401,8 @@ def family_tokens(model, samples: int, seed: int = 0):
 
 FAMILY_HEADER = (
     f"{'model':<16} {'S':>4} {'component':<10} {'TL s':>8} {'generic s':>9} {'ours s':>8} {'vs TL':>7} "
-    f"{'vs gen':>7} {'max|Δ|':>9} {'min Δm':>7}  sweep only: generic s, ours s, vs gen"
+    f"{'vs gen':>7} {'max|Δ|':>9} {'min Δm':>7}  in the pipeline: generic s, ours s, vs gen;"
+    f"  sweep only: generic s, ours s, vs gen"
 )
 
 
@@ -414,23 +417,30 @@ def run_family_case(model, name, samples, components, repeats, out=print, generi
     clock = clock or _Clock()
     clean, corrupt, expect, foil = family_tokens(model, samples)
     S, n = clean.shape
+    # the spec pipeline computes these for the prediction claims whatever the engine, and hands them over
+    bridge = BatchPatcher(model, clean, corrupt, expect, foil, engine="generic")
+    logits = (bridge.clean_logits, bridge.corrupt_logits)
     for comp in components:
         fn_name = _TL_FN.get(comp)
         try:
-            times = {}
+            times: dict[tuple[str, bool], tuple] = {}
             for engine in ["auto", "generic"] if generic else ["auto"]:
-                built: dict[str, Any] = {}
+                for given in (False, True):
+                    built: dict[str, Any] = {}
 
-                def run(engine=engine, built=built, comp=comp):
-                    built["bp"] = bp = BatchPatcher(model, clean, corrupt, expect, foil, engine=engine)
-                    t0 = clock()
-                    values = bp.sweep(comp)
-                    built["sweep"] = min(built.get("sweep", float("inf")), clock() - t0)
-                    return values
+                    def run(engine=engine, built=built, comp=comp, given=given):
+                        built["bp"] = bp = BatchPatcher(
+                            model, clean, corrupt, expect, foil, engine=engine, _logits=logits if given else None
+                        )
+                        t0 = clock()
+                        values = bp.sweep(comp)
+                        built["sweep"] = min(built.get("sweep", float("inf")), clock() - t0)
+                        return values
 
-                t, values, _ = _timed(run, repeats, clock)
-                times[engine] = (t, built["sweep"], values, built["bp"])
-            t_ours, s_ours, ours, bp = times["auto"]
+                    t, values, _ = _timed(run, repeats, clock)
+                    times[engine, given] = (t, built["sweep"], values, built["bp"])
+            t_ours, s_ours, ours, bp = times["auto", False]
+            t_ours_given = times["auto", True][0]
             t_tl, ref = None, None
             if fn_name is not None:
                 mc, mx = bp.clean_metrics.tolist(), bp.corrupt_metrics.tolist()
@@ -458,18 +468,21 @@ def run_family_case(model, name, samples, components, repeats, out=print, generi
         delta = f"{float((ours - ref.float().cpu()).abs().max()):>9.1e}" if ref is not None else f"{'-':>9}"
         tl = f"{t_tl:>8.3f}" if t_tl is not None else f"{'-':>8}"
         vs_tl = f"{t_tl / t_ours:>6.1f}x" if t_tl is not None else f"{'-':>7}"
-        if "generic" in times:
-            t_gen, s_gen = times["generic"][:2]
-            gen, vs_gen, only = (
+        if ("generic", False) in times:
+            t_gen, s_gen = times["generic", False][:2]
+            t_gen_given = times["generic", True][0]
+            gen, vs_gen, piped, only = (
                 f"{t_gen:>9.3f}",
                 f"{t_gen / t_ours:>6.1f}x",
+                f"{t_gen_given:>9.3f} {t_ours_given:>8.3f} {t_gen_given / t_ours_given:>6.1f}x",
                 f"{s_gen:>9.3f} {s_ours:>8.3f} {s_gen / s_ours:>6.1f}x",
             )
         else:
-            gen, vs_gen, only = f"{'-':>9}", f"{'-':>7}", f"{'-':>9} {s_ours:>8.3f}"
+            gen, vs_gen = f"{'-':>9}", f"{'-':>7}"
+            piped, only = f"{'-':>9} {t_ours_given:>8.3f} {'-':>7}", f"{'-':>9} {s_ours:>8.3f} {'-':>7}"
         out(
-            f"{name:<16} {S:>4} {comp:<10} {tl} {gen} {t_ours:>8.3f} {vs_tl} {vs_gen} {delta} {dm:>7.2f}  {only}"
-            f"  [{bp.engine}]"
+            f"{name:<16} {S:>4} {comp:<10} {tl} {gen} {t_ours:>8.3f} {vs_tl} {vs_gen} {delta} {dm:>7.2f}  {piped};"
+            f"  {only}  [{bp.engine}]"
         )
 
 
