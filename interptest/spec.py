@@ -58,6 +58,7 @@ FILE_KEYS = {
     "behaviors": _BEHAVIORS,
     "if_model_unavailable": _STR,
 }
+MODEL_EXPECTED = "a model name (such as 'gpt2') or a save_pretrained directory"
 UNAVAILABLE_POLICIES = ("error", "skip")
 SINGLE_TOKEN_POLICIES = ("error", "drop")
 CORRUPTION_KINDS = ("replace", "resample", "noise")
@@ -322,6 +323,16 @@ def _check_keys(mapping: dict, allowed: dict, where: str, make_error: ErrorFn) -
             make_error(f"expected {allowed[key]}, got {_describe(mapping[key])}", str(key))
 
 
+def _check_model(mapping: dict, make_error: ErrorFn) -> None:
+    """A blank ``model`` (file, defaults or behavior) is as malformed as ``model: 3``: reported here, at the
+    key's own line, instead of an empty one silently meaning the next model down the chain and a
+    whitespace one failing only when the model loads, at the line of the first behavior using it."""
+    value = mapping.get("model")
+    if isinstance(value, str) and not value.strip():
+        got = "an empty string" if not value else f"a blank string ({value!r})"
+        make_error(f"expected {MODEL_EXPECTED}, got {got}", "model")
+
+
 def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
     """Parse and validate a spec file's text."""
     data = _load_yaml(text, path)
@@ -337,6 +348,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
         raise SpecError(message, path=path, line=data.key_lines.get(key, data.line), key=key)
 
     _check_keys(data, FILE_KEYS, "the spec file", file_error)
+    _check_model(data, file_error)
     if "behaviors" not in data:
         file_error("missing required key 'behaviors' (a list of behaviors)")
     defaults = data.get("defaults") or _Mapping()
@@ -352,6 +364,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
         raise SpecError(message, path=path, line=defaults.key_lines.get(key), key=f"defaults.{key}")
 
     _check_keys(defaults, BEHAVIOR_KEYS, "defaults", defaults_error)
+    _check_model(defaults, defaults_error)
     entries = data["behaviors"]
     if not entries:
         file_error("'behaviors' is empty", "behaviors")
@@ -424,6 +437,7 @@ def _parse_behavior(
     if "name" not in entry:
         error(f"behavior #{index + 1} is missing required key 'name'")
     _check_keys(entry, BEHAVIOR_KEYS, "a behavior", error)
+    _check_model(entry, error)
     assert isinstance(name, str), "present (checked above) and a string (_check_keys)"
     if not NAME_PATTERN.fullmatch(name):
         error(f"invalid name {name!r}: use letters, digits, '_', '.' and '-' only", "name")

@@ -129,6 +129,46 @@ def test_malformed_spec_messages(text, message):
     assert message in error_of(text)
 
 
+# A file whose 'model' key comes last (line 7), after the defaults and a behavior (line 3): a malformed
+# file-level model must point at its own line, not at a behavior's.
+MODEL_LAST = """\
+defaults:
+  min_effect: 0.5
+behaviors:
+  - name: a
+    prompt: x
+    expect: y
+model: {model}
+"""
+MODEL_EXPECTED = "expected a model name (such as 'gpt2') or a save_pretrained directory"
+
+
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        ("3", "expected a string, got a number (3)"),
+        ("[a]", "expected a string, got a list"),
+        ("{a: 1}", "expected a string, got a mapping"),
+        ("null", "expected a string, got nothing (null)"),
+        ("''", f"{MODEL_EXPECTED}, got an empty string"),
+        ("'  '", f"{MODEL_EXPECTED}, got a blank string ('  ')"),
+    ],
+)
+def test_malformed_file_model_names_the_file_line_and_key(model, expected):
+    assert error_of(MODEL_LAST.format(model=model)) == f"specs/f.yaml:7: key 'model': {expected}"
+
+
+def test_blank_model_in_defaults_or_a_behavior_points_at_that_key():
+    defaults = "defaults:\n  min_effect: 0.5\n  model: ''\nbehaviors:\n  - name: a\n    prompt: x\n    expect: y\n"
+    assert error_of(defaults) == f"specs/f.yaml:3: key 'defaults.model': {MODEL_EXPECTED}, got an empty string"
+    behavior = "model: gpt2\nbehaviors:\n  - name: a\n    prompt: x\n    expect: y\n    model: ' '\n"
+    assert (
+        error_of(behavior) == f"specs/f.yaml:6: behavior 'a', key 'model': {MODEL_EXPECTED}, got a blank string (' ')"
+    )
+    with pytest.raises(SpecError, match=r"<dict>: behavior 'x', key 'model': expected a model name"):
+        parse_behavior({"name": "x", "prompt": "a b", "expect": " c", "model": ""})
+
+
 def claim_error(claim: str, corrupt: bool = True) -> str:
     extra = "    corrupt: z\n" if corrupt else ""
     return error_of(f'behaviors:\n  - name: a\n    prompt: x\n    expect: y\n{extra}    claims:\n      - "{claim}"\n')
