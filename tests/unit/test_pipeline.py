@@ -10,6 +10,7 @@ import tinymodels
 from interptest.check import bind_behavior, check_behavior, run_behavior
 from interptest.errors import SpecError
 from interptest.spec import parse_behavior
+from interptest.suggest import suggest
 
 WORDS = [" dog", " sat", " the", " on", " Bob"]  # the single tokens of tinymodels' small BPE vocabulary
 
@@ -138,6 +139,7 @@ def test_the_pipeline_never_mixes_devices():
             "name": "single",
             "prompt": "The dog sat on the",
             "corrupt": "The Bob sat on the",
+            "min_effect": 0.01,  # a random model: small effects, measured all the same
             "expect": " the",
             "foil": " on",
             "claims": [
@@ -147,6 +149,20 @@ def test_the_pipeline_never_mixes_devices():
                 "prob(' the') > 0",
                 "rank(' on') <= 3",
                 "logit_diff >= 0",
+                # every other claim kind: attention, head scores, direct effects, lens, paths, circuits
+                "attn[1.0, 1.2] from -1 to ' dog' >= 0",
+                "previous_token_score(heads[0.1]) on random_repeat >= 0",
+                "induction_score(heads[1.0, 1.2]) together >= 0",
+                "direct(heads[1.0, 1.2]) together >= -100",
+                "direct(mlp_out[1]) >= -1 of logit_diff",
+                "lens(resid_post[0], -1) rank(' the') >= 1",
+                "path heads[0.1] -> heads[1.0].k recovers >= -10",
+                "path heads[0.1, 0.2] -> logits + mlp_in[1] breaks >= -10",
+                "circuit heads[0.1, 1.0] + mlp_out[1] faithful >= -10",
+                "circuit heads[0.1, 1.0] + mlp_out[1] minimal >= -10",
+                "circuit heads[0.1, 1.0] faithful beats random at 0.05",
+                "heads[0.1, 1.0] together recovers beats random at 0.05",
+                "heads[0.1] breaks >= -10 ablate zero",
             ],
         },
         {
@@ -154,19 +170,41 @@ def test_the_pipeline_never_mixes_devices():
             "template": "The {a} sat on the",
             "vars": {"a": ["dog", "Bob"]},
             "samples": 2,
+            "min_effect": 0.01,
             "corrupt": {"noise": {"positions": ["{a}"], "scale": 3.0}},
             "expect": " the",
             "foil": " on",
-            "claims": ["resid_pre[:, {a}] recovers >= 0.5", "mlp_out[0, -1] breaks <= 0.5", "logit(' on') > -100"],
+            "claims": [
+                "resid_pre[:, {a}] recovers >= 0.5",
+                "mlp_out[0, -1] breaks <= 0.5",
+                "logit(' on') > -100",
+                "heads[0.1] breaks >= -10 ablate mean",
+                "circuit heads[0.1, 1.0] + mlp_out[1] faithful >= -10 ablate mean",
+                "path heads[0.1] -> heads[1.0].v recovers >= -10",
+                "attn[1.0] from -1 to 0 >= 0",
+                "direct(heads[1.0]) >= -100",
+            ],
         },
     ]
+    options = {"random_sets": 12}  # the negative controls' code path, not their statistics
+
+    def check(behavior):
+        return run_behavior(bind_behavior(parse_behavior(behavior), model, options=options), shrink=False)
+
     for behavior in behaviors:
-        expected = check_behavior(behavior, model, raise_on_failure=False)
+        expected = check(behavior)
+        measured = [c.text for c in expected.checks if c.value is not None]
+        assert set(behavior["claims"]) <= set(measured), expected.checks  # every claim measured, none errored
         with stray_device(model):
-            got = check_behavior(behavior, model, raise_on_failure=False)
+            got = check(behavior)
         assert [(c.text, c.passed, c.value) for c in got.checks] == [
             (c.text, c.passed, c.value) for c in expected.checks
         ]
+    single = parse_behavior(behaviors[0])
+    suggested = suggest(bind_behavior(single, model, options=options))
+    assert "circuit" in suggested  # sweeps, head and circuit suggestions ran
+    with stray_device(model):
+        assert suggest(bind_behavior(single, model, options=options)) == suggested
 
 
 @pytest.mark.parametrize(
