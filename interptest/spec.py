@@ -386,6 +386,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
             file_model=data.get("model"),
             index=index,
             file_policy=data.get("if_model_unavailable"),
+            file_model_line=data.key_lines.get("model"),
         )
         if behavior.name in seen:
             raise SpecError(
@@ -417,11 +418,19 @@ def parse_behavior(spec: dict, path: str = "<dict>") -> BehaviorSpec:
 
 
 def _parse_behavior(
-    entry: dict, defaults: dict, path: str, file_model: str | None, index: int, file_policy: str | None = None
+    entry: dict,
+    defaults: dict,
+    path: str,
+    file_model: str | None,
+    index: int,
+    file_policy: str | None = None,
+    file_model_line: int | None = None,
 ) -> BehaviorSpec:
     name = entry.get("name")
     line = getattr(entry, "line", None)
-    key_lines = dict(getattr(defaults, "key_lines", {}))
+    # a key the behavior inherits is blamed where it is written: the file's 'model', then 'defaults'
+    key_lines = {} if file_model_line is None else {"model": file_model_line}
+    key_lines.update(getattr(defaults, "key_lines", {}))
     key_lines.update(getattr(entry, "key_lines", {}))
     display_name = name if isinstance(name, str) else None
 

@@ -108,15 +108,22 @@ CASES = {
             "' Hart Hart' encodes to [' Hart', ' Hart']"
         ),
     ),
-    # a model named by the file: the behavior's line (the behavior has no 'model' key of its own)
+    # a model named by the file: the line of the file's 'model' key, for the behavior that uses it
     "unknown-model": (
         "model: no-such-model-xyz\n" + HEADER + CLEAN,
-        3,
+        1,
+        "behavior 'b', key 'model': model 'no-such-model-xyz' ",
+    ),
+    "unknown-model-in-defaults": (
+        'model: interptest-tiny\ndefaults:\n  expect: " Hart"\n  model: no-such-model-xyz\n'
+        + HEADER
+        + '    prompt: "Her name was Alex Hart. When Alex"\n',
+        4,
         "behavior 'b', key 'model': model 'no-such-model-xyz' ",
     ),
     "missing-model-dir": (
         "model: ./missing-checkpoint/\n" + HEADER + CLEAN,
-        3,
+        1,
         "behavior 'b', key 'model': model directory './missing-checkpoint/' does not exist",
     ),
     "too-long": (

@@ -35,7 +35,7 @@ def test_the_spec_model_key_is_blamed_when_the_spec_names_the_model(pytester, wr
     write("behaviors/f.yaml", "model: nope\n" + FRANCE)
     result = pytester.runpytest()
     result.stdout.fnmatch_lines(
-        ["*behaviors/f.yaml:3: behavior 'france', key 'model': model 'nope' is not in the local Hugging Face cache*"]
+        ["*behaviors/f.yaml:1: behavior 'france', key 'model': model 'nope' is not in the local Hugging Face cache*"]
     )
 
 
