@@ -111,7 +111,8 @@ def test_auto_threads_is_half_the_cpus(pytester, write):
 
 # ---- batch size: the rows of every forward pass of a behavior's run --------------------------------
 
-# A prompt family: its samples and patched cells run through the bridge with hooks, batched.
+# A prompt family: its clean and corrupted runs go through the bridge, its patched cells through the fast
+# engine (interptest-tiny is GPT-2-shaped), both batched.
 FAMILY = """\
 behaviors:
   - name: induction
@@ -127,12 +128,14 @@ behaviors:
       - "resid_pre[:, {last}] recovers >= 0.8"
 """
 
-# Counts forwards as tests/unit/test_patching_batch.py does: the batch size of every hook_embed call
-# while a behavior runs.
+# Counts forwards while a behavior runs: the batch size of every bridge forward (its hook_embed call) and
+# the rows of every fast-engine forward (one row pack per forward).
 COUNT_FORWARDS = """\
     import json
 
     import pytest
+
+    from interptest.patching import fast
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(item):
@@ -142,36 +145,45 @@ COUNT_FORWARDS = """\
         sizes = []
 
         def count(act, hook=None):
-            sizes.append(int(act.shape[0]))
+            sizes.append(["bridge", int(act.shape[0])])
 
+        pack_init = fast._Pack.__init__
+
+        def counted_pack(self, smp, *args, **kwargs):
+            sizes.append(["fast", len(smp)])
+            pack_init(self, smp, *args, **kwargs)
+
+        fast._Pack.__init__ = counted_pack
         try:
             with bound.model.hooks(fwd_hooks=[("hook_embed", count)]):
                 return (yield)
         finally:
+            fast._Pack.__init__ = pack_init
             (item.config.rootpath / "forwards.json").write_text(json.dumps(sizes))
     """
 
 
-def forwards(pytester, write, ini: str, *args: str) -> list[int]:
-    """The rows of each forward pass of the family's run, in order; the behavior passes."""
+def forwards(pytester, write, ini: str, *args: str) -> list[tuple[str, int]]:
+    """(engine, rows) of each forward pass of the family's run, in order; the behavior passes."""
     write("behaviors/f.yaml", FAMILY)
     write("conftest.py", COUNT_FORWARDS)
     pytester.makeini("[pytest]\n" + ini)
     pytester.runpytest("-p", "no:cacheprovider", *args).assert_outcomes(passed=1)
-    return json.loads((pytester.path / "forwards.json").read_text())
+    return [tuple(f) for f in json.loads((pytester.path / "forwards.json").read_text())]
 
 
-def split(passes: list[int], batch: int) -> list[int]:
+def split(passes: list[tuple[str, int]], batch: int) -> list[tuple[str, int]]:
     """Each pass of ``passes`` rows as forwards of at most ``batch`` rows."""
-    return [min(batch, rows - start) for rows in passes for start in range(0, rows, batch)]
+    return [(engine, min(batch, rows - start)) for engine, rows in passes for start in range(0, rows, batch)]
 
 
 @pytest.fixture
-def unbatched(pytester, write) -> list[int]:
-    """The run's forward passes when one forward may hold every row (today [5, 5, 5, 40]: the 5 samples'
-    clean, corrupted and source runs, then 5 samples x 2 layers x 4 positions patched together)."""
+def unbatched(pytester, write) -> list[tuple[str, int]]:
+    """The run's forward passes when one forward may hold every row (today: the bridge's clean and corrupted
+    runs of the 5 samples, the fast engine's base run of both, then its patched rows, one pass per layer)."""
     passes = forwards(pytester, write, "interp_batch_size = 1000\n")
-    assert max(passes) > 7, passes  # so that every batch size below splits some pass
+    assert {engine for engine, _ in passes} == {"bridge", "fast"}, passes
+    assert max(rows for _, rows in passes) > 7, passes  # so that every batch size below splits some pass
     return passes
 
 
