@@ -2,7 +2,7 @@
 
     python -m interptest.bench [--components resid_pre,heads] [--lengths 16,64] [--threads 1,2] [--quick]
                                [--family 40] [--no-generic] [--shapes gpt2-small,...] [--device cpu|cuda]
-                               [--clock wall|process]
+                               [--clock wall|process] [--no-tl]
 
 Builds gpt2-small's architecture (12 layers, d_model 768, 12 heads, vocab 50257) with random weights
 locally (no download), and uses ``interptest-tiny`` when it is present.  For each case it prints the
@@ -297,7 +297,7 @@ HEADER = (
 )
 
 
-def run_case(model, name, n, components, repeats, out=print, generic=True, clock=None):
+def run_case(model, name, n, components, repeats, out=print, generic=True, clock=None, tl=True):
     import torch
     from transformer_lens import patching as tlp
 
@@ -339,21 +339,26 @@ def run_case(model, name, n, components, repeats, out=print, generic=True, clock
                 _, cache = model.run_with_cache(clean)
                 return getattr(tlp, fn_name)(model, corrupt, cache, metric)
 
-            t_tl, ref, peak_tl = _timed(tl_fn, repeats, clock)
+            t_tl, ref, peak_tl = _timed(tl_fn, repeats, clock) if tl else (None, None, None)
         except Exception as e:
             out(f"{name:<16} {n:>4} {comp:<10}  error: {type(e).__name__}: {e}")
             continue
-        delta = float((ours - ref.float().cpu()).abs().max())
-        cells = ref.numel()
+        cells = ours.numel()
         floor = _floor_units(model, comp, n, pt.first_diff)
         tl_units = _tl_units(model, n, cells)
-        # "how close to the floor": the floor's work done at TL's units/second, vs our time.
-        floor_time_at_tl_rate = floor / tl_units * t_tl
         gen = f"{t_gen:>9.3f}" if t_gen is not None else f"{'-':>9}"
         vs_gen = f"{t_gen / t_ours:>6.1f}x" if t_gen is not None else f"{'-':>7}"
+        if t_tl is not None and ref is not None:
+            delta = float((ours - ref.float().cpu()).abs().max())
+            # "how close to the floor": the floor's work done at TL's units/second, vs our time.
+            floor_time_at_tl_rate = floor / tl_units * t_tl
+            tl_cols = f"{t_tl:>8.3f} {gen} {t_ours:>8.3f} {t_tl / t_ours:>6.1f}x {vs_gen} {delta:>9.1e}"
+            vs_floor = f"{t_ours / floor_time_at_tl_rate:>8.2f}"
+        else:  # --no-tl: ours (and the generic engine) only
+            tl_cols = f"{'-':>8} {gen} {t_ours:>8.3f} {'-':>7} {vs_gen} {'-':>9}"
+            vs_floor = f"{'-':>8}"
         out(
-            f"{name:<16} {n:>4} {comp:<10} {t_tl:>8.3f} {gen} {t_ours:>8.3f} {t_tl / t_ours:>6.1f}x {vs_gen} "
-            f"{delta:>9.1e} {mc - mx:>7.2f} {tl_units / floor:>5.1f}x {t_ours / floor_time_at_tl_rate:>8.2f} "
+            f"{name:<16} {n:>4} {comp:<10} {tl_cols} {mc - mx:>7.2f} {tl_units / floor:>5.1f}x {vs_floor} "
             f"{_fmt_mib(peak_tl):>7} {_fmt_mib(peak_ours):>8}  [{pt.engine}]"
         )
 
@@ -636,6 +641,11 @@ def main(argv=None) -> int:
         help="samples of the interptest-tiny prompt-family case (0: skip it)",
     )
     ap.add_argument("--no-generic", action="store_true", help="do not time the generic hook engine")
+    ap.add_argument(
+        "--no-tl",
+        action="store_true",
+        help="do not run TransformerLens (ours only: time and peak memory of a size TL would take minutes on)",
+    )
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument(
         "--shapes",
@@ -728,6 +738,7 @@ def main(argv=None) -> int:
                     repeats,
                     generic=not args.no_generic,
                     clock=clock,
+                    tl=not args.no_tl,
                 )
                 sys.stdout.flush()
             if tiny is not None:
