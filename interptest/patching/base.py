@@ -80,6 +80,15 @@ class PatchMap:
         return ax
 
 
+def rows_within_budget(engine, per_row: int, cap: int) -> int:
+    """Rows of ``per_row`` bytes that fit one forward of ``engine`` (anything with a ``model``): its
+    device's :func:`batch_budget`, measured on first use and kept as ``engine._budget``; at most ``cap``."""
+    budget = getattr(engine, "_budget", None)
+    if budget is None:
+        budget = engine._budget = batch_budget(model_device(engine.model))
+    return max(1, min(cap, budget // max(per_row, 1)))
+
+
 def batch_budget(device) -> int:
     """Bytes the activations of one batched forward may take on ``device``: on CUDA half of the free
     memory (``torch.cuda.mem_get_info``), at least :data:`BATCH_BUDGET`; elsewhere :data:`BATCH_BUDGET`."""
@@ -228,9 +237,6 @@ class PatchShape:
         device's budget (:func:`batch_budget`) holds, at most MAX_ROWS (generic) / MAX_ROWS_FAST."""
         if self.batch_size is not None:
             return self.batch_size
-        budget = getattr(self, "_budget", None)
-        if budget is None:
-            budget = self._budget = batch_budget(model_device(self.model))
         cfg = self.model.cfg
         d = int(cfg.d_model)
         d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d)
@@ -238,4 +244,4 @@ class PatchShape:
         per_row = n * (8 * d + 2 * d_mlp + 2 * self.n_heads * n) * 4
         if generic:
             per_row += n * int(cfg.d_vocab) * 4
-        return max(1, min(MAX_ROWS if generic else MAX_ROWS_FAST, budget // max(per_row, 1)))
+        return rows_within_budget(self, per_row, MAX_ROWS if generic else MAX_ROWS_FAST)

@@ -36,7 +36,7 @@ import torch
 from interptest import components
 from interptest.errors import InterpError
 from interptest.patching import model_device
-from interptest.patching.base import MAX_ROWS, batch_budget
+from interptest.patching.base import MAX_ROWS, rows_within_budget
 
 __all__ = ["ABLATIONS", "CircuitPatcher", "RECEIVER_KINDS", "normalize"]
 
@@ -120,10 +120,7 @@ class CircuitPatcher:
         d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d)
         n = self.n_positions
         per_row = n * (10 * d + 2 * d_mlp + 2 * self.n_heads * n + int(cfg.d_vocab)) * 4
-        budget = getattr(self, "_budget", None)
-        if budget is None:  # the device's (CUDA: a fraction of its free memory), measured once
-            budget = self._budget = batch_budget(model_device(self.model))
-        return max(1, min(MAX_ROWS, budget // max(per_row, 1)))
+        return rows_within_budget(self, per_row, MAX_ROWS)
 
     def kv_head(self, head: int) -> int:
         """The key/value head that query head ``head`` reads (itself without grouped-query attention)."""

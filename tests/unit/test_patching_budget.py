@@ -95,7 +95,7 @@ def test_the_circuit_engine_follows_the_same_budget(fake_cuda, monkeypatch):
     cp, fixed = (paths.CircuitPatcher(model, clean, corrupt, [1, 2], [3, 4], batch_size=b) for b in (None, 3))
 
     def rows_on(device, patcher=cp):
-        monkeypatch.setattr(paths, "model_device", lambda m: torch.device(device))
+        monkeypatch.setattr(base, "model_device", lambda m: torch.device(device))
         patcher._budget = None
         return patcher.rows_per_batch
 
