@@ -35,6 +35,25 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# GPT-2's tokens of the IOI prompt "When Mary and John went to the store, John gave a drink to" (BOS first)
+IOI_TOKENS = [
+    "<|endoftext|>",
+    "When",
+    " Mary",
+    " and",
+    " John",
+    " went",
+    " to",
+    " the",
+    " store",
+    ",",
+    " John",
+    " gave",
+    " a",
+    " drink",
+    " to",
+]
+
 DATA = Path(__file__).parent / "data" / "gpt2-tokenizer"
 
 # gpt2's revision on the hub (its main commit); any 40-hex revision would do, this one is the real one.

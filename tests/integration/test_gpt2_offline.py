@@ -20,23 +20,6 @@ import gpt2cache
 
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
-IOI_TOKENS = [
-    "<|endoftext|>",
-    "When",
-    " Mary",
-    " and",
-    " John",
-    " went",
-    " to",
-    " the",
-    " store",
-    ",",
-    " John",
-    " gave",
-    " a",
-    " drink",
-    " to",
-]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +113,7 @@ def test_tokenization_is_gpt2s(gpt2):
         1649,
         4422,
     ]
-    assert gpt2.to_str_tokens(IOI_CLEAN) == IOI_TOKENS
+    assert gpt2.to_str_tokens(IOI_CLEAN) == gpt2cache.IOI_TOKENS
     ids = gpt2.to_tokens(IOI_CLEAN)[0]
     assert int((ids == gpt2cache.BOS).sum()) == 1
     assert gpt2.tokenizer.decode(ids[1:]) == IOI_CLEAN
@@ -160,7 +143,7 @@ def test_patching_positions_follow_gpt2_tokens(gpt2):
     from interptest import patch_sweep
 
     pm = patch_sweep(gpt2, IOI_CLEAN, IOI_CORRUPT, component="resid_pre", expect=" Mary", foil=" John")
-    assert list(pm.tokens) == IOI_TOKENS
+    assert list(pm.tokens) == gpt2cache.IOI_TOKENS
     assert tuple(pm.values.shape) == (12, 15)
     row = pm.values[0].tolist()
     assert row[10] == pytest.approx(1.0, abs=1e-4)
@@ -180,7 +163,7 @@ def test_published_ioi_binds_and_runs_on_gpt2_tokens(gpt2):
     assert shipped["model"] == "gpt2"
     ioi = next(b for b in shipped["behaviors"] if b["name"] == "ioi-name-movers")
     result = check_behavior(ioi, gpt2, raise_on_failure=False)
-    assert result.tokens == IOI_TOKENS and result.expect == " Mary" and result.foil == " John"
+    assert result.tokens == gpt2cache.IOI_TOKENS and result.expect == " Mary" and result.foil == " John"
     assert abs(result.clean_metric - result.corrupt_metric) >= 1.0  # min_effect: the claims are judged
     by_text = {check.text: check for check in result.checks}
     assert by_text["resid_pre[0, ' John'#2] recovers >= 0.99"].value == pytest.approx(1.0, abs=1e-4)

@@ -4,23 +4,9 @@ small move is printed with the digits that show it."""
 
 import json
 
-from interptest.baselines import compare
+from test_option_baseline import SPEC  # the same two behaviors
 
-SPEC = """\
-behaviors:
-  - name: alex-hart
-    prompt: "Her name was Alex Hart. When Alex"
-    expect: " Hart"
-    corrupt: "Her name was Alex Cole. When Alex"
-    claims:
-      - "resid_pre[0, ' Hart'] recovers >= 0.9"
-  - name: france
-    prompt: "The capital of France is"
-    expect: " Paris"
-    corrupt: "The capital of Spain is"
-    claims:
-      - "resid_pre[0, ' France'] recovers >= 0.9"
-"""
+from interptest.baselines import compare
 
 
 def _stored(pytester) -> tuple:

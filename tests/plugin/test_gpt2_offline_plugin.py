@@ -127,23 +127,7 @@ def test_shipped_gpt2_spec_runs_with_positions_on_gpt2_tokens(pytester, publishe
     }
     ioi, induction = records["ioi-name-movers"], records["induction-alex-hart"]
     assert ioi["model"] == induction["model"] == "gpt2"
-    assert ioi["tokens"] == [
-        "<|endoftext|>",
-        "When",
-        " Mary",
-        " and",
-        " John",
-        " went",
-        " to",
-        " the",
-        " store",
-        ",",
-        " John",
-        " gave",
-        " a",
-        " drink",
-        " to",
-    ]
+    assert ioi["tokens"] == gpt2cache.IOI_TOKENS
     assert induction["tokens"] == ["<|endoftext|>", "Her", " name", " was", " Alex", " Hart", ".", " When", " Alex"]
     assert ioi["foil"] == " John" and induction["foil"] == " Cole"
 
