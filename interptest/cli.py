@@ -63,8 +63,8 @@ def _map(args) -> int:
     import torch
 
     from interptest.check import patch_sweep
+    from interptest.maps import render_map
     from interptest.model import load_model
-    from interptest.render import render_map
 
     model = load_model(args.model, device=args.device)
     with torch.inference_mode():
@@ -81,7 +81,7 @@ def _map(args) -> int:
     print("\n".join(line for line in render_map(pm) if "claimed cell" not in line))
     if args.html is not None:
         from interptest.files import atomic_write
-        from interptest.report import map_page
+        from interptest.maps import map_page
 
         atomic_write(args.html, map_page(pm, f"{pm.component} — {args.prompt!r} vs {args.corrupt!r}"))
         print(f"written: {args.html}")

@@ -3,22 +3,11 @@ map of each failing localization claim, sized for a 100-column terminal."""
 
 from __future__ import annotations
 
-from interptest import components
-
-WIDTH = 100
-CELL = 6  # a value such as "-0.12" + one marker character after it
-ROW_LABEL = 5  # "L11  "
-_RED, _BOLD, _DIM, _RESET = "\x1b[31;1m", "\x1b[1m", "\x1b[2m", "\x1b[0m"
-
-
-def show_token(token: str) -> str:
-    """A token as a reader needs to see it: leading spaces visible, control characters escaped."""
-    text = repr(token)[1:-1]
-    return "·" + text[1:] if text.startswith(" ") else text
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+from interptest.maps import DIM as _DIM
+from interptest.maps import RED as _RED
+from interptest.maps import RESET as _RESET
+from interptest.maps import WIDTH
+from interptest.maps import shorten as _shorten
 
 
 def _format_value(check) -> str:
@@ -88,47 +77,3 @@ def _corruption_detail(corruption) -> str:
     if corruption.kind == "resample":
         return ", ".join(corruption.resample)
     return f"at {', '.join(p.source for p in corruption.positions)}, scale {corruption.scale:g}"
-
-
-def _header(label: str) -> str:
-    """A column label right-aligned over the value (the last character is the mark's column)."""
-    label = _shorten(label, CELL)
-    return label.rjust(CELL - 1).ljust(CELL)
-
-
-def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool = False) -> list[str]:
-    """A layer × position (or layer × head) table, two decimals, wrapped to ``WIDTH`` columns."""
-    values = patch_map.values
-    n_layers, n_cols = values.shape
-    heads = components.get(patch_map.component).per_head
-    direction = (
-        "recovers: clean patched into corrupted run"
-        if patch_map.direction == "denoise"
-        else "breaks: corrupted patched into clean run"
-    )
-    lines = [
-        f"  {title}" if title else "",
-        f"  {patch_map.component} ({direction}), layer × {'head' if heads else 'position'}",
-        "  0.93* claimed cell   0.12! failing cell (the mark follows its value)",
-    ]
-    claimed, failing = {tuple(c[:2]) for c in claimed}, {tuple(c[:2]) for c in failing}
-    labels = [f"H{h}" for h in range(n_cols)] if heads else [show_token(t) for t in patch_map.tokens]
-    per_chunk = max(1, (WIDTH - ROW_LABEL - 2) // (CELL + 1))
-    for start in range(0, n_cols, per_chunk):
-        cols = range(start, min(n_cols, start + per_chunk))
-        if not heads:
-            lines.append("  " + " " * ROW_LABEL + " ".join(_header(str(c)) for c in cols))
-        lines.append("  " + " " * ROW_LABEL + " ".join(_header(labels[c]) for c in cols))
-        for layer in range(n_layers):
-            cells = []
-            for c in cols:
-                marker = "!" if (layer, c) in failing else "*" if (layer, c) in claimed else " "
-                value = float(values[layer, c])
-                text = f"{0.0 if abs(value) < 0.005 else value:5.2f}{marker}"  # no "-0.00"; the mark after
-                if color and marker == "!":
-                    text = f"{_RED}{text}{_RESET}"
-                elif color and marker == "*":
-                    text = f"{_BOLD}{text}{_RESET}"
-                cells.append(text)
-            lines.append("  " + f"L{layer}".ljust(ROW_LABEL) + " ".join(cells))
-    return lines

@@ -7,10 +7,10 @@ or errored — gets a record with every key, built by :func:`behavior_record`.
 
 from __future__ import annotations
 
-import math
 from typing import Any, TypedDict
 
-from interptest import components
+from interptest.maps import finite_or_none as _number
+from interptest.maps import map_entry, map_key
 
 FORMAT = 1
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
@@ -48,27 +48,9 @@ class BehaviorRecord(TypedDict):
     suggestion: str | None
 
 
-def map_key(component: str, direction: str) -> str:
-    return component if direction == "denoise" else f"{component}:noise"
-
-
-def _number(value):
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def map_entries(result) -> dict:
     """The behavior's patching maps as JSON: key -> {component, direction, values, layers, positions|heads}."""
-    maps = {}
-    for (component, direction), patch_map in result.maps.items():
-        values = [[_number(v) for v in row] for row in patch_map.values.tolist()]
-        entry = {"component": component, "direction": direction, "values": values, "layers": list(range(len(values)))}
-        columns = "heads" if components.get(component).per_head else "positions"
-        entry[columns] = list(range(len(values[0]) if values else 0))
-        maps[map_key(component, direction)] = entry
-    return maps
+    return {map_key(component, direction): map_entry(pm) for (component, direction), pm in result.maps.items()}
 
 
 def _kind(claim: Any) -> str | None:

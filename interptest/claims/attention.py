@@ -23,6 +23,7 @@ from interptest.claims.grammar import (
     resolve_heads,
     resolve_positions,
 )
+from interptest.heatmap import show_token
 
 PATTERN_HOOK = "blocks.{layer}.attn.hook_pattern"
 
@@ -169,8 +170,6 @@ class AttentionClaim(Claim):
         figure = check.figure
         if not figure:
             return []
-        from interptest.render import show_token
-
         tokens = figure["tokens"]
         lines = ["", f"  attention from position {figure['query']} for {check.text!r} ({figure['run']} run; top keys)"]
         for head, pattern in figure["heads"].items():

@@ -30,6 +30,7 @@ from interptest.claims.grammar import (
     resolve_layers,
     resolve_positions,
 )
+from interptest.maps import map_key, render_map
 
 VERBS = {"recovers": "denoise", "breaks": "noise"}
 
@@ -232,8 +233,6 @@ class LocalizationClaim(Claim):
 
     # -- reporting
     def record(self, check) -> dict:
-        from interptest.results import map_key
-
         on_map = check.patch_map is not None
         out: dict[str, Any] = {
             "map": map_key(self.component, self.direction) if on_map else None,
@@ -253,8 +252,6 @@ class LocalizationClaim(Claim):
             return render_control(check)
         if check.patch_map is None:
             return []
-        from interptest.render import render_map
-
         return [""] + render_map(
             check.patch_map,
             claimed=check.bound.cells,

@@ -11,7 +11,7 @@ The public API — everything outside this package uses these names only:
 Every value equals what ``transformer_lens.patching.get_act_patch_*`` returns for the same cell with
 the normalized logit-difference metric (up to float32 rounding). Modules:
 
-* :mod:`.base` — what the engines share: :class:`PatchMap`, checks, cell validation, batch sizing;
+* :mod:`.base` — what the engines share: checks, cell validation, batch sizing;
 * :mod:`.single` — :class:`Patcher`;
 * :mod:`.batch` — :class:`BatchPatcher`, which picks the engine;
 * :mod:`.generic` — the generic engine: the bridge run with hooks (every architecture);
@@ -19,10 +19,10 @@ the normalized logit-difference metric (up to float32 rounding). Modules:
   per architecture family (:mod:`.fast.gpt2`, :mod:`.fast.llama`, :mod:`.fast.neox`).
 """
 
+from interptest.maps import PatchMap
 from interptest.patching.base import (
     COMPONENTS,
     DIRECTIONS,
-    PatchMap,
     check_answer_ids,
     check_same_length,
     model_device,

@@ -1,4 +1,4 @@
-"""What every engine shares: the result type, the input checks, cell validation and batch sizing.
+"""What every engine shares: the input checks, cell validation and batch sizing.
 
 Devices: token ids, answer ids, first differences and metrics are bookkeeping and live on the CPU,
 created there explicitly (``device="cpu"``); everything a forward touches is created on, or moved
@@ -8,7 +8,6 @@ default device set to ``meta`` to catch a tensor created without naming its devi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,59 +24,6 @@ BATCH_BUDGET = 256 * 2**20
 CUDA_FREE_FRACTION = 0.5
 MAX_ROWS = 128  # rows per forward of the bridge (generic engine)
 MAX_ROWS_FAST = 1024  # rows per forward of the fast engine (one layer's rows share its matrix products)
-
-
-@dataclass(frozen=True)
-class PatchMap:
-    component: str
-    direction: str
-    values: torch.Tensor  # normalized, float32, CPU; [n_layers, n_positions] (heads: [n_layers, n_heads])
-    raw: torch.Tensor  # patched logit differences, same shape
-    tokens: list[str]
-    clean_metric: float
-    corrupt_metric: float
-
-    @property
-    def delta(self) -> float:
-        """Δm = m_clean − m_corrupt, the normalizer of every value."""
-        return self.clean_metric - self.corrupt_metric
-
-    def __repr__(self) -> str:
-        from interptest.render import render_map
-
-        head = (
-            f"PatchMap({self.component}, {self.direction}: m_clean {self.clean_metric:.3f}, m_corrupt "
-            f"{self.corrupt_metric:.3f}, Δm {self.delta:.3f})"
-        )
-        table = [line[2:] for line in render_map(self)[1:] if "claimed cell" not in line]  # no claims here
-        return "\n".join([head] + table)
-
-    def _repr_html_(self) -> str:
-        """The report's heatmap, for notebooks."""
-        from interptest.report import patch_map_html
-
-        return patch_map_html(self)
-
-    def plot(self, ax=None):
-        """A matplotlib heatmap (``pip install "interptest[plot]"``); returns the axes."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise InterpError('PatchMap.plot needs matplotlib: pip install "interptest[plot]"') from None
-        per_head = _components.get(self.component).per_head
-        if ax is None:
-            _, ax = plt.subplots(figsize=(max(4.0, 0.6 * self.values.shape[1] + 2), 0.5 * self.values.shape[0] + 1.5))
-        limit = max(1.0, float(self.values.abs().nan_to_num().max()))
-        image = ax.imshow(self.values.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-        columns = [f"H{h}" for h in range(self.values.shape[1])] if per_head else list(self.tokens)
-        ax.set_xticks(range(len(columns)), columns, rotation=90)
-        ax.set_yticks(range(self.values.shape[0]), [f"L{layer}" for layer in range(self.values.shape[0])])
-        ax.set_xlabel("head" if per_head else "position")
-        ax.set_ylabel("layer")
-        verb = "recovers" if self.direction == "denoise" else "breaks"
-        ax.set_title(f"{self.component} {verb}")
-        ax.figure.colorbar(image, ax=ax)
-        return ax
 
 
 def rows_within_budget(engine, per_row: int, cap: int) -> int:

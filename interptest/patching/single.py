@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from interptest.errors import InterpError
-from interptest.patching.base import PatchMap, check_component, check_direction, cpu_tensor, str_tokens
+from interptest.maps import PatchMap
+from interptest.patching.base import check_component, check_direction, cpu_tensor, str_tokens
 from interptest.patching.batch import ENGINES, BatchPatcher
 
 

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import torch
 
-from interptest.render import WIDTH, render_map, show_token
+from interptest.maps import WIDTH, render_map, show_token
 
 
 def patch_map(n_layers=3, tokens=None, component="resid_pre"):
