@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from interptest.errors import InterpError, ModelNotAvailable, SpecError
-
-__version__ = "0.1.0"
+from interptest.version import __version__
 
 __all__ = [
     "InterpError",
@@ -24,11 +23,11 @@ def __getattr__(name: str):
 
         return load_model
     if name == "patch_sweep":
-        from interptest.check import patch_sweep
+        from interptest.api import patch_sweep
 
         return patch_sweep
     if name == "check_behavior":
-        from interptest.check import check_behavior
+        from interptest.api import check_behavior
 
         return check_behavior
     raise AttributeError(f"module 'interptest' has no attribute {name!r}")

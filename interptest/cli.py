@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 def _map(args) -> int:
     import torch
 
-    from interptest.check import patch_sweep
+    from interptest.api import patch_sweep
     from interptest.maps import render_map
     from interptest.model import load_model
 
@@ -89,7 +89,8 @@ def _map(args) -> int:
 
 
 def _suggest(args) -> int:
-    from interptest.check import DEFAULT_MODEL, ModelCache, bind_behavior
+    from interptest.binding import bind_behavior
+    from interptest.model_cache import DEFAULT_MODEL, ModelCache
     from interptest.spec import load_spec_file
     from interptest.suggest import suggest
 

@@ -1,4 +1,5 @@
-"""The one table of patchable components: name, TransformerLens hook, axes, what a model must expose.
+"""The one table of patchable components — the node kinds of every claim: name, TransformerLens hook, axes,
+what a model must expose, how one node of it is named, whether circuits take it as a node.
 
 The claim grammar, the binding errors, the patching engines and the renderers all read this table;
 a new component (q/k/v inputs, attention patterns) is a new row. Imports neither torch nor pytest.
@@ -16,6 +17,8 @@ class Component:
     columns: str  # the second axis of a sweep map: "position", or "head" (then positions are optional)
     meaning: str  # what the activation is, for messages and documentation
     needs: str = ""  # why a model may lack it, for the "not available" error
+    label: str = "{name} {layer}"  # one node of it in words, with ``{name}``, ``{layer}`` and ``{head}``
+    circuit_node: bool = False  # a node of circuit claims and path senders (ablated as a whole)
 
     def hook_name(self, layer: int) -> str:
         return self.hook.format(layer=layer)
@@ -23,6 +26,9 @@ class Component:
     @property
     def per_head(self) -> bool:
         return self.columns == "head"
+
+    def node_label(self, layer: int, head: int | None = None) -> str:
+        return self.label.format(name=self.name, layer=layer, head=head)
 
 
 _ROWS = (
@@ -36,18 +42,24 @@ _ROWS = (
     ),
     Component("resid_post", "blocks.{layer}.hook_resid_post", "position", "the residual stream leaving layer L"),
     Component("attn_out", "blocks.{layer}.hook_attn_out", "position", "layer L's attention output"),
-    Component("mlp_out", "blocks.{layer}.hook_mlp_out", "position", "layer L's MLP output"),
+    Component("mlp_out", "blocks.{layer}.hook_mlp_out", "position", "layer L's MLP output", "", "MLP {layer}", True),
     Component(
         "heads",
         "blocks.{layer}.attn.hook_z",
         "head",
         "one attention head's output (its z, before the output projection), at every position or at "
         "the positions given after ';'",
+        label="head {layer}.{head}",
+        circuit_node=True,
     ),
 )
 
 COMPONENTS: dict[str, Component] = {row.name: row for row in _ROWS}
 NAMES: tuple[str, ...] = tuple(COMPONENTS)
+# heads, mlp_out: the per-head kinds first, the order node lists are written in
+CIRCUIT_NODES: tuple[str, ...] = tuple(
+    row.name for row in sorted(_ROWS, key=lambda row: not row.per_head) if row.circuit_node
+)
 
 
 def get(name: str) -> Component:

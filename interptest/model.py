@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interptest.errors import ModelNotAvailable
+from interptest.zoo import tiny_model_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -216,8 +217,6 @@ def _quiet():
 
 
 def _tiny_dir() -> Path:
-    from interptest.zoo import tiny_model_dir
-
     return tiny_model_dir()
 
 

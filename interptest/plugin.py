@@ -324,14 +324,14 @@ class BehaviorItem(pytest.Item):
                 pytest.skip(f"model not available: {skipped}")
 
     def runtest(self) -> None:
-        from interptest.check import BehaviorFailed
+        from interptest.api import BehaviorFailed
 
         result = self.result = _session(self.config).run(self.bound)
         if not result.passed:
             raise BehaviorFailed(result)
 
     def repr_failure(self, excinfo, style=None):
-        from interptest.check import BehaviorFailed
+        from interptest.api import BehaviorFailed
         from interptest.render import render_failure
 
         if isinstance(excinfo.value, BehaviorFailed):

@@ -11,9 +11,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from interptest.check import DEFAULT_MODEL, BoundBehavior, ModelCache, bind_behavior, run_behavior
+from interptest import baselines, components
+from interptest.binding import BoundBehavior, bind_behavior
 from interptest.errors import InterpError, SpecError
+from interptest.files import atomic_write
+from interptest.model import device_problem
+from interptest.model_cache import DEFAULT_MODEL, ModelCache
+from interptest.outcomes import CheckResult, run_behavior
+from interptest.report import write_report
+from interptest.results import behavior_record, claim_lines, map_entries, summary_line
+from interptest.running import Run
 from interptest.spec import BehaviorSpec, load_spec_file
+from interptest.suggest import suggest
+from interptest.version import __version__
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 SPEC_DIRECTORY = "behaviors"
@@ -52,8 +62,6 @@ class Options:
     def validate_device(value: str) -> str:
         if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
             if value not in ("auto", "cpu"):  # only then is torch imported here
-                from interptest.model import device_problem
-
                 problem = device_problem(value)
                 if problem:
                     raise OptionError(f"--interp-device {value}: {problem.removeprefix(f'device {value!r}: ')}")
@@ -121,8 +129,6 @@ class SharedValidation:
         import json
         import os
         import time
-
-        from interptest.files import atomic_write
 
         by_model: dict[str, dict[str, BehaviorSpec]] = {}
         for nodeid, behavior in behaviors.items():
@@ -297,17 +303,12 @@ class InterpSession:
         if not self.options.baseline_update:
             self._compare_baseline(result)
         if self.options.suggest:
-            from interptest.suggest import suggest
-
             result.suggestion = suggest(bound, batch_size=self.options.batch_size)
         return result
 
     def _sweep_every_component(self, bound: BoundBehavior, result) -> None:
         """--interp-report-all: the denoising map of every component the model has, beside the claimed ones."""
         import torch
-
-        from interptest import components
-        from interptest.check import Run
 
         if bound.corrupt_ids is None:
             return
@@ -321,10 +322,6 @@ class InterpSession:
         result.maps.update({key: value for key, value in run.maps.items() if key not in result.maps})
 
     def _compare_baseline(self, result) -> None:
-        from interptest import baselines
-        from interptest.check import CheckResult
-        from interptest.results import map_entries
-
         behavior = result.behavior
         if behavior.path not in self._baselines:
             try:
@@ -343,8 +340,6 @@ class InterpSession:
 
     def record(self, behavior: BehaviorSpec, nodeid: str, result, report) -> dict | None:
         """The record of one behavior, from the report phase that decides its outcome."""
-        from interptest.results import behavior_record
-
         if report.when == "call" and result is not None:
             outcome = None
         elif report.when == "setup" and not report.passed:
@@ -363,15 +358,10 @@ class InterpSession:
     def finish(self, verbose: bool = False) -> tuple[list[str], str | None]:
         """Terminal summary lines (under -v each check's measured value too), and the report directory if
         one was written."""
-        from interptest.results import claim_lines, summary_line
-
         records = sorted(self.records, key=lambda r: r["nodeid"])
         notes = self._baseline_notes(records)
         written = None
         if self.options.report and records:
-            from interptest import __version__
-            from interptest.report import write_report
-
             write_report(records, self.options.report, version=__version__)
             written = self.options.report
         suggestions = [r["suggestion"] for r in records if r.get("suggestion")]
@@ -384,8 +374,6 @@ class InterpSession:
 
     def _baseline_notes(self, records: list[dict]) -> list[str]:
         """Write baselines (--interp-baseline-update) or list missing and unused baseline entries."""
-        from interptest import baselines
-
         by_file: dict[Path, dict[str, dict]] = {}
         for record in records:
             if record["outcome"] in ("skipped", "error"):

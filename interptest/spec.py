@@ -1,7 +1,7 @@
 """Behavior specs: YAML in, validated :class:`BehaviorSpec` objects out.
 
 Everything here is checked without a model (types, keys, claim grammar); what needs the model's
-tokenizer (token counts, single-token answers, positions) is checked in :mod:`interptest.check`.
+tokenizer (token counts, single-token answers, positions) is checked in :mod:`interptest.binding`.
 Every error is a :class:`~interptest.errors.SpecError` carrying file, line, behavior and key.
 Imports neither torch nor pytest.
 """
@@ -17,7 +17,8 @@ from typing import NoReturn
 
 import yaml
 
-from interptest.claims import Claim, ClaimBindIndexError, ClaimSyntaxError, parse_claim
+from interptest.claims import Claim, ClaimSyntaxError, parse_claim, parse_position
+from interptest.claims.grammar import template_fields
 from interptest.errors import SpecError
 
 DEFAULT_MIN_EFFECT = 1.0
@@ -542,17 +543,6 @@ def _pass_rate(value, error: ErrorFn, key="min_pass_rate"):
     return float(value)
 
 
-def template_fields(text: str) -> list[str]:
-    """The ``{variable}`` names a template uses, in order of first use."""
-    import string
-
-    try:
-        names = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
-    except ValueError as problem:
-        raise ValueError(f"malformed template {text!r}: {problem} (write '{{{{' for a literal brace)") from None
-    return list(dict.fromkeys(names))
-
-
 def _parse_family(merged: dict, path: str, error: ErrorFn) -> Family:
     template = merged["template"]
     try:
@@ -736,8 +726,6 @@ def _parse_corruption(value, prompt: str, family: Family | None, error: ErrorFn)
     positions = spec["positions"]
     if not isinstance(positions, list) or not positions:
         error("'positions' must be a non-empty list of positions, e.g. [\"{first}\", -2]", key)
-    from interptest.claims import parse_position
-
     parsed = []
     for item in positions:
         try:
@@ -752,8 +740,6 @@ def _parse_corruption(value, prompt: str, family: Family | None, error: ErrorFn)
 
 def _quote_hint(item) -> str:
     """For a token text written without its own quotes, e.g. [" Peru"]: how to quote it."""
-    from interptest.claims import parse_position
-
     if not isinstance(item, str) or "'" in item:
         return ""
     try:
@@ -810,9 +796,3 @@ def _check_claims_need(behavior: BehaviorSpec) -> None:
         problem = claim.requirement(behavior)
         if problem:
             raise behavior.error(problem, claim_index=i)
-
-
-def bind_error(behavior: BehaviorSpec, error: ClaimBindIndexError) -> SpecError:
-    """Map a binding error on the behavior's n-th claim back to its line."""
-    claim = behavior.claims[error.index]
-    return behavior.error(f"claim {claim.text!r}: {error}", claim_index=error.index)

@@ -7,6 +7,7 @@ line in :data:`KINDS`. Imports neither torch nor pytest.
 
 from __future__ import annotations
 
+from interptest import components
 from interptest.claims.attention import AttentionClaim
 from interptest.claims.base import (
     BindContext,
@@ -79,7 +80,6 @@ def bind_claims(
 ) -> list:
     """Bind claims for one prompt (``elsewhere`` last, since it depends on the others); errors carry
     the claim's index. For models, the pipeline builds a richer :class:`BindContext`."""
-    from interptest import components
 
     def no_tokens(text, what):
         raise ClaimBindError(f"{what} needs a tokenizer to bind {text!r}")

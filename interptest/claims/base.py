@@ -15,11 +15,18 @@ receives tensors from ``measure``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from interptest.claims.grammar import ClaimBindError, Comparison, Parser
+from interptest.stats import bootstrap_bounds, pass_rate
+
+# Suggested bounds stay at least MARGIN away from what was measured, rounded outwards to STEP
+# (interptest.suggest explains why).
+STEP = 0.05
+MARGIN = 0.05
 
 # How far a value may move when the model runs in reduced precision instead of float32, in normalized
 # units (logit-valued claims: as a fraction of |m_clean|). Three times the largest difference measured on
@@ -106,6 +113,12 @@ class Claim:
         """Extra terminal lines under a failing claim (e.g. its patching map)."""
         return []
 
+    @classmethod
+    def suggest(cls, run, seed: int) -> list[str]:
+        """``--interp-suggest``: claims of this kind that hold on ``run`` (a run with a corruption whose
+        effect is large enough), with bounds from :func:`bound_at_least` / :func:`bound_at_most`."""
+        return []
+
 
 def judge(claim: Claim, measurement: Measurement, required_rate: float | None, seed: int) -> Verdict:
     """Compare a measurement with the claim's threshold: directly for one sample, on the bootstrap
@@ -169,8 +182,6 @@ def _judge_one(comparison: Comparison, m: Measurement, values: list[float]) -> V
 
 
 def _judge_many(comparison: Comparison, m: Measurement, values, required_rate, seed, n_samples, n_cells) -> Verdict:
-    from interptest.stats import bootstrap_bounds, pass_rate
-
     corrected = n_cells if m.quantifier in ("every", "any") else 1
     stats = bootstrap_bounds(values, comparison.wants_high, corrected, seed)
     bounds = [s.mean if comparison.op == "==" else s.bound for s in stats]
@@ -234,3 +245,28 @@ class BindContext:
                     "or numeric positions"
                 )
         return first
+
+
+# ---------------------------------------------------------------------------------------------
+# Suggested bounds (every kind's ``suggest``)
+
+
+def bound_at_least(value: float) -> float:
+    """The threshold a suggested ``>=`` claim on a measured ``value`` gets: ``MARGIN`` below it, rounded
+    down to a multiple of ``STEP`` (1.0 -> 0.95, 0.992 -> 0.90, 0.95 -> 0.90). Every kind's suggestions
+    round their bounds with it."""
+    return round(math.floor((value - MARGIN) / STEP + 1e-9) * STEP, 2)
+
+
+def bound_at_most(value: float) -> float:
+    """The threshold a suggested ``<=`` claim on a measured ``value`` gets: ``MARGIN`` above it, rounded
+    up to a multiple of ``STEP`` and never below ``STEP`` (0.0 -> 0.05, 0.008 -> 0.10, 0.51 -> 0.60)."""
+    return round(max(STEP, math.ceil((value + MARGIN) / STEP - 1e-9) * STEP), 2)
+
+
+def measured_bounds(values, seed: int, n_cells: int, wants_high: bool) -> list[float]:
+    """Per column of [samples, cells]: the value itself (one sample), else the one-sided bootstrap bound
+    (lower for ``wants_high``)."""
+    if values.shape[0] == 1:
+        return [float(v) for v in values[0]]
+    return [s.bound for s in bootstrap_bounds(values, wants_high, n_cells, seed)]

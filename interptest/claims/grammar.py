@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from dataclasses import dataclass
 from typing import NoReturn
+
+from interptest import components
 
 OPERATORS = (">=", "<=", "==", ">", "<")
 
@@ -84,7 +87,7 @@ class PositionSelection:
 
 
 ABLATIONS = ("resample", "mean", "zero")
-NODE_COMPONENTS = ("heads", "mlp_out")
+NODE_COMPONENTS = components.CIRCUIT_NODES
 
 
 @dataclass(frozen=True)
@@ -115,38 +118,6 @@ class RandomControl:
 
     quantile: float
     column: int = 0
-
-
-@dataclass(frozen=True)
-class Node:
-    """A resolved node: an attention head's output (layer, head) or an MLP layer's output (layer,
-    head None), at ``positions`` (None: every position). Random controls of localization claims also
-    use other per-position components (a layer of resid_pre, ...)."""
-
-    component: str
-    layer: int
-    head: int | None
-    positions: tuple[int, ...] | None = None
-
-    @property
-    def key(self) -> tuple:
-        return (self.component, self.layer, self.head)
-
-    def edits(self) -> list[tuple]:
-        """The node as cells of the patching engines: ("heads", (L, H, pos)) / (component, (L, pos))."""
-        positions = self.positions if self.positions is not None else (None,)
-        if self.component == "heads":
-            return [("heads", (self.layer, self.head, p)) for p in positions]
-        return [(self.component, (self.layer, p)) for p in positions]
-
-    def label(self, tokens=None) -> str:
-        name = {"heads": f"head {self.layer}.{self.head}", "mlp_out": f"MLP {self.layer}"}.get(
-            self.component, f"{self.component} {self.layer}"
-        )
-        if self.positions is None:
-            return name
-        shown = [f"{p} {tokens[p]!r}" if tokens else str(p) for p in self.positions]
-        return f"{name} at position{'s' if len(shown) > 1 else ''} {', '.join(shown)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,26 +543,10 @@ def resolve_positions(
     return [matches[occurrence - 1]]
 
 
-def resolve_nodes(specs, tokens: list[str], variables: dict | None, n_layers: int, n_heads: int) -> tuple[Node, ...]:
-    """A node list resolved for one prompt and model: every head and MLP layer in range, each named once."""
-    nodes: list[Node] = []
-    for spec in specs:
-        positions = None if spec.positions is None else tuple(resolve_positions(spec.positions, tokens, variables))
-        if spec.component == "heads":
-            for layer, head in spec.heads:
-                layer = resolve_index(layer, n_layers, "layer", "layers")
-                if not 0 <= head < n_heads:
-                    raise ClaimBindError(
-                        f"head {layer}.{head} in {spec.source} is out of range: each layer has "
-                        f"{n_heads} heads (0 to {n_heads - 1})"
-                    )
-                nodes.append(Node("heads", layer, head, positions))
-        else:
-            for layer in resolve_layers(spec.layers, n_layers):
-                nodes.append(Node("mlp_out", layer, None, positions))
-    seen: dict = {}
-    for node in nodes:
-        if node.key in seen:
-            raise ClaimBindError(f"the node list names {node.label()} twice")
-        seen[node.key] = node
-    return tuple(nodes)
+def template_fields(text: str) -> list[str]:
+    """The ``{variable}`` names a template uses, in order of first use."""
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+    except ValueError as problem:
+        raise ValueError(f"malformed template {text!r}: {problem} (write '{{{{' for a literal brace)") from None
+    return list(dict.fromkeys(names))

@@ -19,6 +19,7 @@ from interptest import components
 from interptest.claims.attention import single_position
 from interptest.claims.base import BindContext, Claim, Measurement
 from interptest.claims.grammar import (
+    ClaimBindError,
     ClaimSyntaxError,
     Comparison,
     LayerSelection,
@@ -89,8 +90,6 @@ class LensClaim(Claim):
         return names + ([self.position.values[0]] if self.position.kind == "variable" else [])
 
     def bind(self, context: BindContext):
-        from interptest.claims.grammar import ClaimBindError
-
         if self.component not in context.components:
             raise ClaimBindError(
                 f"this model does not expose {self.component!r} (available: {', '.join(context.components)})"

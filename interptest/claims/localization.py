@@ -16,19 +16,36 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from interptest import components
-from interptest.claims.base import BindContext, Claim, Measurement, Unjudgeable, ablation_requirement
+from interptest.claims.base import (
+    BindContext,
+    Claim,
+    Measurement,
+    Unjudgeable,
+    ablation_requirement,
+    bound_at_least,
+    bound_at_most,
+    measured_bounds,
+)
+from interptest.claims.controls import control_measurement, control_seed, random_count, render_control
 from interptest.claims.grammar import (
     ClaimBindError,
     ClaimSyntaxError,
     Comparison,
     LayerSelection,
+    NodeSpec,
     Parser,
     PositionSelection,
     RandomControl,
     did_you_mean,
-    resolve_heads,
-    resolve_layers,
-    resolve_positions,
+)
+from interptest.claims.nodes import (
+    Node,
+    bind_nodes,
+    cell_label,
+    cells_to_nodes,
+    check_random_control,
+    edits_of,
+    random_node_sets,
 )
 from interptest.maps import map_key, render_map
 
@@ -37,15 +54,23 @@ VERBS = {"recovers": "denoise", "breaks": "noise"}
 
 @dataclass(frozen=True)
 class BoundClaim:
-    """A localization claim resolved to concrete cells.
+    """A localization claim resolved to nodes (:mod:`interptest.claims.nodes`) and their cells.
 
     Cells are ``(layer, position)`` for residual components; ``(layer, head)`` for heads over all
     positions; ``(layer, head, position)`` for heads restricted to positions.
     """
 
     claim: LocalizationClaim
-    cells: tuple[tuple[int, ...], ...]
-    positions: tuple[int, ...] = ()
+    nodes: tuple[Node, ...]
+
+    @property
+    def cells(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(cell for node in self.nodes for cell in node.cells())
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        """The region's positions (empty for heads over every position and for ``elsewhere``)."""
+        return self.nodes[0].positions or () if self.nodes else ()
 
 
 @dataclass(frozen=True)
@@ -164,28 +189,12 @@ class LocalizationClaim(Claim):
             )
         if self.elsewhere:
             return self._bind_elsewhere(context)
-        bound = context.same_on_every_sample(
-            lambda s: self._bind_cells(context.tokens[s], context.variables[s], context.n_layers, context.n_heads)
-        )
+        region = NodeSpec(self.component, self.heads, self.layers, self.positions, self.text)
+        bound = BoundClaim(self, bind_nodes((region,), context, region=True))
         context.covered.setdefault(self.component, set()).update(cell[:2] for cell in bound.cells)
         if self.random is not None:
-            from interptest.claims.circuit import cells_to_nodes, check_random_control
-
-            check_random_control(cells_to_nodes(self.component, bound.cells), context.n_layers, context.n_heads)
+            check_random_control(bound.nodes, context.n_layers, context.n_heads)
         return bound
-
-    def _bind_cells(self, tokens, variables, n_layers: int, n_heads: int) -> BoundClaim:
-        if components.get(self.component).per_head:
-            heads = resolve_heads(self.heads, n_layers, n_heads)
-            if self.positions is None:
-                return BoundClaim(self, tuple(heads))
-            positions = resolve_positions(self.positions, tokens, variables)
-            return BoundClaim(self, tuple((l, h, p) for l, h in heads for p in positions), tuple(positions))
-        # the grammar requires both for a per-layer component: comp[LAYERS, POSITIONS]
-        assert self.layers is not None and self.positions is not None, self.text
-        layers = resolve_layers(self.layers, n_layers)
-        positions = resolve_positions(self.positions, tokens, variables)
-        return BoundClaim(self, tuple((l, p) for l in layers for p in positions), tuple(positions))
 
     def _bind_elsewhere(self, context: BindContext) -> BoundClaim:
         covered = context.covered.get(self.component)
@@ -200,18 +209,16 @@ class LocalizationClaim(Claim):
         )
         if not cells:
             raise ClaimBindError(f"{self.component}[elsewhere] is empty: the other claims cover every cell")
-        return BoundClaim(self, cells)
+        return BoundClaim(self, cells_to_nodes(self.component, cells))
 
     # -- measuring
     def measure(self, bound: BoundClaim, run) -> Measurement:
-        from interptest.claims import circuit
-
         if self.ablation in ("mean", "zero"):
-            measurement = circuit.measure_ablated(self, bound, run)
+            measurement = _measure_ablated(self, bound, run)
         else:
             measurement = self._patched(bound, run)
         if self.random is not None:
-            return circuit.measure_random_control(self, bound, run, measurement.values)
+            return _measure_random_control(self, bound, run, measurement.values)
         return measurement
 
     def _patched(self, bound: BoundClaim, run) -> Measurement:
@@ -231,6 +238,10 @@ class LocalizationClaim(Claim):
         values = sweep[:, [c[0] for c in cells], [c[1] for c in cells]]
         return Measurement(values, tuple(cells), labels, self.quantifier, patch_map=patch_map)
 
+    @classmethod
+    def suggest(cls, run, seed: int) -> list[str]:
+        return suggest_localization(run, seed)
+
     # -- reporting
     def record(self, check) -> dict:
         on_map = check.patch_map is not None
@@ -247,8 +258,6 @@ class LocalizationClaim(Claim):
 
     def render(self, check, color: bool = False) -> list[str]:
         if self.random is not None:
-            from interptest.claims.circuit import render_control
-
             return render_control(check)
         if check.patch_map is None:
             return []
@@ -261,9 +270,134 @@ class LocalizationClaim(Claim):
         )
 
 
-def cell_label(cell, tokens, per_head: bool = False) -> str:
-    if per_head and len(cell) == 2:
-        return f"head {cell[0]}.{cell[1]}"
-    if len(cell) == 3:
-        return f"head {cell[0]}.{cell[1]} at position {cell[2]} {tokens[cell[2]]!r}"
-    return f"(layer {cell[0]}, position {cell[1]} {tokens[cell[1]]!r})"
+def _measure_ablated(claim, bound, run) -> Measurement:
+    """``breaks`` with ``ablate mean|zero``: the clean run with the cells set to the ablation value,
+    normalized as breaks: (m_clean − m_patched) / (m_clean − m_corrupt)."""
+    problem = run.effect_problem()
+    if problem:
+        raise Unjudgeable(problem)
+    engine = run.circuits()
+    cells = list(bound.cells)
+    per_head = components.get(claim.component).per_head
+    edits = edits_of(bound.nodes)  # one per cell, in the cells' order
+    if claim.quantifier == "together":
+        raw = engine.patch_sets([edits], "clean", claim.ablation)
+        return Measurement(
+            engine.normalize(raw, "noise"),
+            quantifier="together",
+            note=f"one joint {claim.ablation} ablation of the region",
+        )
+    raw = engine.patch_sets([[edit] for edit in edits], "clean", claim.ablation)
+    labels = [cell_label(cell, run.tokens, per_head) for cell in cells]
+    return Measurement(engine.normalize(raw, "noise"), tuple(cells), labels, claim.quantifier)
+
+
+def _measure_random_control(claim, bound, run, values) -> Measurement:
+    """``together ... beats random at q`` of a localization claim whose joint values [S, 1] are given."""
+    engine = run.circuits()
+    n_layers, n_heads = run.model.cfg.n_layers, run.model.cfg.n_heads
+    sets, exhaustive = random_node_sets(
+        bound.nodes, n_layers, n_heads, random_count(run), control_seed(run, claim.text)
+    )
+    if claim.direction == "denoise":
+        base, source = "corrupt", "clean"
+    else:
+        base, source = "clean", claim.ablation or "resample"
+    raw = engine.patch_sets([edits_of(s) for s in sets], base, source)
+    random_values = engine.normalize(raw, claim.direction)
+    return control_measurement(values, random_values, claim.random.quantile, exhaustive, claim.verb)
+
+
+# ---------------------------------------------------------------------------------------------
+# --interp-suggest: residual bands with their 'elsewhere' bound, and the smallest joint head set
+
+CARRIER = 0.9  # a cell that alone recovers this much carries the behavior
+SUGGESTED_COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
+
+
+def suggest_localization(run, seed: int) -> list[str]:
+    """Per residual component, layers grouped into bands that share the same carrier positions (cells
+    that alone recover ≥ 0.9 of the effect), each band one claim with the band's weakest value as its
+    bound and the rest of the component the matching ``elsewhere`` bound; for heads, the smallest greedy
+    set whose joint patch recovers ≥ 0.9, as one ``together`` claim."""
+    claims: list[str] = []
+    for component in SUGGESTED_COMPONENTS:
+        values, _ = run.sweep(component, "denoise")
+        n_layers, width = values.shape[1], values.shape[2]
+        flat = values.reshape(values.shape[0], -1).double()
+        lower = measured_bounds(flat, seed, n_layers * width, True)
+        upper = measured_bounds(flat, seed, n_layers * width, False)
+        claims += residual_claims(
+            component,
+            [lower[l * width : (l + 1) * width] for l in range(n_layers)],
+            [upper[l * width : (l + 1) * width] for l in range(n_layers)],
+            run.tokens,
+        )
+    _, heads = run.sweep("heads", "denoise")
+    return claims + head_claims(run.patcher(), heads.values.tolist(), seed)
+
+
+def _position(tokens: list[str], p: int) -> str:
+    if tokens.count(tokens[p]) == 1:
+        return repr(tokens[p])
+    if p == len(tokens) - 1:
+        return "-1"
+    nth = tokens[: p + 1].count(tokens[p])
+    return f"{tokens[p]!r}#{nth}"
+
+
+def _layers(first: int, last: int, n_layers: int) -> str:
+    if first == last:
+        return str(first)
+    if last == n_layers - 1:
+        return ":" if first == 0 else f"{first}:"
+    return f"{first}:{last + 1}"
+
+
+def residual_claims(component: str, lower, upper, tokens: list[str]) -> list[str]:
+    """Band claims plus the ``elsewhere`` bound for one denoising map; ``lower``/``upper`` [layers][positions]
+    are the measured values (one sample) or the bootstrap bounds of their mean (a family)."""
+    n_layers = len(lower)
+    carriers = [tuple(p for p, v in enumerate(row) if v is not None and v >= CARRIER) for row in lower]
+    claims: list[str] = []
+    covered: set[tuple[int, int]] = set()
+    layer = 0
+    while layer < n_layers:
+        positions = carriers[layer]
+        end = layer
+        while end + 1 < n_layers and carriers[end + 1] == positions:
+            end += 1
+        if positions:
+            for p in positions:
+                weakest = min(lower[l][p] for l in range(layer, end + 1))
+                claims.append(
+                    f"{component}[{_layers(layer, end, n_layers)}, {_position(tokens, p)}] recovers >= "
+                    f"{bound_at_least(weakest):.2f}"
+                )
+                covered.update((l, p) for l in range(layer, end + 1))
+        layer = end + 1
+    rest = [
+        max(abs(v), abs(lower[l][p]))
+        for l, row in enumerate(upper)
+        for p, v in enumerate(row)
+        if (l, p) not in covered and v is not None
+    ]
+    if claims and rest:
+        claims.append(f"{component}[elsewhere] recovers <= {bound_at_most(max(rest)):.2f}")
+    return claims
+
+
+def head_claims(patcher, head_values, seed: int = 0) -> list[str]:
+    """The smallest greedy set of heads whose joint patch recovers ≥ 0.9 (on the bootstrap bound of the
+    samples' mean for a family), as one ``together`` claim."""
+    ranked = sorted(((v, l, h) for l, row in enumerate(head_values) for h, v in enumerate(row) if v == v), reverse=True)
+    chosen = []
+    for value, layer, head in ranked:
+        if value <= 0:
+            break
+        chosen.append((layer, head, None))
+        joint = measured_bounds(patcher.joint("heads", chosen, "denoise")[:, None], seed, 1, True)[0]
+        if joint >= CARRIER:
+            names = ", ".join(f"{l}.{h}" for l, h, _ in sorted(chosen))
+            return [f"heads[{names}] together recovers >= {bound_at_least(joint):.2f}"]
+    return []

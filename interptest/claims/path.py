@@ -25,12 +25,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from interptest.claims.base import BindContext, Claim, Measurement, Unjudgeable, ablation_requirement
-from interptest.claims.circuit import bind_nodes, edits_of, node_variables
 from interptest.claims.grammar import (
     ClaimBindError,
     ClaimSyntaxError,
     Comparison,
-    Node,
     NodeSpec,
     Parser,
     ReceiverSpec,
@@ -39,6 +37,7 @@ from interptest.claims.grammar import (
     resolve_layers,
     resolve_positions,
 )
+from interptest.claims.nodes import Node, bind_nodes, edits_of, node_variables
 
 VERBS = {"recovers": "denoise", "breaks": "noise"}
 RECEIVER_WORDS = {"q": "query input", "k": "key input", "v": "value input", "mlp_in": "input", "logits": ""}
@@ -133,8 +132,6 @@ class PathClaim(Claim):
         return BoundPath(self, senders, receivers, description)
 
     def measure(self, bound: BoundPath, run) -> Measurement:
-        from interptest.patching.paths import normalize
-
         problem = run.effect_problem()
         if problem:
             raise Unjudgeable(problem)
@@ -144,7 +141,7 @@ class PathClaim(Claim):
         else:
             base, source = "clean", self.ablation or "resample"
         raw = engine.path([edits_of(bound.senders)], [bound.receivers], base, source)[:, 0, :]
-        values = normalize(raw, engine.metrics("clean"), engine.metrics("corrupt"), self.direction)
+        values = engine.normalize(raw, self.direction)
         how = {
             "clean": "clean values into the corrupted run",
             "resample": "corrupted values into the clean run",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from interptest.claims.base import Claim, Measurement
-from interptest.claims.grammar import ClaimSyntaxError, Comparison, Parser
+from interptest.claims.grammar import ClaimSyntaxError, Comparison, Parser, template_fields
 
 FUNCTIONS = ("prob", "rank", "logit")
 
@@ -48,8 +48,6 @@ class PredictionClaim(Claim):
         return None
 
     def template_variables(self) -> list[str]:
-        from interptest.spec import template_fields
-
         return template_fields(self.token) if self.token else []
 
     def bind(self, context):

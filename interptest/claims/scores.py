@@ -121,10 +121,8 @@ class ScoreClaim(Claim):
 
         names = [PATTERN_HOOK.format(layer=layer) for layer in sorted({layer for layer, _ in heads})]
         if self.on_random_repeat:
-            from interptest import families
-
             length = int(run.bound.options.get("repeat_length") or DEFAULT_REPEAT_LENGTH)
-            seed = families.sample_seed(run.bound.seed, run.bound.spec) + 1
+            seed = run.seed + 1
             tokens = random_repeat_tokens(run.model, run.bound.n_samples, length, seed)
             patterns = run.activations(f"random_repeat:{length}", names, ids=tokens)
         else:

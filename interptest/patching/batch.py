@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from interptest.errors import InterpError
+from interptest.patching import fast as _fast
 from interptest.patching.base import (
     PatchShape,
     check_answer_ids,
@@ -185,8 +186,6 @@ class BatchPatcher(PatchShape):
         self.engine = "generic"
         self.engine_note = "engine='generic' requested" if engine == "generic" else ""
         if engine != "generic":
-            from interptest.patching import fast as _fast
-
             try:
                 with torch.inference_mode():
                     eng = _fast.FastEngine.build(

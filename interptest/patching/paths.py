@@ -169,6 +169,10 @@ class CircuitPatcher:
         self._unpatched(run, [])
         return self._metrics[run].clone()
 
+    def normalize(self, raw: torch.Tensor, direction: str) -> torch.Tensor:
+        """Raw patched metrics [S, ...] of these samples as fractions of m_clean − m_corrupt (:func:`normalize`)."""
+        return normalize(raw, self.metrics("clean"), self.metrics("corrupt"), direction)
+
     def _last_only(self) -> list:
         """Unembed the last position only (the metric reads nothing else): a third of a gpt2-small forward
         at 16 tokens. Bit for bit the full forward's last row."""

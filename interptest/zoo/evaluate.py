@@ -27,6 +27,8 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from interptest.model import load_model
+from interptest.zoo import tiny_model_dir
 from interptest.zoo.corpus import (
     CONNECTORS,
     INTROS_ONE,
@@ -433,9 +435,6 @@ def main(argv=None) -> int:
     p.add_argument("--card", action="store_true", help="rewrite the numbers section of MODEL_CARD.md")
     p.add_argument("-n", type=int, default=200, help="held-out prompts per task")
     args = p.parse_args(argv)
-    from interptest.model import load_model
-    from interptest.zoo import tiny_model_dir
-
     model_dir = Path(args.model_dir) if args.model_dir else tiny_model_dir()
     model = load_model(str(model_dir), device="cpu")
     res = evaluate(model, n=args.n)

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import interptest
-from interptest.check import Run, bind_behavior, check_behavior
+from interptest.api import check_behavior
+from interptest.binding import bind_behavior
+from interptest.running import Run
 from interptest.spec import load_spec_file
 
 SPEC = Path(__file__).parents[2] / "behaviors" / "induction.yaml"

@@ -26,7 +26,8 @@ import pytest
 import torch  # noqa: F401  (pytester's in-process runs must find torch already imported)
 import transformer_lens.model_bridge.sources.transformers  # noqa: F401
 
-import interptest.check  # noqa: F401
+import interptest.api  # noqa: F401
+import interptest.model_cache  # noqa: F401
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 RUN = ("yaml", "python")

@@ -3,16 +3,17 @@
 import torch  # noqa: F401
 import transformer_lens.model_bridge.sources.transformers  # noqa: F401
 
-import interptest.check  # noqa: F401
+import interptest.api  # noqa: F401
 import interptest.model  # noqa: F401
+import interptest.model_cache  # noqa: F401
 import interptest.patching  # noqa: F401
 
 # Every in-process run loads interptest-tiny (and the models its specs name) once, from one store shared
 # by the runs' model caches; the check below keeps a run from leaving hooks on a shared model.
-interptest.check.ModelCache.shared = {}
+interptest.model_cache.ModelCache.shared = {}
 
 
 def pytest_runtest_teardown(item):
-    for model in (interptest.check.ModelCache.shared or {}).values():
+    for model in (interptest.model_cache.ModelCache.shared or {}).values():
         hooks = [name for name, point in getattr(model, "hook_dict", {}).items() if point._forward_hooks]
         assert not hooks, f"{item.nodeid} left forward hooks on a shared model: {hooks[:5]}"

@@ -68,9 +68,9 @@ def shown(word: str, tokens: list[str]) -> str:
 @pytest.fixture(autouse=True)
 def load_every_time(monkeypatch):
     """These tests are about loading from the cache: no model store shared between in-process runs."""
-    import interptest.check
+    import interptest.model_cache
 
-    monkeypatch.setattr(interptest.check.ModelCache, "shared", None)
+    monkeypatch.setattr(interptest.model_cache.ModelCache, "shared", None)
 
 
 @pytest.fixture

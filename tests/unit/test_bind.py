@@ -6,7 +6,8 @@ import tempfile
 import pytest
 
 import tinymodels
-from interptest.check import bind_behavior, check_behavior
+from interptest.api import check_behavior
+from interptest.binding import bind_behavior
 from interptest.errors import SpecError
 from interptest.render import render_failure
 from interptest.spec import parse_behavior

@@ -30,10 +30,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinymodels
-from interptest.check import check_behavior
+from interptest.api import check_behavior
 from interptest.claims import ClaimBindError, bind_claims, parse_claim
-from interptest.claims.circuit import count_node_sets, random_node_sets
-from interptest.claims.grammar import ClaimSyntaxError, Node
+from interptest.claims.grammar import ClaimSyntaxError
+from interptest.claims.nodes import Node, count_node_sets, random_node_sets
 from interptest.patching import BatchPatcher
 from interptest.patching.paths import CircuitPatcher, normalize
 

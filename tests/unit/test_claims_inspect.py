@@ -9,11 +9,13 @@ import torch
 from transformer_lens import head_detector
 
 import tinymodels
-from interptest.check import Run, bind_behavior, check_behavior
+from interptest.api import check_behavior
+from interptest.binding import bind_behavior
 from interptest.claims import parse_claim
 from interptest.claims.direct import direct_effects
 from interptest.claims.scores import detection_pattern, random_repeat_tokens
 from interptest.errors import SpecError
+from interptest.running import Run
 from interptest.spec import parse_behavior
 
 PROMPT = "The dog sat on the dog sat on the"
@@ -113,7 +115,7 @@ def test_random_repeat_scores_equal_transformer_lens_on_the_same_tokens(arch):
     expected = head_detector.compute_head_attention_similarity_score(
         cache["pattern", 1][0, 0], det, exclude_bos=False, exclude_current_token=False, error_measure="mul"
     )
-    from interptest.check import run_behavior
+    from interptest.outcomes import run_behavior
 
     with torch.inference_mode():
         ours = run_behavior(bound).checks[1].value

@@ -7,7 +7,8 @@ import pytest
 
 import tinymodels
 from interptest import families
-from interptest.check import bind_behavior, check_behavior
+from interptest.api import check_behavior
+from interptest.binding import bind_behavior
 from interptest.errors import SpecError
 from interptest.spec import parse_behavior, parse_spec
 

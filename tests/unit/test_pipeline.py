@@ -7,8 +7,10 @@ import torch
 from test_bind import word_level_model
 
 import tinymodels
-from interptest.check import bind_behavior, check_behavior, run_behavior
+from interptest.api import check_behavior
+from interptest.binding import bind_behavior
 from interptest.errors import SpecError
+from interptest.outcomes import run_behavior
 from interptest.spec import parse_behavior
 from interptest.suggest import suggest
 
@@ -254,7 +256,7 @@ def test_the_unpatched_forwards_run_once_per_behavior(samples, monkeypatch):
         "claims": ["resid_pre[:, 1] recovers >= 0", "heads[0.1] recovers >= 0"],
     }
     bound = bind_behavior(parse_behavior(behavior), model)
-    from interptest.check import Run
+    from interptest.running import Run
 
     run = Run(bound)
     assert len(calls) == 2  # clean, corrupted

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tinymodels
-from interptest.check import check_behavior
+from interptest.api import check_behavior
 from interptest.claims.base import DTYPE_ERROR
 
 BEHAVIOR = {
