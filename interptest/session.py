@@ -151,7 +151,9 @@ class SharedValidation:
         others = [m for m in models if m not in mine]
         if others:
             # This worker will likely run some of these behaviors: import the stack while the validators bind.
-            import transformer_lens.model_bridge.sources.transformers  # noqa: F401
+            from interptest.tl_compat import bridge_class
+
+            bridge_class()
         start = time.monotonic()
         for model in others:
             while True:
