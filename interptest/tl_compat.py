@@ -35,7 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "SUPPORTED",
+    "CPU_DEVICE_MAP_SINCE",
     "bridge_class",
+    "cpu_device_map_supported",
     "device_map_refusal",
     "hooked_transformer_class",
     "is_bridge",
@@ -157,6 +159,15 @@ def model_aliases() -> dict[str, list[str]]:
         except (OSError, SyntaxError, ValueError, KeyError):
             return {}
     return {}
+
+
+# The first TransformerLens that accepts a device_map with CPU targets (read in the wheels, see above).
+CPU_DEVICE_MAP_SINCE = (3, 8)
+
+
+def cpu_device_map_supported() -> bool:
+    """Whether the installed TransformerLens loads a ``device_map`` that places weights on the CPU."""
+    return tl_version_tuple() >= CPU_DEVICE_MAP_SINCE
 
 
 def device_map_refusal(exc: BaseException, name: str) -> str | None:
