@@ -179,10 +179,10 @@ def _build_gpt2_small(tmp: str):
 
 def _boot(path: str, device: str = "cpu", hf_model=None):
     import torch
-    import transformer_lens.model_bridge.sources.transformers  # noqa: F401
-    from transformer_lens import TransformerBridge
 
-    m = TransformerBridge.boot_transformers(path, device=device, dtype=torch.float32, hf_model=hf_model)
+    from interptest.tl_compat import bridge_class
+
+    m = bridge_class().boot_transformers(path, device=device, dtype=torch.float32, hf_model=hf_model)
     m.eval()
     return m
 

@@ -16,16 +16,16 @@ import contextlib
 import json
 import os
 import re
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interptest.errors import ModelNotAvailable
+from interptest.tl_compat import bridge_class, device_map_refusal, model_aliases
 from interptest.zoo import tiny_model_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-    from transformer_lens import TransformerBridge
+    from transformer_lens.model_bridge import TransformerBridge  # where 3.x and 4.x both have it
 
 __all__ = [
     "TINY_MODEL_NAME",
@@ -260,15 +260,9 @@ def _check_local_dir(path: Path, shown: str) -> None:
 
 
 def _official_name(name: str) -> str:
-    """Resolve a TransformerLens alias (``gpt2-small`` -> ``gpt2``) without importing transformer_lens."""
-    spec = find_spec("transformer_lens")
-    if spec is None or not spec.submodule_search_locations:
-        return name
-    root = Path(list(spec.submodule_search_locations)[0])
-    try:
-        aliases = json.loads((root / "tools" / "model_registry" / "data" / "model_aliases.json").read_text())["aliases"]
-    except (OSError, ValueError, KeyError):
-        return name
+    """Resolve a TransformerLens alias (``gpt2-small`` -> ``gpt2``) without importing transformer_lens
+    (the installed version's table: :func:`interptest.tl_compat.model_aliases`)."""
+    aliases = model_aliases()
     lowered = name.lower()
     for official in aliases:
         if name == official:
@@ -444,7 +438,7 @@ def load_model(
     device_map: Any = None,
     threads: int | None = None,
 ) -> TransformerBridge:
-    """Load a model as a TransformerLens 4 ``TransformerBridge`` in eval mode.
+    """Load a model as a TransformerLens ``TransformerBridge`` (3.x or 4.x, whichever is installed) in eval mode.
 
     Loading changes no global state: torch's thread count is left alone unless ``threads`` is given
     (the plugin sets it from ``--interp-threads``), and the quieting of progress bars and logs during
@@ -510,9 +504,7 @@ def _load(name_or_path, device, dtype, device_map) -> TransformerBridge:
         problem = device_problem(dev)
         if problem:
             raise ModelNotAvailable(f"model {name!r} cannot be loaded on {problem}")
-    import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
-    from transformer_lens import TransformerBridge
-
+    TransformerBridge = bridge_class()
     target = str(local) if local is not None else official
     try:
         kwargs = {"device_map": device_map} if device_map is not None else {"device": dev}
@@ -520,6 +512,9 @@ def _load(name_or_path, device, dtype, device_map) -> TransformerBridge:
     except ModelNotAvailable:
         raise
     except Exception as exc:
+        refusal = device_map_refusal(exc, name) if device_map is not None else None
+        if refusal is not None:
+            raise ModelNotAvailable(refusal) from exc
         raise ModelNotAvailable(
             f"model {name!r} could not be loaded ({type(exc).__name__}: "
             f"{_first_line(exc)}); expected a Hugging Face GPT-style checkpoint with "

@@ -23,6 +23,7 @@ from interptest.results import behavior_record, claim_lines, map_entries, summar
 from interptest.running import Run
 from interptest.spec import BehaviorSpec, load_spec_file
 from interptest.suggest import suggest
+from interptest.tl_compat import bridge_class
 from interptest.version import __version__
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -157,7 +158,7 @@ class SharedValidation:
         others = [m for m in models if m not in mine]
         if others:
             # This worker will likely run some of these behaviors: import the stack while the validators bind.
-            import transformer_lens.model_bridge.sources.transformers  # noqa: F401
+            bridge_class()
         start = time.monotonic()
         for model in others:
             while True:

@@ -19,9 +19,10 @@ Building it takes a few seconds (mostly drawing and writing the 500 MB); loading
 ``offline_gpt2(monkeypatch)`` points the hub at that cache and turns it offline.  Environment variables
 alone are not enough inside a test process: ``huggingface_hub`` reads ``HF_HOME``, ``HF_HUB_CACHE`` and
 ``HF_HUB_OFFLINE`` into ``huggingface_hub.constants`` when it is first imported, so those are patched too
-(every reader -- ``try_to_load_from_cache``, ``hf_hub_download``, transformers' ``cached_file`` and
-``is_offline_mode`` -- looks them up at call time).  Nothing else is patched: ``interptest.load_model``
-runs its real hub-name path.
+(every reader -- ``try_to_load_from_cache``, ``hf_hub_download``, transformers 5's ``cached_file`` and
+``is_offline_mode`` -- looks them up at call time), and so are transformers 4.x's import-time copies of them
+in ``transformers.utils.hub`` (both hub generations: huggingface_hub 0.x with transformers 4.56+, 1.x with
+5.x).  Nothing else is patched: ``interptest.load_model`` runs its real hub-name path.
 """
 
 from __future__ import annotations
@@ -257,6 +258,22 @@ def offline_gpt2(monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", hub)
     monkeypatch.setattr(constants, "HUGGINGFACE_HUB_CACHE", hub)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    # transformers 4.x (beside huggingface_hub 0.x) copies those into transformers.utils.hub when it is
+    # first imported -- the offline flag (``is_offline_mode()`` returns ``_is_offline_mode``) and the cache
+    # (``cached_files`` defaults to ``TRANSFORMERS_CACHE``) -- so an earlier import kept the real cache and
+    # went to the network; transformers 5.x reads huggingface_hub's constants at call time and has none of
+    # these. Importing it here, after the patches above, also covers a first import.
+    import transformers.utils.hub as transformers_hub
+
+    copies = {
+        "_is_offline_mode": True,
+        "TRANSFORMERS_CACHE": hub,
+        "PYTORCH_TRANSFORMERS_CACHE": hub,
+        "PYTORCH_PRETRAINED_BERT_CACHE": hub,
+    }
+    for name, value in copies.items():
+        if hasattr(transformers_hub, name):
+            monkeypatch.setattr(transformers_hub, name, value)
 
     def refuse(address):
         raise OSError(f"network access attempted in an offline gpt2 test: {address!r}")

@@ -134,10 +134,10 @@ def build_model_dir(
 
 def boot(model_dir: str, device: str = "cpu"):
     import torch
-    import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
-    from transformer_lens import TransformerBridge
 
-    model = TransformerBridge.boot_transformers(model_dir, device=device, dtype=torch.float32)
+    from interptest.tl_compat import bridge_class
+
+    model = bridge_class().boot_transformers(model_dir, device=device, dtype=torch.float32)
     model.eval()
     return model
 

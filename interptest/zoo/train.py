@@ -226,6 +226,7 @@ def train(args) -> dict:
         tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS, model_max_length=args.n_positions
     )
     fast.save_pretrained(out)
+    portable_tokenizer_config(out)
     wall = time.perf_counter() - t0
     info = {
         "args": {k: v for k, v in vars(args).items() if k != "out"},
@@ -242,6 +243,18 @@ def train(args) -> dict:
     print(json.dumps(info), flush=True)
     info["losses"] = losses  # in memory only (the unit test checks the loss goes down)
     return info
+
+
+def portable_tokenizer_config(out: Path) -> None:
+    """Name the tokenizer class in ``out/tokenizer_config.json`` as every supported transformers loads it.
+
+    transformers 5 saves a ``PreTrainedTokenizerFast`` as ``"tokenizer_class": "TokenizersBackend"``, a class
+    transformers 4.x does not have ("Tokenizer class TokenizersBackend does not exist"); the name
+    ``PreTrainedTokenizerFast`` loads in 4.56+ (that class) and in 5.x (an alias of ``TokenizersBackend``)."""
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def main(argv=None) -> int:

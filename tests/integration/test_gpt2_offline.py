@@ -76,7 +76,9 @@ def test_cache_has_the_hub_layout(offline):
 
 
 def test_gpt2_loads_by_hub_name_as_gpt2_small(gpt2):
-    from transformer_lens import TransformerBridge
+    from interptest.tl_compat import bridge_class
+
+    TransformerBridge = bridge_class()
 
     from interptest.model import model_context_length
 

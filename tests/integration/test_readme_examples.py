@@ -24,10 +24,12 @@ from pathlib import Path
 
 import pytest
 import torch  # noqa: F401  (pytester's in-process runs must find torch already imported)
-import transformer_lens.model_bridge.sources.transformers  # noqa: F401
 
 import interptest.api  # noqa: F401
 import interptest.model_cache  # noqa: F401
+from interptest.tl_compat import bridge_class
+
+bridge_class()  # imports transformer_lens's bridge (and attaches boot_transformers) before the in-process runs
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 RUN = ("yaml", "python")

@@ -30,12 +30,24 @@ def test_checkpoint_files():
     assert cfg["n_positions"] >= 128
 
 
+def test_tokenizer_loads_in_the_installed_transformers():
+    """The shipped tokenizer_config names a class transformers 4.56+ and 5.x both have (5.x saves it as
+    TokenizersBackend, which 4.x cannot load); AutoTokenizer, as TransformerLens calls it, loads it."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    d = tiny_model_dir()
+    assert json.loads((d / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tok = AutoTokenizer.from_pretrained(str(d))
+    assert isinstance(tok, PreTrainedTokenizerFast)
+    ids = tok("Her name was Alex Hart.")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+
+
 def test_loads_as_bridge_in_eval_mode(tiny):
-    from transformer_lens import TransformerBridge
-
     from interptest.model import model_context_length
+    from interptest.tl_compat import bridge_class
 
-    assert isinstance(tiny, TransformerBridge) and not tiny.training
+    assert isinstance(tiny, bridge_class()) and not tiny.training
     assert model_context_length(tiny) >= 128
 
 

@@ -16,7 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "interptest"
 
 # Lowest first. A module may import modules of its own layer or of a lower one, never of a higher one.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"version", "errors", "files", "stats", "components", "heatmap", "maps", "zoo", "model"}),
+    (
+        "foundation",
+        {"version", "tl_compat", "errors", "files", "stats", "components", "heatmap", "maps", "zoo", "model"},
+    ),
     ("engines", {"patching"}),
     ("claim kinds", {"claims"}),
     ("spec parsing", {"spec", "families", "schema"}),

@@ -11,6 +11,7 @@ import torch
 import interptest
 from interptest.errors import ModelNotAvailable
 from interptest.model import available_cpus, load_model
+from interptest.tl_compat import cpu_device_map_supported, tl_version
 
 QUIET_ENV = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY")
 
@@ -68,6 +69,8 @@ def test_loading_restores_environment_and_logging(monkeypatch):
 def test_one_device_map_loads_and_patches_like_a_plain_load(device_map):
     from interptest.patching import Patcher
 
+    if not cpu_device_map_supported():
+        pytest.skip(f"TransformerLens {tl_version()} refuses a CPU device_map (test_old_transformer_lens_...)")
     mapped = load_model("interptest-tiny", device_map=device_map)
     plain = load_model("interptest-tiny")
     assert str(mapped.cfg.device) == "cpu"
@@ -79,6 +82,23 @@ def test_one_device_map_loads_and_patches_like_a_plain_load(device_map):
     assert a.engine == b.engine == "fast", a.engine_note
     for component in ("resid_pre", "heads"):
         assert torch.equal(a.sweep(component).values, b.sweep(component).values)
+
+
+@pytest.mark.parametrize("device_map", [{"": "cpu"}, '{"": "cpu"}', "auto"], ids=["dict", "json", "auto"])
+def test_old_transformer_lens_refuses_a_cpu_device_map_with_its_version(device_map):
+    """TransformerLens before 3.8 accepts a device_map only across GPUs; the error says so, with the
+    version, instead of TransformerLens's ValueError from deep inside the load."""
+    if cpu_device_map_supported():
+        pytest.skip(f"TransformerLens {tl_version()} loads a CPU device_map (test_one_device_map_...)")
+    if device_map == "auto" and torch.cuda.is_available():
+        pytest.skip("'auto' places the weights on the GPU here")
+    with pytest.raises(ModelNotAvailable) as info:
+        interptest.load_model("interptest-tiny", device_map=device_map)
+    assert str(info.value).startswith(
+        f"model 'interptest-tiny': TransformerLens {tl_version()} (installed) accepts a device_map only across "
+        f"GPUs (its multi-device support is GPU-only), and this device_map places weights on the CPU"
+    ), str(info.value)
+    assert "TransformerLens 3.8 or newer accepts a CPU device_map" in str(info.value)
 
 
 @pytest.mark.parametrize(

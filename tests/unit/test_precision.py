@@ -22,9 +22,9 @@ BEHAVIOR = {
 
 @functools.cache
 def bf16_model():
-    from transformer_lens import TransformerBridge
+    from interptest.tl_compat import bridge_class
 
-    model = TransformerBridge.boot_transformers(tinymodels.build_model_dir("gpt2"), device="cpu", dtype=torch.bfloat16)
+    model = bridge_class().boot_transformers(tinymodels.build_model_dir("gpt2"), device="cpu", dtype=torch.bfloat16)
     model.eval()
     return model
 

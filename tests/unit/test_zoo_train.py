@@ -69,6 +69,8 @@ def test_output_files(tiny_run):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["GPT2LMHeadModel"] and cfg["attn_implementation"] == "eager"
     assert cfg["n_positions"] == 128
+    # a tokenizer class both transformers 4.56+ and 5.x load (5.x would write TokenizersBackend)
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
 def test_tokenizer_properties(tiny_run):
