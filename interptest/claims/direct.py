@@ -30,6 +30,7 @@ from interptest.claims.grammar import (
     resolve_heads,
     resolve_layers,
 )
+from interptest.errors import InterpError
 
 TARGETS = ("heads", "attn_out", "mlp_out")
 
@@ -139,17 +140,23 @@ class DirectClaim(Claim):
         effects = run.memo("direct_effects", lambda: direct_effects(run))
         table = effects[self.target]  # heads: [S, L, H]; layers: [S, L]
         values = torch.stack([table[(slice(None),) + tuple(cell)] for cell in cells], dim=1)
+        m = effects["m"]  # what the parts sum to: m_clean, or its pre-cap value on a soft-capped model
         if self.relative:
-            values = values / run.clean_metrics[:, None]
+            values = values / m[:, None]
         figure = {
             "type": "direct",
             "relative": self.relative,
-            "heads": (effects["heads"] / (run.clean_metrics[:, None, None] if self.relative else 1))
-            .mean(dim=0)
-            .tolist(),
-            "mlp_out": (effects["mlp_out"] / (run.clean_metrics[:, None] if self.relative else 1)).mean(dim=0).tolist(),
+            "heads": (effects["heads"] / (m[:, None, None] if self.relative else 1)).mean(dim=0).tolist(),
+            "mlp_out": (effects["mlp_out"] / (m[:, None] if self.relative else 1)).mean(dim=0).tolist(),
             "claimed": [list(c) for c in cells] if self.target == "heads" and not self.elsewhere else [],
         }
+        capped = output_transform(run.model)
+        context = (
+            f"pre-cap logits: {architecture(run.model)} {capped}; direct effects sum to the logit difference "
+            f"before it ({float(m.mean()):.3f})"
+            if capped
+            else ""
+        )
         labels = [f"head {c[0]}.{c[1]}" if len(c) == 2 else f"{self.target}[{c[0]}]" for c in cells]
         if self.quantifier == "together":
             return Measurement(
@@ -157,8 +164,9 @@ class DirectClaim(Claim):
                 quantifier="together",
                 note=f"sum over {len(cells)} {'heads' if self.target == 'heads' else 'layers'}",
                 figure=figure,
+                context=context,
             )
-        return Measurement(values, cells, labels, figure=figure)
+        return Measurement(values, cells, labels, figure=figure, context=context)
 
     def unit(self) -> str:
         return "normalized" if self.relative else "logits"
@@ -181,68 +189,170 @@ class DirectClaim(Claim):
 def direct_effects(run) -> dict:
     """Every component's direct effect on expect − foil at the last position, per sample (float64, CPU):
     {"heads": [S, L, H], "attn_out": [S, L], "attn_bias": [S, L], "mlp_out": [S, L], "embed": [S],
-    "bias": [S]} — the parts sum to m_clean."""
+    "bias": [S], "m": [S]} — the parts sum to "m", the logit difference before the architecture's output
+    transform (its final-logit soft cap), which is m_clean on a model without one.
+
+    Every normalisation is the model's own, read from its bridge component (LayerNorm or RMSNorm, a weight
+    ``w`` or Gemma's ``1 + w``, a bias or none) with its scale frozen at the clean run's value: the final
+    norm, and the norm some architectures (Gemma 2/3, OLMo 2) apply to the attention output before the
+    residual add, which a head's share goes through too. A layer's heads and its attention bias then sum to
+    its ``attn_out`` exactly."""
     import torch
 
     model = run.model
     cfg = model.cfg
     n_layers = int(cfg.n_layers)
-    names = ["ln_final.hook_scale", "hook_embed"]
-    if getattr(cfg, "positional_embedding_type", "standard") == "standard" and "hook_pos_embed" in model.hook_dict:
-        names.append("hook_pos_embed")  # rotary models have the hook, but it never fires
+    post = [getattr(model.blocks[layer], "ln1_post", None) for layer in range(n_layers)]
+    names = ["ln_final.hook_scale", "blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
     for layer in range(n_layers):
         names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+        if post[layer] is not None:
+            names.append(f"blocks.{layer}.ln1_post.hook_scale")
     acts = run.activations("clean", names)
 
-    def cpu(t):
-        return None if t is None else t.detach().double().cpu()
-
-    w_u = cpu(model.W_U)
-    b_u = cpu(getattr(model, "b_U", None))
+    w_u = _tensor(model, "W_U")
+    b_u = _tensor(model, "b_U")
     e, f = run.expect_first, run.foil_ids
     direction = (w_u[:, e] - w_u[:, f]).T  # [S, d]
-    ln = model.ln_final
-    weight, ln_bias = cpu(getattr(ln, "w", None)), cpu(getattr(ln, "b", None))
-    centered = str(cfg.normalization_type).startswith("LN")
-    unit = direction * weight if weight is not None else direction
+    d_model = int(cfg.d_model)
+    final = frozen_norm(model.ln_final, d_model)
     scale = acts["ln_final.hook_scale"][:, -1].double()  # [S, 1]
 
-    def through_ln(c):  # c: [S, ..., d] at the last position
-        if centered:
-            c = c - c.mean(dim=-1, keepdim=True)
+    def through_ln(c):  # c: [S, ..., d] at the last position, through the final norm (no bias)
         extra = (1,) * (c.ndim - 2)
-        return (c / scale.reshape(-1, *extra, 1) * unit.reshape(unit.shape[0], *extra, -1)).sum(-1)
+        return (final(c, scale.reshape(-1, *extra, 1)) * direction.reshape(direction.shape[0], *extra, -1)).sum(-1)
 
-    w_o = cpu(model.W_O)  # [L, H, dh, d]
-    b_o = cpu(getattr(model, "b_O", None))
+    w_o = _tensor(model, "W_O")  # [L, H, dh, d]
     b_v = _value_biases(model, w_o.shape)  # [L, H, dh]
     heads, attn_out, attn_bias, mlp_out = [], [], [], []
     for layer in range(n_layers):
         # A head's value bias reaches the output whatever the head attends to (attention rows sum to 1):
         # it counts with the layer's output bias, as in TransformerLens's folded models (fold_value_biases).
         z = acts[f"blocks.{layer}.attn.hook_z"][:, -1].double() - b_v[layer]  # [S, H, dh]
-        heads.append(through_ln(torch.einsum("shk,hkd->shd", z, w_o[layer])))
+        share = torch.einsum("shk,hkd->shd", z, w_o[layer])  # [S, H, d]
+        bias = _output_bias(model, layer, d_model) + torch.einsum("hk,hkd->d", b_v[layer], w_o[layer])
+        bias = bias.expand(scale.shape[0], -1)
+        if post[layer] is not None:  # normalised before the residual add: linear with the clean run's scale
+            norm = frozen_norm(post[layer], d_model)
+            s_post = acts[f"blocks.{layer}.ln1_post.hook_scale"][:, -1].double()  # [S, 1]
+            share = norm(share, s_post[:, None])
+            bias = norm(bias, s_post) + norm.bias
+        heads.append(through_ln(share))
         attn_out.append(through_ln(acts[f"blocks.{layer}.hook_attn_out"][:, -1].double()))
-        bias = b_o[layer] if b_o is not None else torch.zeros(w_u.shape[0], dtype=torch.float64, device="cpu")
-        bias = bias + torch.einsum("hk,hkd->d", b_v[layer], w_o[layer])
-        attn_bias.append(through_ln(bias.expand(scale.shape[0], -1)))
+        attn_bias.append(through_ln(bias))
         mlp_out.append(through_ln(acts[f"blocks.{layer}.hook_mlp_out"][:, -1].double()))
-    embed = acts["hook_embed"][:, -1].double()
-    if "hook_pos_embed" in acts:
-        embed = embed + acts["hook_pos_embed"][:, -1].double()
-    constant = torch.zeros(scale.shape[0], dtype=torch.float64, device="cpu")
-    if ln_bias is not None:
-        constant = constant + direction @ ln_bias
+    # the embeddings as the residual stream receives them (positions, Gemma's sqrt(d_model) scale included)
+    embed = through_ln(acts["blocks.0.hook_resid_pre"][:, -1].double())
+    constant = direction @ final.bias
     if b_u is not None:
         constant = constant + (b_u[e] - b_u[f])
-    return {
+    out = {
         "heads": torch.stack(heads, dim=1),
         "attn_out": torch.stack(attn_out, dim=1),
         "attn_bias": torch.stack(attn_bias, dim=1),
         "mlp_out": torch.stack(mlp_out, dim=1),
-        "embed": through_ln(embed),
+        "embed": embed,
         "bias": constant,
     }
+    # What the parts must sum to: the logit difference the unembedding gives before any output transform,
+    # from the final residual through the model's own final norm.
+    resid = acts[f"blocks.{n_layers - 1}.hook_resid_post"][:, -1].double()
+    logits2 = final(resid, scale) + final.bias
+    out["m"] = (logits2 * direction).sum(-1) + (0 if b_u is None else b_u[e] - b_u[f])
+    total = out["heads"].sum((1, 2)) + out["attn_bias"].sum(1) + out["mlp_out"].sum(1) + embed + constant
+    if not torch.allclose(total, out["m"], rtol=1e-4, atol=1e-4 * (1 + float(out["m"].abs().max()))):
+        # never a number that means something else: an architecture whose residual stream this reading
+        # does not decompose (an unknown norm placement, a scaled residual) is refused, not approximated
+        raise InterpError(
+            f"direct effects on {architecture(model)} do not add up to the logit difference "
+            f"({float(total[0]):.4f} vs {float(out['m'][0]):.4f} on the first sample): this architecture's "
+            "residual stream is not a sum of its components' outputs as interptest reads them; direct() is "
+            "not supported on it"
+        )
+    return out
+
+
+def output_transform(model) -> str:
+    """What the architecture does to the logits after the unembedding, in words ("" for nothing): a final
+    soft cap ``cap · tanh(logits / cap)`` (Gemma 2 and 3), or a transform its TransformerLens adapter
+    declares."""
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    if cap is not None and float(cap) > 0:
+        return f"soft-caps its logits at {float(cap):g}"
+    adapter = getattr(model, "adapter", None)
+    own = getattr(type(adapter), "apply_output_logits_transform", None)
+    for base in type(adapter).__mro__[1:]:
+        inherited = base.__dict__.get("apply_output_logits_transform")
+        if inherited is not None:
+            return "" if own is inherited else f"transforms its logits after the unembedding ({type(adapter).__name__})"
+    return ""
+
+
+def architecture(model) -> str:
+    """The model's Hugging Face architecture (e.g. ``Gemma2ForCausalLM``), for messages."""
+    return str(getattr(model.cfg, "architecture", None) or type(getattr(model, "original_model", model)).__name__)
+
+
+def _tensor(model, name):
+    """A stacked parameter of the bridge (W_U, W_O, b_U, ...) as float64 on the CPU; None where the
+    architecture has none (the bridge raises for a bias-free checkpoint)."""
+    try:
+        value = getattr(model, name)
+    except (AttributeError, TypeError, KeyError):
+        return None
+    return None if value is None else value.detach().double().cpu()
+
+
+def _output_bias(model, layer: int, d_model: int):
+    """[d] the attention output projection's bias of ``layer``; zeros where the architecture has none."""
+    import torch
+
+    o = getattr(model.blocks[layer].attn, "o", None)
+    bias = None
+    if o is not None:
+        try:
+            bias = o.bias
+        except (AttributeError, TypeError):
+            bias = None
+    if bias is None:
+        b_o = _tensor(model, "b_O")
+        return b_o[layer] if b_o is not None else torch.zeros(d_model, dtype=torch.float64, device="cpu")
+    return bias.detach().double().cpu()
+
+
+class frozen_norm:
+    """A bridge normalisation with its scale given: x -> (x − mean x) / scale · w (RMSNorm: no centering;
+    Gemma: 1 + w; no weight: 1), its bias apart (``.bias``: [d], zeros where there is none). Read from the
+    bridge component, as its own forward computes it (NormalizationBridge._apply_weight_and_bias)."""
+
+    def __init__(self, norm, d_model: int):
+        import torch
+
+        self.centered = not bool(getattr(norm, "uses_rms_norm", False))
+        weight = _param(norm, "weight")
+        if weight is not None and bool(getattr(norm, "uses_weight_offset", False)):
+            weight = 1.0 + weight
+        self.weight = weight
+        bias = _param(getattr(norm, "original_component", None), "bias") if self.centered else None
+        if bias is None:
+            bias = torch.zeros(d_model, dtype=torch.float64, device="cpu")
+        self.bias = bias
+
+    def __call__(self, c, scale):
+        if self.centered:
+            c = c - c.mean(dim=-1, keepdim=True)
+        c = c / scale
+        return c * self.weight if self.weight is not None else c
+
+
+def _param(module, name: str):
+    if module is None:
+        return None
+    try:
+        value = getattr(module, name)
+    except (AttributeError, TypeError):
+        return None
+    return value.detach().double().cpu() if value is not None else None
 
 
 def _value_biases(model, w_o_shape):
@@ -252,15 +362,7 @@ def _value_biases(model, w_o_shape):
     import torch
 
     n_layers, n_heads, d_head = w_o_shape[0], w_o_shape[1], w_o_shape[2]
-
-    def stacked(name):
-        try:
-            value = getattr(model, name)
-        except AttributeError:  # the bridge says so for checkpoints without such parameters
-            return None
-        return None if value is None else value.detach().double().cpu()
-
-    b_v, w_v = stacked("b_V"), stacked("W_V")  # [L, Hkv, dh], [L, Hkv, d, dh]
+    b_v, w_v = _tensor(model, "b_V"), _tensor(model, "W_V")  # [L, Hkv, dh], [L, Hkv, d, dh]
     const = torch.zeros(
         n_layers, w_v.shape[1] if w_v is not None else n_heads, d_head, dtype=torch.float64, device="cpu"
     )
@@ -268,9 +370,10 @@ def _value_biases(model, w_o_shape):
         const = const + b_v
     if w_v is not None:
         for layer in range(n_layers):
-            ln_bias = getattr(getattr(model.blocks[layer], "ln1", None), "b", None)
-            if ln_bias is not None:
-                const[layer] += torch.einsum("d,hdk->hk", ln_bias.detach().double().cpu(), w_v[layer])
+            ln1 = getattr(model.blocks[layer], "ln1", None)
+            if ln1 is not None:
+                ln_bias = frozen_norm(ln1, w_v.shape[2]).bias
+                const[layer] += torch.einsum("d,hdk->hk", ln_bias, w_v[layer])
     if const.shape[1] != n_heads:
         const = const.repeat_interleave(n_heads // const.shape[1], dim=1)
     return const

@@ -6,8 +6,8 @@
 
 The residual at (layer, position) of the clean run goes through the final norm — recomputed on that
 residual, as the logit lens does (TransformerLens ``accumulated_resid(apply_ln=True)``) — and the
-unembedding; ``prob``, ``rank``, ``logit`` and ``logit_diff`` then mean what they mean for the model's
-own prediction.
+unembedding, then the architecture's own transform of the logits (Gemma 2/3's final soft cap); ``prob``,
+``rank``, ``logit`` and ``logit_diff`` then mean what they mean for the model's own prediction.
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ class LensClaim(Claim):
 
 
 def lens_logits(run, component: str, layer: int, position: int):
-    """[S, vocab] logits read off ``component`` at (layer, position): final norm, then unembedding."""
+    """[S, vocab] logits read off ``component`` at (layer, position): the final norm, the unembedding,
+    then what the architecture does to its logits after the unembedding (Gemma 2/3's final soft cap), so
+    that the lens of the last residual is the model's own prediction."""
     import torch
 
     model = run.model
@@ -175,4 +177,19 @@ def lens_logits(run, component: str, layer: int, position: int):
         logits = normed @ model.W_U
         if getattr(model, "b_U", None) is not None:
             logits = logits + model.b_U
+        logits = output_logits(model, logits)
     return logits.float().cpu()
+
+
+def output_logits(model, logits):
+    """The architecture's own post-unembedding transform of ``logits`` (TransformerLens's adapter declares
+    it: a final soft cap ``cap · tanh(logits / cap)`` on Gemma 2/3, nothing on most); the identity where the
+    bridge declares none."""
+    adapter = getattr(model, "adapter", None)
+    transform = getattr(adapter, "apply_output_logits_transform", None)
+    if transform is not None:
+        return transform(logits)
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    if cap is not None and float(cap) > 0:
+        return float(cap) * (logits / float(cap)).tanh()
+    return logits

@@ -197,8 +197,11 @@ def ref_path(model, base_ids, src, base_z, senders, receiver, expect, foil):
     kind = receiver[0]
     if kind == "logits":
         rec = "ln_final.hook_in"
-    else:
+    else:  # the block's norm input; where there is no such norm (OLMo 2; GPT-J's one norm), the residual
         rec = f"blocks.{receiver[1]}.{'ln2' if kind == 'mlp_in' else 'ln1'}.hook_in"
+        if rec not in model.hook_dict:
+            rec = f"blocks.{receiver[1]}.hook_resid_{'pre' if kind != 'mlp_in' else 'mid'}"
+            rec = rec if rec in model.hook_dict else f"blocks.{receiver[1]}.hook_resid_pre"
     recorded = cache(model, base_ids, [rec], hooks)[rec]
     if kind == "logits":
         return metric(model, base_ids, expect, foil, [(rec, lambda act, hook=None: recorded.clone())])
