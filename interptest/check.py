@@ -97,6 +97,7 @@ class BehaviorResult:
     baseline: dict | None = None  # {"status": missing|ok|moved, "detail": ...} when compared
     suggestion: str | None = None  # --interp-suggest's YAML
     samples: int = 1  # how many samples the numbers summarise
+    engine: dict | None = None  # which patching engine ran (Run.engine_record), None when nothing was patched
 
     @property
     def passed(self) -> bool:
@@ -558,6 +559,18 @@ class Run:
             )
         return self._circuits
 
+    def engine_record(self) -> dict | None:
+        """Which engines this run used: {"patching": "fast" | "generic", "why": why the fast engine declined
+        ("" where it ran), "circuits": "hooks" where path or circuit claims ran}; None when nothing was patched."""
+        record: dict = {}
+        if self._patcher is not None:
+            engine = getattr(self._patcher, "engine", None)
+            record["patching"] = engine
+            record["why"] = "" if engine == "fast" else getattr(self._patcher, "engine_note", "")
+        if getattr(self, "_circuits", None) is not None:
+            record["circuits"] = "hooks"
+        return record or None
+
     def patcher(self):
         """The patching engine for every sample at once (BatchPatcher's interface: [S, ...] values)."""
         if self._patcher is None:
@@ -682,6 +695,7 @@ class _OneSample:
         import torch
 
         self._p = patcher
+        self.engine, self.engine_note = patcher.engine, patcher.engine_note
         self.clean_metrics = torch.tensor([patcher.clean_metric], dtype=torch.float64, device="cpu")
         self.corrupt_metrics = torch.tensor([patcher.corrupt_metric], dtype=torch.float64, device="cpu")
 
@@ -816,6 +830,7 @@ def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink:
                 check.detail += _minimal_instance(bound, index, batch_size)
             result.checks.append(check)
         result.maps = dict(run.maps)
+        result.engine = run.engine_record()
     return result
 
 

@@ -293,3 +293,23 @@ def test_the_fast_engine_declines_prompts_that_reach_a_sliding_window():
     patcher = Patcher(model, ids, corrupt, 1, 2)
     assert patcher.engine == "generic"
     assert patcher.engine_note == "64 tokens reach MistralForCausalLM's sliding attention window (64 tokens)"
+
+
+@pytest.mark.parametrize("arch, engine", [("gemma", "fast"), ("opt", "generic")])
+def test_results_say_which_engine_ran_and_why_the_fast_one_declined(arch, engine, tmp_path):
+    from interptest.report import write_report
+    from interptest.results import behavior_record, claim_lines
+
+    spec = {**behavior(arch), "claims": ["heads[0.1] breaks >= -100", "path heads[0.1] -> logits recovers >= -100"]}
+    result = check_behavior(spec, model_for(arch), raise_on_failure=False)
+    record = behavior_record(parse_behavior(spec), "test::b", arch, result=result)
+    why = "" if engine == "fast" else "architecture OPTForCausalLM not covered by the fast engine"
+    assert record["engine"] == {"patching": engine, "why": why, "circuits": "hooks"}
+    line = f"    engine   {engine}{f' ({why})' if why else ''}; path/circuit: hooks"
+    assert claim_lines(record)[0] == line
+    write_report([record], str(tmp_path), version="test")
+    assert f"<dt>engine</dt><dd>{line.split('engine   ')[1]}</dd>" in (tmp_path / "report.html").read_text()
+    unpatched = check_behavior(
+        {**spec, "claims": ["direct(heads[0.1]) >= -1000"]}, model_for(arch), raise_on_failure=False
+    )
+    assert unpatched.engine is None
