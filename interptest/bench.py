@@ -24,7 +24,8 @@ engine); "sweep only" excludes the patcher's construction.
 ``--shapes`` it runs the GPU suite: gpt2-small (17 and 65 tokens, resid_pre and heads), pythia-410m
 (64 tokens, resid_pre) and a Llama-3.2-1B shape (16 layers, d_model 2048, 32 query / 8 key-value heads,
 129 tokens, resid_pre and heads), random weights built locally, float32.  ``--shapes`` picks shapes by
-name (also the small ``gpt2-tiny``, ``pythia-tiny``, ``llama-tiny`` for a quick run on any device).
+name (also the small ``gpt2-tiny``, ``pythia-tiny``, ``llama-tiny``, ``mistral-tiny``, ``qwen2-tiny``,
+``qwen3-tiny``, ``gemma-tiny`` for a quick run on any device: one per family the fast engine covers).
 ``--clock process`` times CPU runs by the process's CPU time, less sensitive to other processes on a
 shared machine than the default wall clock.
 """
@@ -110,6 +111,14 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         ),
     ),
 }
+# one small shape per family the fast engine covers beyond GPT-2, Llama and GPT-NeoX (issue 19)
+for _family, _cls, _extra in (
+    ("mistral", "MistralConfig", dict(sliding_window=4096)),
+    ("qwen2", "Qwen2Config", {}),
+    ("qwen3", "Qwen3Config", dict(head_dim=16)),
+    ("gemma", "GemmaConfig", dict(head_dim=16)),
+):
+    SHAPES[f"{_family}-tiny"] = (_cls, {**SHAPES["llama-tiny"][1], **_extra})
 # the GPU suite of issue 9.3: (shape, tokens incl. BOS, components)
 GPU_SUITE = [
     ("gpt2-small", 17, ["resid_pre", "heads"]),

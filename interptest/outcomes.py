@@ -55,6 +55,7 @@ class BehaviorResult:
     baseline: dict | None = None  # {"status": missing|ok|moved, "detail": ...} when compared
     suggestion: str | None = None  # --interp-suggest's YAML
     samples: int = 1  # how many samples the numbers summarise
+    engine: dict | None = None  # which patching engine ran (Run.engine_record), None when nothing was patched
 
     @property
     def passed(self) -> bool:
@@ -176,4 +177,5 @@ def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink:
                 check.detail += minimal_instance(bound, index, batch_size)
             result.checks.append(check)
         result.maps = dict(run.maps)
+        result.engine = run.engine_record()
     return result

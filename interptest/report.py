@@ -19,7 +19,7 @@ from typing import Any
 from interptest.files import atomic_write
 from interptest.heatmap import STYLE, colour, heatmap, number_text, show_token
 from interptest.heatmap import escape as _e
-from interptest.results import FORMAT, claim_counts, claims_text
+from interptest.results import FORMAT, claim_counts, claims_text, engine_text
 
 __all__ = ["write_report", "render_html", "results_json"]
 
@@ -239,6 +239,9 @@ def _behavior(index: int, record: dict) -> str:
         )
     if tokens:
         metrics.append(f"<dt>tokens</dt><dd>{len(tokens)}</dd>")
+    engine = engine_text(record)
+    if engine:
+        metrics.append(f"<dt>engine</dt><dd>{_e(engine)}</dd>")
     preds = _predictions("clean top-5", record.get("clean_top"), expect, foil) + _predictions(
         "corrupted top-5", record.get("corrupt_top"), expect, foil
     )

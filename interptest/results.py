@@ -1,8 +1,10 @@
 """Machine-readable records of behavior results: what results.json holds, what xdist workers send
 to the controller, and what the terminal summary prints. Plain dicts of JSON types only.
 
-The schema (``FORMAT`` = 1) is documented in the README. Every behavior — passed, failed, skipped
-or errored — gets a record with every key, built by :func:`behavior_record`.
+The schema (``FORMAT`` = 1) is documented in the README; ``engine`` was added to format 1 without
+incrementing it (a new key: a reader of the earlier layout still finds every key it knew). Every
+behavior — passed, failed, skipped or errored — gets a record with every key, built by
+:func:`behavior_record`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class BehaviorRecord(TypedDict):
     maps: dict
     baseline: dict | None
     suggestion: str | None
+    engine: dict | None  # {"patching": "fast" | "generic", "why", "circuits"?}; None: nothing was patched
 
 
 def map_entries(result) -> dict:
@@ -112,6 +115,7 @@ def behavior_record(behavior, nodeid: str, model: str, outcome: str | None = Non
         "maps": {},
         "baseline": None,
         "suggestion": None,
+        "engine": None,
     }
     if result is None:
         return record
@@ -130,6 +134,7 @@ def behavior_record(behavior, nodeid: str, model: str, outcome: str | None = Non
             "maps": map_entries(result),
             "baseline": result.baseline,
             "suggestion": result.suggestion,
+            "engine": getattr(result, "engine", None),
         }
     )
     return record
@@ -178,9 +183,26 @@ def summary_line(record: dict) -> str:
     )
 
 
+def engine_text(record: dict) -> str:
+    """Which engine patched the behavior, in words ("" when nothing was patched): "fast", or "generic (why
+    the fast engine declined)", and "path/circuit: hooks" where path or circuit claims ran."""
+    engine = record.get("engine") or {}
+    parts = []
+    if engine.get("patching"):
+        why = engine.get("why") or ""
+        parts.append(engine["patching"] + (f" ({why})" if why and engine["patching"] != "fast" else ""))
+    if engine.get("circuits"):
+        parts.append(f"path/circuit: {engine['circuits']}")
+    return "; ".join(parts)
+
+
 def claim_lines(record: dict) -> list[str]:
-    """One line per check with its verdict and measured value (the terminal summary under -v)."""
+    """One line per check with its verdict and measured value (the terminal summary under -v), after the
+    patching engine that ran, when one did."""
     lines = []
+    engine = engine_text(record)
+    if engine:
+        lines.append(f"    engine   {engine}")
     for claim in record.get("claims") or []:
         verdict = "not run" if claim.get("passed") is None else "passed" if claim["passed"] else "FAILED"
         value = "" if claim.get("value") is None else f"  measured {format_value(claim['value'])}"

@@ -141,6 +141,18 @@ class Run:
             )
         return self._circuits
 
+    def engine_record(self) -> dict | None:
+        """Which engines this run used: {"patching": "fast" | "generic", "why": why the fast engine declined
+        ("" where it ran), "circuits": "hooks" where path or circuit claims ran}; None when nothing was patched."""
+        record: dict = {}
+        if self._patcher is not None:
+            engine = getattr(self._patcher, "engine", None)
+            record["patching"] = engine
+            record["why"] = "" if engine == "fast" else getattr(self._patcher, "engine_note", "")
+        if getattr(self, "_circuits", None) is not None:
+            record["circuits"] = "hooks"
+        return record or None
+
     def patcher(self):
         """The patching engine for every sample at once (BatchPatcher's interface: [S, ...] values)."""
         if self._patcher is None:
@@ -263,6 +275,7 @@ class _OneSample:
         import torch
 
         self._p = patcher
+        self.engine, self.engine_note = patcher.engine, patcher.engine_note
         self.clean_metrics = torch.tensor([patcher.clean_metric], dtype=torch.float64, device="cpu")
         self.corrupt_metrics = torch.tensor([patcher.corrupt_metric], dtype=torch.float64, device="cpu")
 

@@ -50,7 +50,7 @@ ARCHS = archmodels.ARCHITECTURES
 BIAS_FREE = {"llama", "mistral", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo", "olmo2"}
 PARALLEL = {"neox", "gptj", "falcon"}
 # the families the fast patching engine covers (interptest.patching.fast); the others take the generic one
-FAST = {"gpt2", "neox", "llama", "llama-bias"}
+FAST = {"gpt2", "neox", "llama", "llama-bias", "mistral", "qwen2", "qwen3", "gemma"}
 CLEAN, CORRUPT = "When dog dog dog the the the", "When dog dog sat the the the"
 REFERENCE = ["When Bob sat on the the the", "When the dog sat on Bob to"]
 TL_FN = {
@@ -265,3 +265,53 @@ def test_parallel_blocks_refuse_what_they_do_not_have(arch, claim, message):
     with pytest.raises(SpecError) as info:
         bind_behavior(parse_behavior({**behavior(arch), "claims": [claim]}), model)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("arch", sorted(FAST))
+def test_fast_engine_with_embedding_noise_equals_the_generic_engine(arch):
+    """The corrupted run's noise is added where the bridge's hook_embed adds it (Gemma: after its scale)."""
+    from interptest.patching import BatchPatcher
+
+    model = model_for(arch)
+    spec = behavior(arch)
+    clean = model.to_tokens(CLEAN)
+    e, f = (model.to_single_token(spec[k]) for k in ("expect", "foil"))
+    noise = torch.zeros(1, clean.shape[1], model.cfg.d_model)
+    noise[0, 1:3] = torch.randn(2, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    fast, generic = (
+        BatchPatcher(model, clean, clean, [e], [f], embed_noise=noise, engine=engine) for engine in ("fast", "generic")
+    )
+    assert fast.engine == "fast" and generic.engine == "generic"
+    for component in ("resid_pre", "heads"):
+        got, want = fast.sweep_raw(component), generic.sweep_raw(component)
+        assert float((got - want).abs().max()) <= 1e-5 * (1 + float(want.abs().max())), component
+
+
+def test_the_fast_engine_declines_prompts_that_reach_a_sliding_window():
+    model = model_for("mistral")
+    ids = torch.randint(1, int(model.cfg.d_vocab), (1, 64), generator=torch.Generator().manual_seed(0))
+    corrupt = ids.clone()
+    corrupt[0, 5] = (ids[0, 5] + 1) % int(model.cfg.d_vocab)
+    patcher = Patcher(model, ids, corrupt, 1, 2)
+    assert patcher.engine == "generic"
+    assert patcher.engine_note == "64 tokens reach MistralForCausalLM's sliding attention window (64 tokens)"
+
+
+@pytest.mark.parametrize("arch, engine", [("gemma", "fast"), ("opt", "generic")])
+def test_results_say_which_engine_ran_and_why_the_fast_one_declined(arch, engine, tmp_path):
+    from interptest.report import write_report
+    from interptest.results import behavior_record, claim_lines
+
+    spec = {**behavior(arch), "claims": ["heads[0.1] breaks >= -100", "path heads[0.1] -> logits recovers >= -100"]}
+    result = check_behavior(spec, model_for(arch), raise_on_failure=False)
+    record = behavior_record(parse_behavior(spec), "test::b", arch, result=result)
+    why = "" if engine == "fast" else "architecture OPTForCausalLM not covered by the fast engine"
+    assert record["engine"] == {"patching": engine, "why": why, "circuits": "hooks"}
+    line = f"    engine   {engine}{f' ({why})' if why else ''}; path/circuit: hooks"
+    assert claim_lines(record)[0] == line
+    write_report([record], str(tmp_path), version="test")
+    assert f"<dt>engine</dt><dd>{line.split('engine   ')[1]}</dd>" in (tmp_path / "report.html").read_text()
+    unpatched = check_behavior(
+        {**spec, "claims": ["direct(heads[0.1]) >= -1000"]}, model_for(arch), raise_on_failure=False
+    )
+    assert unpatched.engine is None

@@ -16,9 +16,10 @@ joint patch, all of one component).  Rows of every sample are stacked in each fo
 recomputes its sample's positions ``>= pmin[r]``, packed one row after the other; a chunk whose rows
 all start at the same position is a dense [rows, positions] block.
 
-Covered, one module per architecture family: GPT-2 (:mod:`.gpt2`), Llama (:mod:`.llama`: RMSNorm,
-rotary, gated MLP, GQA) and GPT-NeoX / Pythia (:mod:`.neox`: partial rotary, parallel or sequential
-residual), float32 weights on one device.  Gaussian noise on the corrupted run's token embeddings
+Covered, one module per architecture family: GPT-2 (:mod:`.gpt2`), Llama, Mistral, Qwen2, Qwen3 and
+Gemma (:mod:`.llama`: RMSNorm, rotary, gated MLP, GQA; Qwen3's q/k norms, Gemma's scaled embeddings) and
+GPT-NeoX / Pythia (:mod:`.neox`: partial rotary, parallel or sequential residual), float32 weights on one
+device.  Gaussian noise on the corrupted run's token embeddings
 (``hook_embed``) is added where the bridge's hook adds it.  ``FastEngine.self_check`` compares this
 forward's last-position logits with the bridge's own for every sample and raises
 :class:`Unsupported` on disagreement, so a variant this module misreads (compatibility mode, an
@@ -177,9 +178,12 @@ class FastEngine:
             raise Unsupported(f"fast engine needs the weights on one device, found {sorted(map(str, devices))}")
         if getattr(hf, "training", False):
             raise Unsupported("model is in training mode")
-        eng = cls(builder(hf))
-        eng.device = dev = next(iter(devices))
+        arch = builder(hf)
         S, n = int(clean_tokens.shape[0]), int(clean_tokens.shape[1])
+        if arch.window is not None and n >= arch.window:
+            raise Unsupported(f"{n} tokens reach {kind}'s sliding attention window ({arch.window} tokens)")
+        eng = cls(arch)
+        eng.device = dev = next(iter(devices))
         eng.S, eng.n = S, n
         eng.first_diff = [int(x) for x in first_diff]
         ids = torch.stack([torch.as_tensor(expect_ids, device="cpu"), torch.as_tensor(foil_ids, device="cpu")], 1)

@@ -151,6 +151,7 @@ class Arch:
     n_heads: int
     n_kv: int
     d_head: int
+    window: int | None = None  # sliding-window attention: exact only for prompts shorter than the window
 
 
 def add_noise(e, noise):

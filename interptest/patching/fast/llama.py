@@ -1,33 +1,44 @@
-"""Llama (``LlamaForCausalLM``): RMSNorm, rotary positions, gated MLP, grouped-query attention."""
+"""Llama and the families that are Llama's forward with a detail changed: Mistral (a sliding window),
+Qwen2 (q/k/v biases), Qwen3 (a per-head RMSNorm on queries and keys before the rotary embedding) and Gemma
+(embeddings scaled by sqrt(d_model) inside their module, RMSNorm by ``1 + w``, a GELU gate): RMSNorm,
+rotary positions, gated MLP, grouped-query attention.  Every detail is read from the Hugging Face modules
+themselves (the embedding module, the norms, the activation), not re-derived from the config.
+
+A sliding window changes nothing while every key is inside it: the engine accepts such a model for prompts
+shorter than the window and declines longer ones (:class:`Unsupported`)."""
 
 from __future__ import annotations
 
-from interptest.patching.fast.blocks import Arch, Layer, Unsupported, add_noise, linear, norm_fn, raw
+from interptest.patching.fast.blocks import Arch, Layer, add_noise, linear, norm_fn, raw
 
-HF_CLASSES = ("LlamaForCausalLM",)
+HF_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM")
 
 
 def build(hf) -> Arch:
     cfg = hf.config
-    if getattr(cfg, "sliding_window", None):
-        raise Unsupported("sliding-window attention")
+    window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
     m = raw(hf.model)
     H = cfg.num_attention_heads
     Hkv = cfg.num_key_value_heads or H
     dh = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-    emb = raw(m.embed_tokens).weight
+    emb = raw(m.embed_tokens)  # the module: Gemma's scales its output by sqrt(d_model)
     layers = []
     for blk in m.layers:
         b = raw(blk)
         attn, mlp = raw(b.self_attn), raw(b.mlp)
+        battn = getattr(blk, "self_attn", None) or getattr(blk, "attn", None)
+        qn = norm_fn(getattr(battn, "q_norm", None) or attn.q_norm) if hasattr(attn, "q_norm") else None
+        kn = norm_fn(getattr(battn, "k_norm", None) or attn.k_norm) if hasattr(attn, "k_norm") else None
         qp, kp, vp, op = (raw(attn.q_proj), raw(attn.k_proj), raw(attn.v_proj), raw(attn.o_proj))
         gp, up, dp, act = raw(mlp.gate_proj), raw(mlp.up_proj), raw(mlp.down_proj), raw(mlp.act_fn)
 
-        def q_fn(h, qp=qp):
-            return linear(qp, h).view(-1, H, dh)
+        def q_fn(h, qp=qp, qn=qn):
+            q = linear(qp, h).view(-1, H, dh)
+            return qn(q) if qn is not None else q
 
-        def kv_fn(h, kp=kp, vp=vp):
-            return linear(kp, h).view(-1, Hkv, dh), linear(vp, h).view(-1, Hkv, dh)
+        def kv_fn(h, kp=kp, vp=vp, kn=kn):
+            k = linear(kp, h).view(-1, Hkv, dh)
+            return (kn(k) if kn is not None else k), linear(vp, h).view(-1, Hkv, dh)
 
         def qkv(h, q_fn=q_fn, kv_fn=kv_fn):
             return (q_fn(h),) + kv_fn(h)
@@ -51,9 +62,12 @@ def build(hf) -> Arch:
         )
     head = raw(hf.lm_head)
 
-    def embed(tokens, pos, noise=None):
-        return add_noise(emb[tokens], noise)
+    def embed(tokens, pos, noise=None):  # hook_embed is the embedding module's output (Gemma: scaled)
+        return add_noise(emb(tokens), noise)
 
-    return Arch(
-        "llama", layers, embed, norm_fn(m.norm), head.weight, getattr(head, "bias", None), raw(m.rotary_emb), H, Hkv, dh
+    name = type(hf).__name__.removesuffix("ForCausalLM").lower()
+    arch = Arch(
+        name, layers, embed, norm_fn(m.norm), head.weight, getattr(head, "bias", None), raw(m.rotary_emb), H, Hkv, dh
     )
+    arch.window = int(window) if window else None
+    return arch
