@@ -39,6 +39,7 @@ __all__ = [
     "bridge_class",
     "cpu_device_map_supported",
     "device_map_refusal",
+    "hook_for",
     "hooked_transformer_class",
     "is_bridge",
     "is_hooked_transformer",
@@ -168,6 +169,30 @@ CPU_DEVICE_MAP_SINCE = (3, 8)
 def cpu_device_map_supported() -> bool:
     """Whether the installed TransformerLens loads a ``device_map`` that places weights on the CPU."""
     return tl_version_tuple() >= CPU_DEVICE_MAP_SINCE
+
+
+# Bridge hook names with no hook of that name on a HookedTransformer, and the HookedTransformer hook at the same
+# point of the forward for a patch: the MLP's input after ln2, the final LayerNorm's input (both read by path
+# patching's receivers). Where the LayerNorm is not folded, hook_normalized comes before its affine map,
+# which is a fixed function of it, so replacing it replaces the input the same way.
+_HOOKED_EQUIVALENT = {
+    "mlp.hook_in": "ln2.hook_normalized",
+    "ln_final.hook_in": "ln_final.hook_normalized",
+}
+
+
+def hook_for(model: Any, name: str) -> str:
+    """``name`` if ``model`` has that hook, else its HookedTransformer equivalent where one exists (else ``name``:
+    the caller's error names it)."""
+    hooks = getattr(model, "hook_dict", None)
+    if hooks is None or name in hooks:
+        return name
+    for bridge_name, hooked_name in _HOOKED_EQUIVALENT.items():
+        if name.endswith(bridge_name):
+            other = name[: -len(bridge_name)] + hooked_name
+            if other in hooks:
+                return other
+    return name
 
 
 def device_map_refusal(exc: BaseException, name: str) -> str | None:

@@ -21,7 +21,7 @@ alone are not enough inside a test process: ``huggingface_hub`` reads ``HF_HOME`
 ``HF_HUB_OFFLINE`` into ``huggingface_hub.constants`` when it is first imported, so those are patched too
 (every reader -- ``try_to_load_from_cache``, ``hf_hub_download``, transformers 5's ``cached_file`` and
 ``is_offline_mode`` -- looks them up at call time), and so are transformers 4.x's import-time copies of them
-in ``transformers.utils.hub`` (both hub generations: huggingface_hub 0.x with transformers 4.56+, 1.x with
+in ``transformers.utils.hub`` (both hub generations: huggingface_hub 0.x with transformers 4.56+, 1.x and later with
 5.x).  Nothing else is patched: ``interptest.load_model`` runs its real hub-name path.
 """
 

@@ -37,6 +37,7 @@ from interptest import components
 from interptest.errors import InterpError
 from interptest.patching import model_device
 from interptest.patching.base import MAX_ROWS, rows_within_budget
+from interptest.tl_compat import hook_for
 
 __all__ = ["ABLATIONS", "CircuitPatcher", "RECEIVER_KINDS", "normalize"]
 
@@ -403,9 +404,9 @@ class CircuitPatcher:
         if kind in ("q", "k", "v"):
             return f"blocks.{self._check_layer(receiver[1])}.attn.hook_{kind}"
         if kind == "mlp_in":
-            return f"blocks.{self._check_layer(receiver[1])}.mlp.hook_in"
+            return hook_for(self.model, f"blocks.{self._check_layer(receiver[1])}.mlp.hook_in")
         if kind == "logits":
-            return "ln_final.hook_in"
+            return hook_for(self.model, "ln_final.hook_in")
         raise InterpError(f"unknown receiver {kind!r}; valid: {', '.join(RECEIVER_KINDS)}")
 
     def _receiver_masks(self, receiver_sets) -> dict[str, torch.Tensor]:

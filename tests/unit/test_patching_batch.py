@@ -26,7 +26,9 @@ TOL = 1e-5
 # 7.6e-6 (interptest-tiny), 6.4e-6 (llama), 1.7e-6 (gpt2), 0 (neox).  interptest-tiny has large activations
 # (trained weights, logit differences ~40): on random-token prompts its discrepancy reached 2.8e-5, hence
 # the headroom.
-RAW_TOL = {"gpt2": TOL, "llama": TOL, "neox": TOL, "interptest-tiny": 2 * TOL}
+# llama: 2 * TOL since transformers 4.57's Llama rounds up to 1.14e-5 from the fast engine on logit differences
+# of about 5 (2e-6 relative; measured on TransformerLens 3.2.1; TOL holds under transformers 5.x)
+RAW_TOL = {"gpt2": TOL, "llama": 2 * TOL, "neox": TOL, "interptest-tiny": 2 * TOL}
 WELL_CONDITIONED = 0.5  # |m_clean - m_corrupt| below this: normalized values amplify rounding
 
 
@@ -205,16 +207,19 @@ def test_embed_noise_equals_transformer_lens(arch):
             with model.hooks(fwd_hooks=[("hook_embed", add_noise)]):
                 lg = model(corrupt[s : s + 1])
                 mx = float(lg[0, -1, e[s]] - lg[0, -1, f[s]])
-                _, noisy_cache = model.run_with_cache(corrupt[s : s + 1])
                 denoise = {c: _tl(model, fn, corrupt[s : s + 1], clean_cache, e[s], f[s]) for c, fn in fns.items()}
+                # last in the context: TransformerLens 3.0-3.8's run_with_cache removes the context's hooks
+                # when it returns, so the sweeps above would otherwise run without the noise
+                _, noisy_cache = model.run_with_cache(corrupt[s : s + 1])
             # noise direction: the clean run (no noise) with the noised corrupted activations
             noise_dir = {c: _tl(model, fn, clean[s : s + 1], noisy_cache, e[s], f[s]) for c, fn in fns.items()}
         assert not hooks_left(model)
         assert abs(float(bp.clean_metrics[s]) - mc) <= TOL and abs(float(bp.corrupt_metrics[s]) - mx) <= TOL
         conditioned += abs(mc - mx) >= WELL_CONDITIONED
+        tol = RAW_TOL[arch]
         for d, refs in (("denoise", denoise), ("noise", noise_dir)):
             for comp, raw_ref in refs.items():
-                assert float((bp.sweep_raw(comp, d)[s] - raw_ref).abs().max()) <= TOL, (s, comp, d)
+                assert float((bp.sweep_raw(comp, d)[s] - raw_ref).abs().max()) <= tol, (s, comp, d)
                 val_ref = (raw_ref.double() - mx) / (mc - mx) if d == "denoise" else (mc - raw_ref.double()) / (mc - mx)
                 assert float((bp.sweep(comp, d)[s] - val_ref).abs().max()) <= TOL * max(1.0, 0.5 / abs(mc - mx))
     assert conditioned >= 2
