@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from interptest import components, families
-from interptest.claims import BindContext, ClaimBindError, ClaimBindIndexError, bind_all, resolve_positions
+from interptest.claims import (
+    BindContext,
+    ClaimBindError,
+    ClaimBindIndexError,
+    bind_all,
+    position_source,
+    resolve_positions,
+)
 from interptest.spec import BehaviorSpec, Family, check_sample_count
 
 
@@ -39,6 +46,13 @@ class BoundBehavior:
     options: dict = field(default_factory=dict)  # run settings claim kinds read, e.g. repeat_length
     reference_ids: Any = None  # LongTensor [R, n] of the 'reference' prompts (CPU), or None
     notes: list = field(default_factory=list)  # what binding changed, e.g. dropped lexicon entries
+    sample_tokens: list = field(default_factory=list)  # every sample's tokens (positions bind on each)
+    variables: list = field(default_factory=list)  # every sample's template variables, as token texts
+
+    def position_source(self, p: int) -> str:
+        """Position ``p`` as a claim writes it so that it binds to ``p`` on every sample (a family's
+        template variable, e.g. ``{b}#2``, rather than one sample's token)."""
+        return position_source(p, self.sample_tokens or [self.tokens], self.variables or None)
 
     @property
     def n_samples(self) -> int:
@@ -310,6 +324,8 @@ def bind_samples(
         bound_claims,
         dict(options or {}),
         _reference_ids(spec, tok, clean_ids),
+        sample_tokens=tokens,
+        variables=variables,
     )
 
 

@@ -29,6 +29,7 @@ from interptest.claims.grammar import (
     PositionSelection,
     did_you_mean,
     parse_position,
+    position_source,
     resolve_layers,
     resolve_positions,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "precision_limit",
     "parse_claim",
     "parse_position",
+    "position_source",
     "resolve_layers",
     "resolve_positions",
 ]

@@ -543,6 +543,31 @@ def resolve_positions(
     return [matches[occurrence - 1]]
 
 
+def position_source(p: int, tokens: list[list[str]], variables: list[dict] | None = None) -> str:
+    """How a claim writes position ``p`` so that it binds to ``p`` on every sample (each sample's
+    ``tokens`` and template ``variables``): a template variable first (``{b}#2``: a family's tokens
+    change from sample to sample), then the quoted token (``' Hart'``, ``' to'#2``), then ``-1`` for the
+    last position, then the index itself."""
+    variables = variables or [{} for _ in tokens]
+    first = tokens[0]
+    candidates = []
+    for name, text in variables[0].items():
+        count = first.count(text)
+        candidates += [f"{{{name}}}"] if count == 1 else [f"{{{name}}}#{k}" for k in range(1, count + 1)]
+    count = first.count(first[p])
+    candidates += [repr(first[p])] if count == 1 else []
+    candidates += ["-1"] if p == len(first) - 1 else []
+    candidates += [f"{first[p]!r}#{k}" for k in range(1, count + 1)] if count > 1 else []
+    for candidate in candidates:
+        try:
+            selection = parse_position(candidate)
+            if all(resolve_positions(selection, t, v) == [p] for t, v in zip(tokens, variables)):
+                return candidate
+        except (ClaimSyntaxError, ClaimBindError):
+            continue
+    return str(p)
+
+
 def template_fields(text: str) -> list[str]:
     """The ``{variable}`` names a template uses, in order of first use."""
     try:
