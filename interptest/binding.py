@@ -19,9 +19,11 @@ from interptest.claims import (
     ClaimBindError,
     ClaimBindIndexError,
     bind_all,
+    pointing,
     position_source,
     resolve_positions,
 )
+from interptest.errors import combined
 from interptest.spec import BehaviorSpec, Family, check_sample_count
 
 
@@ -305,9 +307,16 @@ def bind_samples(
     )
     try:
         bound_claims = bind_all(list(spec.claims), context)
-    except ClaimBindIndexError as error:
-        claim = spec.claims[error.index]  # the error goes to that claim's line
-        raise spec.error(f"claim {claim.text!r}: {error}", claim_index=error.index) from None
+    except ClaimBindIndexError as error:  # each error goes to its claim's line, pointing into its text
+        raise combined(
+            [
+                spec.error(
+                    f"claim {spec.claims[e.index].text!r}: {e}\n{pointing(spec.claims[e.index].text, e.at)}",
+                    claim_index=e.index,
+                )
+                for e in error.errors
+            ]
+        ) from None
     return BoundBehavior(
         spec,
         model,

@@ -250,7 +250,8 @@ class InterpSession:
         ]
 
     def load_file(self, path: Path):
-        return load_spec_file(path)
+        """The file's valid behaviors, the others' errors in ``errors`` (one bad behavior hides none)."""
+        return load_spec_file(path, keep_going=True)
 
     def model_name(self, behavior: BehaviorSpec) -> str:
         """--interp-model > behavior > file > ini interp_model > interptest-tiny; relative checkpoint
