@@ -10,6 +10,7 @@ are :class:`SpecError`, so the plugin reports them at collection. The result, a
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -317,6 +318,7 @@ def bind_samples(
                 for e in error.errors
             ]
         ) from None
+    _check_random_sets(spec, options or {})
     return BoundBehavior(
         spec,
         model,
@@ -336,6 +338,26 @@ def bind_samples(
         sample_tokens=tokens,
         variables=variables,
     )
+
+
+def _check_random_sets(spec: BehaviorSpec, options: dict) -> None:
+    """``beats random at q`` needs at least 1/(1-q) random sets (20 at 0.95): with fewer, the q-quantile
+    of their values is little more than their maximum, and the control says nothing at level q."""
+    count = options.get("random_sets")
+    if not count:
+        return
+    for index, claim in enumerate(spec.claims):
+        control = getattr(claim, "random", None)
+        if control is None or control.quantile >= 1:
+            continue
+        needed = math.ceil(1 / (1 - control.quantile) - 1e-9)
+        if count < needed:
+            raise spec.error(
+                f"claim {claim.text!r}: --interp-random-sets {count} is too few for 'beats random at "
+                f"{control.quantile:g}': a {control.quantile:g}-quantile needs at least {needed} random sets "
+                f"(1/(1 - {control.quantile:g})); raise --interp-random-sets or lower the quantile",
+                claim_index=index,
+            )
 
 
 def _reference_ids(spec: BehaviorSpec, tok: SpecTokenizer, clean_ids):

@@ -18,6 +18,7 @@ from typing import NoReturn
 import yaml
 
 from interptest.claims import Claim, ClaimSyntaxError, parse_claim, parse_position
+from interptest.claims.base import cannot_be_false
 from interptest.claims.grammar import template_fields
 from interptest.errors import SpecError, combined
 
@@ -484,7 +485,7 @@ def _parse_behavior(
     prompt = merged[prompt_key]
     family = _parse_family(merged, path, error) if prompt_key == "template" else None
     if family is None:
-        for key in ("vars", "samples", "single_token"):
+        for key in ("vars", "samples", "single_token", "min_pass_rate"):
             if key in merged:
                 error(f"{key!r} only applies to a prompt family: write 'template' instead of 'prompt'", key)
     corruption = _parse_corruption(merged.get("corrupt"), prompt, family, error)
@@ -498,7 +499,7 @@ def _parse_behavior(
     for i, item in enumerate(claim_source):  # every claim's error, not only the first
         claim_line = claim_lines[i] or key_lines.get("claims", line)
         try:
-            claim, rate = _parse_claim_item(item, i, error)
+            claim, rate = _parse_claim_item(item, i, error, family is not None)
             claims.append(claim)
             pass_rates.append(rate)
         except ClaimSyntaxError as syntax:
@@ -541,7 +542,7 @@ def _parse_behavior(
     return behavior
 
 
-def _parse_claim_item(item, i: int, error: ErrorFn) -> tuple[Claim, float | None]:
+def _parse_claim_item(item, i: int, error: ErrorFn, family: bool) -> tuple[Claim, float | None]:
     """One entry of 'claims': a claim's text, or a mapping with 'claim' and 'min_pass_rate'."""
     text, rate = item, None
     if isinstance(item, dict):
@@ -553,6 +554,11 @@ def _parse_claim_item(item, i: int, error: ErrorFn) -> tuple[Claim, float | None
                 f"claims[{i}]",
             )
         text, rate = item["claim"], _pass_rate(item.get("min_pass_rate"), error, f"claims[{i}].min_pass_rate")
+        if rate is not None and not family:
+            error(
+                "'min_pass_rate' only applies to a prompt family: write 'template' instead of 'prompt'",
+                f"claims[{i}].min_pass_rate",
+            )
     return parse_claim(text), rate
 
 
@@ -813,7 +819,7 @@ def _check_claims_need(behavior: BehaviorSpec) -> None:
     """What each claim kind needs of the spec (e.g. a corruption), checked before any model loads."""
     if behavior.min_effect < 0:
         raise behavior.error(f"'min_effect' must be >= 0, got {behavior.min_effect:g}", "min_effect")
-    problems = [(i, claim.requirement(behavior)) for i, claim in enumerate(behavior.claims)]
+    problems = [(i, claim.requirement(behavior) or cannot_be_false(claim)) for i, claim in enumerate(behavior.claims)]
     errors = [behavior.error(problem, claim_index=i) for i, problem in problems if problem]
     if errors:
         raise combined(errors)
