@@ -55,6 +55,8 @@ class BehaviorResult:
     baseline: dict | None = None  # {"status": missing|ok|moved, "detail": ...} when compared
     suggestion: str | None = None  # --interp-suggest's YAML
     samples: int = 1  # how many samples the numbers summarise
+    draw: dict = field(default_factory=dict)  # {"seed", "draw"}: which samples a family drew (baselines)
+    labels: list = field(default_factory=list)  # each position as a claim writes it ({b}#2 in a family)
 
     @property
     def passed(self) -> bool:
