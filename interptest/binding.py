@@ -319,6 +319,7 @@ def bind_samples(
             ]
         ) from None
     _check_random_sets(spec, options or {})
+    _check_repeat_length(spec, model, options or {})
     return BoundBehavior(
         spec,
         model,
@@ -356,6 +357,21 @@ def _check_random_sets(spec: BehaviorSpec, options: dict) -> None:
                 f"claim {claim.text!r}: --interp-random-sets {count} is too few for 'beats random at "
                 f"{control.quantile:g}': a {control.quantile:g}-quantile needs at least {needed} random sets "
                 f"(1/(1 - {control.quantile:g})); raise --interp-random-sets or lower the quantile",
+                claim_index=index,
+            )
+
+
+def _check_repeat_length(spec: BehaviorSpec, model, options: dict) -> None:
+    """``on random_repeat`` reads BOS + r + r: 2 × --interp-repeat-length + 1 tokens must fit the context."""
+    length, n_ctx = options.get("repeat_length"), getattr(model.cfg, "n_ctx", None)
+    if not length or not n_ctx or 2 * length + 1 <= n_ctx:
+        return
+    for index, claim in enumerate(spec.claims):
+        if getattr(claim, "on_random_repeat", False):
+            raise spec.error(
+                f"claim {claim.text!r}: --interp-repeat-length {length} is too long for this model: 'on random_repeat' "
+                f"reads BOS + the sequence twice ({2 * length + 1} tokens) and the model's context holds {n_ctx}; "
+                f"use --interp-repeat-length {(n_ctx - 1) // 2} or less",
                 claim_index=index,
             )
 

@@ -120,7 +120,7 @@ def pytest_configure(config: pytest.Config) -> None:
             threads=Options.positive_int(_option(config, OPTION_THREADS), "--interp-threads", allow_auto=True),
             batch_size=Options.positive_int(_option(config, OPTION_BATCH_SIZE), "--interp-batch-size"),
             files=tuple(config.getini(INI_FILES)),
-            report=_option(config, OPTION_REPORT) or None,
+            report=Options.report_directory(_option(config, OPTION_REPORT)),
             baseline_update=bool(_option(config, OPTION_BASELINE_UPDATE)),
             baseline_tolerance=Options.tolerance(_option(config, OPTION_BASELINE_TOLERANCE)),
             suggest=bool(_option(config, OPTION_SUGGEST)),

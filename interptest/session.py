@@ -92,6 +92,18 @@ class Options:
         return number
 
     @staticmethod
+    def report_directory(value) -> str | None:
+        """--interp-report names a directory; an existing file there is refused before any test runs."""
+        if not value:
+            return None
+        if Path(value).exists() and not Path(value).is_dir():
+            raise OptionError(
+                f"--interp-report: {value!r} is an existing file; the report is a directory (results.json and "
+                "report.html are written into it): name a directory"
+            )
+        return value
+
+    @staticmethod
     def positive_int(value, option: str, allow_auto: bool = False) -> int | None:
         if value is None or value == "" or (allow_auto and value == "auto"):
             return None
