@@ -484,6 +484,7 @@ def _parse_behavior(
         error(f"expected one of {', '.join(UNAVAILABLE_POLICIES)}, got {policy!r}", "if_model_unavailable")
     prompt = merged[prompt_key]
     family = _parse_family(merged, path, error) if prompt_key == "template" else None
+    _pass_rate(merged.get("min_pass_rate"), error)  # a bad value is named before where it applies
     if family is None:
         for key in ("vars", "samples", "single_token", "min_pass_rate"):
             if key in merged:
