@@ -10,11 +10,21 @@ are :class:`SpecError`, so the plugin reports them at collection. The result, a
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from interptest import components, families
-from interptest.claims import BindContext, ClaimBindError, ClaimBindIndexError, bind_all, resolve_positions
+from interptest.claims import (
+    BindContext,
+    ClaimBindError,
+    ClaimBindIndexError,
+    bind_all,
+    pointing,
+    position_source,
+    resolve_positions,
+)
+from interptest.errors import combined
 from interptest.spec import BehaviorSpec, Family, check_sample_count
 
 
@@ -39,6 +49,13 @@ class BoundBehavior:
     options: dict = field(default_factory=dict)  # run settings claim kinds read, e.g. repeat_length
     reference_ids: Any = None  # LongTensor [R, n] of the 'reference' prompts (CPU), or None
     notes: list = field(default_factory=list)  # what binding changed, e.g. dropped lexicon entries
+    sample_tokens: list = field(default_factory=list)  # every sample's tokens (positions bind on each)
+    variables: list = field(default_factory=list)  # every sample's template variables, as token texts
+
+    def position_source(self, p: int) -> str:
+        """Position ``p`` as a claim writes it so that it binds to ``p`` on every sample (a family's
+        template variable, e.g. ``{b}#2``, rather than one sample's token)."""
+        return position_source(p, self.sample_tokens or [self.tokens], self.variables or None)
 
     @property
     def n_samples(self) -> int:
@@ -291,9 +308,18 @@ def bind_samples(
     )
     try:
         bound_claims = bind_all(list(spec.claims), context)
-    except ClaimBindIndexError as error:
-        claim = spec.claims[error.index]  # the error goes to that claim's line
-        raise spec.error(f"claim {claim.text!r}: {error}", claim_index=error.index) from None
+    except ClaimBindIndexError as error:  # each error goes to its claim's line, pointing into its text
+        raise combined(
+            [
+                spec.error(
+                    f"claim {spec.claims[e.index].text!r}: {e}\n{pointing(spec.claims[e.index].text, e.at)}",
+                    claim_index=e.index,
+                )
+                for e in error.errors
+            ]
+        ) from None
+    _check_random_sets(spec, options or {})
+    _check_repeat_length(spec, model, options or {})
     return BoundBehavior(
         spec,
         model,
@@ -310,7 +336,44 @@ def bind_samples(
         bound_claims,
         dict(options or {}),
         _reference_ids(spec, tok, clean_ids),
+        sample_tokens=tokens,
+        variables=variables,
     )
+
+
+def _check_random_sets(spec: BehaviorSpec, options: dict) -> None:
+    """``beats random at q`` needs at least 1/(1-q) random sets (20 at 0.95): with fewer, the q-quantile
+    of their values is little more than their maximum, and the control says nothing at level q."""
+    count = options.get("random_sets")
+    if not count:
+        return
+    for index, claim in enumerate(spec.claims):
+        control = getattr(claim, "random", None)
+        if control is None or control.quantile >= 1:
+            continue
+        needed = math.ceil(1 / (1 - control.quantile) - 1e-9)
+        if count < needed:
+            raise spec.error(
+                f"claim {claim.text!r}: --interp-random-sets {count} is too few for 'beats random at "
+                f"{control.quantile:g}': a {control.quantile:g}-quantile needs at least {needed} random sets "
+                f"(1/(1 - {control.quantile:g})); raise --interp-random-sets or lower the quantile",
+                claim_index=index,
+            )
+
+
+def _check_repeat_length(spec: BehaviorSpec, model, options: dict) -> None:
+    """``on random_repeat`` reads BOS + r + r: 2 × --interp-repeat-length + 1 tokens must fit the context."""
+    length, n_ctx = options.get("repeat_length"), getattr(model.cfg, "n_ctx", None)
+    if not length or not n_ctx or 2 * length + 1 <= n_ctx:
+        return
+    for index, claim in enumerate(spec.claims):
+        if getattr(claim, "on_random_repeat", False):
+            raise spec.error(
+                f"claim {claim.text!r}: --interp-repeat-length {length} is too long for this model: 'on random_repeat' "
+                f"reads BOS + the sequence twice ({2 * length + 1} tokens) and the model's context holds {n_ctx}; "
+                f"use --interp-repeat-length {(n_ctx - 1) // 2} or less",
+                claim_index=index,
+            )
 
 
 def _reference_ids(spec: BehaviorSpec, tok: SpecTokenizer, clean_ids):

@@ -83,6 +83,7 @@ def _map(args) -> int:
         from interptest.files import atomic_write
         from interptest.maps import map_page
 
+        args.html.parent.mkdir(parents=True, exist_ok=True)  # a missing folder is created
         atomic_write(args.html, map_page(pm, f"{pm.component} — {args.prompt!r} vs {args.corrupt!r}"))
         print(f"written: {args.html}")
     return 0

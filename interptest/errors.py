@@ -56,3 +56,27 @@ class SpecError(InterpError):
             parts.append(f"key {self.key!r}")
         context = (", ".join(parts) + ": ") if parts else ""
         return f"{where}: {context}{self.message}"
+
+
+class SpecErrors(SpecError):
+    """Several errors of one spec file (or one behavior), each located; reported together so that one
+    mistake does not hide the next."""
+
+    def __init__(self, errors: list[SpecError]):
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(first.message, path=first.path, line=first.line, behavior=first.behavior, key=first.key)
+
+    def __str__(self) -> str:
+        return "\n".join(SpecError.__str__(e) if type(e) is SpecError else str(e) for e in self.errors)
+
+
+def each_error(error: SpecError) -> list[SpecError]:
+    """The single errors a (possibly combined) spec error holds."""
+    return list(error.errors) if isinstance(error, SpecErrors) else [error]
+
+
+def combined(errors: list[SpecError]) -> SpecError:
+    """One error for ``errors`` (several: a :class:`SpecErrors`)."""
+    flat = [single for error in errors for single in each_error(error)]
+    return flat[0] if len(flat) == 1 else SpecErrors(flat)

@@ -56,6 +56,8 @@ class BehaviorResult:
     suggestion: str | None = None  # --interp-suggest's YAML
     samples: int = 1  # how many samples the numbers summarise
     engine: dict | None = None  # which patching engine ran (Run.engine_record), None when nothing was patched
+    draw: dict = field(default_factory=dict)  # {"seed", "draw"}: which samples a family drew (baselines)
+    labels: list = field(default_factory=list)  # each position as a claim writes it ({b}#2 in a family)
 
     @property
     def passed(self) -> bool:

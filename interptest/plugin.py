@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from interptest.errors import InterpError
+from interptest.errors import InterpError, SpecError, combined
 
 OPTION_MODEL = "interp_model"
 OPTION_DEVICE = "interp_device"
@@ -120,7 +120,7 @@ def pytest_configure(config: pytest.Config) -> None:
             threads=Options.positive_int(_option(config, OPTION_THREADS), "--interp-threads", allow_auto=True),
             batch_size=Options.positive_int(_option(config, OPTION_BATCH_SIZE), "--interp-batch-size"),
             files=tuple(config.getini(INI_FILES)),
-            report=_option(config, OPTION_REPORT) or None,
+            report=Options.report_directory(_option(config, OPTION_REPORT)),
             baseline_update=bool(_option(config, OPTION_BASELINE_UPDATE)),
             baseline_tolerance=Options.tolerance(_option(config, OPTION_BASELINE_TOLERANCE)),
             suggest=bool(_option(config, OPTION_SUGGEST)),
@@ -252,22 +252,34 @@ class SpecFile(pytest.File):
         session = _session(self.config)
         try:
             spec = session.load_file(self.path)
-            for behavior in spec.behaviors:
-                bound, unavailable = None, None
-                if not behavior.skip and session.shared is None:  # xdist workers bind later
-                    try:
-                        bound = session.bind(behavior)
-                    except ModelSkipped as skipped:
-                        unavailable = str(skipped)
-                item = BehaviorItem.from_parent(
-                    self, name=behavior.name, behavior=behavior, bound=bound, model_name=session.model_name(behavior)
-                )
-                session.collected += 1
-                if unavailable:
-                    item.add_marker(pytest.mark.skip(reason=f"model not available: {unavailable}"))
-                yield item
         except InterpError as error:
             raise self.CollectError(str(error)) from None
+        errors = list(spec.errors)
+        items = []
+        for behavior in spec.behaviors:
+            bound, unavailable = None, None
+            if not behavior.skip and session.shared is None:  # xdist workers bind later
+                try:
+                    bound = session.bind(behavior)
+                except ModelSkipped as skipped:
+                    unavailable = str(skipped)
+                except SpecError as error:
+                    errors.append(error)
+                    continue
+                except InterpError as error:
+                    raise self.CollectError(str(error)) from None
+            item = BehaviorItem.from_parent(
+                self, name=behavior.name, behavior=behavior, bound=bound, model_name=session.model_name(behavior)
+            )
+            if unavailable:
+                item.add_marker(pytest.mark.skip(reason=f"model not available: {unavailable}"))
+            items.append(item)
+        if errors and (not items or self.config.option.collectonly):
+            raise self.CollectError(str(combined(errors)))  # nothing would run (or --co checks a spec): all of them
+        for refused in errors:  # the file's valid behaviors still run; each refused one reports its errors
+            yield RefusedBehavior.from_parent(self, name=_refused_name(refused), error=refused)
+        session.collected += len(items)
+        yield from items
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -283,19 +295,49 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not behaviors:
         return
     verdicts, bound = interp.shared.run(interp, behaviors)
-    failed: dict = {}
-    for item in items:
+    errors: dict = {}  # spec file -> {index in items: message}
+    for index, item in enumerate(items):
         verdict = verdicts.get(item.nodeid, {}) if isinstance(item, BehaviorItem) else {}
         if "error" in verdict:
-            failed.setdefault(item.parent, verdict["error"])  # the file's first failing behavior, as serially
+            errors.setdefault(item.parent, {})[index] = verdict["error"]
         elif "skip" in verdict:
             item.add_marker(pytest.mark.skip(reason=f"model not available: {verdict['skip']}"))
         if item.nodeid in bound:
             item.bound = bound[item.nodeid]
-    for spec_file, message in failed.items():
-        config.hook.pytest_collectreport(report=pytest.CollectReport(spec_file.nodeid, "failed", message, []))
+    failed = set()
+    for spec_file, messages in errors.items():
+        if all(index in messages for index, item in enumerate(items) if item.parent is spec_file):
+            failed.add(spec_file)  # nothing of the file would run: a collection error listing each, as serially
+            message = "\n".join(messages.values())
+            config.hook.pytest_collectreport(report=pytest.CollectReport(spec_file.nodeid, "failed", message, []))
+        else:  # the file's valid behaviors still run, as serially
+            for index, message in messages.items():
+                items[index] = RefusedBehavior.from_parent(spec_file, name=items[index].name, error=message)
     if failed:
         items[:] = [item for item in items if getattr(item, "parent", None) not in failed]
+
+
+def _refused_name(error: SpecError) -> str:
+    return error.behavior or f"line-{error.line}"
+
+
+class RefusedBehavior(pytest.Item):
+    """A behavior its spec file's other behaviors do not wait for: its errors (the same messages as a
+    collection error) are reported when it sets up, while the valid behaviors collect and run."""
+
+    def __init__(self, *, error: SpecError | str, **kwargs):
+        super().__init__(**kwargs)
+        self.error = error
+        self.line = error.line if isinstance(error, SpecError) else None
+
+    def setup(self) -> None:
+        pytest.fail(str(self.error), pytrace=False)
+
+    def runtest(self) -> None:  # never reached: setup refuses
+        pytest.fail(str(self.error), pytrace=False)
+
+    def reportinfo(self):
+        return self.path, (self.line or 1) - 1, f"behavior {self.name} (refused)"
 
 
 class BehaviorItem(pytest.Item):

@@ -46,6 +46,8 @@ class BehaviorRecord(TypedDict):
     corrupt_top: list
     claims: list[ClaimRecord]
     maps: dict
+    draw: dict  # a family's seed and sample draw (baselines)
+    labels: list  # each position as a claim writes it (a family's template variables)
     baseline: dict | None
     suggestion: str | None
     engine: dict | None  # {"patching": "fast" | "generic", "why", "circuits"?}; None: nothing was patched
@@ -113,6 +115,8 @@ def behavior_record(behavior, nodeid: str, model: str, outcome: str | None = Non
             for c in behavior.claims
         ],
         "maps": {},
+        "draw": {},
+        "labels": [],
         "baseline": None,
         "suggestion": None,
         "engine": None,
@@ -132,6 +136,8 @@ def behavior_record(behavior, nodeid: str, model: str, outcome: str | None = Non
             "corrupt_top": [{"token": p.token, "prob": p.prob} for p in result.corrupt_top],
             "claims": [_claim_record(check) for check in result.checks],
             "maps": map_entries(result),
+            "draw": dict(getattr(result, "draw", {}) or {}),
+            "labels": list(getattr(result, "labels", []) or []),
             "baseline": result.baseline,
             "suggestion": result.suggestion,
             "engine": getattr(result, "engine", None),

@@ -93,6 +93,18 @@ class Options:
         return number
 
     @staticmethod
+    def report_directory(value) -> str | None:
+        """--interp-report names a directory; an existing file there is refused before any test runs."""
+        if not value:
+            return None
+        if Path(value).exists() and not Path(value).is_dir():
+            raise OptionError(
+                f"--interp-report: {value!r} is an existing file; the report is a directory (results.json and "
+                "report.html are written into it): name a directory"
+            )
+        return value
+
+    @staticmethod
     def positive_int(value, option: str, allow_auto: bool = False) -> int | None:
         if value is None or value == "" or (allow_auto and value == "auto"):
             return None
@@ -251,7 +263,8 @@ class InterpSession:
         ]
 
     def load_file(self, path: Path):
-        return load_spec_file(path)
+        """The file's valid behaviors, the others' errors in ``errors`` (one bad behavior hides none)."""
+        return load_spec_file(path, keep_going=True)
 
     def model_name(self, behavior: BehaviorSpec) -> str:
         """--interp-model > behavior > file > ini interp_model > interptest-tiny; relative checkpoint
@@ -299,6 +312,10 @@ class InterpSession:
     # -- running
     def run(self, bound: BoundBehavior):
         result = run_behavior(bound, batch_size=self.options.batch_size)
+        result.draw = baselines.draw(bound.seed, [s.prompt for s in bound.samples]) if bound.spec.family else {}
+        result.labels = (
+            [bound.position_source(p) for p in range(len(bound.tokens))] if bound.spec.family else list(bound.tokens)
+        )
         if self.options.report_all:
             self._sweep_every_component(bound, result)
         if not self.options.baseline_update:
@@ -330,12 +347,22 @@ class InterpSession:
             except ValueError as error:
                 raise SpecError(str(error), path=behavior.path) from None
         stored = self._baselines[behavior.path].get(behavior.name)
-        passed, detail = baselines.compare(stored, map_entries(result), result.tokens, self.options.baseline_tolerance)
+        passed, detail = baselines.compare(
+            stored,
+            map_entries(result),
+            result.labels or result.tokens,
+            self.options.baseline_tolerance,
+            claims=baselines.claim_values(result.checks),
+            draw=result.draw,
+        )
         result.baseline = {"status": "missing" if stored is None else "ok" if passed else "moved", "detail": detail}
         if stored is not None:
             result.checks.append(
                 CheckResult(
-                    f"maps match the baseline (tolerance {self.options.baseline_tolerance:g})", passed, None, detail
+                    f"claims and maps match the baseline (tolerance {self.options.baseline_tolerance:g})",
+                    passed,
+                    None,
+                    detail,
                 )
             )
 
@@ -384,11 +411,7 @@ class InterpSession:
         notes, never_recorded = [], []
         for spec_file, ran in sorted(by_file.items()):
             if self.options.baseline_update:
-                entries = {
-                    name: {"model": r["model"], "tokens": r["tokens"], "maps": r["maps"]}
-                    for name, r in ran.items()
-                    if r["maps"]
-                }
+                entries = {name: baselines.entry(r) for name, r in ran.items() if r["maps"] or r["claims"]}
                 if entries:
                     path = baselines.update(spec_file, entries)
                     notes.append(f"baseline updated: {path} ({len(entries)} behavior(s))")
@@ -398,7 +421,7 @@ class InterpSession:
             except ValueError as error:
                 notes.append(str(error))
                 continue
-            missing = sorted(n for n, r in ran.items() if r["maps"] and n not in stored)
+            missing = sorted(n for n, r in ran.items() if (r["maps"] or r["claims"]) and n not in stored)
             # Unused: no behavior of the spec has the name -- not merely deselected (-k, a node id) this time.
             unused = sorted(set(stored) - self._behavior_names(spec_file, ran))
             if missing and not baselines.baseline_path(spec_file).exists():

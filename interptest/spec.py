@@ -18,8 +18,9 @@ from typing import NoReturn
 import yaml
 
 from interptest.claims import Claim, ClaimSyntaxError, parse_claim, parse_position
+from interptest.claims.base import cannot_be_false
 from interptest.claims.grammar import template_fields
-from interptest.errors import SpecError
+from interptest.errors import SpecError, combined
 
 DEFAULT_MIN_EFFECT = 1.0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -187,6 +188,7 @@ class SpecFile:
     path: str
     model: str | None
     behaviors: tuple[BehaviorSpec, ...]
+    errors: tuple[SpecError, ...] = ()  # behaviors refused (parse_spec(keep_going=True) only), each located
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,8 +336,10 @@ def _check_model(mapping: dict, make_error: ErrorFn) -> None:
         make_error(f"expected {MODEL_EXPECTED}, got {got}", "model")
 
 
-def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
-    """Parse and validate a spec file's text."""
+def parse_spec(text: str, path: str = "<spec>", keep_going: bool = False) -> SpecFile:
+    """Parse and validate a spec file's text. A malformed behavior raises (every behavior's errors
+    together); with ``keep_going`` the valid behaviors are returned and the others' errors listed in
+    ``errors`` (an error of the file itself still raises)."""
     data = _load_yaml(text, path)
     if not isinstance(data, dict):
         raise SpecError(
@@ -371,6 +375,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
         file_error("'behaviors' is empty", "behaviors")
     behaviors = []
     seen: dict[str, int | None] = {}  # name -> line
+    errors: list[SpecError] = []
     for index, entry in enumerate(entries):
         line = entries.item_lines[index]
         if not isinstance(entry, dict):
@@ -380,15 +385,21 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
                 line=line,
                 key=f"behaviors[{index}]",
             )
-        behavior = _parse_behavior(
-            entry,
-            defaults,
-            path,
-            file_model=data.get("model"),
-            index=index,
-            file_policy=data.get("if_model_unavailable"),
-            file_model_line=data.key_lines.get("model"),
-        )
+        try:
+            behavior = _parse_behavior(
+                entry,
+                defaults,
+                path,
+                file_model=data.get("model"),
+                index=index,
+                file_policy=data.get("if_model_unavailable"),
+                file_model_line=data.key_lines.get("model"),
+            )
+        except SpecError as problem:
+            errors.append(problem)
+            if isinstance(entry.get("name"), str):
+                seen.setdefault(entry["name"], line)
+            continue
         if behavior.name in seen:
             raise SpecError(
                 f"duplicate behavior name (first on line {seen[behavior.name]})",
@@ -399,16 +410,18 @@ def parse_spec(text: str, path: str = "<spec>") -> SpecFile:
             )
         seen[behavior.name] = behavior.line
         behaviors.append(behavior)
-    return SpecFile(path, data.get("model"), tuple(behaviors))
+    if errors and (not keep_going or not behaviors):
+        raise combined(errors)
+    return SpecFile(path, data.get("model"), tuple(behaviors), tuple(errors))
 
 
-def load_spec_file(path: str | Path) -> SpecFile:
+def load_spec_file(path: str | Path, keep_going: bool = False) -> SpecFile:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"cannot read the spec file: {error}", path=str(path)) from None
-    return parse_spec(text, str(path))
+    return parse_spec(text, str(path), keep_going)
 
 
 def parse_behavior(spec: dict, path: str = "<dict>") -> BehaviorSpec:
@@ -471,8 +484,9 @@ def _parse_behavior(
         error(f"expected one of {', '.join(UNAVAILABLE_POLICIES)}, got {policy!r}", "if_model_unavailable")
     prompt = merged[prompt_key]
     family = _parse_family(merged, path, error) if prompt_key == "template" else None
+    _pass_rate(merged.get("min_pass_rate"), error)  # a bad value is named before where it applies
     if family is None:
-        for key in ("vars", "samples", "single_token"):
+        for key in ("vars", "samples", "single_token", "min_pass_rate"):
             if key in merged:
                 error(f"{key!r} only applies to a prompt family: write 'template' instead of 'prompt'", key)
     corruption = _parse_corruption(merged.get("corrupt"), prompt, family, error)
@@ -482,27 +496,21 @@ def _parse_behavior(
 
     claim_source = merged.get("claims", [])
     claim_lines = list(getattr(claim_source, "item_lines", [None] * len(claim_source)))
-    claims, pass_rates = [], []
-    for i, item in enumerate(claim_source):
+    claims, pass_rates, claim_errors = [], [], []
+    for i, item in enumerate(claim_source):  # every claim's error, not only the first
         claim_line = claim_lines[i] or key_lines.get("claims", line)
-        text, rate = item, None
-        if isinstance(item, dict):
-            unknown = set(item) - {"claim", "min_pass_rate"}
-            if unknown or not isinstance(item.get("claim"), str):
-                raise SpecError(
-                    "a claim given as a mapping needs 'claim' (the claim text) and may have "
-                    f"'min_pass_rate'; got keys {sorted(item)}",
-                    path=path,
-                    line=claim_line,
-                    behavior=name,
-                    key=f"claims[{i}]",
-                )
-            text, rate = item["claim"], _pass_rate(item.get("min_pass_rate"), error, f"claims[{i}].min_pass_rate")
         try:
-            claims.append(parse_claim(text))
+            claim, rate = _parse_claim_item(item, i, error, family is not None)
+            claims.append(claim)
+            pass_rates.append(rate)
         except ClaimSyntaxError as syntax:
-            raise SpecError(syntax.render(), path=path, line=claim_line, behavior=name, key=f"claims[{i}]") from None
-        pass_rates.append(rate)
+            claim_errors.append(
+                SpecError(syntax.render(), path=path, line=claim_line, behavior=name, key=f"claims[{i}]")
+            )
+        except SpecError as problem:
+            claim_errors.append(SpecError(problem.message, path=path, line=claim_line, behavior=name, key=problem.key))
+    if claim_errors:
+        raise combined(claim_errors)
     behavior = BehaviorSpec(
         name=name,
         prompt=prompt,
@@ -533,6 +541,26 @@ def _parse_behavior(
     if behavior.model is None and file_model is not None:
         behavior = _replace(behavior, model=file_model)
     return behavior
+
+
+def _parse_claim_item(item, i: int, error: ErrorFn, family: bool) -> tuple[Claim, float | None]:
+    """One entry of 'claims': a claim's text, or a mapping with 'claim' and 'min_pass_rate'."""
+    text, rate = item, None
+    if isinstance(item, dict):
+        unknown = set(item) - {"claim", "min_pass_rate"}
+        if unknown or not isinstance(item.get("claim"), str):
+            error(
+                "a claim given as a mapping needs 'claim' (the claim text) and may have "
+                f"'min_pass_rate'; got keys {sorted(item)}",
+                f"claims[{i}]",
+            )
+        text, rate = item["claim"], _pass_rate(item.get("min_pass_rate"), error, f"claims[{i}].min_pass_rate")
+        if rate is not None and not family:
+            error(
+                "'min_pass_rate' only applies to a prompt family: write 'template' instead of 'prompt'",
+                f"claims[{i}].min_pass_rate",
+            )
+    return parse_claim(text), rate
 
 
 def _pass_rate(value, error: ErrorFn, key="min_pass_rate"):
@@ -792,7 +820,7 @@ def _check_claims_need(behavior: BehaviorSpec) -> None:
     """What each claim kind needs of the spec (e.g. a corruption), checked before any model loads."""
     if behavior.min_effect < 0:
         raise behavior.error(f"'min_effect' must be >= 0, got {behavior.min_effect:g}", "min_effect")
-    for i, claim in enumerate(behavior.claims):
-        problem = claim.requirement(behavior)
-        if problem:
-            raise behavior.error(problem, claim_index=i)
+    problems = [(i, claim.requirement(behavior) or cannot_be_false(claim)) for i, claim in enumerate(behavior.claims)]
+    errors = [behavior.error(problem, claim_index=i) for i, problem in problems if problem]
+    if errors:
+        raise combined(errors)

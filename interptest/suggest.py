@@ -19,8 +19,10 @@ component's cells) — the number the claim will be gated on.
 
 from __future__ import annotations
 
-from interptest import families
-from interptest.claims import KINDS
+import dataclasses
+
+from interptest.binding import bind_samples
+from interptest.claims import KINDS, Unjudgeable, judge, parse_claim
 from interptest.claims.base import MARGIN, STEP, bound_at_least, bound_at_most, measured_bounds
 from interptest.running import Run
 
@@ -46,15 +48,27 @@ def suggest(bound, batch_size: int | None = None) -> str:
         if problem:
             return f"{header}: {problem}"
         claims = [text for kind in KINDS for text in kind.suggest(run, seed)]
-    if spec.family is not None:  # positions as template variables where the tokens came from one
-        claims = [_templated(claim, bound) for claim in claims]
+        dropped = _failing_pass_rate(claims, bound, run) if spec.min_pass_rate is not None else []
     lines = [header, f"- name: {spec.name}", "  claims:"]
-    lines += [f'    - "{claim}"' for claim in claims]
+    lines += [f'    - "{claim}"' for claim in claims if claim not in dropped]
+    if dropped:
+        rate = f"{spec.min_pass_rate:g}"
+        lines.append(f"  # left out: fewer than {rate} of the samples pass on their own (min_pass_rate)")
+        lines += [f'  #  - "{claim}"' for claim in dropped]
     return "\n".join(lines)
 
 
-def _templated(claim: str, bound) -> str:
-    """A family's claim with a quoted token position replaced by the template variable it came from."""
-    for var, text in families.variable_token_texts(bound.spec, bound.samples[0].values).items():
-        claim = claim.replace(f", {text!r}]", f", {{{var}}}]")
-    return claim
+def _failing_pass_rate(claims: list[str], bound, run) -> list[str]:
+    """The suggestions the behavior's ``min_pass_rate`` would fail once pasted: a bound suggested from the
+    samples' mean can still leave too few samples passing on their own. Judged on the same run."""
+    spec = dataclasses.replace(bound.spec, claims=tuple(parse_claim(c) for c in claims), claim_pass_rates=())
+    rebound = bind_samples(spec, bound.model, bound.samples, bound.model_name, bound.seed, bound.options)
+    failing = []
+    for claim, text, bound_claim in zip(spec.claims, claims, rebound.bound_claims):
+        try:
+            passed = judge(claim, claim.measure(bound_claim, run), spec.min_pass_rate, run.seed).passed
+        except Unjudgeable:
+            passed = False
+        if not passed:
+            failing.append(text)
+    return failing

@@ -29,6 +29,8 @@ from interptest.claims.grammar import (
     PositionSelection,
     did_you_mean,
     parse_position,
+    pointing,
+    position_source,
     resolve_layers,
     resolve_positions,
 )
@@ -70,9 +72,10 @@ def parse_claim(text: str) -> Claim:
 class ClaimBindIndexError(ClaimBindError):
     """A binding error on the index-th claim of a list."""
 
-    def __init__(self, index: int, message: str):
+    def __init__(self, index: int, message: str, at: str | None = None):
         self.index = index
-        super().__init__(message)
+        self.errors: list[ClaimBindIndexError] = [self]  # every claim's error, when binding a list
+        super().__init__(message, at)
 
 
 def bind_claims(
@@ -91,14 +94,20 @@ def bind_claims(
 
 
 def bind_all(claims: list, context: BindContext) -> list:
+    """Bind every claim; a failure raises the first claim's error, with every claim's in ``errors``."""
     bound: dict[int, object] = {}
+    errors: list[ClaimBindIndexError] = []
     for late in (False, True):
         for index, claim in enumerate(claims):
             if claim.bind_late == late:
                 try:
                     bound[index] = claim.bind(context)
                 except ClaimBindError as error:
-                    raise ClaimBindIndexError(index, str(error)) from None
+                    errors.append(ClaimBindIndexError(index, str(error), error.at))
+    if errors:
+        errors.sort(key=lambda e: e.index)
+        errors[0].errors = errors
+        raise errors[0]
     return [bound[i] for i in range(len(claims))]
 
 
@@ -124,6 +133,8 @@ __all__ = [
     "precision_limit",
     "parse_claim",
     "parse_position",
+    "pointing",
+    "position_source",
     "resolve_layers",
     "resolve_positions",
 ]

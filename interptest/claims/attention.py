@@ -106,6 +106,9 @@ class AttentionClaim(Claim):
         p.end()
         return cls(p.text, heads, query, key, quantifier, comparison, elsewhere, on_corrupt)
 
+    def value_range(self) -> tuple[float, float, str] | None:
+        return (0.0, 1.0, "an attention weight")
+
     def requirement(self, behavior) -> str | None:
         if self.on_corrupt and behavior.corruption is None:
             return f"claim {self.text!r} reads the corrupted run ('on corrupt'); add a 'corrupt' prompt"

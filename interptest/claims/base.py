@@ -100,6 +100,12 @@ class Claim:
     def format_value(self, value: float) -> str:
         return f"{value:.3f}"
 
+    def value_range(self) -> tuple[float, float, str] | None:
+        """The values this claim's measurement can take, ``(low, high, what)`` (e.g. ``(0, 1, "a
+        probability")``), or None when unbounded; a comparison that every value in it satisfies (or none
+        does) is refused at collection (:func:`cannot_be_false`)."""
+        return None
+
     def unit(self) -> str:
         """What the value measures, for the reduced-precision check: "normalized" (fractions, probabilities),
         "logits" (scaled like m_clean) or "exact" (ranks: no tolerance)."""
@@ -118,6 +124,26 @@ class Claim:
         """``--interp-suggest``: claims of this kind that hold on ``run`` (a run with a corruption whose
         effect is large enough), with bounds from :func:`bound_at_least` / :func:`bound_at_most`."""
         return []
+
+
+def cannot_be_false(claim: Claim) -> str | None:
+    """Why ``claim``'s comparison holds whatever the model does (``prob(...) <= 1.0``), from its kind's
+    :meth:`Claim.value_range`; None when the claim can fail. (A claim that can never hold fails when it
+    runs, visibly: it is not refused.)"""
+    bounds, comparison = claim.value_range(), getattr(claim, "comparison", None)
+    if bounds is None or comparison is None:
+        return None
+    low, high, what = bounds
+    op, t = comparison.op, comparison.threshold
+    if not (
+        (op == ">=" and t <= low) or (op == ">" and t < low) or (op == "<=" and t >= high) or (op == "<" and t > high)
+    ):
+        return None
+    span = f"[{low:g}, {'∞' if high == math.inf else f'{high:g}'}]"
+    return (
+        f"claim {claim.text!r} cannot be false: the value is {what}, always in {span}, so '{op} {t:g}' holds "
+        "whatever the model does; claim a bound inside that range"
+    )
 
 
 def judge(claim: Claim, measurement: Measurement, required_rate: float | None, seed: int) -> Verdict:

@@ -35,7 +35,20 @@ class ClaimSyntaxError(ValueError):
 
 
 class ClaimBindError(ValueError):
-    """A well-formed claim names something the prompt or the model does not have."""
+    """A well-formed claim names something the prompt or the model does not have; ``at`` is the part of
+    the claim's text at fault, when known (the message points at it)."""
+
+    def __init__(self, message: str, at: str | None = None):
+        self.at = at
+        super().__init__(message)
+
+
+def pointing(text: str, at: str | None) -> str:
+    """``text`` on a line of its own with carets under ``at`` (under all of it when ``at`` is not in it),
+    as a parse error points at its column."""
+    start = text.find(at) if at else -1
+    width = len(at) if at and start >= 0 else len(text)
+    return f"    {text}\n    {' ' * max(start, 0)}{'^' * max(width, 1)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,14 +484,21 @@ def resolve_index(value: int, size: int, noun: str, plural: str) -> int:
 def _resolve_slice(start, stop, size: int, noun: str, plural: str, source: str) -> list[int]:
     for bound in (start, stop):
         if bound is not None and not -size <= bound <= size:
-            raise ClaimBindError(f"{noun} slice {source} reaches past the end: there are {size} {plural}")
+            raise ClaimBindError(f"{noun} slice {source} reaches past the end: there are {size} {plural}", source)
     selected = list(range(size))[slice(start, stop)]
     if not selected:
-        raise ClaimBindError(f"{noun} slice {source} selects no {noun}")
+        raise ClaimBindError(f"{noun} slice {source} selects no {noun}", source)
     return selected
 
 
 def resolve_layers(selection: LayerSelection, n_layers: int) -> list[int]:
+    try:
+        return _resolve_layers(selection, n_layers)
+    except ClaimBindError as error:
+        raise ClaimBindError(str(error), error.at or selection.source) from None
+
+
+def _resolve_layers(selection: LayerSelection, n_layers: int) -> list[int]:
     if selection.kind == "index":
         return [resolve_index(selection.values[0], n_layers, "layer", "layers")]
     if selection.kind == "slice":
@@ -497,7 +517,8 @@ def resolve_heads(heads, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
         layer = resolve_index(layer, n_layers, "layer", "layers")
         if not 0 <= head < n_heads:
             raise ClaimBindError(
-                f"head {layer}.{head} is out of range: each layer has {n_heads} heads (0 to {n_heads - 1})"
+                f"head {layer}.{head} is out of range: each layer has {n_heads} heads (0 to {n_heads - 1})",
+                f"{layer}.{head}",
             )
         resolved.append((layer, head))
     if len(set(resolved)) != len(resolved):
@@ -508,6 +529,13 @@ def resolve_heads(heads, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
 def resolve_positions(
     selection: PositionSelection, tokens: list[str], variables: dict[str, str] | None = None
 ) -> list[int]:
+    try:
+        return _resolve_positions(selection, tokens, variables)
+    except ClaimBindError as error:
+        raise ClaimBindError(str(error), error.at or selection.source) from None
+
+
+def _resolve_positions(selection: PositionSelection, tokens: list[str], variables: dict[str, str] | None) -> list[int]:
     n = len(tokens)
     if selection.kind == "last":
         return [n - 1]
@@ -541,6 +569,31 @@ def resolve_positions(
             f"{text!r} occurs {len(matches)} time(s) in the prompt"
         )
     return [matches[occurrence - 1]]
+
+
+def position_source(p: int, tokens: list[list[str]], variables: list[dict] | None = None) -> str:
+    """How a claim writes position ``p`` so that it binds to ``p`` on every sample (each sample's
+    ``tokens`` and template ``variables``): a template variable first (``{b}#2``: a family's tokens
+    change from sample to sample), then the quoted token (``' Hart'``, ``' to'#2``), then ``-1`` for the
+    last position, then the index itself."""
+    variables = variables or [{} for _ in tokens]
+    first = tokens[0]
+    candidates = []
+    for name, text in variables[0].items():
+        count = first.count(text)
+        candidates += [f"{{{name}}}"] if count == 1 else [f"{{{name}}}#{k}" for k in range(1, count + 1)]
+    count = first.count(first[p])
+    candidates += [repr(first[p])] if count == 1 else []
+    candidates += ["-1"] if p == len(first) - 1 else []
+    candidates += [f"{first[p]!r}#{k}" for k in range(1, count + 1)] if count > 1 else []
+    for candidate in candidates:
+        try:
+            selection = parse_position(candidate)
+            if all(resolve_positions(selection, t, v) == [p] for t, v in zip(tokens, variables)):
+                return candidate
+        except (ClaimSyntaxError, ClaimBindError):
+            continue
+    return str(p)
 
 
 def template_fields(text: str) -> list[str]:

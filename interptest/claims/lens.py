@@ -161,6 +161,9 @@ class LensClaim(Claim):
     def unit(self) -> str:
         return self.prediction.unit()
 
+    def value_range(self) -> tuple[float, float, str] | None:
+        return self.prediction.value_range()
+
 
 def lens_logits(run, component: str, layer: int, position: int):
     """[S, vocab] logits read off ``component`` at (layer, position): the final norm, the unembedding,

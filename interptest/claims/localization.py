@@ -331,19 +331,10 @@ def suggest_localization(run, seed: int) -> list[str]:
             component,
             [lower[l * width : (l + 1) * width] for l in range(n_layers)],
             [upper[l * width : (l + 1) * width] for l in range(n_layers)],
-            run.tokens,
+            run.bound.position_source,
         )
     _, heads = run.sweep("heads", "denoise")
     return claims + head_claims(run.patcher(), heads.values.tolist(), seed)
-
-
-def _position(tokens: list[str], p: int) -> str:
-    if tokens.count(tokens[p]) == 1:
-        return repr(tokens[p])
-    if p == len(tokens) - 1:
-        return "-1"
-    nth = tokens[: p + 1].count(tokens[p])
-    return f"{tokens[p]!r}#{nth}"
 
 
 def _layers(first: int, last: int, n_layers: int) -> str:
@@ -354,9 +345,10 @@ def _layers(first: int, last: int, n_layers: int) -> str:
     return f"{first}:{last + 1}"
 
 
-def residual_claims(component: str, lower, upper, tokens: list[str]) -> list[str]:
+def residual_claims(component: str, lower, upper, position) -> list[str]:
     """Band claims plus the ``elsewhere`` bound for one denoising map; ``lower``/``upper`` [layers][positions]
-    are the measured values (one sample) or the bootstrap bounds of their mean (a family)."""
+    are the measured values (one sample) or the bootstrap bounds of their mean (a family); ``position(p)``
+    writes a position so that it binds on every sample (a family's template variable)."""
     n_layers = len(lower)
     carriers = [tuple(p for p, v in enumerate(row) if v is not None and v >= CARRIER) for row in lower]
     claims: list[str] = []
@@ -371,7 +363,7 @@ def residual_claims(component: str, lower, upper, tokens: list[str]) -> list[str
             for p in positions:
                 weakest = min(lower[l][p] for l in range(layer, end + 1))
                 claims.append(
-                    f"{component}[{_layers(layer, end, n_layers)}, {_position(tokens, p)}] recovers >= "
+                    f"{component}[{_layers(layer, end, n_layers)}, {position(p)}] recovers >= "
                     f"{bound_at_least(weakest):.2f}"
                 )
                 covered.update((l, p) for l in range(layer, end + 1))

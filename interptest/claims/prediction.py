@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -79,3 +80,6 @@ class PredictionClaim(Claim):
 
     def unit(self) -> str:
         return {"rank": "exact", "prob": "normalized"}.get(self.function, "logits")
+
+    def value_range(self) -> tuple[float, float, str] | None:
+        return {"prob": (0.0, 1.0, "a probability"), "rank": (1.0, math.inf, "a rank (1 = top)")}.get(self.function)

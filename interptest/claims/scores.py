@@ -99,6 +99,9 @@ class ScoreClaim(Claim):
         p.end()
         return cls(p.text, score, heads, quantifier, comparison, elsewhere, on_random_repeat)
 
+    def value_range(self) -> tuple[float, float, str] | None:
+        return (0.0, 1.0, "a share of attention")
+
     def requirement(self, behavior) -> str | None:
         if self.elsewhere and not any(
             isinstance(c, ScoreClaim) and c.score == self.score and not c.elsewhere for c in behavior.claims

@@ -16,12 +16,12 @@ ALEX = ["Her name was Alex Hart. When Alex", "--corrupt", "Her name was Alex Col
 
 
 def test_map_prints_the_heatmap_and_writes_html(capsys, tmp_path):
-    assert main(["map", *ALEX, "--component", "heads", "--html", str(tmp_path / "m.html")]) == 0
+    assert main(["map", *ALEX, "--component", "heads", "--html", str(tmp_path / "new" / "m.html")]) == 0
     out = capsys.readouterr().out
     assert "interptest-tiny: m_clean 18.881, m_corrupt -20.231, Δm 39.111" in out
     assert "heads (recovers: clean patched into corrupted run), layer × head" in out
     assert "L1    0.59   0.00   0.11   0.31" in out
-    page = (tmp_path / "m.html").read_text()
+    page = (tmp_path / "new" / "m.html").read_text()  # a missing folder is created
     assert page.startswith("<!DOCTYPE html>") and 'data-map="heads"' in page
 
 

@@ -43,7 +43,7 @@ def test_a_prompt_of_another_length_is_a_changed_shape_to_re_record(pytester, wr
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*FAILED  maps match the baseline*resid_pre: the map's shape changed from 2×6 to 2×7 "
+            "*FAILED  claims and maps match the baseline*resid_pre: the map's shape changed from 2×6 to 2×7 "
             "(the prompt now has 7 token positions, the baseline 6: its token count changed), "
             "so its cells cannot be compared; re-record the baseline with "
             "--interp-baseline-update*"

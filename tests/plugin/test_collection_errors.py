@@ -146,3 +146,47 @@ def test_bad_spec_is_a_collection_error_with_location(pytester, write, case):
     located = r"^(\S*/)?behaviors/f\.yaml:" + str(line) + ": " + ".*".join(map(re.escape, message.split("…")))
     assert re.search(located, output, re.MULTILINE), f"no line matching {located!r} in:\n{output}"
     assert "INTERNALERROR" not in output and "Traceback" not in output and "site-packages" not in output
+
+
+MIXED = (
+    HEADER
+    + CLEAN
+    + CORRUPT
+    + claims("resid_pre[7, -1] recovers >= 0.9", "logit_diff >= 1.0", "resid_pre[0, ' Bob'] recovers >= 0.9")
+    + "  - name: good\n"
+    + CLEAN
+    + claims("prob(' Hart') >= 0.5")
+    + "  - name: unparsable\n"
+    + CLEAN
+    + claims("prob(' Hart') >= ", "rank(' Hart') <=")
+)
+
+
+def test_one_bad_behavior_hides_neither_the_others_nor_its_own_other_errors(pytester, write):
+    write("behaviors/f.yaml", MIXED)
+    result = pytester.runpytest("-rE")
+    result.assert_outcomes(passed=1, errors=2)  # the valid behavior still collects and runs
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "ERROR collecting" not in output and "Traceback" not in output
+    # every error of the file, each at its claim's line, binding errors pointing into the claim's text
+    assert re.search(
+        r"behaviors/f\.yaml:7: behavior 'b', key 'claims\[0\]': claim 'resid_pre\[7, -1\].*layer 7 is out", output
+    )
+    assert "    resid_pre[7, -1] recovers >= 0.9\n              ^\n" in output
+    assert re.search(r"behaviors/f\.yaml:9: behavior 'b', key 'claims\[2\]': .*' Bob' does not occur", output)
+    assert "    resid_pre[0, ' Bob'] recovers >= 0.9\n                 ^^^^^^" in output
+    assert re.search(r"behaviors/f\.yaml:19: behavior 'unparsable', key 'claims\[0\]': cannot parse claim", output)
+    assert re.search(r"behaviors/f\.yaml:20: behavior 'unparsable', key 'claims\[1\]': cannot parse claim", output)
+
+
+def test_a_file_whose_behaviors_are_all_refused_is_one_collection_error_listing_each(pytester, write):
+    write(
+        "behaviors/f.yaml",
+        MIXED.split("  - name: good\n")[0] + "  - name: unparsable\n" + MIXED.split("  - name: unparsable\n")[1],
+    )
+    for args in ((), ("--co",)):
+        result = pytester.runpytest(*args)
+        output = result.stdout.str()
+        assert result.ret == pytest.ExitCode.INTERRUPTED and "ERROR collecting behaviors/f.yaml" in output
+        assert output.count("behaviors/f.yaml:") >= 4 and "key 'claims[1]'" in output and "key 'claims[2]'" in output

@@ -49,3 +49,18 @@ def test_bad_value_is_a_usage_error(pytester, write, value):
     result = pytester.runpytest(f"--interp-random-sets={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--interp-random-sets: invalid value '{value}'; expected a positive integer*"])
+
+
+def test_too_few_sets_for_the_claimed_quantile_are_refused_at_collection(pytester, write):
+    write("behaviors/f.yaml", SPEC.replace("at 0.5", "at 0.95"))
+    result = pytester.runpytest("--interp-random-sets=1")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        [
+            "*behaviors/f.yaml:7: behavior 'kcomp', key 'claims[[]0]': claim 'heads[[]0.2, 1.0] together recovers "
+            "beats random at 0.95': --interp-random-sets 1 is too few for 'beats random at 0.95': a 0.95-quantile "
+            "needs at least 20 random sets (1/(1 - 0.95)); raise --interp-random-sets or lower the quantile"
+        ]
+    )
+    enough = pytester.runpytest("--interp-random-sets=20")
+    assert enough.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and "too few" not in enough.stdout.str()

@@ -9,7 +9,7 @@ behaviors:
     prompt: "Her name was Alex Hart. When Alex"
     expect: " Hart"
     claims:
-      - "induction_score(heads[1.0]) on random_repeat >= 0"
+      - "induction_score(heads[1.0]) on random_repeat > 0"
 """
 
 
@@ -35,3 +35,18 @@ def test_a_bad_value_is_a_usage_error(pytester, write):
     result = pytester.runpytest("--interp-repeat-length=0")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*--interp-repeat-length: invalid value '0'; expected a positive integer*"])
+
+
+def test_a_length_beyond_the_context_is_refused_naming_the_option(pytester, write):
+    write("behaviors/f.yaml", SPEC)
+    result = pytester.runpytest("--interp-repeat-length=100000")
+    output = result.stdout.str()
+    assert "Traceback" not in output and "IndexError" not in output
+    result.stdout.fnmatch_lines(
+        [
+            "*behaviors/f.yaml:6: behavior 'heads', key 'claims[[]0]': claim 'induction_score(heads[[]1.0]) on "
+            "random_repeat > 0': --interp-repeat-length 100000 is too long for this model: 'on random_repeat' reads "
+            "BOS + the sequence twice (200001 tokens) and the model's context holds *; use --interp-repeat-length * "
+            "or less"
+        ]
+    )

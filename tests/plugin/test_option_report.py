@@ -57,3 +57,14 @@ def test_report_written_without_the_terminal_reporter(pytester, write):
     write("behaviors/f.yaml", SPEC)
     pytester.runpytest_subprocess("--interp-report=quiet", "-p", "no:terminal", "-p", "no:cacheprovider")
     check_report(pytester.path / "quiet")
+
+
+def test_a_report_path_naming_an_existing_file_is_refused_before_any_test_runs(pytester, write, alex_hart):
+    write("behaviors/f.yaml", alex_hart)
+    (pytester.path / "taken").write_text("mine")
+    result = pytester.runpytest("--interp-report=taken")
+    assert result.ret == 4  # a usage error, at the start
+    result.stderr.fnmatch_lines(
+        ["*--interp-report: 'taken' is an existing file; the report is a directory (results.json and report.html*"]
+    )
+    assert "passed" not in result.stdout.str() and (pytester.path / "taken").read_text() == "mine"

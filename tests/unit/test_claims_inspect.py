@@ -62,9 +62,9 @@ def test_attention_values_are_hook_pattern_entries(arch):
     model = model_for(arch)
     pattern = clean_cache(arch)
     claims = [
-        "attn[0.1] from -1 to ' dog'#2 >= 0",
-        "attn[1.2, 1.3] from 6 to 3 >= 0",
-        "attn[0.0, 1.1] from last to 0 together >= 0",
+        "attn[0.1] from -1 to ' dog'#2 > 0",
+        "attn[1.2, 1.3] from 6 to 3 > 0",
+        "attn[0.0, 1.1] from last to 0 together > 0",
     ]
     got = values(model, claims)
     tokens = model.to_str_tokens(PROMPT)
@@ -90,7 +90,7 @@ def test_scores_equal_detect_head(arch, score, name):
     model = model_for(arch)
     expected = head_detector.detect_head(model, PROMPT, name)
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-    got = values(model, [f"{score}(heads[{l}.{h}]) >= 0" for l, h in heads])
+    got = values(model, [f"{score}(heads[{l}.{h}]) <= 0.5" for l, h in heads])
     assert max(abs(g - float(expected[l, h])) for g, (l, h) in zip(got, heads)) <= 1e-6
 
 
@@ -98,7 +98,7 @@ def test_scores_equal_detect_head(arch, score, name):
 def test_random_repeat_scores_equal_transformer_lens_on_the_same_tokens(arch):
     model = model_for(arch)
     bound = bind_behavior(
-        parse_behavior({**BEHAVIOR, "claims": ["induction_score(heads[1.0]) on random_repeat >= 0"]}),
+        parse_behavior({**BEHAVIOR, "claims": ["induction_score(heads[1.0]) on random_repeat > 0"]}),
         model,
         options={"repeat_length": 7},
     )
@@ -164,7 +164,7 @@ def test_lens_equals_accumulated_resid_through_the_final_norm(arch):
     claims = [f"lens(resid_pre[{l}], -1) logit_diff >= 0" for l in range(L)] + [
         f"lens(resid_post[{L - 1}], last) logit(' the') > 0",
         "lens(resid_pre[1], -1) rank(' on') <= 1000",
-        "lens(resid_pre[1], -1) prob(' on') >= 0",
+        "lens(resid_pre[1], -1) prob(' on') > 0",
     ]
     got = values(model, claims)
     for l in range(L):
@@ -181,11 +181,11 @@ def test_a_true_and_a_false_claim_of_each_kind():
     claims = [
         f"attn[1.2] from -1 to 0 >= {a - 0.01}",
         f"attn[1.2] from -1 to 0 >= {a + 0.01}",
-        "previous_token_score(heads[0.0]) >= 0",
+        "previous_token_score(heads[0.0]) > 0",
         "previous_token_score(heads[0.0]) > 1",
         "direct(heads[elsewhere]) <= 1000",
         "direct(heads[0.0]) > 1000",
-        "lens(resid_pre[0], -1) rank(' the') >= 1",
+        "lens(resid_pre[0], -1) rank(' the') <= 100000",
         "lens(resid_pre[0], -1) rank(' the') < 1",
     ]
     claims.insert(4, "direct(heads[2.3]) <= 1000")
@@ -196,18 +196,18 @@ def test_a_true_and_a_false_claim_of_each_kind():
 @pytest.mark.parametrize(
     "claim, message",
     [
-        ("attn[3.0] from -1 to 0 >= 0", "layer 3 is out of range: there are 3 layers"),
-        ("attn[0.4] from -1 to 0 >= 0", "head 0.4 is out of range: each layer has 4 heads"),
+        ("attn[3.0] from -1 to 0 > 0", "layer 3 is out of range: there are 3 layers"),
+        ("attn[0.4] from -1 to 0 > 0", "head 0.4 is out of range: each layer has 4 heads"),
         (
-            "attn[0.0] from 2 to 5 >= 0",
+            "attn[0.0] from 2 to 5 > 0",
             "key position 5 (' the') comes after query position 2 (' dog'): causal attention there is always 0",
         ),
-        ("attn[0.0] from -1 to ' cat' >= 0", "position token ' cat' does not occur"),
-        ("attn[0.0] from 1:3 to 0 >= 0", "query position 1:3 selects 2 positions; give one"),
-        ("attn[0.0] from -1 to 0 on corrupt >= 0", "reads the corrupted run ('on corrupt'); add a 'corrupt' prompt"),
+        ("attn[0.0] from -1 to ' cat' > 0", "position token ' cat' does not occur"),
+        ("attn[0.0] from 1:3 to 0 > 0", "query position 1:3 selects 2 positions; give one"),
+        ("attn[0.0] from -1 to 0 on corrupt > 0", "reads the corrupted run ('on corrupt'); add a 'corrupt' prompt"),
         ("attn[elsewhere] from -1 to 0 <= 1", "attn[elsewhere] needs another attn claim"),
-        ("inductoin_score(heads[1.0]) >= 0", "did you mean 'induction_score'?"),
-        ("induction_score(heads[1.0]) on random >= 0", "expected 'random_repeat' after 'on'"),
+        ("inductoin_score(heads[1.0]) > 0", "did you mean 'induction_score'?"),
+        ("induction_score(heads[1.0]) on random > 0", "expected 'random_repeat' after 'on'"),
         ("direct(resid_pre[1]) >= 0", "resid_pre has no direct path of its own to the logits"),
         ("lens(mlp_out[1], -1) rank(' the') <= 5", "lens reads the residual stream; mlp_out is not one"),
         (

@@ -36,7 +36,8 @@ def measure(model, claims):
 def test_near_threshold_is_undecided_far_is_judged():
     model = bf16_model()
     value, m_clean, rank = (
-        c.value for c in measure(model, ["resid_pre[1, 2] recovers >= -9", "logit_diff > -99", "rank(' the') >= 1"])
+        c.value
+        for c in measure(model, ["resid_pre[1, 2] recovers >= -9", "logit_diff > -99", "rank(' the') <= 100000"])
     )
     near, far, logit_near, rank_exact = measure(
         model,

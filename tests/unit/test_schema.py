@@ -35,7 +35,7 @@ GOOD = {
             "prompt": "x y",
             "expect": " z",
             "corrupt": "x w",
-            "claims": ["prob(' z') > 0", {"claim": "logit_diff > 0", "min_pass_rate": 0.9}],
+            "claims": ["prob(' z') > 0", {"claim": "logit_diff > 0"}],  # min_pass_rate: families only
         }
     ]
 }

@@ -201,3 +201,50 @@ def test_spec_module_imports_neither_torch_nor_pytest():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+VACUOUS_HEADER = """\
+behaviors:
+  - name: b
+    prompt: "Her name was Alex Hart. When Alex"
+    expect: " Hart"
+    corrupt: "Her name was Alex Cole. When Alex"
+    claims:
+      - "logit_diff >= 1.0"
+"""
+
+
+@pytest.mark.parametrize(
+    "claim, message",
+    [
+        ("prob(' Hart') <= 1.0", "cannot be false: the value is a probability, always in [0, 1], so '<= 1' holds"),
+        ("prob(' Hart') > -0.5", "cannot be false: the value is a probability, always in [0, 1], so '> -0.5' holds"),
+        ("rank(' Hart') >= 1", "cannot be false: the value is a rank (1 = top), always in [1, ∞], so '>= 1' holds"),
+        ("induction_score(heads[1.0]) >= 0.0", "cannot be false: the value is a share of attention, always in [0, 1]"),
+        ("attn[0.2] from -1 to ' Hart' <= 1.5", "cannot be false: the value is an attention weight, always in [0, 1]"),
+        ("lens(resid_post[0], -1) prob(' Hart') <= 1", "cannot be false: the value is a probability"),
+        ("lens(resid_post[0], -1) rank(' Hart') >= 1", "cannot be false: the value is a rank (1 = top)"),
+    ],
+)
+def test_a_claim_that_cannot_be_false_is_refused_with_the_reason(claim, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec(VACUOUS_HEADER + f'      - "{claim}"\n', "f.yaml")
+    text = str(info.value)
+    assert text.startswith("f.yaml:8: behavior 'b', key 'claims[1]': claim ") and message in text, text
+    assert text.endswith("whatever the model does; claim a bound inside that range")
+
+
+@pytest.mark.parametrize(
+    "claim", ["prob(' Hart') <= 0.99", "rank(' Hart') >= 2", "attn[0.2] from -1 to 1 <= 0.5", "prob(' Hart') > 1"]
+)
+def test_a_claim_inside_its_range_is_accepted(claim):
+    parse_spec(VACUOUS_HEADER + f'      - "{claim}"\n', "f.yaml")
+
+
+def test_min_pass_rate_on_a_single_prompt_is_refused_like_samples():
+    with pytest.raises(SpecError, match=r"f.yaml:6: behavior 'b', key 'min_pass_rate': 'min_pass_rate' only applies"):
+        parse_spec(VACUOUS_HEADER.replace("    claims:", "    min_pass_rate: 0.9\n    claims:"), "f.yaml")
+    with pytest.raises(
+        SpecError, match=r"f.yaml:8: behavior 'b', key 'claims\[1\].min_pass_rate': 'min_pass_rate' only applies to a"
+    ):
+        parse_spec(VACUOUS_HEADER + '      - {claim: "logit_diff >= 2", min_pass_rate: 0.9}\n', "f.yaml")
