@@ -222,7 +222,7 @@ def direct_effects(run) -> dict:
         extra = (1,) * (c.ndim - 2)
         return (final(c, scale.reshape(-1, *extra, 1)) * direction.reshape(direction.shape[0], *extra, -1)).sum(-1)
 
-    w_o = _tensor(model, "W_O")  # [L, H, dh, d]
+    w_o = _output_weights(model)  # [L, H, dh, d]
     b_v = _value_biases(model, w_o.shape)  # [L, H, dh]
     heads, attn_out, attn_bias, mlp_out = [], [], [], []
     for layer in range(n_layers):
@@ -301,6 +301,33 @@ def _tensor(model, name):
     except (AttributeError, TypeError, KeyError):
         return None
     return None if value is None else value.detach().double().cpu()
+
+
+def _output_weights(model):
+    """[L, H, dh, d] each head's rows of the attention output projection, read from the projection module
+    in its own layout: a ``Linear`` stores [out, in], GPT-2's ``Conv1D`` [in, out]. The bridge's stacked
+    ``W_O`` cannot be trusted with this: TransformerLens 3.x guesses the layout from the weight's shape,
+    and a square one (d_model = heads × d_head) is read as [in, out] whatever the module, so every
+    ``Linear`` model's W_O came back transposed within each head (the heads then summed to 7.58 where
+    NeoX's logit difference is 6.38). Falls back to the bridge's ``W_O`` where a layer has no ``o``."""
+    import torch
+
+    cfg = model.cfg
+    n_heads, d_model = int(cfg.n_heads), int(cfg.d_model)
+    layers = []
+    for block in model.blocks:
+        module = getattr(getattr(getattr(block, "attn", None), "o", None), "original_component", None)
+        weight = _param(module, "weight")
+        if weight is None or weight.ndim != 2:
+            return _tensor(model, "W_O")
+        if hasattr(module, "in_features"):  # torch Linear (and subclasses such as FalconLinear): [out, in]
+            weight = weight.T
+        elif not hasattr(module, "nf"):  # neither Linear nor Conv1D: the bridge's own reading
+            return _tensor(model, "W_O")
+        if weight.shape[1] != d_model:
+            return _tensor(model, "W_O")
+        layers.append(weight.reshape(n_heads, -1, d_model))
+    return torch.stack(layers)
 
 
 def _output_bias(model, layer: int, d_model: int):
