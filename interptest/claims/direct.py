@@ -357,7 +357,7 @@ class frozen_norm:
 
         self.centered = not bool(getattr(norm, "uses_rms_norm", False))
         weight = _param(norm, "weight")
-        if weight is not None and bool(getattr(norm, "uses_weight_offset", False)):
+        if weight is not None and _weight_offset(norm, weight, self.centered):
             weight = 1.0 + weight
         self.weight = weight
         bias = _param(getattr(norm, "original_component", None), "bias") if self.centered else None
@@ -370,6 +370,35 @@ class frozen_norm:
             c = c - c.mean(dim=-1, keepdim=True)
         c = c / scale
         return c * self.weight if self.weight is not None else c
+
+
+def _weight_offset(norm, weight, centered: bool) -> bool:
+    """Whether the norm scales by ``1 + w`` (Gemma) rather than ``w``. TransformerLens 4.x's bridge says so
+    (``uses_weight_offset``); 3.x's has no such attribute and runs the Hugging Face module itself, so ask
+    that module: one probe row through it, compared with both readings (exact to float rounding)."""
+    import torch
+
+    said = getattr(norm, "uses_weight_offset", None)
+    if said is not None:
+        return bool(said)
+    module = getattr(norm, "original_component", None)
+    if module is None or not callable(module):
+        return False
+    param = getattr(module, "weight", None)
+    if param is None:
+        return False
+    x = torch.linspace(-1.0, 2.0, weight.shape[-1], dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            y = module(x.to(dtype=param.dtype, device=param.device)[None])[0].double().cpu()
+    except Exception:  # a module that takes more than a tensor: the bridge's own reading
+        return False
+    c = x - x.mean() if centered else x
+    n = c / (c.pow(2).mean() + float(getattr(module, "eps", getattr(module, "variance_epsilon", 1e-6)))).sqrt()
+    bias = _param(module, "bias") if centered else None
+    if bias is not None:
+        y = y - bias
+    return float((y - n * (1.0 + weight)).abs().max()) < float((y - n * weight).abs().max())
 
 
 def _param(module, name: str):
