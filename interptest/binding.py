@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from interptest import components, families
-from interptest.claims import BindContext, ClaimBindError, ClaimBindIndexError, bind_all, resolve_positions
+from interptest.claims import BindContext, ClaimBindError, ClaimBindIndexError, bind_all, direct, resolve_positions
 from interptest.spec import BehaviorSpec, Family, check_sample_count
 
 
@@ -288,6 +288,8 @@ def bind_samples(
         model_name,
         single_token_ids,
         n_kv_heads=getattr(model.cfg, "n_key_value_heads", None),
+        architecture=direct.architecture(model),
+        unsupported=_unsupported(model),
     )
     try:
         bound_claims = bind_all(list(spec.claims), context)
@@ -311,6 +313,17 @@ def bind_samples(
         dict(options or {}),
         _reference_ids(spec, tok, clean_ids),
     )
+
+
+def _unsupported(model) -> dict[str, str]:
+    """What this model's architecture cannot support, and why (BindContext.unsupported)."""
+    out = {}
+    if getattr(model.cfg, "parallel_attn_mlp", False):
+        out["resid_mid"] = components.get("resid_mid").needs
+    why = direct.unsupported_reason(model)
+    if why:
+        out["direct"] = why
+    return out
 
 
 def _reference_ids(spec: BehaviorSpec, tok: SpecTokenizer, clean_ids):

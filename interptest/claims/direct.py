@@ -31,6 +31,7 @@ from interptest.claims.grammar import (
     resolve_layers,
 )
 from interptest.errors import InterpError
+from interptest.tl_compat import tl_version
 
 TARGETS = ("heads", "attn_out", "mlp_out")
 
@@ -111,6 +112,9 @@ class DirectClaim(Claim):
         return None
 
     def bind(self, context: BindContext):
+        why = context.unsupported.get("direct")
+        if why:
+            raise ClaimBindError(f"direct() is not supported on {context.architecture or 'this model'}: {why}")
         key = f"direct:{self.target}"
         cells: tuple[tuple[int, ...], ...]  # (layer, head) pairs or (layer,) 1-tuples
         if self.target == "heads":
@@ -203,9 +207,8 @@ def direct_effects(run) -> dict:
     cfg = model.cfg
     n_layers = int(cfg.n_layers)
     post = [getattr(model.blocks[layer], "ln1_post", None) for layer in range(n_layers)]
-    names = ["ln_final.hook_scale", "blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
+    names = hooks_needed(n_layers)
     for layer in range(n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
         if post[layer] is not None:
             names.append(f"blocks.{layer}.ln1_post.hook_scale")
     acts = run.activations("clean", names)
@@ -270,6 +273,31 @@ def direct_effects(run) -> dict:
             "not supported on it"
         )
     return out
+
+
+def hooks_needed(n_layers: int) -> list[str]:
+    """The hook points :func:`direct_effects` reads (the post-attention norms' scales aside: optional)."""
+    names = ["ln_final.hook_scale", "blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+    return names
+
+
+def unsupported_reason(model) -> str | None:
+    """Why direct() cannot be defined on this model, as far as its structure tells before any forward
+    (None: it can; the run still checks that the parts add up). A hook point the decomposition reads that
+    the bridge does not expose (TransformerLens 3.2.1's OPT has no hook_mlp_out) is such a reason."""
+    hooks = getattr(model, "hook_dict", None)
+    if hooks is None:
+        return None
+    missing = [name for name in hooks_needed(int(model.cfg.n_layers)) if name not in hooks]
+    if not missing:
+        return None
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return (
+        f"its TransformerBridge (TransformerLens {tl_version()}) exposes no {shown}, which the direct "
+        "decomposition reads"
+    )
 
 
 def output_transform(model) -> str:
