@@ -20,6 +20,7 @@ from interptest.claims import (
     ClaimBindError,
     ClaimBindIndexError,
     bind_all,
+    direct,
     pointing,
     position_source,
     resolve_positions,
@@ -305,6 +306,8 @@ def bind_samples(
         model_name,
         single_token_ids,
         n_kv_heads=getattr(model.cfg, "n_key_value_heads", None),
+        architecture=direct.architecture(model),
+        unsupported=_unsupported(model),
     )
     try:
         bound_claims = bind_all(list(spec.claims), context)
@@ -374,6 +377,17 @@ def _check_repeat_length(spec: BehaviorSpec, model, options: dict) -> None:
                 f"use --interp-repeat-length {(n_ctx - 1) // 2} or less",
                 claim_index=index,
             )
+
+
+def _unsupported(model) -> dict[str, str]:
+    """What this model's architecture cannot support, and why (BindContext.unsupported)."""
+    out = {}
+    if getattr(model.cfg, "parallel_attn_mlp", False):
+        out["resid_mid"] = components.get("resid_mid").needs
+    why = direct.unsupported_reason(model)
+    if why:
+        out["direct"] = why
+    return out
 
 
 def _reference_ids(spec: BehaviorSpec, tok: SpecTokenizer, clean_ids):

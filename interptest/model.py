@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interptest.errors import ModelNotAvailable
-from interptest.tl_compat import bridge_class, device_map_refusal, model_aliases
+from interptest.tl_compat import bridge_class, device_map_refusal, model_aliases, tl_version
 from interptest.zoo import tiny_model_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -515,6 +515,12 @@ def _load(name_or_path, device, dtype, device_map) -> TransformerBridge:
         refusal = device_map_refusal(exc, name) if device_map is not None else None
         if refusal is not None:
             raise ModelNotAvailable(refusal) from exc
+        unsupported = _unsupported_architecture(exc, local)
+        if unsupported is not None:
+            raise ModelNotAvailable(
+                f"model {name!r}: its architecture {unsupported} is not supported by TransformerBridge in the "
+                f"installed TransformerLens {tl_version()}; interptest loads every model through the bridge"
+            ) from exc
         raise ModelNotAvailable(
             f"model {name!r} could not be loaded ({type(exc).__name__}: "
             f"{_first_line(exc)}); expected a Hugging Face GPT-style checkpoint with "
@@ -522,3 +528,23 @@ def _load(name_or_path, device, dtype, device_map) -> TransformerBridge:
         ) from exc
     model.eval()
     return model
+
+
+def _unsupported_architecture(exc: BaseException, local: Path | None) -> str | None:
+    """The architecture TransformerBridge refused, when ``exc`` is that refusal (3.x: "Unsupported
+    architecture: X" or "Could not determine supported architecture ... Config architectures: [...]"; 4.x
+    the same words): from the checkpoint's config.json where it is local, else from the message."""
+    text = str(exc)
+    if "supported architecture" not in text.lower():
+        return None
+    if local is not None:
+        try:
+            names = json.loads((local / "config.json").read_text()).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            names = []
+        if names:
+            return ", ".join(map(str, names))
+    found = re.search(r"Config architectures: \[([^\]]*)\]", text) or re.search(
+        r"Unsupported architecture: (\S+)", text
+    )
+    return found.group(1).replace("'", "") if found and found.group(1) else "(unnamed in its config)"

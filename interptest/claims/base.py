@@ -259,6 +259,17 @@ class BindContext:
     single_token_ids: Any  # (text or template, what) -> [one id per sample]
     covered: dict = field(default_factory=dict)  # component -> cells claimed so far (for elsewhere)
     n_kv_heads: int | None = None  # key/value heads per layer (grouped-query attention), None: n_heads
+    architecture: str = ""  # the model's Hugging Face architecture (GPTNeoXForCausalLM), for messages
+    # what this architecture cannot support, and why: a component it lacks ("resid_mid") or a claim kind's
+    # keyword ("direct"), decided at binding so a claim fails at collection, at its line
+    unsupported: dict = field(default_factory=dict)
+
+    def not_exposed(self, component: str) -> str:
+        """Why a claim cannot use ``component`` on this model: what it exposes instead, and the
+        architecture's reason where one is known (parallel blocks have no resid_mid)."""
+        text = f"this model does not expose {component!r} (available: {', '.join(self.components)})"
+        why = self.unsupported.get(component)
+        return f"{text}; on {self.architecture or 'this architecture'}, {why}" if why else text
 
     def same_on_every_sample(self, resolve, moved: str = "its positions differ"):
         """``resolve(sample)`` on the first sample, required equal on every other one: a claim's cells

@@ -31,6 +31,7 @@ from interptest.claims.grammar import (
     resolve_layers,
 )
 from interptest.errors import InterpError
+from interptest.tl_compat import tl_version
 
 TARGETS = ("heads", "attn_out", "mlp_out")
 
@@ -111,6 +112,9 @@ class DirectClaim(Claim):
         return None
 
     def bind(self, context: BindContext):
+        why = context.unsupported.get("direct")
+        if why:
+            raise ClaimBindError(f"direct() is not supported on {context.architecture or 'this model'}: {why}")
         key = f"direct:{self.target}"
         cells: tuple[tuple[int, ...], ...]  # (layer, head) pairs or (layer,) 1-tuples
         if self.target == "heads":
@@ -203,9 +207,8 @@ def direct_effects(run) -> dict:
     cfg = model.cfg
     n_layers = int(cfg.n_layers)
     post = [getattr(model.blocks[layer], "ln1_post", None) for layer in range(n_layers)]
-    names = ["ln_final.hook_scale", "blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
+    names = hooks_needed(n_layers)
     for layer in range(n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
         if post[layer] is not None:
             names.append(f"blocks.{layer}.ln1_post.hook_scale")
     acts = run.activations("clean", names)
@@ -222,7 +225,7 @@ def direct_effects(run) -> dict:
         extra = (1,) * (c.ndim - 2)
         return (final(c, scale.reshape(-1, *extra, 1)) * direction.reshape(direction.shape[0], *extra, -1)).sum(-1)
 
-    w_o = _tensor(model, "W_O")  # [L, H, dh, d]
+    w_o = _output_weights(model)  # [L, H, dh, d]
     b_v = _value_biases(model, w_o.shape)  # [L, H, dh]
     heads, attn_out, attn_bias, mlp_out = [], [], [], []
     for layer in range(n_layers):
@@ -272,6 +275,31 @@ def direct_effects(run) -> dict:
     return out
 
 
+def hooks_needed(n_layers: int) -> list[str]:
+    """The hook points :func:`direct_effects` reads (the post-attention norms' scales aside: optional)."""
+    names = ["ln_final.hook_scale", "blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+    return names
+
+
+def unsupported_reason(model) -> str | None:
+    """Why direct() cannot be defined on this model, as far as its structure tells before any forward
+    (None: it can; the run still checks that the parts add up). A hook point the decomposition reads that
+    the bridge does not expose (TransformerLens 3.2.1's OPT has no hook_mlp_out) is such a reason."""
+    hooks = getattr(model, "hook_dict", None)
+    if hooks is None:
+        return None
+    missing = [name for name in hooks_needed(int(model.cfg.n_layers)) if name not in hooks]
+    if not missing:
+        return None
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return (
+        f"its TransformerBridge (TransformerLens {tl_version()}) exposes no {shown}, which the direct "
+        "decomposition reads"
+    )
+
+
 def output_transform(model) -> str:
     """What the architecture does to the logits after the unembedding, in words ("" for nothing): a final
     soft cap ``cap · tanh(logits / cap)`` (Gemma 2 and 3), or a transform its TransformerLens adapter
@@ -303,6 +331,33 @@ def _tensor(model, name):
     return None if value is None else value.detach().double().cpu()
 
 
+def _output_weights(model):
+    """[L, H, dh, d] each head's rows of the attention output projection, read from the projection module
+    in its own layout: a ``Linear`` stores [out, in], GPT-2's ``Conv1D`` [in, out]. The bridge's stacked
+    ``W_O`` cannot be trusted with this: TransformerLens 3.x guesses the layout from the weight's shape,
+    and a square one (d_model = heads × d_head) is read as [in, out] whatever the module, so every
+    ``Linear`` model's W_O came back transposed within each head (the heads then summed to 7.58 where
+    NeoX's logit difference is 6.38). Falls back to the bridge's ``W_O`` where a layer has no ``o``."""
+    import torch
+
+    cfg = model.cfg
+    n_heads, d_model = int(cfg.n_heads), int(cfg.d_model)
+    layers = []
+    for block in model.blocks:
+        module = getattr(getattr(getattr(block, "attn", None), "o", None), "original_component", None)
+        weight = _param(module, "weight")
+        if weight is None or weight.ndim != 2:
+            return _tensor(model, "W_O")
+        if hasattr(module, "in_features"):  # torch Linear (and subclasses such as FalconLinear): [out, in]
+            weight = weight.T
+        elif not hasattr(module, "nf"):  # neither Linear nor Conv1D: the bridge's own reading
+            return _tensor(model, "W_O")
+        if weight.shape[1] != d_model:
+            return _tensor(model, "W_O")
+        layers.append(weight.reshape(n_heads, -1, d_model))
+    return torch.stack(layers)
+
+
 def _output_bias(model, layer: int, d_model: int):
     """[d] the attention output projection's bias of ``layer``; zeros where the architecture has none."""
     import torch
@@ -330,7 +385,7 @@ class frozen_norm:
 
         self.centered = not bool(getattr(norm, "uses_rms_norm", False))
         weight = _param(norm, "weight")
-        if weight is not None and bool(getattr(norm, "uses_weight_offset", False)):
+        if weight is not None and _weight_offset(norm, weight, self.centered):
             weight = 1.0 + weight
         self.weight = weight
         bias = _param(getattr(norm, "original_component", None), "bias") if self.centered else None
@@ -343,6 +398,35 @@ class frozen_norm:
             c = c - c.mean(dim=-1, keepdim=True)
         c = c / scale
         return c * self.weight if self.weight is not None else c
+
+
+def _weight_offset(norm, weight, centered: bool) -> bool:
+    """Whether the norm scales by ``1 + w`` (Gemma) rather than ``w``. TransformerLens 4.x's bridge says so
+    (``uses_weight_offset``); 3.x's has no such attribute and runs the Hugging Face module itself, so ask
+    that module: one probe row through it, compared with both readings (exact to float rounding)."""
+    import torch
+
+    said = getattr(norm, "uses_weight_offset", None)
+    if said is not None:
+        return bool(said)
+    module = getattr(norm, "original_component", None)
+    if module is None or not callable(module):
+        return False
+    param = getattr(module, "weight", None)
+    if param is None:
+        return False
+    x = torch.linspace(-1.0, 2.0, weight.shape[-1], dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            y = module(x.to(dtype=param.dtype, device=param.device)[None])[0].double().cpu()
+    except Exception:  # a module that takes more than a tensor: the bridge's own reading
+        return False
+    c = x - x.mean() if centered else x
+    n = c / (c.pow(2).mean() + float(getattr(module, "eps", getattr(module, "variance_epsilon", 1e-6)))).sqrt()
+    bias = _param(module, "bias") if centered else None
+    if bias is not None:
+        y = y - bias
+    return float((y - n * (1.0 + weight)).abs().max()) < float((y - n * weight).abs().max())
 
 
 def _param(module, name: str):

@@ -91,9 +91,7 @@ class LensClaim(Claim):
 
     def bind(self, context: BindContext):
         if self.component not in context.components:
-            raise ClaimBindError(
-                f"this model does not expose {self.component!r} (available: {', '.join(context.components)})"
-            )
+            raise ClaimBindError(context.not_exposed(self.component))
         layer = resolve_layers(self.layer, context.n_layers)[0]
         where = context.same_on_every_sample(
             lambda s: single_position(self.position, context.tokens[s], context.variables[s], "lens"),

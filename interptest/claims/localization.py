@@ -184,9 +184,7 @@ class LocalizationClaim(Claim):
     # -- binding
     def bind(self, context: BindContext) -> BoundClaim:
         if self.component not in context.components:
-            raise ClaimBindError(
-                f"this model does not expose {self.component!r} (available: {', '.join(context.components)})"
-            )
+            raise ClaimBindError(context.not_exposed(self.component))
         if self.elsewhere:
             return self._bind_elsewhere(context)
         region = NodeSpec(self.component, self.heads, self.layers, self.positions, self.text)

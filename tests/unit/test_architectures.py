@@ -49,6 +49,7 @@ ARCHS = archmodels.ARCHITECTURES
 # no attention, value or norm biases anywhere before the residual add: the heads alone sum to attn_out
 BIAS_FREE = {"llama", "mistral", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo", "olmo2"}
 PARALLEL = {"neox", "gptj", "falcon"}
+PARALLEL_NAMES = {"neox": "GPTNeoXForCausalLM", "gptj": "GPTJForCausalLM", "falcon": "FalconForCausalLM"}
 # the families the fast patching engine covers (interptest.patching.fast); the others take the generic one
 FAST = {"gpt2", "neox", "llama", "llama-bias", "mistral", "qwen2", "qwen3", "gemma"}
 CLEAN, CORRUPT = "When dog dog dog the the the", "When dog dog sat the the the"
@@ -253,7 +254,16 @@ def test_path_and_circuit_values_equal_the_one_forward_reference(arch):
 @pytest.mark.parametrize(
     "claim, message",
     [
-        ("resid_mid[0, -1] recovers >= 0", "this model does not expose 'resid_mid' (available: resid_pre, resid_post,"),
+        (
+            "resid_mid[0, -1] recovers >= 0",
+            "this model does not expose 'resid_mid' (available: resid_pre, resid_post, attn_out, mlp_out, heads); "
+            "on {architecture}, parallel attention/MLP blocks have no residual stream between them",
+        ),
+        (
+            "lens(resid_mid[0], -1) logit_diff >= 0",
+            "this model does not expose 'resid_mid' (available: resid_pre, resid_post, attn_out, mlp_out, heads); "
+            "on {architecture}, parallel attention/MLP blocks have no residual stream between them",
+        ),
         (
             "path heads[1.1] -> mlp_in[1] recovers >= 0",
             "(on this model's parallel blocks, a layer's heads do not feed its MLP)",
@@ -264,7 +274,47 @@ def test_parallel_blocks_refuse_what_they_do_not_have(arch, claim, message):
     model = model_for(arch)
     with pytest.raises(SpecError) as info:
         bind_behavior(parse_behavior({**behavior(arch), "claims": [claim]}), model)
-    assert message in str(info.value)
+    assert message.format(architecture=PARALLEL_NAMES[arch]) in str(info.value)
+
+
+def test_direct_is_refused_at_binding_where_the_bridge_lacks_a_hook_it_reads(monkeypatch):
+    """TransformerLens 3.2.1's OPT bridge has no hook_mlp_out: direct() is a collection error naming the
+    architecture and the version, not a KeyError at run time (simulated here by hiding the hook)."""
+    from interptest.tl_compat import tl_version
+
+    model = model_for("gpt2")
+    hooks = type(model).hook_dict
+    monkeypatch.setattr(
+        type(model),
+        "hook_dict",
+        property(lambda self: {k: v for k, v in hooks.fget(self).items() if not k.endswith("hook_mlp_out")}),
+    )
+    with pytest.raises(SpecError) as info:
+        bind_behavior(parse_behavior({**behavior("gpt2"), "claims": ["direct(heads[0.1]) >= 0"]}), model)
+    assert (
+        "claim 'direct(heads[0.1]) >= 0': direct() is not supported on GPT2LMHeadModel: its TransformerBridge "
+        f"(TransformerLens {tl_version()}) exposes no blocks.0.hook_mlp_out, blocks.1.hook_mlp_out, which the "
+        "direct decomposition reads"
+    ) in str(info.value)
+
+
+def test_an_architecture_the_bridge_does_not_support_names_itself_and_the_version(tmp_path):
+    import transformers as tf
+
+    from interptest.errors import ModelNotAvailable
+    from interptest.model import load_model
+    from interptest.tl_compat import tl_version
+
+    cfg = tf.BioGptConfig(
+        vocab_size=64, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+    )
+    tf.BioGptForCausalLM(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    with pytest.raises(ModelNotAvailable) as info:
+        load_model(tmp_path, device="cpu")
+    assert str(info.value) == (
+        f"model {str(tmp_path)!r}: its architecture BioGptForCausalLM is not supported by TransformerBridge in the "
+        f"installed TransformerLens {tl_version()}; interptest loads every model through the bridge"
+    )
 
 
 @pytest.mark.parametrize("arch", sorted(FAST))

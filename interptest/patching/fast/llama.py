@@ -9,6 +9,8 @@ shorter than the window and declines longer ones (:class:`Unsupported`)."""
 
 from __future__ import annotations
 
+import torch
+
 from interptest.patching.fast.blocks import Arch, Layer, add_noise, linear, norm_fn, raw
 
 HF_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM")
@@ -62,8 +64,15 @@ def build(hf) -> Arch:
         )
     head = raw(hf.lm_head)
 
-    def embed(tokens, pos, noise=None):  # hook_embed is the embedding module's output (Gemma: scaled)
-        return add_noise(emb(tokens), noise)
+    # Gemma's sqrt(d_model): transformers 5 scales inside the embedding module (its output is hook_embed);
+    # transformers 4 scales in GemmaModel.forward, after the module, so after hook_embed's noise too
+    after = None
+    if type(hf).__name__.startswith("Gemma") and not hasattr(emb, "embed_scale"):
+        after = cfg.hidden_size**0.5
+
+    def embed(tokens, pos, noise=None):  # hook_embed is the embedding module's output
+        x = add_noise(emb(tokens), noise)
+        return x if after is None else x * torch.tensor(after, dtype=x.dtype)
 
     name = type(hf).__name__.removesuffix("ForCausalLM").lower()
     arch = Arch(
