@@ -668,7 +668,7 @@ IOI_CLAIMS = [
 ]
 
 
-def ioi_behavior(samples: int) -> dict:
+def ioi_behavior(samples: int, claims=None) -> dict:
     """The IOI family of the suite: GPT-2's single-token names, the indirect object re-drawn."""
     return {
         "name": "ioi",
@@ -679,7 +679,7 @@ def ioi_behavior(samples: int) -> dict:
         "samples": samples,
         "single_token": "drop",
         "min_effect": 0.001,  # random weights: keep every sample judgeable (no claim skipped as too weak)
-        "claims": list(IOI_CLAIMS),
+        "claims": list(IOI_CLAIMS if claims is None else claims),
     }
 
 
@@ -812,7 +812,7 @@ def run_suite_rows(model, name, n=15, sets=200, hand=True, out=print):
     def engine():
         return CircuitPatcher(model, clean, corrupt, [expect], [foil], reference_ids=references)
 
-    clock = _Clock("wall", dev)
+    clock = _Clock("wall" if dev.startswith("cuda") else "process", dev)  # CPU: this process's CPU seconds
 
     def timed(fn):
         t0 = clock()
@@ -909,7 +909,9 @@ SUITE_HEADER = (
 )
 
 
-def run_ioi_family(model, samples: int, hand: bool = True, shrink: bool = False, out=print):
+def run_ioi_family(
+    model, samples: int, hand: bool = True, shrink: bool = False, out=print, random_sets=None, claims=None
+):
     """The IOI family through the real pipeline (bind, run_behavior): seconds per claim (its measure, the
     behavior's shared forwards paid by the first claim that needs them) and, for the path and faithfulness
     claims, the plain loop over the samples. Runs on older interptest too (claims timed by wrapping the
@@ -929,18 +931,21 @@ def run_ioi_family(model, samples: int, hand: bool = True, shrink: bool = False,
             original = vars(kind)["measure"]
 
             def measure(self, bound, run, original=original):
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 try:
                     return original(self, bound, run)
                 finally:
-                    times[self.text] = times.get(self.text, 0.0) + time.perf_counter() - t0
+                    times[self.text] = times.get(self.text, 0.0) + time.process_time() - t0
+                    out(f"#   measured in {times[self.text]:8.2f} CPU s: {self.text}")
+                    sys.stdout.flush()
 
             setattr(kind, "measure", measure)  # noqa: B010 (a class attribute mypy cannot see)
             wrapped.append((kind, original))
     try:
         rss0 = _peak_rss_mib()
         t0 = time.perf_counter()
-        bound = bind_behavior(parse_behavior(ioi_behavior(samples)), model, "gpt2-small-arch")
+        options = {"random_sets": random_sets} if random_sets else None
+        bound = bind_behavior(parse_behavior(ioi_behavior(samples, claims)), model, "gpt2-small-arch", 0, options)
         t_bind = time.perf_counter() - t0
         t0 = time.perf_counter()
         result = run_behavior(bound, shrink=shrink)
@@ -956,22 +961,25 @@ def run_ioi_family(model, samples: int, hand: bool = True, shrink: bool = False,
         nodes = [tuple(int(x) for x in h.split(".")) for h in IOI_HEADS.split(", ")]
         kept = {("heads", (l, h, None)) for l, h in nodes} | {("mlp_out", (l, None)) for l in range(12)}
         with torch.inference_mode():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             mean = _hand_sources(model, "mean", None, clean)
             ref_f = [
                 _hand_faithful(model, clean[s : s + 1], mean, expect[s], foil[s], [kept])[0] for s in range(samples)
             ]
-            hand_times[IOI_CLAIMS[5]] = (time.perf_counter() - t0, sum(ref_f) / samples)
-            t0 = time.perf_counter()
+            hand_times[IOI_CLAIMS[5]] = (time.process_time() - t0, sum(ref_f) / samples)
+            t0 = time.process_time()
             senders = [(7, 3), (7, 9), (8, 6), (8, 10)]
             ref_p = [
                 _hand_path(model, clean[s : s + 1], corrupt[s : s + 1], expect[s], foil[s], senders, ("q", 9, 9))
                 for s in range(samples)
             ]
-            hand_times[IOI_CLAIMS[3]] = (time.perf_counter() - t0, sum(ref_p) / samples)
+            hand_times[IOI_CLAIMS[3]] = (time.process_time() - t0, sum(ref_p) / samples)
     peak = _peak_rss_mib()
     out(f"# {samples} samples, {bound.clean_ids.shape[1]} tokens: bind {t_bind:.1f} s, run_behavior {t_run:.1f} s")
-    out(f"{'claim':<72} {'s':>8} {'hand s':>8} {'vs hand':>8} {'mean':>8} {'hand mean':>10}  verdict")
+    out(
+        f"{'claim (CPU seconds, one thread)':<72} {'s':>8} {'hand s':>8} {'vs hand':>8} {'mean':>8} "
+        f"{'hand mean':>10}  verdict"
+    )
     for check in result.checks[1:]:
         t = times.get(check.text, 0.0)
         hand_t, hand_v = hand_times.get(check.text, (None, None))
@@ -1005,7 +1013,10 @@ def _main_ioi(args, torch) -> int:
         torch.set_num_threads(int(args.threads.split(",")[0]))
     shapes = [x.strip() for x in args.shapes.split(",")] if args.shapes else ["gpt2-small"]
     tmp = tempfile.mkdtemp(prefix="interptest-bench-")
-    print(f"# torch threads = {torch.get_num_threads()}, device {args.device}; times are wall seconds")
+    print(
+        f"# torch threads = {torch.get_num_threads()}, device {args.device}; times are this process's CPU seconds "
+        "on the CPU (a shared machine), wall seconds on CUDA"
+    )
     try:
         if not args.no_rows:
             print(SUITE_HEADER)
@@ -1023,7 +1034,8 @@ def _main_ioi(args, torch) -> int:
             model = build_shape("gpt2-small", tmp, args.device, std=0.1, tokenizer=args.tokenizer)
             for samples in [int(x) for x in args.samples.split(",") if x.strip()]:
                 print()
-                run_ioi_family(model, samples, hand=not args.no_hand)
+                claims = [IOI_CLAIMS[i] for i in (3, 5, 7)] if args.circuit_claims else None
+                run_ioi_family(model, samples, hand=not args.no_hand, random_sets=args.random_sets, claims=claims)
                 sys.stdout.flush()
         print(
             "\nhand = the plain TransformerLens-hooks loop, one forward at a time; cold = a new circuit engine (its "
@@ -1084,7 +1096,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--samples", default="20", help="--suite ioi: comma-separated family sizes (e.g. 20,80)")
     ap.add_argument("--no-hand", action="store_true", help="--suite ioi: skip the hand-written loops")
+    ap.add_argument("--random-sets", type=int, default=None, help="--suite ioi: the family's random sets (default 200)")
     ap.add_argument("--no-family", action="store_true", help="--suite ioi: only the one-prompt rows")
+    ap.add_argument(
+        "--circuit-claims",
+        action="store_true",
+        help="--suite ioi: the family with its path, faithfulness and circuit-control claims only (e.g. for memory)",
+    )
     ap.add_argument("--no-rows", action="store_true", help="--suite ioi: only the IOI family")
     ap.add_argument(
         "--tokenizer",

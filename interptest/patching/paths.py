@@ -406,8 +406,10 @@ class CircuitPatcher:
         return out.permute(2, 0, 1).double()
 
     def _path_batches(self, n_senders: int, n_receivers: int):
-        """Rows of the fused path forwards, at most :attr:`rows_per_batch` each: the (sender set, sample)
-        rows of step 1 and, after them, the (sender set, sample, receiver set) rows that read them."""
+        """Rows of the fused path forwards, at most :attr:`rows_per_batch` each (at least two: a step-2 row
+        needs its step-1 row in the same forward, so ``batch_size=1`` gives two-row path forwards): the
+        (sender set, sample) rows of step 1 and, after them, the (sender set, sample, receiver set) rows
+        that read them."""
         budget = max(2, self.rows_per_batch)
         senders: list[tuple[int, int]] = []
         index: dict[tuple[int, int], int] = {}
