@@ -157,9 +157,34 @@ def _save_tokenizer(tmp: str) -> None:
     ).save_pretrained(tmp)
 
 
-def build_shape(name: str, tmp: str, device: str = "cpu"):
+def _save_gpt2_tokenizer(source: str, path: str) -> None:
+    """GPT-2's fast tokenizer (byte-level BPE, as the hub's tokenizer.json) from ``encoder.json`` and
+    ``vocab.bpe`` in ``source``, saved to ``path``."""
+    import json
+
+    import transformers as tf
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    with open(os.path.join(source, "encoder.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(os.path.join(source, "vocab.bpe"), encoding="utf-8") as f:
+        pairs = [line.split() for line in f.read().splitlines()[1:] if line.strip()]
+    merges: list[tuple[str, str]] = [(a, b) for a, b in pairs]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
+    tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    ).save_pretrained(path)
+
+
+def build_shape(name: str, tmp: str, device: str = "cpu", std: float | None = None, tokenizer: str | None = None):
     """A bridge over a random-weight model of shape ``name`` (see SHAPES), built on ``device`` in memory
-    (only the config and the tokenizer are written, to ``tmp``)."""
+    (only the config and the tokenizer are written, to ``tmp``). ``std``: the weights' standard deviation
+    (default d_model^-0.5); ``tokenizer``: a directory with GPT-2's ``encoder.json`` and ``vocab.bpe``
+    (default: a small BPE trained here)."""
     import torch
     import transformers as tf
 
@@ -169,7 +194,10 @@ def build_shape(name: str, tmp: str, device: str = "cpu"):
     d = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
     path = os.path.join(tmp, name)
     os.makedirs(path, exist_ok=True)
-    _save_tokenizer(path)
+    if tokenizer:
+        _save_gpt2_tokenizer(tokenizer, path)
+    else:
+        _save_tokenizer(path)
     cfg.save_pretrained(path)
     torch.manual_seed(0)
     with torch.device(device):
@@ -177,7 +205,7 @@ def build_shape(name: str, tmp: str, device: str = "cpu"):
     with torch.no_grad():
         for p in hf.parameters():
             if p.ndim >= 2:
-                p.normal_(0.0, d**-0.5)
+                p.normal_(0.0, d**-0.5 if std is None else std)
     hf.eval()
     return _boot(path, device, hf_model=hf)
 
@@ -632,6 +660,402 @@ def run_circuit_cases(model, name, n, sets=200, out=print):
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# --suite ioi (issue 23): circuit claims at GPT-2 scale, against the hand-written TransformerLens-hooks loop
+
+# 18 heads of Wang et al.'s IOI circuit (duplicate, previous-token, induction, S-inhibition, name movers)
+IOI_HEADS = "0.1, 2.2, 3.0, 4.11, 5.5, 5.8, 5.9, 6.9, 7.3, 7.9, 8.6, 8.10, 9.6, 9.9, 10.0, 10.7, 10.10, 11.10"
+IOI_CLAIMS = [
+    "resid_pre[:, {io}] recovers >= 0.5",
+    "resid_pre[elsewhere] recovers <= 0.1",
+    "heads[9.9, 9.6, 10.0] together recovers beats random at 0.95",
+    "path heads[7.3, 7.9, 8.6, 8.10] -> heads[9.9].q recovers >= 0.1",
+    "path heads[9.9, 9.6, 10.0] -> logits recovers >= 0.1",
+    f"circuit heads[{IOI_HEADS}] + mlp_out[:] faithful >= 0.8 ablate mean",
+    f"circuit heads[{IOI_HEADS}] + mlp_out[:] minimal >= 0.01 ablate mean",
+    f"circuit heads[{IOI_HEADS}] + mlp_out[:] faithful beats random at 0.95",
+]
+
+
+def ioi_behavior(samples: int, claims=None) -> dict:
+    """The IOI family of the suite: GPT-2's single-token names, the indirect object re-drawn."""
+    return {
+        "name": "ioi",
+        "template": "When {io} and {s} went to the store, {s} gave a drink to",
+        "expect": " {io}",
+        "corrupt": {"resample": ["io"]},
+        "vars": {"io": "@names", "s": "@names"},
+        "samples": samples,
+        "single_token": "drop",
+        "min_effect": 0.001,  # random weights: keep every sample judgeable (no claim skipped as too weak)
+        "claims": list(IOI_CLAIMS if claims is None else claims),
+    }
+
+
+def _peak_rss_mib() -> float:
+    """Peak memory so far: the process's resident set on the CPU, allocated device memory on CUDA."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _hand_metric(model, tokens, expect, foil, hooks=()) -> float:
+    logits = model.run_with_hooks(tokens, fwd_hooks=list(hooks))
+    return float(logits[0, -1, expect] - logits[0, -1, foil])
+
+
+def _hand_faithful(model, clean, values, expect, foil, kept_sets):
+    """Faithfulness the plain way, one prompt, one forward per set: hooks writing ``values`` (hook name ->
+    [1, n, ...]) into every head and MLP output outside the set; m_clean and m_∅ each one forward."""
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+
+    def run(kept):
+        hooks: list[tuple[str, Any]] = []
+        for layer in range(L):
+            heads = [h for h in range(H) if ("heads", (layer, h, None)) not in kept]
+
+            def z(act, hook=None, heads=heads, src=values[f"blocks.{layer}.attn.hook_z"]):
+                act[:, :, heads] = src[:, :, heads]
+                return act
+
+            hooks.append((f"blocks.{layer}.attn.hook_z", z))
+            if ("mlp_out", (layer, None)) not in kept:
+                hooks.append(
+                    (f"blocks.{layer}.hook_mlp_out", lambda act, hook=None, v=values[f"blocks.{layer}.hook_mlp_out"]: v)
+                )
+        return _hand_metric(model, clean, expect, foil, hooks)
+
+    mc, empty = _hand_metric(model, clean, expect, foil), run(set())
+    return [(run(set(kept)) - empty) / (mc - empty) for kept in kept_sets]
+
+
+def _node_names(model) -> list[str]:
+    L = int(model.cfg.n_layers)
+    return [f"blocks.{l}.attn.hook_z" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+
+
+def _hand_sources(model, ablation, corrupt, references):
+    """The values an ablation writes, the plain way: the corrupted run's cache, the mean of the reference
+    prompts' caches (one forward each), or zeros."""
+    import torch
+
+    names = set(_node_names(model))
+    if ablation == "resample":
+        _, cache = model.run_with_cache(corrupt, names_filter=lambda nm: nm in names)
+        return {nm: cache[nm] for nm in names}
+    caches = [model.run_with_cache(r[None], names_filter=lambda nm: nm in names)[1] for r in references]
+    mean = {nm: torch.stack([c[nm][0] for c in caches]).mean(0, keepdim=True) for nm in names}
+    return mean if ablation == "mean" else {nm: torch.zeros_like(v) for nm, v in mean.items()}
+
+
+def _hand_path(model, clean, corrupt, expect, foil, senders, receiver):
+    """Path patching the plain way (recovers): caches of both runs, one forward recording the receiver's
+    input with the senders clean and every other head frozen corrupted, one patching it."""
+    L = int(model.cfg.n_layers)
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    wanted = set(z_names)
+    lx, base = model.run_with_cache(corrupt, names_filter=lambda nm: nm in wanted)
+    lc, src = model.run_with_cache(clean, names_filter=lambda nm: nm in wanted)
+    mc, mx = float(lc[0, -1, expect] - lc[0, -1, foil]), float(lx[0, -1, expect] - lx[0, -1, foil])
+    hooks: list[tuple[str, Any]] = []
+    for layer, name in enumerate(z_names):
+        frozen = base[name].clone()
+        for sl, sh in senders:
+            if sl == layer:
+                frozen[:, :, sh] = src[name][:, :, sh]
+        hooks.append((name, lambda act, hook=None, v=frozen: v))
+    kind, rl, rh = receiver
+    name = "ln_final.hook_in" if kind == "logits" else f"blocks.{rl}.attn.hook_{kind}"
+    recorded = {}
+
+    def keep(act, hook=None):
+        recorded["v"] = act.clone()
+        return act
+
+    model.run_with_hooks(corrupt, fwd_hooks=hooks + [(name, keep)], stop_at_layer=None if kind == "logits" else rl + 1)
+
+    def patch(act, hook=None):
+        if kind == "logits":
+            return recorded["v"]
+        act[:, :, rh] = recorded["v"][:, :, rh]
+        return act
+
+    m = _hand_metric(model, corrupt, expect, foil, [(name, patch)])
+    return (m - mx) / (mc - mx)
+
+
+def run_suite_rows(model, name, n=15, sets=200, hand=True, out=print):
+    """One prompt of ``n`` tokens: path claims, circuit faithfulness under every ablation and a ``sets``-set
+    control, interptest's circuit engine ("cold": a new engine, its cached forwards included; "in a
+    behavior": the behavior's forwards and all-ablated runs already shared) against the plain loop."""
+    import random
+
+    import torch
+
+    from interptest.patching.paths import CircuitPatcher, normalize
+
+    dev = str(getattr(model.cfg, "device", "cpu") or "cpu")
+    clean, corrupt = _case_tokens(model, n, seed=n)
+    g = torch.Generator().manual_seed(1)
+    references = torch.randint(1, min(int(model.cfg.d_vocab), 300), (8, n), generator=g)
+    references[:, 0] = clean[0, 0]
+    clean, corrupt, references = clean.to(dev), corrupt.to(dev), references.to(dev)
+    with torch.inference_mode():
+        lc = model(clean)[0, -1]
+        expect = int(lc.argmax())
+        foil = int(model(corrupt)[0, -1].argmax())
+        if foil == expect:
+            foil = int(lc.topk(2).indices[1])
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    rng = random.Random(0)
+    size = min(18, L * H // 2)
+    heads = rng.sample([(l, h) for l in range(L) for h in range(H)], size)
+    kept = [("heads", (l, h, None)) for l, h in heads] + [("mlp_out", (l, None)) for l in range(L)]
+    pl = max(2, L - 3)  # receiver layer: 9 on gpt2-small
+    senders = [(pl - 2, 3), (pl - 2, 5 % H), (pl - 1, 6 % H), (pl - 1, 10 % H)]
+
+    def engine():
+        return CircuitPatcher(model, clean, corrupt, [expect], [foil], reference_ids=references)
+
+    clock = _Clock("wall" if dev.startswith("cuda") else "process", dev)  # CPU: this process's CPU seconds
+
+    def timed(fn):
+        t0 = clock()
+        with torch.inference_mode():
+            result = fn()
+        return clock() - t0, result
+
+    rows = []
+
+    def path_case(receiver, edits_r):
+        edits_s = [("heads", (l, h, None)) for l, h in senders]
+
+        def ours(e):
+            raw = e.path([edits_s], [[edits_r]], "corrupt", "clean")
+            return float(normalize(raw, e.metrics("clean"), e.metrics("corrupt"), "denoise")[0, 0, 0])
+
+        return ours, lambda: _hand_path(model, clean, corrupt, expect, foil, senders, receiver)
+
+    cases: list[tuple[str, Any, Any, str | None]] = []
+    for label, receiver, edits_r in [
+        (f"path -> heads[{pl}.9].q", ("q", pl, 9 % H), ("q", pl, 9 % H, None)),
+        ("path -> logits", ("logits", None, None), ("logits", None)),
+    ]:
+        ours_fn, hand_fn = path_case(receiver, edits_r)
+        cases.append((label, ours_fn, hand_fn, None))
+    for ablation in ("resample", "mean", "zero"):
+        cases.append(
+            (
+                f"faithful ablate {ablation}",
+                lambda e, a=ablation: float(e.faithfulness([kept], a)[0, 0]),
+                lambda a=ablation: _hand_faithful(
+                    model, clean, _hand_sources(model, a, corrupt, references), expect, foil, [kept]
+                )[0],
+                ablation,
+            )
+        )
+    for label, ours_fn, hand_fn, case_ablation in cases:
+        t_cold, value = timed(lambda ours_fn=ours_fn: ours_fn(engine()))
+        warm = engine()
+        with torch.inference_mode():  # what the behavior's other claims already computed
+            warm.metrics("clean"), warm.metrics("corrupt"), warm.source("mean", "blocks.0.attn.hook_z")
+            if case_ablation:
+                warm.all_ablated(case_ablation)
+        t_warm, value = timed(lambda ours_fn=ours_fn, warm=warm: ours_fn(warm))
+        t_hand, ref = timed(hand_fn) if hand else (None, None)
+        rows.append((label, t_hand, t_cold, t_warm, None if ref is None else abs(value - ref), ""))
+    # the control: the claimed set's faithfulness against random sets of its composition
+    from interptest.claims.controls import sequential_control
+
+    random_sets: list[list[tuple]] = []
+    while len(random_sets) < sets:
+        chosen = rng.sample([(l, h) for l in range(L) for h in range(H)], size)
+        random_sets.append([("heads", (l, h, None)) for l, h in chosen] + [("mlp_out", (l, None)) for l in range(L)])
+    values_holder = {}
+
+    def ours_control(e, sequential=True):
+        values = e.faithfulness([kept], "resample")
+        if not sequential:
+            values_holder["all"] = e.faithfulness(random_sets, "resample")[0]
+            return values_holder["all"]
+        m = sequential_control(values, lambda c: e.faithfulness(c, "resample"), random_sets, 0.95, False, "f", 0)
+        values_holder["drawn"] = (m.figure or {})["drawn"]
+        return m
+
+    t_cold, _ = timed(lambda: ours_control(engine()))
+    warm = engine()
+    with torch.inference_mode():
+        warm.all_ablated("resample")
+    t_warm, _ = timed(lambda: ours_control(warm))
+    t_all, all_values = timed(lambda: ours_control(engine(), sequential=False))
+    t_hand, ref = None, None
+    if hand:
+        t_hand, ref = timed(
+            lambda: _hand_faithful(
+                model, clean, _hand_sources(model, "resample", corrupt, references), expect, foil, [kept] + random_sets
+            )[1:]
+        )
+    delta = None if ref is None else float((all_values - torch.tensor(ref, dtype=torch.float64)).abs().max())
+    drawn = values_holder["drawn"]
+    rows.append((f"control {sets} sets, all drawn", t_hand, t_all, None, delta, ""))
+    rows.append((f"control {sets} sets, sequential", t_hand, t_cold, t_warm, None, f"drew {drawn} of {sets}"))
+    for label, t_hand, t_cold, t_warm, delta, note in rows:
+        hand_s = f"{t_hand:>8.2f}" if t_hand is not None else f"{'-':>8}"
+        warm_s = f"{t_warm:>8.2f}" if t_warm is not None else f"{'-':>8}"
+        r_cold = f"{t_hand / t_cold:>7.1f}x" if t_hand else f"{'-':>8}"
+        r_warm = f"{t_hand / t_warm:>7.1f}x" if t_hand and t_warm else f"{'-':>8}"
+        d = f"{delta:>9.1e}" if delta is not None else f"{'-':>9}"
+        out(f"{name:<16} {n:>4} {label:<32} {hand_s} {t_cold:>8.2f} {warm_s} {r_cold} {r_warm} {d}  {note}")
+
+
+SUITE_HEADER = (
+    f"{'model':<16} {'tok':>4} {'case':<32} {'hand s':>8} {'cold s':>8} {'in beh s':>8} {'vs cold':>8} "
+    f"{'vs beh':>8} {'max|Δ|':>9}"
+)
+
+
+def run_ioi_family(
+    model, samples: int, hand: bool = True, shrink: bool = False, out=print, random_sets=None, claims=None
+):
+    """The IOI family through the real pipeline (bind, run_behavior): seconds per claim (its measure, the
+    behavior's shared forwards paid by the first claim that needs them) and, for the path and faithfulness
+    claims, the plain loop over the samples. Runs on older interptest too (claims timed by wrapping the
+    kinds' ``measure``)."""
+    import torch
+
+    from interptest import claims as claim_kinds
+    from interptest.binding import bind_behavior
+    from interptest.outcomes import run_behavior
+    from interptest.spec import parse_behavior
+
+    times: dict[str, float] = {}
+    kinds = {type(k) if not isinstance(k, type) else k for k in getattr(claim_kinds, "KINDS", ())}
+    wrapped = []
+    for kind in kinds:
+        if "measure" in vars(kind):
+            original = vars(kind)["measure"]
+
+            def measure(self, bound, run, original=original):
+                t0 = time.process_time()
+                try:
+                    return original(self, bound, run)
+                finally:
+                    times[self.text] = times.get(self.text, 0.0) + time.process_time() - t0
+                    out(f"#   measured in {times[self.text]:8.2f} CPU s: {self.text}")
+                    sys.stdout.flush()
+
+            setattr(kind, "measure", measure)  # noqa: B010 (a class attribute mypy cannot see)
+            wrapped.append((kind, original))
+    try:
+        rss0 = _peak_rss_mib()
+        t0 = time.perf_counter()
+        options = {"random_sets": random_sets} if random_sets else None
+        bound = bind_behavior(parse_behavior(ioi_behavior(samples, claims)), model, "gpt2-small-arch", 0, options)
+        t_bind = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = run_behavior(bound, shrink=shrink)
+        t_run = time.perf_counter() - t0
+    finally:
+        for kind, original in wrapped:
+            setattr(kind, "measure", original)  # noqa: B010
+    hand_times: dict[str, tuple[float, float]] = {}
+    if hand:
+        clean, corrupt = bound.clean_ids, bound.corrupt_ids
+        expect = [ids[0] for ids in bound.expect_ids]
+        foil = [int(f) for f in result_foils(model, bound)]
+        nodes = [tuple(int(x) for x in h.split(".")) for h in IOI_HEADS.split(", ")]
+        kept = {("heads", (l, h, None)) for l, h in nodes} | {("mlp_out", (l, None)) for l in range(12)}
+        with torch.inference_mode():
+            t0 = time.process_time()
+            mean = _hand_sources(model, "mean", None, clean)
+            ref_f = [
+                _hand_faithful(model, clean[s : s + 1], mean, expect[s], foil[s], [kept])[0] for s in range(samples)
+            ]
+            hand_times[IOI_CLAIMS[5]] = (time.process_time() - t0, sum(ref_f) / samples)
+            t0 = time.process_time()
+            senders = [(7, 3), (7, 9), (8, 6), (8, 10)]
+            ref_p = [
+                _hand_path(model, clean[s : s + 1], corrupt[s : s + 1], expect[s], foil[s], senders, ("q", 9, 9))
+                for s in range(samples)
+            ]
+            hand_times[IOI_CLAIMS[3]] = (time.process_time() - t0, sum(ref_p) / samples)
+    peak = _peak_rss_mib()
+    out(f"# {samples} samples, {bound.clean_ids.shape[1]} tokens: bind {t_bind:.1f} s, run_behavior {t_run:.1f} s")
+    out(
+        f"{'claim (CPU seconds, one thread)':<72} {'s':>8} {'hand s':>8} {'vs hand':>8} {'mean':>8} "
+        f"{'hand mean':>10}  verdict"
+    )
+    for check in result.checks[1:]:
+        t = times.get(check.text, 0.0)
+        hand_t, hand_v = hand_times.get(check.text, (None, None))
+        mean = check.detail.split(",")[0].removeprefix("mean ") if check.detail.startswith("mean ") else None
+        value = "-" if mean is None else mean
+        detail = check.detail.split(";")[0][:60] if check.value is None else ("pass" if check.passed else "fail")
+        out(
+            f"{check.text[:72]:<72} {t:>8.2f} "
+            + (f"{hand_t:>8.2f} {hand_t / t:>7.1f}x" if hand_t else f"{'-':>8} {'-':>8}")
+            + f" {value:>8} "
+            + (f"{hand_v:>10.4f}" if hand_v is not None else f"{'-':>10}")
+            + f"  {detail}"
+        )
+    out(
+        f"# claims total {sum(times.values()):.1f} s; peak memory (RSS on CPU, allocated on CUDA) {peak:.0f} MiB, "
+        f"{peak - rss0:.0f} MiB above the model's"
+    )
+    return sum(times.values())
+
+
+def result_foils(model, bound):
+    """Each sample's foil as the pipeline picks it: the corrupted prompt's top-1."""
+    import torch
+
+    with torch.inference_mode():
+        return model(bound.corrupt_ids)[:, -1].argmax(-1).tolist()
+
+
+def _main_ioi(args, torch) -> int:
+    if args.threads:
+        torch.set_num_threads(int(args.threads.split(",")[0]))
+    shapes = [x.strip() for x in args.shapes.split(",")] if args.shapes else ["gpt2-small"]
+    tmp = tempfile.mkdtemp(prefix="interptest-bench-")
+    print(
+        f"# torch threads = {torch.get_num_threads()}, device {args.device}; times are this process's CPU seconds "
+        "on the CPU (a shared machine), wall seconds on CUDA"
+    )
+    try:
+        if not args.no_rows:
+            print(SUITE_HEADER)
+            for shape in shapes:
+                model = build_shape(shape, tmp, args.device)
+                run_suite_rows(
+                    model, shape, n=15 if args.lengths == "16,64" else int(args.lengths), hand=not args.no_hand
+                )
+                sys.stdout.flush()
+                del model
+        if not args.no_family:
+            if not os.path.isfile(os.path.join(args.tokenizer, "encoder.json")):
+                print(f"# no GPT-2 tokenizer at {args.tokenizer} (--tokenizer): the IOI family is skipped")
+                return 0
+            model = build_shape("gpt2-small", tmp, args.device, std=0.1, tokenizer=args.tokenizer)
+            for samples in [int(x) for x in args.samples.split(",") if x.strip()]:
+                print()
+                claims = [IOI_CLAIMS[i] for i in (3, 5, 7)] if args.circuit_claims else None
+                run_ioi_family(model, samples, hand=not args.no_hand, random_sets=args.random_sets, claims=claims)
+                sys.stdout.flush()
+        print(
+            "\nhand = the plain TransformerLens-hooks loop, one forward at a time; cold = a new circuit engine (its "
+            "cached forwards included); in beh = inside a behavior, whose one cached forward per prompt set and "
+            "all-ablated runs other claims already paid for; vs = hand / ours."
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m interptest.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--components", default="resid_pre,resid_mid,attn_out,mlp_out,heads")
@@ -672,9 +1096,36 @@ def main(argv=None) -> int:
         action="store_true",
         help="instead of the node sweeps: a 200-set negative control and a path-patching sender sweep",
     )
+    ap.add_argument(
+        "--suite",
+        choices=["ioi"],
+        default=None,
+        help="ioi: circuit claims at GPT-2 scale (issue 23): one-prompt rows against the hand-written loop on "
+        "--shapes (default gpt2-small), then the IOI family through the pipeline",
+    )
+    ap.add_argument("--samples", default="20", help="--suite ioi: comma-separated family sizes (e.g. 20,80)")
+    ap.add_argument("--no-hand", action="store_true", help="--suite ioi: skip the hand-written loops")
+    ap.add_argument("--random-sets", type=int, default=None, help="--suite ioi: the family's random sets (default 200)")
+    ap.add_argument("--no-family", action="store_true", help="--suite ioi: only the one-prompt rows")
+    ap.add_argument(
+        "--circuit-claims",
+        action="store_true",
+        help="--suite ioi: the family with its path, faithfulness and circuit-control claims only (e.g. for memory)",
+    )
+    ap.add_argument("--no-rows", action="store_true", help="--suite ioi: only the IOI family")
+    ap.add_argument(
+        "--tokenizer",
+        default=os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "gpt2-tokenizer"
+        ),
+        help="--suite ioi: GPT-2's encoder.json and vocab.bpe (the family needs its single-token names)",
+    )
     args = ap.parse_args(argv)
 
     import torch
+
+    if args.suite == "ioi":
+        return _main_ioi(args, torch)
 
     comps = [c.strip() for c in args.components.split(",") if c.strip()]
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]

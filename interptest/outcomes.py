@@ -10,7 +10,7 @@ from typing import Any
 from interptest.binding import BoundBehavior
 from interptest.claims import Unjudgeable, judge, precision_limit
 from interptest.running import Run, device_of, last_logits
-from interptest.shrinking import minimal_instance
+from interptest.shrinking import ShrinkBudget, minimal_instance, shrink_order
 from interptest.spec import BehaviorSpec
 from interptest.stats import pass_rate
 
@@ -131,7 +131,16 @@ def _top1_check(run: Run) -> CheckResult:
     return CheckResult(text, not wrong, rate, detail)
 
 
-def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink: bool = True) -> BehaviorResult:
+def run_behavior(
+    bound: BoundBehavior,
+    *,
+    batch_size: int | None = None,
+    shrink: bool = True,
+    shrink_budget: float | None = None,
+    clock=None,
+) -> BehaviorResult:
+    """``shrink``: shrink failing family claims (cheapest first, within ``shrink_budget`` seconds per
+    behavior, default :data:`interptest.shrinking.DEFAULT_BUDGET_S`; ``clock`` for tests)."""
     import torch
 
     spec, model = bound.spec, bound.model
@@ -153,6 +162,7 @@ def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink:
             samples=bound.n_samples,
         )
         seed = run.seed
+        to_shrink: dict[int, CheckResult] = {}
         for index, (claim, bound_claim) in enumerate(zip(spec.claims, bound.bound_claims)):
             try:
                 measurement = claim.measure(bound_claim, run)
@@ -176,8 +186,13 @@ def run_behavior(bound: BoundBehavior, *, batch_size: int | None = None, shrink:
                 check.passed = False
                 check.detail += undecided
             if not verdict.passed and spec.family is not None and shrink:
-                check.detail += minimal_instance(bound, index, batch_size)
+                to_shrink[index] = check
             result.checks.append(check)
         result.maps = dict(run.maps)
         result.engine = run.engine_record()
+    if to_shrink:  # after every claim is measured: cheap claims first, then controls, within the budget
+        budget = ShrinkBudget(shrink_budget, clock) if clock is not None else ShrinkBudget(shrink_budget)
+        with torch.inference_mode():
+            for index in shrink_order(list(to_shrink), spec.claims):
+                to_shrink[index].detail += minimal_instance(bound, index, batch_size, budget)
     return result

@@ -24,6 +24,8 @@ OPTION_REPEAT_LENGTH = "interp_repeat_length"
 OPTION_DEVICE_MAP = "interp_device_map"
 OPTION_REPORT_ALL = "interp_report_all"
 OPTION_RANDOM_SETS = "interp_random_sets"
+OPTION_SHRINK_BUDGET = "interp_shrink_budget"
+OPTION_NO_SHRINK = "interp_no_shrink"
 INI_FILES = "interp_files"
 
 _OPTIONS = {
@@ -52,6 +54,11 @@ _OPTIONS = {
     OPTION_RANDOM_SETS: (
         "how many random node sets of the same composition a 'beats random' claim is compared with (default 200)",
         "200",
+    ),
+    OPTION_SHRINK_BUDGET: (
+        "seconds per behavior that shrinking failing family claims to a minimal instance may take (default 30; "
+        "0: report at once that it was not shrunk)",
+        "30",
     ),
 }
 _SESSION_KEY: pytest.StashKey[Any] = pytest.StashKey()  # the run's InterpSession
@@ -91,6 +98,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         OPTION_REPORT_ALL, "always sweep every component (see --interp-report-all)", type="bool", default=False
     )
+    group.addoption(
+        "--interp-no-shrink",
+        dest=OPTION_NO_SHRINK,
+        action="store_true",
+        default=None,
+        help="do not shrink failing family claims to a minimal instance",
+    )
+    parser.addini(
+        OPTION_NO_SHRINK, "never shrink failing family claims (see --interp-no-shrink)", type="bool", default=False
+    )
     parser.addini(
         INI_FILES,
         "glob patterns of spec files; replaces the default rule (YAML files inside a 'behaviors' directory)",
@@ -128,6 +145,8 @@ def pytest_configure(config: pytest.Config) -> None:
             seed=Options.integer(_option(config, OPTION_SEED), "--interp-seed"),
             repeat_length=Options.positive_int(_option(config, OPTION_REPEAT_LENGTH), "--interp-repeat-length"),
             random_sets=Options.positive_int(_option(config, OPTION_RANDOM_SETS), "--interp-random-sets"),
+            shrink=not _option(config, OPTION_NO_SHRINK),
+            shrink_budget=Options.seconds(_option(config, OPTION_SHRINK_BUDGET), "--interp-shrink-budget"),
         )
     except OptionError as error:
         raise pytest.UsageError(str(error)) from None

@@ -58,6 +58,8 @@ class Options:
     device_map: str | None = None  # --interp-device-map: a Hugging Face device_map (name or JSON object)
     random_sets: int | None = None  # --interp-random-sets: random node sets of a 'beats random' claim
     seed: int = 0  # --interp-seed: which samples prompt families draw
+    shrink: bool = True  # --interp-no-shrink turns shrinking of failing family claims off
+    shrink_budget: float | None = None  # --interp-shrink-budget: seconds of shrinking per behavior
 
     @staticmethod
     def validate_device(value: str) -> str:
@@ -81,6 +83,18 @@ class Options:
             return int(value)
         except (TypeError, ValueError):
             raise OptionError(f"{option}: invalid value {value!r}; expected an integer") from None
+
+    @staticmethod
+    def seconds(value, option: str) -> float | None:
+        if value is None or value == "":
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = -1.0
+        if not number >= 0:
+            raise OptionError(f"{option}: invalid value {value!r}; expected a number of seconds >= 0")
+        return number
 
     @staticmethod
     def tolerance(value) -> float:
@@ -311,7 +325,12 @@ class InterpSession:
 
     # -- running
     def run(self, bound: BoundBehavior):
-        result = run_behavior(bound, batch_size=self.options.batch_size)
+        result = run_behavior(
+            bound,
+            batch_size=self.options.batch_size,
+            shrink=self.options.shrink,
+            shrink_budget=self.options.shrink_budget,
+        )
         result.draw = baselines.draw(bound.seed, [s.prompt for s in bound.samples]) if bound.spec.family else {}
         result.labels = (
             [bound.position_source(p) for p in range(len(bound.tokens))] if bound.spec.family else list(bound.tokens)

@@ -14,7 +14,11 @@ expect − foil at the last position:
 * ``minimal >= δ``: for every node v of C, faithful(C) − faithful(C \\ {v}) ≥ δ; one cell per node.
 * ``beats random at q``: the value exceeds the q-quantile of the same quantity for random node sets
   of the same composition (same number of heads and of MLPs, at the same positions); N sets from
-  ``interp_random_sets`` (all other sets when there are fewer), seeded by ``--interp-seed``.
+  ``interp_random_sets`` (all other sets when there are fewer), seeded by ``--interp-seed``, drawn
+  until an exact bound settles the verdict (:func:`interptest.claims.controls.sequential_control`).
+
+Every value comes from the behavior's one circuit engine (``run.circuits()``): one cached forward per
+prompt set, the all-ablated run once per ablation, node sets batched samples × sets per forward.
 
 Ablations (``ablate resample|mean|zero``): the node's value on the corrupted prompt, its mean over the
 family's clean samples (or the ``reference`` prompts) at the same position, or zero. Under
@@ -37,7 +41,13 @@ from interptest.claims.base import (
     bound_at_least,
     measured_bounds,
 )
-from interptest.claims.controls import control_measurement, control_seed, random_count, render_control
+from interptest.claims.controls import (
+    control_measurement,
+    control_seed,
+    random_count,
+    render_control,
+    sequential_control,
+)
 from interptest.claims.grammar import (
     ClaimSyntaxError,
     Comparison,
@@ -150,8 +160,15 @@ class CircuitClaim(Claim):
         sets, exhaustive = random_node_sets(
             bound.nodes, run.model.cfg.n_layers, run.model.cfg.n_heads, random_count(run), control_seed(run, self.text)
         )
-        random_values = engine.faithfulness([edits_of(s) for s in sets], self.ablation)
-        return control_measurement(values, random_values, self.random.quantile, exhaustive, "faithfulness")
+        return sequential_control(
+            values,
+            lambda chunk: engine.faithfulness([edits_of(s) for s in chunk], self.ablation),
+            sets,
+            self.random.quantile,
+            exhaustive,
+            "faithfulness",
+            run.seed,
+        )
 
     def record(self, check) -> dict:
         out: dict[str, Any] = {"ablation": self.ablation}

@@ -26,7 +26,7 @@ from interptest.claims.base import (
     bound_at_most,
     measured_bounds,
 )
-from interptest.claims.controls import control_measurement, control_seed, random_count, render_control
+from interptest.claims.controls import control_seed, random_count, render_control, sequential_control
 from interptest.claims.grammar import (
     ClaimBindError,
     ClaimSyntaxError,
@@ -301,9 +301,15 @@ def _measure_random_control(claim, bound, run, values) -> Measurement:
         base, source = "corrupt", "clean"
     else:
         base, source = "clean", claim.ablation or "resample"
-    raw = engine.patch_sets([edits_of(s) for s in sets], base, source)
-    random_values = engine.normalize(raw, claim.direction)
-    return control_measurement(values, random_values, claim.random.quantile, exhaustive, claim.verb)
+    return sequential_control(
+        values,
+        lambda chunk: engine.normalize(engine.patch_sets([edits_of(s) for s in chunk], base, source), claim.direction),
+        sets,
+        claim.random.quantile,
+        exhaustive,
+        claim.verb,
+        run.seed,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ Every forward it runs is the model's own forward with hooks; the rows of a batch
   so patching it equals patching the head's input), an MLP's input (``mlp.hook_in``), or the final
   residual (``ln_final.hook_in``). Step 2: run the base with only those receiver inputs replaced by
   the recorded values. On grouped-query models, ``k``/``v`` receivers are the key/value head that the
-  named query head reads.
+  named query head reads. Both steps share one forward: its rows are step 1's (sender set, sample)
+  runs and step 2's (sender set, sample, receiver set) runs, going through the layers together, and
+  at a receiver's hook each step-2 row takes its step-1 row's value from that same call.
+* **One cached forward per prompt set**: the first time a run (clean, corrupted, reference) is
+  needed, every node's hook (each layer's ``attn.hook_z`` and ``hook_mlp_out``) is recorded, so the
+  sources of every later set, path and ablation come from that forward; the all-ablated run is kept
+  per ablation.
 
 Values come back raw (patched logit differences m = logit[expect] − logit[foil] at the last
 position, float64 on the CPU); :func:`normalize` turns them into the claims' fractions.
@@ -121,6 +127,8 @@ class CircuitPatcher:
         d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d)
         n = self.n_positions
         per_row = n * (10 * d + 2 * d_mlp + 2 * self.n_heads * n + int(cfg.d_vocab)) * 4
+        if "unembed.hook_in" in getattr(self.model, "hook_dict", {}):  # _last_only: one position unembedded
+            per_row -= (n - 1) * int(cfg.d_vocab) * 4
         return rows_within_budget(self, per_row, MAX_ROWS)
 
     def kv_head(self, head: int) -> int:
@@ -137,8 +145,16 @@ class CircuitPatcher:
 
         return [("hook_embed", add_noise)]
 
+    def node_hooks(self) -> list[str]:
+        """Every node's hook: each layer's head outputs (``attn.hook_z``) and MLP output (``hook_mlp_out``)."""
+        return [self._hook(c, layer) for layer in range(self.n_layers) for c in ("heads", "mlp_out")]
+
     def _unpatched(self, run: str, names: Sequence[str]) -> None:
-        """Cache the activations ``names`` of every prompt of ``run`` (and its metrics), on the device."""
+        """Cache the activations ``names`` of every prompt of ``run`` (and its metrics), on the device.
+
+        One forward per prompt set: the first forward of a run records every node's hook
+        (:meth:`node_hooks`) besides ``names``, so the sources of every node set, path and ablation a
+        behavior's claims ask for later come from that one forward."""
         if run not in self.tokens:
             raise InterpError(
                 f"no {run} prompts to run" + (": the behavior has no corruption" if run == "corrupt" else "")
@@ -146,6 +162,7 @@ class CircuitPatcher:
         missing = [nm for nm in names if (run, nm) not in self._acts]
         if not missing and (run == "reference" or run in self._metrics):
             return
+        missing += [nm for nm in self.node_hooks() if (run, nm) not in self._acts and nm not in missing]
         tokens = self.tokens[run]
         wanted = set(missing)
         parts: dict[str, list] = {nm: [] for nm in missing}
@@ -346,58 +363,71 @@ class CircuitPatcher:
                 if component not in ("heads", "mlp_out"):
                     raise InterpError(f"path senders are heads and mlp_out, not {component!r}")
         receivers = sorted({r for rs in receiver_sets for r in rs})
-        names = sorted({self._receiver_hook(r) for r in receivers})
-        logits = any(r[0] == "logits" for r in receivers)
-        stop = None if logits else max(self._check_layer(r[1]) for r in receivers) + 1
-        if stop is not None and stop >= self.n_layers:
-            stop = None
+        stop = None if any(r[0] == "logits" for r in receivers) else max(self._check_layer(r[1]) for r in receivers)
 
-        # step 1: senders from the source, every other head frozen at the base run; record receivers
+        # One forward per batch holds both steps: "sender" rows (step 1: the base with the senders'
+        # outputs from the source and every other head's output frozen at the base run) and "receiver"
+        # rows (step 2: the base run). The rows go through the layers together, so at each receiver's
+        # hook a receiver row takes its sender row's value, computed in that same call. Nothing else of a
+        # receiver row is touched, and a sender row is read only at the receivers' hooks.
         masks = self._masks(sender_sets, complement=False)
         self._unpatched(base, [])
         z_names = [self._hook("heads", layer) for layer in range(self.n_layers)]
+        if stop is not None:  # heads after the last receiver cannot reach it
+            z_names = z_names[: stop + 1]
         base_z = {name: self.source(base, name) for name in z_names}
         sources = {name: self.source(source, name) for name in masks}
-        recorded: dict[str, list] = {name: [] for name in names}
-        with torch.inference_mode():
-            for samples, set_index in self._rows(len(sender_sets)):
-                hooks = []
-                for name in z_names:
-                    frozen = base_z[name][samples]
-                    if name in masks:
-                        hooks.append(
-                            (
-                                name,
-                                _replace_hook(
-                                    torch.where(masks[name][set_index][..., None], sources[name][samples], frozen)
-                                ),
-                            )
-                        )
-                    else:
-                        hooks.append((name, _replace_hook(frozen)))
-                for name in masks:
-                    if name not in base_z:  # MLP senders: the rest recomputes
-                        hooks.append((name, _where_hook(masks[name][set_index], sources[name][samples])))
-                _, rec = self._forward(base, samples, hooks, record=names, stop_at_layer=stop)
-                for name in names:
-                    recorded[name].append(rec[name])
-        step1 = {name: torch.cat(parts) for name, parts in recorded.items()}  # row = set * S + sample
-
-        # step 2: the base run with only the receivers' inputs replaced by the recorded values
         rmasks = self._receiver_masks(receiver_sets)
         n_rs = len(receiver_sets)
-        rows = [(i, s, r) for i in range(len(sender_sets)) for r in range(n_rs) for s in range(S)]
-        out = torch.empty(len(rows), dtype=torch.float32, device="cpu")
+        out = torch.empty(len(sender_sets), n_rs, S, dtype=torch.float32, device="cpu")
         with torch.inference_mode():
-            for start in range(0, len(rows), self.rows_per_batch):
-                chunk = rows[start : start + self.rows_per_batch]
-                samples = torch.tensor([s for _, s, _ in chunk], dtype=torch.long, device=self.device)
-                step1_rows = torch.tensor([i * S + s for i, s, _ in chunk], dtype=torch.long, device=self.device)
-                rset = torch.tensor([r for _, _, r in chunk], dtype=torch.long, device=self.device)
-                hooks = [(name, _where_hook(rmasks[name][rset], step1[name][step1_rows])) for name in rmasks]
+            for senders, receivers_ in self._path_batches(len(sender_sets), n_rs):
+                # senders: [(set i, sample s)]; receivers_: [(i, s, receiver set r, index of (i, s) in senders)]
+                k = len(senders)
+                send_samples = torch.tensor([s for _, s in senders], dtype=torch.long, device=self.device)
+                send_set = torch.tensor([i for i, _ in senders], dtype=torch.long, device=self.device)
+                recv_samples = torch.tensor([s for _, s, _, _ in receivers_], dtype=torch.long, device=self.device)
+                recv_set = torch.tensor([r for _, _, r, _ in receivers_], dtype=torch.long, device=self.device)
+                from_row = torch.tensor([a for _, _, _, a in receivers_], dtype=torch.long, device=self.device)
+                samples = torch.cat([send_samples, recv_samples])
+                hooks = []
+                for name in z_names:
+                    frozen = base_z[name][send_samples]
+                    if name in masks:
+                        frozen = torch.where(masks[name][send_set][..., None], sources[name][send_samples], frozen)
+                    hooks.append((name, _rows_hook(k, frozen)))
+                for name in masks:
+                    if name not in base_z:  # MLP senders: the rest recomputes
+                        hooks.append((name, _rows_hook(k, None, masks[name][send_set], sources[name][send_samples])))
+                hooks += [(name, _receive_hook(k, rmasks[name][recv_set], from_row)) for name in rmasks]
                 metric, _ = self._forward(base, samples, hooks)
-                out[start : start + len(chunk)] = metric.float().cpu()
-        return out.reshape(len(sender_sets), n_rs, S).permute(2, 0, 1).double()
+                values = metric.float().cpu()[k:]
+                for (i, s, r, _), v in zip(receivers_, values.tolist()):
+                    out[i, r, s] = v
+        return out.permute(2, 0, 1).double()
+
+    def _path_batches(self, n_senders: int, n_receivers: int):
+        """Rows of the fused path forwards, at most :attr:`rows_per_batch` each (at least two: a step-2 row
+        needs its step-1 row in the same forward, so ``batch_size=1`` gives two-row path forwards): the
+        (sender set, sample) rows of step 1 and, after them, the (sender set, sample, receiver set) rows
+        that read them."""
+        budget = max(2, self.rows_per_batch)
+        senders: list[tuple[int, int]] = []
+        index: dict[tuple[int, int], int] = {}
+        receivers: list[tuple[int, int, int, int]] = []
+        for i in range(n_senders):
+            for s in range(self.n_samples):
+                for r in range(n_receivers):
+                    need = 1 + (0 if (i, s) in index else 1)
+                    if len(senders) + len(receivers) + need > budget and receivers:
+                        yield senders, receivers
+                        senders, index, receivers = [], {}, []
+                    if (i, s) not in index:
+                        index[(i, s)] = len(senders)
+                        senders.append((i, s))
+                    receivers.append((i, s, r, index[(i, s)]))
+        if receivers:
+            yield senders, receivers
 
     def _receiver_hook(self, receiver: tuple) -> str:
         kind = receiver[0]
@@ -441,8 +471,15 @@ class CircuitPatcher:
 
     def faithfulness(self, kept_sets: Sequence[Sequence[tuple]], ablation: str) -> torch.Tensor:
         """(m_C − m_∅) / (m_clean − m_∅) [S, len(kept_sets)] for each kept node set C, everything outside
-        it ablated by ``ablation`` (resample, mean or zero)."""
-        m_c = self.patch_sets(kept_sets, "clean", ablation, complement=True)
+        it ablated by ``ablation`` (resample, mean or zero). The all-ablated run m_∅ is computed once per
+        ablation, in the same forwards as the first sets asked for."""
+        kept_sets = [tuple(edits) for edits in kept_sets]
+        key = ("empty", ablation)
+        if key not in self._memo:
+            both = self.patch_sets([()] + kept_sets, "clean", ablation, complement=True)
+            self._memo[key], m_c = both[:, 0], both[:, 1:]
+        else:
+            m_c = self.patch_sets(kept_sets, "clean", ablation, complement=True)
         empty = self.all_ablated(ablation)[:, None]
         clean = self.metrics("clean")[:, None]
         return (m_c - empty) / (clean - empty)
@@ -457,8 +494,22 @@ def _where_hook(mask: torch.Tensor, src: torch.Tensor):
     return hook
 
 
-def _replace_hook(values: torch.Tensor):
+def _rows_hook(k: int, values, mask=None, src=None):
+    """The first ``k`` rows: replaced by ``values`` (or by ``src`` where ``mask``); the rest untouched."""
+
     def hook(act, hook=None):
-        return values.to(act.dtype)
+        head = act[:k]
+        new = values.to(act.dtype) if values is not None else torch.where(mask[..., None], src.to(act.dtype), head)
+        return torch.cat([new, act[k:]])
+
+    return hook
+
+
+def _receive_hook(k: int, mask: torch.Tensor, from_row: torch.Tensor):
+    """Rows after the first ``k``: where ``mask``, the value of sender row ``from_row`` (this same call)."""
+
+    def hook(act, hook=None):
+        tail = act[k:]
+        return torch.cat([act[:k], torch.where(mask[..., None], act[from_row], tail)])
 
     return hook
