@@ -44,6 +44,7 @@ from interptest.patching import Patcher  # noqa: E402
 from interptest.patching.paths import CircuitPatcher, normalize  # noqa: E402
 from interptest.running import Run  # noqa: E402
 from interptest.spec import parse_behavior  # noqa: E402
+from interptest.tl_compat import tl_version_tuple  # noqa: E402
 
 ARCHS = archmodels.ARCHITECTURES
 # no attention, value or norm biases anywhere before the residual add: the heads alone sum to attn_out
@@ -63,10 +64,34 @@ TL_FN = {
 }
 
 
-def model_for(name: str):
+# What TransformerLens 3.x's bridge (3.2.1, with transformers 4.57) gets wrong on these families, measured:
+# the test that would fail for the bridge's reason, not interptest's, is skipped with it (on 4.x all run).
+_OLMO2 = (
+    "TransformerLens 3.x maps OLMo 2's post-attention/post-MLP norms to ln1/ln2 and hooks attn_out before its "
+    "norm: resid_post - (resid_pre + attn_out + mlp_out) is 21.3 on layer 0, so direct() refuses"
+)
+TL3_GAPS = {
+    ("stablelm", "*"): "TransformerLens 3.x's StableLM bridge fails in the forward with transformers 4.57 "
+    "(TypeError: '>' not supported between instances of 'Dropout' and 'float')",
+    ("bloom", "direct"): "TransformerLens 3.x hooks Bloom's attn_out/mlp_out after Bloom's in-module residual "
+    "add: resid_post - (resid_pre + attn_out + mlp_out) is 12.4 on layer 0, so direct() refuses",
+    ("olmo2", "direct"): _OLMO2,
+    ("olmo2", "path"): _OLMO2,
+    ("opt", "direct"): "TransformerLens 3.x's OPT bridge exposes no hook_mlp_out (direct() is refused at binding)",
+    ("opt", "path"): "TransformerLens 3.x's OPT bridge exposes no hook_mlp_out (an MLP node)",
+    ("opt", "patching"): "TransformerLens 3.x's OPT hook_resid_mid is not the residual between attention and "
+    "MLP (patching it with transformer_lens.patching and with interptest's hooks disagree by 2.6)",
+}
+
+
+def model_for(name: str, uses: str = ""):
     why = archmodels.missing(name)
     if why:
         pytest.skip(why)
+    if tl_version_tuple() < (4,):
+        gap = TL3_GAPS.get((name, "*")) or TL3_GAPS.get((name, uses))
+        if gap:
+            pytest.skip(gap)
     return archmodels.model(name)
 
 
@@ -103,7 +128,7 @@ def soft_cap(model) -> float | None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_claim_kind_runs(arch):
-    model = model_for(arch)
+    model = model_for(arch, "direct")
     claims = [
         "logit_diff >= -1000",
         "heads[0.1, 1.2] together breaks >= -100",
@@ -129,7 +154,7 @@ def test_every_claim_kind_runs(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_direct_decomposition_is_complete_and_heads_sum_to_attn_out(arch):
-    model = model_for(arch)
+    model = model_for(arch, "direct")
     with torch.inference_mode():
         run = Run(bind_behavior(parse_behavior({**behavior(arch), "claims": []}), model))
         effects = direct_effects(run)
@@ -187,7 +212,7 @@ def test_lens_of_the_last_residual_is_the_models_prediction(arch):
 def test_patching_equals_transformer_lens(arch):
     from transformer_lens import patching as tlp
 
-    model = model_for(arch)
+    model = model_for(arch, "patching")
     spec = behavior(arch)
     clean, corrupt = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
     e, f = (model.to_single_token(spec[k]) for k in ("expect", "foil"))
@@ -214,7 +239,7 @@ def test_patching_equals_transformer_lens(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_path_and_circuit_values_equal_the_one_forward_reference(arch):
-    model = model_for(arch)
+    model = model_for(arch, "path")
     clean, corrupt, expect, foil, reference = inputs(model, S=1, n=7)
     engine = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference)
     senders = [[("heads", (0, 1, None))], [("heads", (0, 0, None)), ("mlp_out", (0, None))]]
@@ -353,7 +378,7 @@ def test_results_say_which_engine_ran_and_why_the_fast_one_declined(arch, engine
     from interptest.results import behavior_record, claim_lines
 
     spec = {**behavior(arch), "claims": ["heads[0.1] breaks >= -100", "path heads[0.1] -> logits recovers >= -100"]}
-    result = check_behavior(spec, model_for(arch), raise_on_failure=False)
+    result = check_behavior(spec, model_for(arch, "path"), raise_on_failure=False)
     record = behavior_record(parse_behavior(spec), "test::b", arch, result=result)
     why = "" if engine == "fast" else "architecture OPTForCausalLM not covered by the fast engine"
     assert record["engine"] == {"patching": engine, "why": why, "circuits": "hooks"}
@@ -362,6 +387,6 @@ def test_results_say_which_engine_ran_and_why_the_fast_one_declined(arch, engine
     write_report([record], str(tmp_path), version="test")
     assert f"<dt>engine</dt><dd>{line.split('engine   ')[1]}</dd>" in (tmp_path / "report.html").read_text()
     unpatched = check_behavior(
-        {**spec, "claims": ["direct(heads[0.1]) >= -1000"]}, model_for(arch), raise_on_failure=False
+        {**spec, "claims": ["direct(heads[0.1]) >= -1000"]}, model_for(arch, "path"), raise_on_failure=False
     )
     assert unpatched.engine is None

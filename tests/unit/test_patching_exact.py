@@ -234,13 +234,18 @@ def draw_cells(data, component, L, H, n, k):
 
 def check_sample(bp, s, got_raw, ref_raw, what):
     """The bound of the module docstring: 1e-5 on normalized values while |Δm| >= 0.5, else on the raw
-    logit difference (5e-6 = 1e-5 * 0.5)."""
+    logit difference: 5e-6 (= 1e-5 * 0.5) per unit of its size, float32 rounding being relative. Measured
+    (transformers 5.25, Llama, a resid_pre sweep whose metric reaches 5.39 with |Δm| = 0.27): against a
+    float64 run, TransformerLens's own float32 sweep is 1.16e-5 off and the fast engine 1.79e-5, 1.05e-5
+    apart; an absolute 5e-6 asked the two float32 results for more than either has."""
     mc, mx = float(bp.clean_metrics[s]), float(bp.corrupt_metrics[s])
-    raw_err = float((torch.as_tensor(got_raw).double() - torch.as_tensor(ref_raw).double()).abs().max())
+    ref = torch.as_tensor(ref_raw).double()
+    raw_err = float((torch.as_tensor(got_raw).double() - ref).abs().max())
     if abs(mc - mx) >= 0.5:
         assert raw_err / abs(mc - mx) <= TOL, (what, s, raw_err, mc - mx)
     else:
-        assert raw_err <= TOL * 0.5, (what, s, raw_err, mc - mx)
+        size = max(1.0, float(ref.abs().max()), abs(mc), abs(mx))
+        assert raw_err <= TOL * 0.5 * size, (what, s, raw_err, mc - mx, size)
 
 
 @pytest.mark.parametrize("arch", tinymodels.ARCHS)

@@ -64,15 +64,15 @@ def build(hf) -> Arch:
         )
     head = raw(hf.lm_head)
 
-    # Gemma's sqrt(d_model): transformers 5 scales inside the embedding module (its output is hook_embed);
-    # transformers 4 scales in GemmaModel.forward, after the module, so after hook_embed's noise too
-    after = None
+    # Gemma's sqrt(d_model): transformers 5 scales inside the embedding module, transformers 4 in
+    # GemmaModel.forward after it; hook_embed (where noise goes) is after the scale on both (TL 4.3 and 3.2.1)
+    scale = None
     if type(hf).__name__.startswith("Gemma") and not hasattr(emb, "embed_scale"):
-        after = cfg.hidden_size**0.5
+        scale = cfg.hidden_size**0.5
 
-    def embed(tokens, pos, noise=None):  # hook_embed is the embedding module's output
-        x = add_noise(emb(tokens), noise)
-        return x if after is None else x * torch.tensor(after, dtype=x.dtype)
+    def embed(tokens, pos, noise=None):
+        x = emb(tokens)
+        return add_noise(x if scale is None else x * torch.tensor(scale, dtype=x.dtype), noise)
 
     name = type(hf).__name__.removesuffix("ForCausalLM").lower()
     arch = Arch(
