@@ -129,17 +129,19 @@ def soft_cap(model) -> float | None:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_claim_kind_runs(arch):
     model = model_for(arch, "direct")
+    # Loose bounds that can still fail (issue 20 refuses claims that cannot be false): every kind must run and
+    # measure a finite value here; the verdicts are not the point.
     claims = [
         "logit_diff >= -1000",
         "heads[0.1, 1.2] together breaks >= -100",
         "resid_pre[1, -1] recovers >= -100",
-        "attn[1.2] from -1 to 0 >= 0",
-        "previous_token_score(heads[0.0]) >= 0",
+        "attn[1.2] from -1 to 0 <= 0.999",
+        "previous_token_score(heads[0.0]) <= 0.999",
         "direct(heads[0.1]) >= -1000",
         "direct(attn_out[0:2]) together >= -1000 of logit_diff",
         "direct(mlp_out[elsewhere]) <= 1000",
         "direct(mlp_out[0]) <= 1000",
-        "lens(resid_pre[1], -1) rank(' the') >= 1",
+        "lens(resid_pre[1], -1) rank(' the') <= 1000000",
         "path heads[0.1] + mlp_out[0] -> heads[1.0].k + mlp_in[1] recovers >= -100",
         "circuit heads[0.1, 1.2] + mlp_out[0] faithful >= -100 ablate mean",
     ]
@@ -198,7 +200,7 @@ def test_lens_of_the_last_residual_is_the_models_prediction(arch):
     last = model.cfg.n_layers - 1
     claims = [
         f"lens(resid_post[{last}], -1) logit_diff >= -1000",
-        f"lens(resid_post[{last}], -1) prob({spec['expect']!r}) >= 0",
+        f"lens(resid_post[{last}], -1) prob({spec['expect']!r}) <= 0.999",
     ]
     result = check_behavior({**spec, "claims": claims}, model, raise_on_failure=False)
     with torch.inference_mode():
