@@ -145,6 +145,18 @@ def test_direct_effects_are_complete_and_equal_transformer_lens_in_compatibility
         stack = cache.apply_ln_to_stack(cache.stack_head_results(layer=-1, pos_slice=-1), layer=-1, pos_slice=-1)
         e, f = folded.to_single_token(" the"), folded.to_single_token(" on")
         expected = (stack @ (folded.W_U[:, e] - folded.W_U[:, f]))[:, 0].double()
+        # TransformerLens's reference is only a reference where its stacked W_O reproduces its own attention
+        # output: TL 3.2.1's bridge reads a square nn.Linear output projection as Conv1D's layout (per-head W_O
+        # transposed; measured 14.4 on NeoX), which direct() no longer relies on.
+        z = cache["blocks.0.attn.hook_z"][0, -1]
+        own = torch.einsum("hk,hkd->d", z, folded.W_O[0])
+        try:
+            own = own + folded.b_O[0]
+        except (AttributeError, TypeError):  # a bias-free model: the bridge raises instead of giving zeros
+            pass
+        off = float((own - cache["blocks.0.hook_attn_out"][0, -1]).abs().max())
+    if off > 1e-3:
+        pytest.skip(f"this TransformerLens's stacked W_O does not reproduce its own attn_out ({off:.3g} off)")
     assert float((expected - effects["heads"][0].reshape(-1)).abs().max()) <= 1e-5
     # ... and interptest's own numbers do not depend on the folding.
     with torch.inference_mode():
