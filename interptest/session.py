@@ -88,22 +88,21 @@ class Options:
     def seconds(value, option: str) -> float | None:
         if value is None or value == "":
             return None
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = -1.0
-        if not number >= 0:
-            raise OptionError(f"{option}: invalid value {value!r}; expected a number of seconds >= 0")
-        return number
+        return Options.non_negative(value, option, "a number of seconds >= 0")
 
     @staticmethod
     def tolerance(value) -> float:
+        return Options.non_negative(value, "--interp-baseline-tolerance", "a number >= 0")
+
+    @staticmethod
+    def non_negative(value, option: str, expected: str) -> float:
+        """``value`` as a float >= 0 (NaN refused); an OptionError naming ``option`` and ``expected`` otherwise."""
         try:
             number = float(value)
         except (TypeError, ValueError):
             number = -1.0
         if not number >= 0:
-            raise OptionError(f"--interp-baseline-tolerance: invalid value {value!r}; expected a number >= 0")
+            raise OptionError(f"{option}: invalid value {value!r}; expected {expected}")
         return number
 
     @staticmethod
