@@ -1,0 +1,370 @@
+"""Edge ablation: circuits stated as edges between nodes (ACDC, EAP / EAP-IG, MIB's interchange).
+
+Nodes are the ``input`` (the embeddings: ``blocks.0.hook_resid_pre``), each attention head (its
+output z_h · W_O[h], read at ``attn.hook_z``), each MLP (``hook_mlp_out``) and the ``logits``.
+Every *receiver* input — a head's query, key or value input, an MLP's input, the final residual that
+the logits read — is the embedding plus the sum of its senders' outputs (plus the attention output
+biases, which belong to no node). A sender whose edge to that receiver is in the circuit contributes
+its output *in this run*; one whose edge is not contributes its ablated output (``resample``: its
+value on the corrupted prompt; ``mean``: its mean over the reference prompts, else over the clean
+samples; ``zero``), at every position. Each receiver then applies its own normalization to its
+rebuilt residual. m_C is the metric of that run, m_∅ the run with no edge at all (every receiver
+reads the fully ablated residual), and the faithfulness (m_C − m_∅) / (m_clean − m_∅).
+
+The senders of a receiver are the nodes whose output is in its residual: for a head of layer L the
+input, the heads and MLPs of layers < L; for the MLP of layer L also the heads of layer L (sequential
+blocks; parallel attention/MLP blocks, as NeoX, have no head → MLP edge inside a layer); for the
+logits every node. On grouped-query models the key and value inputs belong to the key/value heads:
+``a{L}.h{H}<k>`` names the key input of the key/value head that query head H reads, shared by the
+query heads of its group.
+
+How one forward computes many circuits exactly: the model's residual in a run is the embedding plus
+every sender's *actual* output, so a receiver's input is that residual minus, for each sender whose
+edge is absent, (its output in this run − its ablated output); the differences D_s are recorded at
+the senders' hooks of the same forward. MLP inputs (``ln2.hook_in``, which feeds only the MLP's
+norm) and the final residual (``ln_final.hook_in``) are rewritten in place. A head's q, k and v
+inputs differ per head, so each (circuit, sample) *unit* carries H + 2·H_kv helper rows: at layer L
+helper j's attention input (``ln1.hook_in``, feeding only the attention's norm) is set to receiver j's
+rebuilt residual, and the unit's main row takes head h's query (key, value) at ``attn.hook_q`` (``k``,
+``v``) from its helper. A helper row is read nowhere else. Units of several circuits and samples are
+stacked per forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from interptest.errors import InterpError
+from interptest.patching.paths import ABLATIONS, CircuitPatcher
+from interptest.tl_compat import hook_for
+
+__all__ = ["EdgePatcher", "Sender", "Receiver", "Edge", "edge_patcher"]
+
+
+@dataclass(frozen=True, order=True)
+class Sender:
+    """``input`` (layer -1), a head ``a{L}.h{H}`` or an MLP ``m{L}`` (head None)."""
+
+    kind: str  # input | head | mlp
+    layer: int = -1
+    head: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "input":
+            return "input"
+        return f"a{self.layer}.h{self.head}" if self.kind == "head" else f"m{self.layer}"
+
+
+@dataclass(frozen=True, order=True)
+class Receiver:
+    """A head's ``q``/``k``/``v`` input, an MLP's input ``mlp`` or the ``logits`` (layer = n_layers)."""
+
+    kind: str  # q | k | v | mlp | logits
+    layer: int
+    head: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "logits":
+            return "logits"
+        if self.kind == "mlp":
+            return f"m{self.layer}"
+        return f"a{self.layer}.h{self.head}<{self.kind}>"
+
+
+@dataclass(frozen=True, order=True)
+class Edge:
+    sender: Sender
+    receiver: Receiver
+
+    @property
+    def name(self) -> str:
+        return f"{self.sender.name}->{self.receiver.name}"
+
+
+def edge_patcher(patcher: CircuitPatcher) -> EdgePatcher:
+    """The edge engine sharing ``patcher``'s prompts and cached runs (one per circuit engine)."""
+    key = ("edge-engine",)
+    if key not in patcher._memo:
+        patcher._memo[key] = EdgePatcher(patcher)
+    return patcher._memo[key]
+
+
+class EdgePatcher:
+    """Edge circuits over a :class:`CircuitPatcher`'s S prompt pairs (its sources, metrics and rows)."""
+
+    def __init__(self, patcher: CircuitPatcher):
+        self.p = patcher
+        model = patcher.model
+        cfg = model.cfg
+        self.n_layers, self.H, self.K = patcher.n_layers, patcher.n_heads, patcher.n_kv
+        self.parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
+        self.n_senders = 1 + self.n_layers * (self.H + 1)
+        self.per_layer = self.H + 2 * self.K + 1  # receivers of one layer: q heads, k and v heads, the MLP
+        self.n_receivers = self.n_layers * self.per_layer + 1
+        self._W_O: list[torch.Tensor] | None = None
+        self._memo: dict = {}
+
+    # ---- the vocabulary ----------------------------------------------------------------------
+
+    def sender_index(self, s: Sender) -> int:
+        if s.kind == "input":
+            return 0
+        base = 1 + s.layer * (self.H + 1)
+        return base + (s.head if s.kind == "head" else self.H)
+
+    def receiver_index(self, r: Receiver) -> int:
+        if r.kind == "logits":
+            return self.n_layers * self.per_layer
+        base = r.layer * self.per_layer
+        if r.kind == "q":
+            return base + r.head
+        if r.kind == "k":
+            return base + self.H + self.p.kv_head(r.head)
+        if r.kind == "v":
+            return base + self.H + self.K + self.p.kv_head(r.head)
+        return base + self.H + 2 * self.K
+
+    def problem(self, edge: Edge) -> str | None:
+        """Why ``edge`` is not an edge of this model (None when it is)."""
+        s, r = edge.sender, edge.receiver
+        for node, what in ((s, "sender"), (r, "receiver")):
+            if node.kind == "logits" or node.kind == "input":
+                continue
+            if not 0 <= node.layer < self.n_layers:
+                return (
+                    f"its {what} {node.name} is at layer {node.layer}, but the model has layers 0 to "
+                    f"{self.n_layers - 1}"
+                )
+            if node.head is not None and not 0 <= node.head < self.H:
+                return f"its {what} {node.name} names head {node.head}, but each layer has heads 0 to {self.H - 1}"
+        if r.kind in ("q", "k", "v") and r.head is None:
+            return "a head receives through its query, key or value input: write <q>, <k> or <v> after it"
+        if s.kind == "input":
+            return None
+        if r.kind == "logits":
+            return None
+        same_layer_ok = r.kind == "mlp" and s.kind == "head" and not self.parallel
+        if s.layer < r.layer or (s.layer == r.layer and same_layer_ok):
+            return None
+        where = "at" if s.layer == r.layer else "after"
+        extra = ""
+        if s.layer == r.layer and self.parallel:
+            extra = " (parallel blocks: the layer's attention and MLP read the same residual)"
+        return (
+            f"its sender {s.name} is {where} its receiver's layer {r.layer}: a sender must come before its "
+            f"receiver{extra}"
+        )
+
+    def check(self, edge: Edge) -> None:
+        problem = self.problem(edge)
+        if problem:
+            raise InterpError(f"{edge.name} is not an edge of this model: {problem}")
+
+    def receivers(self) -> list[Receiver]:
+        """Every receiver, k/v named by the first query head of each key/value group."""
+        group = self.H // self.K
+        out: list[Receiver] = []
+        for layer in range(self.n_layers):
+            out += [Receiver("q", layer, h) for h in range(self.H)]
+            out += [Receiver(kind, layer, g * group) for kind in ("k", "v") for g in range(self.K)]
+            out.append(Receiver("mlp", layer))
+        return out + [Receiver("logits", self.n_layers)]
+
+    def senders(self) -> list[Sender]:
+        out = [Sender("input")]
+        for layer in range(self.n_layers):
+            out += [Sender("head", layer, h) for h in range(self.H)] + [Sender("mlp", layer)]
+        return out
+
+    def edges(self) -> list[Edge]:
+        """Every edge of the model (its real edges), in a fixed order."""
+        return [Edge(s, r) for r in self.receivers() for s in self.senders() if self.problem(Edge(s, r)) is None]
+
+    # ---- masks ------------------------------------------------------------------------------
+
+    def _mask(self, edges: Sequence[Edge]) -> torch.Tensor:
+        """bool [receivers, senders]: True where the edge is in the circuit."""
+        m = torch.zeros(self.n_receivers, self.n_senders, dtype=torch.bool, device="cpu")
+        for e in edges:
+            self.check(e)
+            m[self.receiver_index(e.receiver), self.sender_index(e.sender)] = True
+        return m
+
+    # ---- sources ----------------------------------------------------------------------------
+
+    def _w_o(self) -> list[torch.Tensor]:
+        """W_O per layer [H, d_head, d_model], checked against the model's own attention output."""
+        if self._W_O is None:
+            ws = []
+            for layer in range(self.n_layers):
+                attn = self.p.model.blocks[layer].attn
+                w = attn.W_O.detach().to(self.p.device)
+                z = self.p.source("clean", f"blocks.{layer}.attn.hook_z")
+                out = self.p.source("clean", f"blocks.{layer}.hook_attn_out")
+                b = getattr(attn, "b_O", None)
+                rebuilt = torch.einsum("snhe,hed->snd", z, w.to(z.dtype)) + (0 if b is None else b.detach().to(z))
+                err = float((rebuilt - out).abs().max())
+                scale = float(out.abs().max()) + 1.0
+                if not err <= 1e-4 * scale:
+                    raise InterpError(
+                        f"edge circuits need each head's output z·W_O: layer {layer}'s W_O does not rebuild its "
+                        f"attention output on this model (max |Δ| {err:.3g}); edge claims are not supported here"
+                    )
+                ws.append(w)
+            self._W_O = ws
+        return self._W_O
+
+    def _sources(self, ablation: str) -> dict:
+        if ablation not in ABLATIONS:
+            raise InterpError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
+        key = ("sources", ablation)
+        if key not in self._memo:
+            p = self.p
+            self._memo[key] = {
+                "input": p.source(ablation, "blocks.0.hook_resid_pre"),
+                "z": [p.source(ablation, f"blocks.{layer}.attn.hook_z") for layer in range(self.n_layers)],
+                "mlp": [p.source(ablation, f"blocks.{layer}.hook_mlp_out") for layer in range(self.n_layers)],
+            }
+        return self._memo[key]
+
+    # ---- the batched forward ----------------------------------------------------------------
+
+    def metrics(self, edge_sets: Sequence[Sequence[Edge]], ablation: str) -> torch.Tensor:
+        """Raw metrics m_C [S, len(edge_sets)] (float64, CPU): the clean run with each edge set kept and
+        every other edge ablated by ``ablation``."""
+        masks = [self._mask(edges) for edges in edge_sets]
+        S = self.p.n_samples
+        if not masks:
+            return torch.empty(S, 0, dtype=torch.float64, device="cpu")
+        self.p.metrics("clean")
+        src = self._sources(ablation)
+        w_o = self._w_o()
+        present = torch.stack(masks).to(self.p.device)  # [sets, R, senders]
+        helpers = self.H + 2 * self.K
+        units = [(j, s) for j in range(len(masks)) for s in range(S)]
+        per_forward = max(1, self.p.rows_per_batch // (1 + helpers))
+        out = torch.empty(len(masks), S, dtype=torch.float32, device="cpu")
+        with torch.inference_mode():
+            for start in range(0, len(units), per_forward):
+                chunk = units[start : start + per_forward]
+                sets = torch.tensor([j for j, _ in chunk], dtype=torch.long, device=self.p.device)
+                samples = torch.tensor([s for _, s in chunk], dtype=torch.long, device=self.p.device)
+                metric = self._forward(present[sets], samples, src, w_o, helpers)
+                for (j, s), v in zip(chunk, metric.float().cpu().tolist()):
+                    out[j, s] = v
+        return out.t().double()
+
+    def _forward(self, present, samples, src, w_o, helpers: int) -> torch.Tensor:
+        p = self.p
+        U, H, K = len(samples), self.H, self.K
+        n = p.n_positions
+        tokens = p.tokens["clean"][samples]
+        rows = torch.cat([tokens, tokens.repeat_interleave(helpers, dim=0)])
+        dtype = src["input"].dtype
+        d_model = src["input"].shape[-1]
+        D = torch.zeros(U, self.n_senders, n, d_model, dtype=dtype, device=p.device)
+        absent = (~present).to(dtype)  # [U, R, senders]
+
+        def delta(receivers: slice | int, prefix: int) -> torch.Tensor:
+            a = absent[:, receivers, :prefix]
+            if a.ndim == 2:
+                return torch.einsum("us,usnd->und", a, D[:, :prefix])
+            return torch.einsum("ujs,usnd->ujnd", a, D[:, :prefix])
+
+        def record_input(act, hook=None):
+            D[:, 0] = act[:U] - src["input"][samples].to(act.dtype)
+            return act
+
+        def record_z(layer: int):
+            base = 1 + layer * (H + 1)
+
+            def hook(act, hook=None):
+                diff = act[:U] - src["z"][layer][samples].to(act.dtype)
+                D[:, base : base + H] = torch.einsum("unhe,hed->uhnd", diff, w_o[layer].to(act.dtype))
+                return act
+
+            return hook
+
+        def record_mlp(layer: int):
+            index = 1 + layer * (H + 1) + H
+
+            def hook(act, hook=None):
+                D[:, index] = act[:U] - src["mlp"][layer][samples].to(act.dtype)
+                return act
+
+            return hook
+
+        def attn_inputs(layer: int):
+            first = layer * self.per_layer
+            prefix = 1 + layer * (H + 1)
+
+            def hook(act, hook=None):
+                resid = act[:U]
+                rebuilt = resid[:, None] - delta(slice(first, first + helpers), prefix).to(act.dtype)
+                return torch.cat([resid, rebuilt.reshape(U * helpers, *resid.shape[1:])])
+
+            return hook
+
+        def take(offset: int, width: int):
+            def hook(act, hook=None):
+                helper = act[U:].reshape(U, helpers, *act.shape[1:])[:, offset : offset + width]
+                # helper j's own head j: [U, width(j), n, width(h), d_head] -> diagonal over j == h
+                mine = torch.diagonal(helper, dim1=1, dim2=3).permute(0, 1, 3, 2)
+                return torch.cat([mine.to(act.dtype), act[U:]])
+
+            return hook
+
+        def mlp_input(layer: int):
+            r = layer * self.per_layer + H + 2 * K
+            prefix = 1 + layer * (H + 1) + (0 if self.parallel else H)
+
+            def hook(act, hook=None):
+                return torch.cat([act[:U] - delta(r, prefix).to(act.dtype), act[U:]])
+
+            return hook
+
+        def final_input(act, hook=None):
+            r = self.n_layers * self.per_layer
+            return torch.cat([act[:U] - delta(r, self.n_senders).to(act.dtype), act[U:]])
+
+        hooks: list = [("blocks.0.hook_resid_pre", record_input)]
+        for layer in range(self.n_layers):
+            hooks += [
+                (hook_for(p.model, f"blocks.{layer}.ln1.hook_in"), attn_inputs(layer)),
+                (f"blocks.{layer}.attn.hook_q", take(0, H)),
+                (f"blocks.{layer}.attn.hook_k", take(H, K)),
+                (f"blocks.{layer}.attn.hook_v", take(H + K, K)),
+                (f"blocks.{layer}.attn.hook_z", record_z(layer)),
+                (hook_for(p.model, f"blocks.{layer}.ln2.hook_in"), mlp_input(layer)),
+                (f"blocks.{layer}.hook_mlp_out", record_mlp(layer)),
+            ]
+        hooks.append((hook_for(p.model, "ln_final.hook_in"), final_input))
+        logits = p.model.run_with_hooks(rows, fwd_hooks=hooks + p._last_only())
+        return p._metric(logits[:U], samples)
+
+    # ---- what the claims read ---------------------------------------------------------------
+
+    def all_ablated(self, ablation: str) -> torch.Tensor:
+        """m_∅ [S]: no edge at all; memoized per ablation."""
+        key = ("empty", ablation)
+        if key not in self._memo:
+            self._memo[key] = self.metrics([()], ablation)[:, 0]
+        return self._memo[key].clone()
+
+    def faithfulness(self, edge_sets: Sequence[Sequence[Edge]], ablation: str) -> torch.Tensor:
+        """(m_C − m_∅) / (m_clean − m_∅) [S, len(edge_sets)]."""
+        key = ("empty", ablation)
+        sets = [tuple(e) for e in edge_sets]
+        if key not in self._memo:
+            both = self.metrics([()] + sets, ablation)
+            self._memo[key], m_c = both[:, 0], both[:, 1:]
+        else:
+            m_c = self.metrics(sets, ablation)
+        empty = self._memo[key][:, None]
+        clean = self.p.metrics("clean")[:, None]
+        return (m_c - empty) / (clean - empty)
