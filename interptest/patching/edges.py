@@ -18,16 +18,19 @@ logits every node. On grouped-query models the key and value inputs belong to th
 ``a{L}.h{H}<k>`` names the key input of the key/value head that query head H reads, shared by the
 query heads of its group.
 
-How one forward computes many circuits exactly: the model's residual in a run is the embedding plus
-every sender's *actual* output, so a receiver's input is that residual minus, for each sender whose
-edge is absent, (its output in this run − its ablated output); the differences D_s are recorded at
-the senders' hooks of the same forward. MLP inputs (``ln2.hook_in``, which feeds only the MLP's
-norm) and the final residual (``ln_final.hook_in``) are rewritten in place. A head's q, k and v
-inputs differ per head, so each (circuit, sample) *unit* carries H + 2·H_kv helper rows: at layer L
-helper j's attention input (``ln1.hook_in``, feeding only the attention's norm) is set to receiver j's
-rebuilt residual, and the unit's main row takes head h's query (key, value) at ``attn.hook_q`` (``k``,
-``v``) from its helper. A helper row is read nowhere else. Units of several circuits and samples are
-stacked per forward.
+How one forward computes many circuits exactly: a receiver's input is the *fully ablated* residual A
+(the ablated input plus every sender's ablated output plus the attention biases, computed once per
+ablation from the cached runs and checked to rebuild the model's own residual stream) plus, for each
+sender whose edge is present, D_s = its output in this run − its ablated output, recorded at the
+senders' hooks of the same forward. (Built up from A rather than down from the run's residual: a
+sparse circuit under ``zero`` has receivers whose input is exactly zero, and subtracting nearly all
+of a residual would leave rounding that the receiver's norm blows up.) MLP inputs (``ln2.hook_in``,
+which feeds only the MLP's norm) and the final residual (``ln_final.hook_in``) are rewritten in
+place. A head's q, k and v inputs differ per head, so each (circuit, sample) *unit* carries H +
+2·H_kv helper rows: at layer L helper j's attention input (``ln1.hook_in``, feeding only the
+attention's norm) is set to receiver j's rebuilt residual, and the unit's main row takes head h's
+query (key, value) at ``attn.hook_q`` (``k``, ``v``) from its helper. A helper row is read nowhere
+else. Units of several circuits and samples are stacked per forward.
 """
 
 from __future__ import annotations
@@ -115,18 +118,19 @@ class EdgePatcher:
         if s.kind == "input":
             return 0
         base = 1 + s.layer * (self.H + 1)
-        return base + (s.head if s.kind == "head" else self.H)
+        return base + (int(s.head or 0) if s.kind == "head" else self.H)
 
     def receiver_index(self, r: Receiver) -> int:
         if r.kind == "logits":
             return self.n_layers * self.per_layer
         base = r.layer * self.per_layer
+        head = int(r.head or 0)
         if r.kind == "q":
-            return base + r.head
+            return base + head
         if r.kind == "k":
-            return base + self.H + self.p.kv_head(r.head)
+            return base + self.H + self.p.kv_head(head)
         if r.kind == "v":
-            return base + self.H + self.K + self.p.kv_head(r.head)
+            return base + self.H + self.K + self.p.kv_head(head)
         return base + self.H + 2 * self.K
 
     def problem(self, edge: Edge) -> str | None:
@@ -225,12 +229,54 @@ class EdgePatcher:
         key = ("sources", ablation)
         if key not in self._memo:
             p = self.p
-            self._memo[key] = {
+            src = {
                 "input": p.source(ablation, "blocks.0.hook_resid_pre"),
                 "z": [p.source(ablation, f"blocks.{layer}.attn.hook_z") for layer in range(self.n_layers)],
                 "mlp": [p.source(ablation, f"blocks.{layer}.hook_mlp_out") for layer in range(self.n_layers)],
             }
+            src["base"] = self._residuals(src)
+            self._memo[key] = src
         return self._memo[key]
+
+    def _residuals(self, values: dict) -> dict:
+        """The residual each receiver group reads when every sender contributes ``values`` (the input's
+        value, each head's z, each MLP's output): {("attn", L) | ("mlp", L) | "final": [S, n, d]}."""
+        w_o = self._w_o()
+        out: dict = {}
+        resid = values["input"]
+        for layer in range(self.n_layers):
+            out[("attn", layer)] = resid
+            b = getattr(self.p.model.blocks[layer].attn, "b_O", None)
+            z = values["z"][layer]
+            attn = torch.einsum("snhe,hed->snd", z, w_o[layer].to(z.dtype))
+            if b is not None:
+                attn = attn + b.detach().to(attn)
+            out[("mlp", layer)] = resid if self.parallel else resid + attn
+            resid = resid + attn + values["mlp"][layer]
+        out["final"] = resid
+        return out
+
+    def _check_residuals(self) -> None:
+        """The clean run's residual stream is its embedding plus its heads' z·W_O, biases and MLP outputs
+        (else edge ablation cannot be stated on this model)."""
+        if "checked" in self._memo:
+            return
+        p = self.p
+        clean = {
+            "input": p.source("clean", "blocks.0.hook_resid_pre"),
+            "z": [p.source("clean", f"blocks.{layer}.attn.hook_z") for layer in range(self.n_layers)],
+            "mlp": [p.source("clean", f"blocks.{layer}.hook_mlp_out") for layer in range(self.n_layers)],
+        }
+        built = self._residuals(clean)
+        for layer in range(1, self.n_layers):
+            have = p.source("clean", f"blocks.{layer}.hook_resid_pre")
+            err = float((built[("attn", layer)] - have).abs().max())
+            if not err <= 1e-4 * (float(have.abs().max()) + 1.0):
+                raise InterpError(
+                    f"edge circuits need a residual stream that is the sum of its nodes' outputs; on this model "
+                    f"layer {layer}'s input differs from that sum by {err:.3g}: edge claims are not supported here"
+                )
+        self._memo["checked"] = True
 
     # ---- the batched forward ----------------------------------------------------------------
 
@@ -242,6 +288,7 @@ class EdgePatcher:
         if not masks:
             return torch.empty(S, 0, dtype=torch.float64, device="cpu")
         self.p.metrics("clean")
+        self._check_residuals()
         src = self._sources(ablation)
         w_o = self._w_o()
         present = torch.stack(masks).to(self.p.device)  # [sets, R, senders]
@@ -268,10 +315,11 @@ class EdgePatcher:
         dtype = src["input"].dtype
         d_model = src["input"].shape[-1]
         D = torch.zeros(U, self.n_senders, n, d_model, dtype=dtype, device=p.device)
-        absent = (~present).to(dtype)  # [U, R, senders]
+        kept_mask = present.to(dtype)  # [U, R, senders]
+        base = src["base"]
 
-        def delta(receivers: slice | int, prefix: int) -> torch.Tensor:
-            a = absent[:, receivers, :prefix]
+        def kept(receivers: slice | int, prefix: int) -> torch.Tensor:
+            a = kept_mask[:, receivers, :prefix]
             if a.ndim == 2:
                 return torch.einsum("us,usnd->und", a, D[:, :prefix])
             return torch.einsum("ujs,usnd->ujnd", a, D[:, :prefix])
@@ -305,7 +353,8 @@ class EdgePatcher:
 
             def hook(act, hook=None):
                 resid = act[:U]
-                rebuilt = resid[:, None] - delta(slice(first, first + helpers), prefix).to(act.dtype)
+                a = base[("attn", layer)][samples][:, None]
+                rebuilt = (a + kept(slice(first, first + helpers), prefix)).to(act.dtype)
                 return torch.cat([resid, rebuilt.reshape(U * helpers, *resid.shape[1:])])
 
             return hook
@@ -324,13 +373,15 @@ class EdgePatcher:
             prefix = 1 + layer * (H + 1) + (0 if self.parallel else H)
 
             def hook(act, hook=None):
-                return torch.cat([act[:U] - delta(r, prefix).to(act.dtype), act[U:]])
+                rebuilt = base[("mlp", layer)][samples] + kept(r, prefix)
+                return torch.cat([rebuilt.to(act.dtype), act[U:]])
 
             return hook
 
         def final_input(act, hook=None):
             r = self.n_layers * self.per_layer
-            return torch.cat([act[:U] - delta(r, self.n_senders).to(act.dtype), act[U:]])
+            rebuilt = base["final"][samples] + kept(r, self.n_senders)
+            return torch.cat([rebuilt.to(act.dtype), act[U:]])
 
         hooks: list = [("blocks.0.hook_resid_pre", record_input)]
         for layer in range(self.n_layers):
@@ -359,9 +410,9 @@ class EdgePatcher:
     def faithfulness(self, edge_sets: Sequence[Sequence[Edge]], ablation: str) -> torch.Tensor:
         """(m_C − m_∅) / (m_clean − m_∅) [S, len(edge_sets)]."""
         key = ("empty", ablation)
-        sets = [tuple(e) for e in edge_sets]
+        sets: list[tuple[Edge, ...]] = [tuple(e) for e in edge_sets]
         if key not in self._memo:
-            both = self.metrics([()] + sets, ablation)
+            both = self.metrics([(), *sets], ablation)
             self._memo[key], m_c = both[:, 0], both[:, 1:]
         else:
             m_c = self.metrics(sets, ablation)
