@@ -36,57 +36,15 @@ else. Units of several circuits and samples are stacked per forward.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from interptest.errors import InterpError
+from interptest.graphs import Edge, ModelShape, Receiver, Sender, edge_problem, model_edges, normal
 from interptest.patching.paths import ABLATIONS, CircuitPatcher
 from interptest.tl_compat import hook_for
 
-__all__ = ["EdgePatcher", "Sender", "Receiver", "Edge", "edge_patcher"]
-
-
-@dataclass(frozen=True, order=True)
-class Sender:
-    """``input`` (layer -1), a head ``a{L}.h{H}`` or an MLP ``m{L}`` (head None)."""
-
-    kind: str  # input | head | mlp
-    layer: int = -1
-    head: int | None = None
-
-    @property
-    def name(self) -> str:
-        if self.kind == "input":
-            return "input"
-        return f"a{self.layer}.h{self.head}" if self.kind == "head" else f"m{self.layer}"
-
-
-@dataclass(frozen=True, order=True)
-class Receiver:
-    """A head's ``q``/``k``/``v`` input, an MLP's input ``mlp`` or the ``logits`` (layer = n_layers)."""
-
-    kind: str  # q | k | v | mlp | logits
-    layer: int
-    head: int | None = None
-
-    @property
-    def name(self) -> str:
-        if self.kind == "logits":
-            return "logits"
-        if self.kind == "mlp":
-            return f"m{self.layer}"
-        return f"a{self.layer}.h{self.head}<{self.kind}>"
-
-
-@dataclass(frozen=True, order=True)
-class Edge:
-    sender: Sender
-    receiver: Receiver
-
-    @property
-    def name(self) -> str:
-        return f"{self.sender.name}->{self.receiver.name}"
+__all__ = ["Edge", "EdgePatcher", "Receiver", "Sender", "edge_patcher"]
 
 
 def edge_patcher(patcher: CircuitPatcher) -> EdgePatcher:
@@ -109,6 +67,7 @@ class EdgePatcher:
         self.n_senders = 1 + self.n_layers * (self.H + 1)
         self.per_layer = self.H + 2 * self.K + 1  # receivers of one layer: q heads, k and v heads, the MLP
         self.n_receivers = self.n_layers * self.per_layer + 1
+        self.shape = ModelShape(self.n_layers, self.H, self.K, self.parallel)
         self._W_O: list[torch.Tensor] | None = None
         self._memo: dict = {}
 
@@ -135,59 +94,16 @@ class EdgePatcher:
 
     def problem(self, edge: Edge) -> str | None:
         """Why ``edge`` is not an edge of this model (None when it is)."""
-        s, r = edge.sender, edge.receiver
-        for node, what in ((s, "sender"), (r, "receiver")):
-            if node.kind == "logits" or node.kind == "input":
-                continue
-            if not 0 <= node.layer < self.n_layers:
-                return (
-                    f"its {what} {node.name} is at layer {node.layer}, but the model has layers 0 to "
-                    f"{self.n_layers - 1}"
-                )
-            if node.head is not None and not 0 <= node.head < self.H:
-                return f"its {what} {node.name} names head {node.head}, but each layer has heads 0 to {self.H - 1}"
-        if r.kind in ("q", "k", "v") and r.head is None:
-            return "a head receives through its query, key or value input: write <q>, <k> or <v> after it"
-        if s.kind == "input":
-            return None
-        if r.kind == "logits":
-            return None
-        same_layer_ok = r.kind == "mlp" and s.kind == "head" and not self.parallel
-        if s.layer < r.layer or (s.layer == r.layer and same_layer_ok):
-            return None
-        where = "at" if s.layer == r.layer else "after"
-        extra = ""
-        if s.layer == r.layer and self.parallel:
-            extra = " (parallel blocks: the layer's attention and MLP read the same residual)"
-        return (
-            f"its sender {s.name} is {where} its receiver's layer {r.layer}: a sender must come before its "
-            f"receiver{extra}"
-        )
+        return edge_problem(edge, self.shape)
 
     def check(self, edge: Edge) -> None:
         problem = self.problem(edge)
         if problem:
             raise InterpError(f"{edge.name} is not an edge of this model: {problem}")
 
-    def receivers(self) -> list[Receiver]:
-        """Every receiver, k/v named by the first query head of each key/value group."""
-        group = self.H // self.K
-        out: list[Receiver] = []
-        for layer in range(self.n_layers):
-            out += [Receiver("q", layer, h) for h in range(self.H)]
-            out += [Receiver(kind, layer, g * group) for kind in ("k", "v") for g in range(self.K)]
-            out.append(Receiver("mlp", layer))
-        return out + [Receiver("logits", self.n_layers)]
-
-    def senders(self) -> list[Sender]:
-        out = [Sender("input")]
-        for layer in range(self.n_layers):
-            out += [Sender("head", layer, h) for h in range(self.H)] + [Sender("mlp", layer)]
-        return out
-
     def edges(self) -> list[Edge]:
-        """Every edge of the model (its real edges), in a fixed order."""
-        return [Edge(s, r) for r in self.receivers() for s in self.senders() if self.problem(Edge(s, r)) is None]
+        """Every edge of the model, k and v inputs once per key/value head (named by its first query head)."""
+        return model_edges(self.shape, per_query_head=False)
 
     # ---- masks ------------------------------------------------------------------------------
 
@@ -196,6 +112,7 @@ class EdgePatcher:
         m = torch.zeros(self.n_receivers, self.n_senders, dtype=torch.bool, device="cpu")
         for e in edges:
             self.check(e)
+            e = normal(e, self.shape)
             m[self.receiver_index(e.receiver), self.sender_index(e.sender)] = True
         return m
 

@@ -255,7 +255,7 @@ def test_edges_the_model_does_not_have(setup):
         Edge(Sender("mlp", 1), Receiver("mlp", 1)): "its sender m1 is at its receiver's layer 1",
         Edge(Sender("head", L, 0), Receiver("logits", L)): f"its sender a{L}.h0 is at layer {L}, but the model has",
         Edge(Sender("head", 0, H), Receiver("logits", L)): f"names head {H}, but each layer has heads 0 to {H - 1}",
-        Edge(Sender("input"), Receiver("q", 1, None)): "write <q>, <k> or <v> after it",
+        Edge(Sender("input"), Receiver("", 1, 0)): "write <q>, <k> or <v> after it",
     }
     for edge, text in bad.items():
         with pytest.raises(InterpError) as err:
