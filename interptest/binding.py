@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -308,6 +309,8 @@ def bind_samples(
         n_kv_heads=getattr(model.cfg, "n_key_value_heads", None),
         architecture=direct.architecture(model),
         unsupported=_unsupported(model),
+        spec_dir=os.path.dirname(os.path.abspath(spec.path)) if spec.path and not spec.path.startswith("<") else "",
+        parallel=bool(getattr(model.cfg, "parallel_attn_mlp", False)),
     )
     try:
         bound_claims = bind_all(list(spec.claims), context)

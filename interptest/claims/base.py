@@ -263,6 +263,8 @@ class BindContext:
     # what this architecture cannot support, and why: a component it lacks ("resid_mid") or a claim kind's
     # keyword ("direct"), decided at binding so a claim fails at collection, at its line
     unsupported: dict = field(default_factory=dict)
+    spec_dir: str = ""  # the spec file's folder: a claim's @file paths resolve next to it
+    parallel: bool = False  # parallel attention/MLP blocks (no head -> MLP edge within a layer)
 
     def not_exposed(self, component: str) -> str:
         """Why a claim cannot use ``component`` on this model: what it exposes instead, and the

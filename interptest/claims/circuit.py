@@ -29,6 +29,10 @@ from the corrupted run's only through the last token's embedding.
 
 from __future__ import annotations
 
+import itertools
+import math
+import os
+import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,8 +53,11 @@ from interptest.claims.controls import (
     sequential_control,
 )
 from interptest.claims.grammar import (
+    ClaimBindError,
     ClaimSyntaxError,
     Comparison,
+    EdgeSpec,
+    GraphRef,
     NodeSpec,
     Parser,
     RandomControl,
@@ -66,6 +73,16 @@ from interptest.claims.nodes import (
     node_variables,
     random_node_sets,
 )
+from interptest.graphs import (
+    Edge,
+    GraphFileError,
+    ModelShape,
+    Receiver,
+    edge_problem,
+    model_edges,
+    parse_edge,
+    read_graph,
+)
 
 MEASURES = ("faithful", "minimal")
 
@@ -74,7 +91,9 @@ MEASURES = ("faithful", "minimal")
 class BoundCircuit:
     claim: CircuitClaim
     nodes: tuple[Node, ...]
-    random_sets: int = 0  # how many node sets of the same composition exist besides this one
+    random_sets: int = 0  # how many node (edge) sets of the same composition (size) exist besides this one
+    edges: tuple[Edge, ...] = ()  # an edge circuit's edges (nodes is then empty)
+    universe: tuple[Edge, ...] = ()  # every edge of the model (an edge circuit's random control draws from it)
 
 
 @dataclass(frozen=True)
@@ -85,18 +104,36 @@ class CircuitClaim(Claim):
     comparison: Comparison
     ablation: str = "resample"
     random: RandomControl | None = None
+    edges: tuple[EdgeSpec, ...] = ()  # an edge circuit written inline: edges[...]
+    graph: GraphRef | None = None  # an edge circuit read from a graph file: @path, top K edges of @path
 
     keywords: ClassVar[tuple[str, ...]] = ("circuit",)
-    hint: ClassVar[str] = "circuit heads[...] + mlp_out[...] faithful|minimal ..."
+    hint: ClassVar[str] = (
+        "circuit heads[...] + mlp_out[...] | edges[a0.h2->a1.h0<k>, ...] | @graph.json | top K edges of @graph.json "
+        "faithful|minimal ..."
+    )
+
+    @property
+    def is_edges(self) -> bool:
+        return bool(self.edges) or self.graph is not None
 
     @classmethod
     def parse(cls, p: Parser) -> CircuitClaim:
         p.expect("ident", "circuit")
-        nodes = p.node_list("the circuit's nodes")
+        nodes: tuple[NodeSpec, ...] = ()
+        edges: tuple[EdgeSpec, ...] = ()
+        graph = None
+        if p.tok.kind == "ident" and p.tok.value == "edges":
+            edges = p.edge_list()
+        elif p.tok.kind == "file" or (p.tok.kind == "ident" and p.tok.value == "top"):
+            graph = p.graph_ref()
+        else:
+            nodes = p.node_list("the circuit's nodes")
+        what = "nodes" if nodes else "edges"
         word = p.tok
         if word.kind != "ident" or word.value not in MEASURES:
             p.fail(
-                "'faithful' or 'minimal' after the circuit's nodes"
+                f"'faithful' or 'minimal' after the circuit's {what}"
                 + (did_you_mean(word.value, MEASURES) if word.kind == "ident" else "")
             )
         p.i += 1
@@ -110,7 +147,7 @@ class CircuitClaim(Claim):
             )
         ablation = p.ablation()
         p.end()
-        return cls(p.text, nodes, word.value, comparison, ablation or "resample", control)
+        return cls(p.text, nodes, word.value, comparison, ablation or "resample", control, edges, graph)
 
     def requirement(self, behavior) -> str | None:
         problem = ablation_requirement(self.text, self.ablation, behavior)
@@ -127,13 +164,34 @@ class CircuitClaim(Claim):
         return node_variables(self.nodes)
 
     def bind(self, context: BindContext) -> BoundCircuit:
+        if self.is_edges:
+            return self._bind_edges(context)
         nodes = bind_nodes(self.nodes, context)
         alternatives = 0
         if self.random is not None:
             alternatives = check_random_control(nodes, context.n_layers, context.n_heads)
         return BoundCircuit(self, nodes, alternatives)
 
+    def _bind_edges(self, context: BindContext) -> BoundCircuit:
+        shape = ModelShape(context.n_layers, context.n_heads, context.n_kv_heads, context.parallel)
+        if self.graph is not None:
+            edges = bind_graph(self.graph, shape, context)
+        else:
+            edges = bind_edge_list(self.edges, shape)
+        if self.measure_name == "minimal" and not edges:
+            raise ClaimBindError(
+                f"the circuit has no edges ({_graph_words(self.graph)}): 'minimal' asks that every edge matter",
+                self.graph.source if self.graph else None,
+            )
+        universe = tuple(model_edges(shape, per_query_head=False))
+        alternatives = 0
+        if self.random is not None:
+            alternatives = check_random_edges(edges, universe)
+        return BoundCircuit(self, (), alternatives, edges, universe)
+
     def measure(self, bound: BoundCircuit, run) -> Measurement:
+        if self.is_edges:
+            return self._measure_edges(bound, run)
         engine = run.circuits()
         kept = [edits_of(bound.nodes)]
         _check_effect(run, engine, self.ablation)
@@ -170,9 +228,53 @@ class CircuitClaim(Claim):
             run.seed,
         )
 
+    def _measure_edges(self, bound: BoundCircuit, run) -> Measurement:
+        from interptest.patching.edges import edge_patcher  # defers torch
+
+        engine = edge_patcher(run.circuits())
+        _check_effect(run, engine, self.ablation, "edge")
+        kept = list(bound.edges)
+        if self.measure_name == "minimal":
+            without = [[e for e in kept if e is not v] for v in kept]
+            values = engine.faithfulness([kept, *without], self.ablation)
+            drops = values[:, :1] - values[:, 1:]
+            labels = [e.name for e in kept]
+            mean = drops.mean(dim=0).tolist()
+            idle = [label for label, d in zip(labels, mean) if not self.comparison.holds(d)]
+            note = (
+                "faithfulness lost without each edge: "
+                + ", ".join(f"{label} {d:.3f}" for label, d in zip(labels, mean))
+                + (f"; edges that do not matter ({self.comparison} fails): {', '.join(idle)}" if idle else "")
+            )
+            return Measurement(drops, tuple(labels), labels, "every", note=note)
+        values = engine.faithfulness([kept], self.ablation)
+        if self.random is None:
+            n = len(kept)
+            return Measurement(
+                values,
+                quantifier="together",
+                note=(
+                    f"faithfulness of {n} edge{'s' if n != 1 else ''} of {len(bound.universe)}, the others "
+                    f"ablated ({self.ablation})"
+                ),
+            )
+        sets, exhaustive = random_edge_sets(kept, bound.universe, random_count(run), control_seed(run, self.text))
+        return sequential_control(
+            values,
+            lambda chunk: engine.faithfulness(chunk, self.ablation),
+            sets,
+            self.random.quantile,
+            exhaustive,
+            "faithfulness",
+            run.seed,
+            sets_word="edge sets of the same size (among the model's edges)",
+        )
+
     def record(self, check) -> dict:
         out: dict[str, Any] = {"ablation": self.ablation}
-        if self.measure_name == "minimal":
+        if self.measure_name == "minimal" and self.is_edges:
+            out["failing_edges"] = list(check.failing_cells)
+        elif self.measure_name == "minimal":
             out["failing_nodes"] = list(check.failing_cells)
         if check.figure:
             out["random"] = {k: v for k, v in check.figure.items() if k != "type"}
@@ -184,7 +286,8 @@ class CircuitClaim(Claim):
 
     def render(self, check, color: bool = False) -> list[str]:
         if self.measure_name == "minimal" and check.failing_cells:
-            return ["", f"nodes that do not matter: {', '.join(check.failing_cells)}"]
+            what = "edges" if self.is_edges else "nodes"
+            return ["", f"{what} that do not matter: {', '.join(check.failing_cells)}"]
         return render_control(check)
 
 
@@ -192,22 +295,128 @@ def _count(nodes) -> str:
     return f"node{'s' if len(nodes) != 1 else ''}"
 
 
-def _check_effect(run, engine, ablation: str) -> None:
-    """Unjudgeable when ablating every node barely moves the logit difference of some sample."""
+def _check_effect(run, engine, ablation: str, what: str = "node") -> None:
+    """Unjudgeable when ablating every node (edge) barely moves the logit difference of some sample.
+    ``engine``: the circuit engine, or the edge engine (whose ``p`` is the circuit engine)."""
     problem = run.foil_problem()
     if problem:
         raise Unjudgeable(problem)
-    delta = engine.metrics("clean") - engine.all_ablated(ablation)
+    delta = getattr(engine, "p", engine).metrics("clean") - engine.all_ablated(ablation)
     spec = run.bound.spec
     weak = delta.abs() < spec.min_effect
     if bool(weak.any()) or not bool(delta.isfinite().all()):
         worst = float(delta.abs().min())
         where = "" if delta.shape[0] == 1 else f" on {int(weak.sum())} of {delta.shape[0]} samples"
         raise Unjudgeable(
-            f"ablating every node ({ablation}) barely changes the behavior{where} "
+            f"ablating every {what} ({ablation}) barely changes the behavior{where} "
             f"(|m_clean − m_∅| = {worst:.3f}, below min_effect {spec.min_effect:g}); the claim cannot "
             "be judged"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge circuits: inline edge lists and graph files, resolved against the model
+
+
+def _canonical(edge: Edge, shape: ModelShape) -> Edge:
+    """One name per edge the model has: the logits at layer n_layers; on grouped-query models a k/v input
+    named by the first query head of its key/value group (the query heads of a group share that input)."""
+    r = edge.receiver
+    if r.kind == "logits":
+        return Edge(edge.sender, Receiver("logits", shape.n_layers))
+    if r.kind in ("k", "v") and r.head is not None and shape.kv != shape.n_heads:
+        group = shape.n_heads // shape.kv
+        return Edge(edge.sender, Receiver(r.kind, r.layer, (r.head // group) * group))
+    return edge
+
+
+def bind_edge_list(specs, shape: ModelShape) -> tuple[Edge, ...]:
+    """An inline edge list: every edge one the model has, named once."""
+    out: list[Edge] = []
+    seen: dict[Edge, str] = {}
+    for spec in specs:
+        edge = parse_edge(spec.text)
+        problem = edge_problem(edge, shape)
+        if problem:
+            raise ClaimBindError(f"edge {spec.text!r} is not an edge of this model: {problem}", spec.text)
+        edge = _canonical(edge, shape)
+        if edge in seen:
+            same = "" if seen[edge] == spec.text else f" ({seen[edge]!r}: query heads of one key/value group share it)"
+            raise ClaimBindError(f"the edge list names {edge.name} twice{same}", spec.text)
+        seen[edge] = spec.text
+        out.append(edge)
+    return tuple(out)
+
+
+def _graph_words(graph: GraphRef | None) -> str:
+    if graph is None:
+        return "an empty edge list"
+    if graph.top is None:
+        return f"graph file {graph.path!r} has no edge with in_graph true"
+    return f"the top {graph.top} edges of {graph.path!r}"
+
+
+def bind_graph(graph: GraphRef, shape: ModelShape, context: BindContext) -> tuple[Edge, ...]:
+    """A graph file's in-graph edges (or its top K by |score|), its config checked against the model."""
+    path = graph.path if os.path.isabs(graph.path) else os.path.join(context.spec_dir or ".", graph.path)
+    try:
+        data = read_graph(path)
+        problem = data.check_shape(shape)
+        if problem:
+            raise GraphFileError(
+                f"graph file {path!r} was made for another model: {problem} "
+                f"({context.model_name or 'this model'}: {shape.n_layers} layers, {shape.n_heads} heads"
+                f"{', parallel blocks' if shape.parallel else ''})"
+            )
+        names = data.in_graph() if graph.top is None else data.top(graph.top)
+    except GraphFileError as error:
+        message = str(error)
+        if graph.top is not None and "top" in message and "graph file" not in message:
+            message = f"graph file {path!r}: {message}"
+        raise ClaimBindError(message, graph.source) from None
+    out: list[Edge] = []
+    seen: set[Edge] = set()
+    for name in names:
+        edge = parse_edge(name)
+        problem = edge_problem(edge, shape)
+        if problem:
+            raise ClaimBindError(
+                f"graph file {path!r}: edge {name!r} is not an edge of this model: {problem}", graph.source
+            )
+        edge = _canonical(edge, shape)
+        if edge not in seen:  # on grouped-query models the k/v edges of a group's query heads are one edge
+            seen.add(edge)
+            out.append(edge)
+    return tuple(out)
+
+
+def check_random_edges(edges, universe) -> int:
+    """The number of other edge sets of the same size; ``ClaimBindError`` when there is none."""
+    others = math.comb(len(universe), len(edges)) - 1
+    if others < 1:
+        raise ClaimBindError(
+            f"'beats random' needs other edge sets of the same size, but the circuit has {len(edges)} of the "
+            f"model's {len(universe)} edges"
+        )
+    return others
+
+
+def random_edge_sets(edges, universe, count: int, seed: int) -> tuple[list[list[Edge]], bool]:
+    """``count`` distinct edge sets of the size of ``edges`` drawn from ``universe`` (the model's edges),
+    none equal to ``edges``; every other set, in a fixed order, when there are at most ``count``."""
+    k, own = len(edges), frozenset(edges)
+    universe = list(universe)
+    if math.comb(len(universe), k) - 1 <= count:
+        sets = [list(c) for c in itertools.combinations(universe, k) if frozenset(c) != own]
+        return sets, True
+    rng = random.Random(seed)
+    seen, sets = {own}, []
+    while len(sets) < count:
+        chosen = frozenset(rng.sample(universe, k))
+        if chosen not in seen:
+            seen.add(chosen)
+            sets.append(sorted(chosen, key=universe.index))
+    return sets, False
 
 
 # ---------------------------------------------------------------------------------------------
