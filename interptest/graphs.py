@@ -199,21 +199,23 @@ def normal(edge: Edge, shape: ModelShape) -> Edge:
 
 
 def model_edges(shape: ModelShape, per_query_head: bool = True) -> list[Edge]:
-    """Every edge of the model, in EAP-IG's order (receivers layer by layer, each head's q, k, v, then the
-    MLP, then the logits; senders in residual order). ``per_query_head=False``: on grouped-query models
+    """Every edge of the model, in EAP-IG's order (layer by layer: each sender's edges into every head's q,
+    k, v, then the edges into the MLP; then the edges into the logits). ``per_query_head=False``: on grouped-query models
     one k and one v input per key/value head (named by its first query head), as the engine counts them."""
     senders = [Sender("input")]
     out: list[Edge] = []
     group = shape.n_heads // shape.kv
     for layer in range(shape.n_layers):
         heads = [Sender("head", layer, h) for h in range(shape.n_heads)]
-        for h in range(shape.n_heads):
-            for kind in ("q", "k", "v"):
-                if kind != "q" and not per_query_head and h % group:
-                    continue
-                out += [Edge(s, Receiver(kind, layer, h)) for s in senders]
-        mlp_senders = senders if shape.parallel else senders + heads
-        out += [Edge(s, Receiver("mlp", layer)) for s in mlp_senders]
+        for s in senders:
+            for h in range(shape.n_heads):
+                for kind in ("q", "k", "v"):
+                    if kind == "q" or per_query_head or h % group == 0:
+                        out.append(Edge(s, Receiver(kind, layer, h)))
+            if shape.parallel:  # EAP-IG interleaves: each sender's head edges, then its MLP edge
+                out.append(Edge(s, Receiver("mlp", layer)))
+        if not shape.parallel:
+            out += [Edge(s, Receiver("mlp", layer)) for s in senders + heads]
         senders = senders + heads + [Sender("mlp", layer)]
     out += [Edge(s, Receiver("logits", shape.n_layers)) for s in senders]
     return out

@@ -428,10 +428,12 @@ class Parser:
         out: list[EdgeSpec] = []
         while True:
             first = self.tok
-            if first.kind == "end" or (first.kind == "punct" and first.value in ",]"):
-                self.fail("an edge SENDER->RECEIVER, e.g. a0.h2->a1.h0<k>, input->m0 or m1->logits")
-            while self.tok.kind != "end" and not (self.tok.kind == "punct" and self.tok.value in ",]"):
-                self.i += 1
+            self._edge_node("an edge SENDER->RECEIVER, e.g. a0.h2->a1.h0<k>, input->m0 or m1->logits")
+            self.expect("punct", "->", "'->' and the edge's receiver, e.g. a0.h2->a1.h0<k>")
+            self._edge_node("the edge's receiver: a<L>.h<H><q|k|v>, m<L> or logits")
+            if self.accept("op", "<"):
+                self.expect("ident", None, "q, k or v: which input of the receiving head")
+                self.expect("op", ">", "'>' closing <q>, <k> or <v>")
             text = self.text[first.start : self.tokens[self.i - 1].end]
             try:
                 parse_edge(text)
@@ -441,6 +443,13 @@ class Parser:
             if self.accept("punct", "]"):
                 return tuple(out)
             self.expect("punct", ",", "',' or ']' after an edge")
+
+    def _edge_node(self, what: str) -> None:
+        """A node name's tokens: ``input``, ``logits``, ``m1`` or ``a0`` '.' ``h2`` (checked by parse_edge)."""
+        if not self.accept("ident"):
+            self.fail(what)
+        if self.accept("punct", "."):
+            self.expect("ident", None, "h<H> after '.', e.g. a0.h2")
 
     def graph_ref(self) -> GraphRef:
         """``@path`` or ``top K edges of @path``."""
