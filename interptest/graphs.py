@@ -200,8 +200,9 @@ def normal(edge: Edge, shape: ModelShape) -> Edge:
 
 def model_edges(shape: ModelShape, per_query_head: bool = True) -> list[Edge]:
     """Every edge of the model, in EAP-IG's order (layer by layer: each sender's edges into every head's q,
-    k, v, then the edges into the MLP; then the edges into the logits). ``per_query_head=False``: on grouped-query models
-    one k and one v input per key/value head (named by its first query head), as the engine counts them."""
+    k, v, then the edges into the MLP; then the edges into the logits). ``per_query_head=False``: on
+    grouped-query models one k and one v input per key/value head (named by its first query head), as the
+    engine counts them."""
     senders = [Sender("input")]
     out: list[Edge] = []
     group = shape.n_heads // shape.kv

@@ -122,7 +122,10 @@ def test_edge_claims_parse():
     "text, message",
     [
         ("circuit edges[] faithful >= 0.8", "expected an edge SENDER->RECEIVER"),
-        ("circuit edges[a0.h2 a1.h0] faithful >= 0.8", "expected '->' and the edge's receiver, e.g. a0.h2->a1.h0<k>, found 'a1'"),
+        (
+            "circuit edges[a0.h2 a1.h0] faithful >= 0.8",
+            "expected '->' and the edge's receiver, e.g. a0.h2->a1.h0<k>, found 'a1'",
+        ),
         ("circuit edges[a0.h2->] faithful >= 0.8", "expected the edge's receiver: a<L>.h<H><q|k|v>, m<L> or logits"),
         ("circuit edges[a0.x2->logits] faithful >= 0.8", "'a0.x2' is not a node: expected input, a<L>.h<H>"),
         ("circuit edges[logits->m0] faithful >= 0.8", "the logits send to nothing"),
