@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest
+import yaml
 
 from interptest import components
 from interptest.claims import BindContext, ClaimBindError, bind_all, parse_claim
@@ -310,3 +311,128 @@ def test_beats_random_needs_other_edge_sets(tmp_path):
         error.value
     )
     assert bind(f"circuit edges[{', '.join(every[:7])}] faithful beats random at 0.9", tmp_path, n_layers=1, n_heads=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the pipeline: values equal the engine's and the one-forward-at-a-time reference's
+
+
+def _tiny_behavior():
+    import tinymodels
+    from test_claims_circuit import behavior
+
+    model = tinymodels.tiny_model("gpt2")
+    return model, behavior(model)
+
+
+def _reference_faithfulness(model, spec, edge_names, ablation="resample"):
+    """(m_C − m_∅) / (m_clean − m_∅) from test_edges' reference, one forward at a time."""
+    import torch
+    from test_edges import ablated_values, reference_metric
+
+    from interptest.graphs import Receiver
+
+    L = model.cfg.n_layers
+    ids = model.to_tokens(spec["prompt"])
+    corrupt = model.to_tokens(spec["corrupt"])
+    reference = torch.cat([model.to_tokens(t) for t in spec["reference"]])
+    e = int(model.to_tokens(spec["expect"], prepend_bos=False)[0, 0])
+    f = int(model.to_tokens(spec["foil"], prepend_bos=False)[0, 0])
+    abl = ablated_values(model, ablation, 0, ids, corrupt, reference)
+    edges = []
+    for name in edge_names:
+        edge = parse_edge(name)
+        if edge.receiver.kind == "logits":
+            edge = type(edge)(edge.sender, Receiver("logits", L))
+        edges.append(edge)
+    m_c = reference_metric(model, ids, e, f, edges, abl)
+    m_empty = reference_metric(model, ids, e, f, [], abl)
+    with torch.inference_mode():
+        logits = model(ids)[0, -1]
+    m_clean = float(logits[e] - logits[f])
+    return (m_c - m_empty) / (m_clean - m_empty)
+
+
+def test_edge_claims_through_the_pipeline_equal_the_reference(tmp_path):
+    from interptest.api import check_behavior
+    from interptest.spec import parse_spec
+
+    model, spec = _tiny_behavior()
+    (tmp_path / "circuits").mkdir()
+    (tmp_path / "circuits" / "g.json").write_text((DATA / "eapig_3x4.json").read_text())
+    top = read_graph(DATA / "eapig_3x4.json").top(40)
+    inline = ", ".join(FILE_EDGES)
+    spec["claims"] = [
+        f"circuit edges[{inline}] faithful >= -100",
+        "circuit @circuits/g.json faithful >= -100",
+        "circuit top 40 edges of @circuits/g.json faithful >= -100",
+        f"circuit edges[{inline}] faithful >= -100 ablate mean",
+        f"circuit edges[{inline}] minimal >= -100 ablate zero",
+        f"circuit edges[{inline}] faithful beats random at 0.01",
+    ]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"behaviors": [spec]}, sort_keys=False))
+    behavior = parse_spec(path.read_text(), str(path)).behaviors[0]
+    result = check_behavior(behavior, model, raise_on_failure=False)
+    values = [c.value for c in result.checks if c.text.startswith("circuit")]
+    assert all(c.passed for c in result.checks), [(c.text, c.detail) for c in result.checks if not c.passed]
+    want = _reference_faithfulness(model, spec, FILE_EDGES)
+    assert abs(values[0] - want) <= 1e-5 and values[1] == values[0]
+    assert abs(values[2] - _reference_faithfulness(model, spec, top)) <= 1e-5
+    assert abs(values[3] - _reference_faithfulness(model, spec, FILE_EDGES, "mean")) <= 1e-5
+    # minimal: the worst drop faithful(C) − faithful(C \ e), each from the reference
+    full = _reference_faithfulness(model, spec, FILE_EDGES, "zero")
+    drops = [full - _reference_faithfulness(model, spec, [x for x in FILE_EDGES if x != e], "zero") for e in FILE_EDGES]
+    assert abs(values[4] - min(drops)) <= 1e-5
+    assert "random edge sets of the same size" in result.checks[-1].detail
+
+
+def test_false_edge_claims_fail(tmp_path):
+    """A false claim of each kind fails (the numbers are measured here, on the tiny random GPT-2)."""
+    from interptest.api import check_behavior
+
+    model, spec = _tiny_behavior()
+    _write(tmp_path, "g.json", (DATA / "eapig_3x4.json").read_text())
+    inline = ", ".join(FILE_EDGES)
+    spec["claims"] = [
+        f"circuit edges[{inline}] faithful >= 0.99",
+        f"circuit edges[{inline}] minimal >= 0.01",
+        "circuit edges[input->logits] faithful beats random at 0.95",
+        "circuit top 5 edges of @g.json faithful >= 0.99",
+    ]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"behaviors": [spec]}, sort_keys=False))
+    from interptest.spec import parse_spec
+
+    result = check_behavior(parse_spec(path.read_text(), str(path)).behaviors[0], model, raise_on_failure=False)
+    checks = [c for c in result.checks if c.text.startswith("circuit")]
+    assert [c.passed for c in checks] == [False, False, False, False], [(c.text, c.value, c.detail) for c in checks]
+    assert "edges that do not matter" in checks[1].detail
+
+
+def test_bad_edge_claims_are_collection_errors_at_their_line(tmp_path):
+    from interptest.binding import bind_behavior
+    from interptest.errors import SpecError
+    from interptest.spec import parse_spec
+
+    model, spec = _tiny_behavior()
+    spec["claims"] = [
+        "circuit edges[a2.h0->a1.h0<k>, a1.h0->logits] faithful >= 0.5",
+        "circuit @gone.json faithful >= 0.5",
+    ]
+    path = tmp_path / "spec.yaml"
+    text = yaml.safe_dump({"behaviors": [spec]}, sort_keys=False)
+    path.write_text(text)
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines, 1) if "a2.h0->a1.h0" in line)
+    second = next(i for i, line in enumerate(lines, 1) if "gone.json" in line)
+    with pytest.raises(SpecError) as error:
+        bind_behavior(parse_spec(text, str(path)).behaviors[0], model, "tiny")
+    message = str(error.value)
+    assert (
+        f"{path}:{first}: behavior 'c', key 'claims[0]': claim 'circuit edges[a2.h0->a1.h0<k>, a1.h0->logits] "
+        "faithful >= 0.5': edge 'a2.h0->a1.h0<k>' is not an edge of this model: its sender a2.h0 is after its "
+        "receiver's layer 1" in message
+    ), message
+    assert f"{path}:{second}: behavior 'c', key 'claims[1]'" in message
+    assert f"graph file '{tmp_path}/gone.json' does not exist" in message
