@@ -318,8 +318,9 @@ def test_beats_random_needs_other_edge_sets(tmp_path):
 
 
 def _tiny_behavior():
-    import tinymodels
     from test_claims_circuit import behavior
+
+    import tinymodels
 
     model = tinymodels.tiny_model("gpt2")
     return model, behavior(model)
