@@ -191,7 +191,7 @@ def _lex(text: str) -> list[_Token]:
             tokens.append(_Token("string", "".join(chars), i, j + 1))
             i = j + 1
             continue
-        if ch == "@":  # a file: @path (up to the next space) or @'quoted path'
+        if ch == "@" and i + 1 < len(text) and not text[i + 1].isspace():  # a file: @path or @'quoted path'
             if i + 1 < len(text) and text[i + 1] in "'\"":
                 close = text.find(text[i + 1], i + 2)
                 if close < 0:
@@ -202,8 +202,6 @@ def _lex(text: str) -> list[_Token]:
             j = i + 1
             while j < len(text) and not text[j].isspace():
                 j += 1
-            if j == i + 1:
-                raise ClaimSyntaxError("expected a file name after '@' (e.g. @circuits/induction.json)", text, i)
             tokens.append(_Token("file", text[i + 1 : j], i, j))
             i = j
             continue

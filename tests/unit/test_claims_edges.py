@@ -139,7 +139,8 @@ def test_edge_claims_parse():
         ("circuit top 5 of @f.json faithful >= 0.5", "expected 'edges' after 'top K'"),
         ("circuit top 5 edges @f.json faithful >= 0.5", "expected 'of' and a graph file"),
         ("circuit top 5 edges of f.json faithful >= 0.5", "expected a graph file: @path"),
-        ("circuit @ faithful >= 0.5", "expected a file name after '@'"),
+        ("circuit @ faithful >= 0.5", "unexpected character '@'"),
+        ("circuit @'c.json faithful >= 0.5", "unterminated file name: missing closing '"),
         ("circuit @c.json minimal beats random at 0.9", "'beats random' compares a circuit's faithfulness"),
     ],
 )
