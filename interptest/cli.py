@@ -1,12 +1,14 @@
 """The ``interptest`` command: look before you claim.
 
     interptest map PROMPT --corrupt TEXT --expect TOKEN [--component C] [--model M] [--html FILE]
-    interptest suggest SPEC [SPEC ...] [--model M]
+    interptest suggest SPEC [SPEC ...] [--model M] [--graphs DIR [--overwrite]]
     interptest schema
 
 ``map`` prints a patching map in the terminal (and writes the report's heatmap with ``--html``);
 ``suggest`` prints, for every behavior of the spec files, the strongest claims that hold, as YAML to
-paste (it never writes the files); ``schema`` prints the JSON Schema of spec files.
+paste (it never writes the spec files; with ``--graphs DIR`` it writes each behavior's suggested edge circuit
+as an EAP-IG graph file ``DIR/<behavior>.json``, replacing an existing one only with ``--overwrite``);
+``schema`` prints the JSON Schema of spec files.
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     suggest.add_argument("--model", default=None, help="model for every behavior, overriding the specs")
     suggest.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     suggest.add_argument("--seed", type=int, default=0, help="seed of the samples prompt families draw")
+    suggest.add_argument(
+        "--graphs",
+        type=Path,
+        default=None,
+        help="write each behavior's suggested edge circuit into this folder as an EAP-IG graph file <behavior>.json",
+    )
+    suggest.add_argument("--overwrite", action="store_true", help="with --graphs: replace existing graph files")
 
     commands.add_parser("schema", help="print the JSON Schema of spec files")
     return parser
@@ -102,7 +111,8 @@ def _suggest(args) -> int:
             name = args.model or behavior.model or DEFAULT_MODEL
             beside = path.parent / name
             model = models.get(str(beside) if not args.model and beside.is_dir() else name)
-            blocks.append(suggest(bind_behavior(behavior, model, name, args.seed)))
+            options = {"suggest_graphs": str(args.graphs), "suggest_overwrite": args.overwrite} if args.graphs else None
+            blocks.append(suggest(bind_behavior(behavior, model, name, args.seed, options)))
     print("\n\n".join(blocks))
     return 0
 
