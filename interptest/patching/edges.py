@@ -42,9 +42,19 @@ import torch
 from interptest.errors import InterpError
 from interptest.graphs import Edge, ModelShape, Receiver, Sender, edge_problem, model_edges, normal
 from interptest.patching.paths import ABLATIONS, CircuitPatcher
-from interptest.tl_compat import hook_for
 
 __all__ = ["Edge", "EdgePatcher", "Receiver", "Sender", "edge_patcher"]
+
+
+def missing_hooks(hook_dict, n_layers: int) -> list[str]:
+    """The hooks edge ablation writes (each layer's attention and MLP norm inputs, the final norm's input)
+    or reads that ``hook_dict`` lacks. They are used by these names only: a look-alike (a HookedTransformer's
+    ``ln_final.hook_normalized``) is after the norm, not before it."""
+    names = ["blocks.0.hook_resid_pre", "ln_final.hook_in"]
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.{hook}" for hook in ("ln1.hook_in", "ln2.hook_in", "attn.hook_q", "attn.hook_k")]
+        names += [f"blocks.{layer}.{hook}" for hook in ("attn.hook_v", "attn.hook_z", "hook_mlp_out")]
+    return [name for name in names if name not in hook_dict]
 
 
 def edge_patcher(patcher: CircuitPatcher) -> EdgePatcher:
@@ -70,6 +80,13 @@ class EdgePatcher:
         self.shape = ModelShape(self.n_layers, self.H, self.K, self.parallel)
         self._W_O: list[torch.Tensor] | None = None
         self._memo: dict = {}
+        missing = missing_hooks(getattr(model, "hook_dict", {}), self.n_layers)
+        if missing:
+            raise InterpError(
+                "edge circuits rebuild each receiver's input before its own norm, through the TransformerBridge's "
+                f"norm-input hooks; this model has no {', '.join(missing)} (a HookedTransformer's norms have no "
+                "input hooks; GPT-J-style blocks share one norm): edge claims are not supported on it"
+            )
 
     # ---- the vocabulary ----------------------------------------------------------------------
 
@@ -303,15 +320,15 @@ class EdgePatcher:
         hooks: list = [("blocks.0.hook_resid_pre", record_input)]
         for layer in range(self.n_layers):
             hooks += [
-                (hook_for(p.model, f"blocks.{layer}.ln1.hook_in"), attn_inputs(layer)),
+                (f"blocks.{layer}.ln1.hook_in", attn_inputs(layer)),
                 (f"blocks.{layer}.attn.hook_q", take(0, H)),
                 (f"blocks.{layer}.attn.hook_k", take(H, K)),
                 (f"blocks.{layer}.attn.hook_v", take(H + K, K)),
                 (f"blocks.{layer}.attn.hook_z", record_z(layer)),
-                (hook_for(p.model, f"blocks.{layer}.ln2.hook_in"), mlp_input(layer)),
+                (f"blocks.{layer}.ln2.hook_in", mlp_input(layer)),
                 (f"blocks.{layer}.hook_mlp_out", record_mlp(layer)),
             ]
-        hooks.append((hook_for(p.model, "ln_final.hook_in"), final_input))
+        hooks.append(("ln_final.hook_in", final_input))
         logits = p.model.run_with_hooks(rows, fwd_hooks=hooks + p._last_only())
         return p._metric(logits[:U], samples)
 
