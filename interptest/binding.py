@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from interptest import components, families
+from interptest import components, families, graphs
 from interptest.claims import (
     BindContext,
     ClaimBindError,
@@ -390,6 +390,9 @@ def _unsupported(model) -> dict[str, str]:
     why = direct.unsupported_reason(model)
     if why:
         out["direct"] = why
+    why = graphs.unsupported_reason(getattr(model, "hook_dict", {}), int(model.cfg.n_layers))
+    if why:
+        out["edges"] = why
     return out
 
 

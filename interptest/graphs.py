@@ -35,6 +35,8 @@ __all__ = [
     "Receiver",
     "Sender",
     "edge_problem",
+    "missing_hooks",
+    "unsupported_reason",
     "model_edges",
     "parse_edge",
     "read_graph",
@@ -220,6 +222,30 @@ def model_edges(shape: ModelShape, per_query_head: bool = True) -> list[Edge]:
         senders = senders + heads + [Sender("mlp", layer)]
     out += [Edge(s, Receiver("logits", shape.n_layers)) for s in senders]
     return out
+
+
+def missing_hooks(hook_dict, n_layers: int) -> list[str]:
+    """The hooks edge ablation writes (each layer's attention and MLP norm inputs, the final norm's input)
+    or reads that ``hook_dict`` lacks. They are used by these names only: a look-alike (a HookedTransformer's
+    ``ln_final.hook_normalized``) is after the norm, not before it."""
+    names = ["blocks.0.hook_resid_pre", "ln_final.hook_in"]
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.{hook}" for hook in ("ln1.hook_in", "ln2.hook_in", "attn.hook_q", "attn.hook_k")]
+        names += [f"blocks.{layer}.{hook}" for hook in ("attn.hook_v", "attn.hook_z", "hook_mlp_out")]
+    return [name for name in names if name not in hook_dict]
+
+
+def unsupported_reason(hook_dict, n_layers: int) -> str | None:
+    """Why edge circuits cannot run on a model with these hooks (None when they can)."""
+    missing = missing_hooks(hook_dict, n_layers)
+    if not missing:
+        return None
+    return (
+        "edge circuits rebuild each receiver's input before its own norm, through the TransformerBridge's "
+        f"norm-input hooks; this model has no {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''} (a "
+        "HookedTransformer's norms have no input hooks; GPT-J-style blocks share one norm): edge claims are not "
+        "supported on it"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,6 +174,8 @@ class CircuitClaim(Claim):
         return BoundCircuit(self, nodes, alternatives)
 
     def _bind_edges(self, context: BindContext) -> BoundCircuit:
+        if context.unsupported.get("edges"):
+            raise ClaimBindError(context.unsupported["edges"])
         shape = ModelShape(context.n_layers, context.n_heads, context.n_kv_heads, context.parallel)
         if self.graph is not None:
             edges = bind_graph(self.graph, shape, context)

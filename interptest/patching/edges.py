@@ -40,21 +40,19 @@ from collections.abc import Sequence
 import torch
 
 from interptest.errors import InterpError
-from interptest.graphs import Edge, ModelShape, Receiver, Sender, edge_problem, model_edges, normal
+from interptest.graphs import (
+    Edge,
+    ModelShape,
+    Receiver,
+    Sender,
+    edge_problem,
+    model_edges,
+    normal,
+    unsupported_reason,
+)
 from interptest.patching.paths import ABLATIONS, CircuitPatcher
 
 __all__ = ["Edge", "EdgePatcher", "Receiver", "Sender", "edge_patcher"]
-
-
-def missing_hooks(hook_dict, n_layers: int) -> list[str]:
-    """The hooks edge ablation writes (each layer's attention and MLP norm inputs, the final norm's input)
-    or reads that ``hook_dict`` lacks. They are used by these names only: a look-alike (a HookedTransformer's
-    ``ln_final.hook_normalized``) is after the norm, not before it."""
-    names = ["blocks.0.hook_resid_pre", "ln_final.hook_in"]
-    for layer in range(n_layers):
-        names += [f"blocks.{layer}.{hook}" for hook in ("ln1.hook_in", "ln2.hook_in", "attn.hook_q", "attn.hook_k")]
-        names += [f"blocks.{layer}.{hook}" for hook in ("attn.hook_v", "attn.hook_z", "hook_mlp_out")]
-    return [name for name in names if name not in hook_dict]
 
 
 def edge_patcher(patcher: CircuitPatcher) -> EdgePatcher:
@@ -80,13 +78,9 @@ class EdgePatcher:
         self.shape = ModelShape(self.n_layers, self.H, self.K, self.parallel)
         self._W_O: list[torch.Tensor] | None = None
         self._memo: dict = {}
-        missing = missing_hooks(getattr(model, "hook_dict", {}), self.n_layers)
-        if missing:
-            raise InterpError(
-                "edge circuits rebuild each receiver's input before its own norm, through the TransformerBridge's "
-                f"norm-input hooks; this model has no {', '.join(missing)} (a HookedTransformer's norms have no "
-                "input hooks; GPT-J-style blocks share one norm): edge claims are not supported on it"
-            )
+        why = unsupported_reason(getattr(model, "hook_dict", {}), self.n_layers)
+        if why:
+            raise InterpError(why)
 
     # ---- the vocabulary ----------------------------------------------------------------------
 
