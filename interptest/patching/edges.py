@@ -130,26 +130,54 @@ class EdgePatcher:
     # ---- sources ----------------------------------------------------------------------------
 
     def _w_o(self) -> list[torch.Tensor]:
-        """W_O per layer [H, d_head, d_model], checked against the model's own attention output."""
+        """W_O per layer [H, d_head, d_model], checked against the model's own attention output: read from
+        the output projection module in its own layout (a ``Linear`` stores [out, in], GPT-2's ``Conv1D``
+        [in, out]) — TransformerLens 3.x's stacked ``W_O`` reads every square weight as [in, out], so a
+        ``Linear`` model's came back transposed within each head — else the bridge's ``W_O``; the first that
+        rebuilds the attention output is used."""
         if self._W_O is None:
             ws = []
             for layer in range(self.n_layers):
                 attn = self.p.model.blocks[layer].attn
-                w = attn.W_O.detach().to(self.p.device)
                 z = self.p.source("clean", f"blocks.{layer}.attn.hook_z")
                 out = self.p.source("clean", f"blocks.{layer}.hook_attn_out")
                 b = getattr(attn, "b_O", None)
-                rebuilt = torch.einsum("snhe,hed->snd", z, w.to(z.dtype)) + (0 if b is None else b.detach().to(z))
-                err = float((rebuilt - out).abs().max())
-                scale = float(out.abs().max()) + 1.0
-                if not err <= 1e-4 * scale:
+                bias = 0 if b is None else b.detach().to(z)
+                errors = []
+                for w in self._w_o_candidates(attn):
+                    w = w.detach().to(device=z.device, dtype=z.dtype)
+                    err = float((torch.einsum("snhe,hed->snd", z, w) + bias - out).abs().max())
+                    if err <= 1e-4 * (float(out.abs().max()) + 1.0):
+                        ws.append(w)
+                        break
+                    errors.append(err)
+                else:
                     raise InterpError(
-                        f"edge circuits need each head's output z·W_O: layer {layer}'s W_O does not rebuild its "
-                        f"attention output on this model (max |Δ| {err:.3g}); edge claims are not supported here"
+                        f"edge circuits need each head's output z·W_O: layer {layer}'s output projection does not "
+                        "rebuild its attention output on this model (max |Δ| "
+                        f"{min(errors, default=float('nan')):.3g}); edge claims are not supported here"
                     )
-                ws.append(w)
             self._W_O = ws
         return self._W_O
+
+    def _w_o_candidates(self, attn) -> list[torch.Tensor]:
+        d_model = int(self.p.model.cfg.d_model)
+        out = []
+        module = getattr(getattr(attn, "o", None), "original_component", None)
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+            if hasattr(module, "in_features"):  # torch Linear: [out, in]
+                weight = weight.T
+            if hasattr(module, "in_features") or hasattr(module, "nf"):  # Linear or GPT-2's Conv1D [in, out]
+                if weight.shape[1] == d_model and weight.shape[0] % self.H == 0:
+                    out.append(weight.reshape(self.H, -1, d_model))
+        try:
+            w_o = attn.W_O
+        except (AttributeError, TypeError, KeyError):
+            w_o = None
+        if isinstance(w_o, torch.Tensor):
+            out.append(w_o)
+        return out
 
     def _sources(self, ablation: str) -> dict:
         if ablation not in ABLATIONS:

@@ -5,13 +5,16 @@ itself), a complete edge subgraph equals the node circuit on its nodes.
 
 The reference, per circuit and sample, one forward at a time: it builds every receiver's input
 *explicitly*, from the embedding up — the input node's output (``blocks.0.hook_resid_pre``) plus each
-sender's output (a head's z_h · W_O[h], an MLP's ``hook_mlp_out``) in this run when the edge is in the
+sender's output (a head's: the attention output with only its z minus the one with none, each from a
+forward — not through W_O, which TransformerLens 3.x stacks transposed for square ``Linear`` projections;
+an MLP's ``hook_mlp_out``) in this run when the edge is in the
 circuit, ablated otherwise, plus the attention output biases of the layers it reads — and computes
 the receiver's value in a forward of its own: a head's q (k, v) by setting its layer's attention
 norm input (``ln1.hook_in``) to that residual and reading ``attn.hook_q`` (``k``, ``v``) of that head;
 the layer's head outputs from a forward with those q, k, v; an MLP's output from a forward with its
 norm input (``ln2.hook_in``) set; the metric from a forward with ``ln_final.hook_in`` set. The engine
-instead subtracts absent senders' differences from the residual of one batched run (helper rows)."""
+instead adds present senders' differences (read through W_O) to the fully ablated residual, in one
+batched run (helper rows)."""
 
 from __future__ import annotations
 
@@ -101,9 +104,35 @@ def reference_metric(model, ids, expect, foil, edges, abl):
     edges = list(edges)
     _, clean = run_cache(model, ids, ["blocks.0.hook_resid_pre"])
     embed = clean["blocks.0.hook_resid_pre"][0]
-    W_O = [model.blocks[l].attn.W_O.detach() for l in range(L)]
-    b_O = [model.blocks[l].attn.b_O for l in range(L)]
+
+    def set_to(value):
+        return lambda act, hook=None: value.to(act.dtype).clone()
+
     z_run: list = [None] * L
+    zero_z = run_cache(model, ids, ["blocks.0.attn.hook_z"])[1]["blocks.0.attn.hook_z"][0] * 0
+    outs: dict = {}
+
+    def attn_out(layer, z):
+        """Layer ``layer``'s attention output when its head outputs are ``z`` [n, H, dh] (a forward)."""
+        name = f"blocks.{layer}.hook_attn_out"
+        if z is zero_z:
+            if ("bias", layer) not in outs:
+                outs[("bias", layer)] = run_cache(
+                    model, ids, [name], [(f"blocks.{layer}.attn.hook_z", set_to(z[None]))]
+                )[1][name][0]
+            return outs[("bias", layer)]
+        return run_cache(model, ids, [name], [(f"blocks.{layer}.attn.hook_z", set_to(z[None]))])[1][name][0]
+
+    def head_out(layer, head, z):
+        """A head's output in the residual: the attention output with only its z, minus the one with none
+        (the output bias) — by forwards, not through W_O."""
+        key = (layer, head, z.data_ptr())
+        if key not in outs:
+            alone = zero_z.clone()
+            alone[:, head] = z[:, head]
+            outs[key] = attn_out(layer, alone) - attn_out(layer, zero_z)
+        return outs[key]
+
     mlp_run: list = [None] * L
 
     def present(sender, receiver):
@@ -112,22 +141,17 @@ def reference_metric(model, ids, expect, foil, edges, abl):
     def residual(receiver):
         senders, bias_layers = senders_of(model, receiver)
         total = torch.zeros_like(embed)
-        for b in b_O[:bias_layers]:
-            if b is not None:
-                total = total + b.detach()
+        for layer in range(bias_layers):  # the attention output biases (every z zero)
+            total = total + attn_out(layer, zero_z)
         for s in senders:
             here = present(s, receiver)
             if s.kind == "input":
                 total = total + (embed if here else abl["input"])
             elif s.kind == "head":
-                z = (z_run[s.layer] if here else abl["z"][s.layer])[:, s.head]
-                total = total + z @ W_O[s.layer][s.head]
+                total = total + head_out(s.layer, s.head, z_run[s.layer] if here else abl["z"][s.layer])
             else:
                 total = total + (mlp_run[s.layer] if here else abl["mlp"][s.layer])
         return total[None]
-
-    def set_to(value):
-        return lambda act, hook=None: value.to(act.dtype).clone()
 
     for layer in range(L):
         qkv = {}
