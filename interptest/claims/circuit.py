@@ -35,6 +35,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from interptest.claims.base import (
@@ -83,6 +84,7 @@ from interptest.graphs import (
     model_edges,
     parse_edge,
     read_graph,
+    write_graph,
 )
 
 MEASURES = ("faithful", "minimal")
@@ -578,10 +580,6 @@ def _prune(every, order, engine, lower) -> list:
 
 def _edge_target(run, kept, shape: ModelShape, scores: dict) -> str:
     """``@path`` of the graph file written for the circuit, or the inline ``edges[...]``."""
-    from pathlib import Path
-
-    from interptest.graphs import write_graph
-
     options = getattr(run.bound, "options", None) or {}
     folder = options.get("suggest_graphs")
     inline = "edges[" + ", ".join(e.name for e in kept) + "]"
