@@ -25,7 +25,8 @@ engine); "sweep only" excludes the patcher's construction.
 (64 tokens, resid_pre) and a Llama-3.2-1B shape (16 layers, d_model 2048, 32 query / 8 key-value heads,
 129 tokens, resid_pre and heads), random weights built locally, float32.  ``--shapes`` picks shapes by
 name (also the small ``gpt2-tiny``, ``pythia-tiny``, ``llama-tiny``, ``mistral-tiny``, ``qwen2-tiny``,
-``qwen3-tiny``, ``gemma-tiny`` for a quick run on any device: one per family the fast engine covers).
+``qwen3-tiny``, ``gemma-tiny``, ``gemma2-tiny``, ``gemma3-tiny`` for a quick run on any device: one per
+family the fast engine covers).
 ``--clock process`` times CPU runs by the process's CPU time, less sensitive to other processes on a
 shared machine than the default wall clock.
 """
@@ -117,6 +118,16 @@ for _family, _cls, _extra in (
     ("qwen2", "Qwen2Config", {}),
     ("qwen3", "Qwen3Config", dict(head_dim=16)),
     ("gemma", "GemmaConfig", dict(head_dim=16)),
+    (
+        "gemma2",
+        "Gemma2Config",
+        dict(head_dim=16, sliding_window=4096, final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+    ),
+    (
+        "gemma3",
+        "Gemma3TextConfig",
+        dict(head_dim=16, sliding_window=4096, layer_types=["sliding_attention"] * 3 + ["full_attention"]),
+    ),
 ):
     SHAPES[f"{_family}-tiny"] = (_cls, {**SHAPES["llama-tiny"][1], **_extra})
 # the GPU suite of issue 9.3: (shape, tokens incl. BOS, components)
