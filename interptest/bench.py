@@ -202,6 +202,9 @@ def build_shape(name: str, tmp: str, device: str = "cpu", std: float | None = No
     cls_name, kwargs = SHAPES[name]
     cfg = getattr(tf, cls_name)(bos_token_id=0, eos_token_id=0, **kwargs)
     cfg._attn_implementation = "eager"
+    # the bridge picks its adapter from the saved config's ``architectures``; a bare config of a model type
+    # with several causal-LM classes (gemma3_text) has none
+    cfg.architectures = cfg.architectures or [tf.AutoModelForCausalLM._model_mapping[type(cfg)].__name__]
     d = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
     path = os.path.join(tmp, name)
     os.makedirs(path, exist_ok=True)
