@@ -881,7 +881,14 @@ def run_suite_rows(model, name, n=15, sets=200, hand=True, out=print):
                 warm.all_ablated(case_ablation)
         t_warm, value = timed(lambda ours_fn=ours_fn, warm=warm: ours_fn(warm))
         t_hand, ref = timed(hand_fn) if hand else (None, None)
-        rows.append((label, t_hand, t_cold, t_warm, None if ref is None else abs(value - ref), ""))
+        note = ""
+        if case_ablation and ref is not None:
+            # a faithfulness value is a logit difference over m_clean − m_∅: where that normalizer is small
+            # (zero ablation of a random model), float32 rounding of the logits is divided by it
+            with torch.inference_mode():
+                scale = float((warm.metrics("clean") - warm.all_ablated(case_ablation)).abs().min())
+            note = f"|m_clean − m_∅| {scale:.3g}, |Δ| × it {abs(value - ref) * scale:.1e} logits"
+        rows.append((label, t_hand, t_cold, t_warm, None if ref is None else abs(value - ref), note))
     # the control: the claimed set's faithfulness against random sets of its composition
     from interptest.claims.controls import sequential_control
 

@@ -83,7 +83,7 @@ def minimal_instance(bound: BoundBehavior, index: int, batch_size, budget: Shrin
             measurement = claim.measure(single.bound_claims[index], run)
         except Unjudgeable:
             return False
-        verdict = judge(claim, measurement, None, 0)
+        verdict = judge(claim, measurement, None, run.seed)
         if not verdict.passed:
             found[repr(pair)] = verdict.value
         return not verdict.passed
