@@ -60,6 +60,8 @@ FILE_KEYS = {
     "behaviors": _BEHAVIORS,
     "if_model_unavailable": _STR,
 }
+EXTENSION_PREFIX = "x-"
+"""A top-level key starting with this is the user's own (anchors for merge keys, notes) and is ignored."""
 MODEL_EXPECTED = "a model name (such as 'gpt2') or a save_pretrained directory"
 UNAVAILABLE_POLICIES = ("error", "skip")
 SINGLE_TOKEN_POLICIES = ("error", "drop")
@@ -209,23 +211,42 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of every mapping key and sequence item.
 
     It is yaml.SafeLoader with two constructors replaced, so it builds plain Python data only,
-    exactly like ``yaml.safe_load``; it also rejects duplicate keys, which safe_load would silently
-    collapse to the last one.
+    exactly like ``yaml.safe_load``, merge keys included (``<<: *base``, then keys that override it);
+    it also rejects a key written twice in one mapping, which safe_load would silently collapse to
+    the last one.
     """
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # SafeLoader puts the merged pairs first, then the mapping's own; remember how many were merged,
+        # as a merged key is overridden by the mapping's own, not duplicated (yaml.safe_load's reading).
+        # Nested merges call back here, so every flattened node knows its count; flattening twice is a no-op.
+        if hasattr(node, "merged_pairs"):
+            return
+        own = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+        super().flatten_mapping(node)
+        node.merged_pairs = len(node.value) - own
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
     loader.flatten_mapping(node)
+    merged_pairs = getattr(node, "merged_pairs", 0)
     mapping = _Mapping()
     mapping.line = node.start_mark.line + 1
     mapping.key_lines = {}
-    for key_node, value_node in node.value:
+    own: set = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise SpecError("mapping keys must be plain words", line=line)
-        if key in mapping:
-            raise SpecError(f"duplicate key {key!r} (first on line {mapping.key_lines[key]})", line=line, key=str(key))
+        if index >= merged_pairs:  # the mapping's own key: it overrides a merged one, once
+            if key in own:
+                raise SpecError(
+                    f"duplicate key {key!r} (first on line {mapping.key_lines[key]})", line=line, key=str(key)
+                )
+            own.add(key)
+        # among merged pairs the later wins, as SafeLoader orders them so that the first mapping of
+        # '<<: [*a, *b]' comes last
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_lines[key] = line
     return mapping
@@ -316,12 +337,13 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-def _check_keys(mapping: dict, allowed: dict, where: str, make_error: ErrorFn) -> None:
+def _check_keys(mapping: dict, allowed: dict, where: str, make_error: ErrorFn, extension_hint: bool = False) -> None:
     for key in mapping:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            make_error(f"unknown key {key!r} in {where}; {hint}allowed keys: {', '.join(allowed)}", str(key))
+            extension = f" (and any key starting with '{EXTENSION_PREFIX}', ignored)" if extension_hint else ""
+            make_error(f"unknown key {key!r} in {where}; {hint}allowed keys: {', '.join(allowed)}{extension}", str(key))
         elif not _type_ok(mapping[key], allowed[key]):
             make_error(f"expected {allowed[key]}, got {_describe(mapping[key])}", str(key))
 
@@ -352,7 +374,9 @@ def parse_spec(text: str, path: str = "<spec>", keep_going: bool = False) -> Spe
     def file_error(message, key=None) -> NoReturn:
         raise SpecError(message, path=path, line=data.key_lines.get(key, data.line), key=key)
 
-    _check_keys(data, FILE_KEYS, "the spec file", file_error)
+    # a top-level 'x-…' key is the user's own (e.g. anchors for merge keys): not data, not checked
+    own_keys = {key: value for key, value in data.items() if not str(key).startswith(EXTENSION_PREFIX)}
+    _check_keys(own_keys, FILE_KEYS, "the spec file", file_error, extension_hint=True)
     _check_model(data, file_error)
     if "behaviors" not in data:
         file_error("missing required key 'behaviors' (a list of behaviors)")

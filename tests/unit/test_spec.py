@@ -248,3 +248,72 @@ def test_min_pass_rate_on_a_single_prompt_is_refused_like_samples():
         SpecError, match=r"f.yaml:8: behavior 'b', key 'claims\[1\].min_pass_rate': 'min_pass_rate' only applies to a"
     ):
         parse_spec(VACUOUS_HEADER + '      - {claim: "logit_diff >= 2", min_pass_rate: 0.9}\n', "f.yaml")
+
+
+MERGE_KEYS = """\
+x-base: &base
+  prompt: "Her name was Alex Hart. When Alex"
+  expect: " Hart"
+  corrupt: "Her name was Alex Cole. When Alex"
+  claims: ["logit_diff >= 2.0"]
+x-more: &more
+  foil: " Cole"
+  expect: " Alex"
+behaviors:
+  - <<: *base
+    name: plain
+  - <<: *base
+    name: overridden
+    expect: " Alex"
+    claims: ["prob(' Alex') >= 0.5"]
+  - <<: [*base, *more]
+    name: listed
+"""
+
+
+def test_merge_keys_and_their_overrides_read_as_yaml_safe_load_does():
+    import yaml
+
+    spec = parse_spec(MERGE_KEYS, "b.yaml")
+    plain, overridden, listed = spec.behaviors
+    loaded = yaml.safe_load(MERGE_KEYS)["behaviors"]
+    for behavior, data in zip(spec.behaviors, loaded, strict=True):
+        assert (behavior.name, behavior.prompt, behavior.expect, behavior.foil) == (
+            data["name"],
+            data["prompt"],
+            data["expect"],
+            data.get("foil"),
+        )
+        assert [c.text for c in behavior.claims] == data["claims"]
+    assert overridden.expect == " Alex" and [c.text for c in overridden.claims] == ["prob(' Alex') >= 0.5"]
+    assert listed.foil == " Cole"  # which mapping of a list wins where both have a key: as safe_load (by version)
+    # an inherited key is blamed where it is written (the anchor), an override at its own line
+    assert plain.key_lines["expect"] == 3 and overridden.key_lines["expect"] == 14
+
+
+def test_a_key_written_twice_is_still_a_duplicate_beside_a_merge():
+    text = MERGE_KEYS.replace("    name: plain\n", "    name: plain\n    expect: ' A'\n    expect: ' B'\n")
+    assert "b.yaml:13: key 'expect': duplicate key 'expect' (first on line 12)" in str(
+        pytest.raises(SpecError, parse_spec, text, "b.yaml").value
+    )
+
+
+def test_top_level_x_keys_hold_anchors_and_are_not_data():
+    spec = parse_spec("x-shared: {a: 1}\nx-notes: free text\n" + GOOD, "b.yaml")
+    assert [b.name for b in spec.behaviors] == ["alex-hart", "other"]
+    # elsewhere an x- key is as unknown as any other key
+    assert "unknown key 'x-note' in a behavior" in error_of(
+        "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    x-note: 1\n"
+    )
+
+
+def test_a_behavior_list_replaces_the_default_list():
+    spec = parse_spec(
+        "defaults:\n  claims: [\"rank(' y') <= 2\"]\n  marks: [slow]\nbehaviors:\n"
+        "  - {name: a, prompt: x, expect: y, claims: [\"prob(' y') > 0.1\"]}\n"
+        "  - {name: b, prompt: x, expect: y}\n",
+        "b.yaml",
+    )
+    a, b = spec.behaviors
+    assert [c.text for c in a.claims] == ["prob(' y') > 0.1"] and a.marks == ("slow",)
+    assert [c.text for c in b.claims] == ["rank(' y') <= 2"]
