@@ -406,28 +406,36 @@ def _looks_like_path(name: str) -> bool:
 # ------------------------------------------------------------------ the loader
 
 
-def _parse_device_map(device_map: Any, name: str) -> Any:
+def parse_device_map(device_map: Any) -> Any:
     """``"auto"``/``"balanced"``/... as is; a dict as is; a JSON object string (the ini / command-line
-    form, e.g. ``{"": "cpu"}``) as a dict; anything else a one-line ModelNotAvailable."""
+    form, e.g. ``{"": "cpu"}``) as a dict; anything else a ValueError saying what is wrong (the option
+    and the loader each name their source before it)."""
     if isinstance(device_map, dict):
         return device_map
     if isinstance(device_map, str):
         text = device_map.strip()
-        if text.startswith("{"):
+        if text.startswith(("{", "[", '"')):
             try:
                 parsed = json.loads(text)
             except ValueError as exc:
-                raise ModelNotAvailable(f"model {name!r}: device_map {text!r} is not valid JSON ({exc})") from None
+                raise ValueError(f"device_map {text!r} is not valid JSON ({exc})") from None
             if not isinstance(parsed, dict):
-                raise ModelNotAvailable(f"model {name!r}: device_map must be a JSON object, got {text!r}")
+                raise ValueError(f"device_map must be a JSON object, got {text!r}")
             return parsed
         if text in ("auto", "balanced", "balanced_low_0", "sequential"):
             return text
-        raise ModelNotAvailable(
-            f"model {name!r}: unknown device_map {text!r}; expected auto, balanced, "
+        raise ValueError(
+            f"unknown device_map {text!r}; expected auto, balanced, "
             "balanced_low_0, sequential or a JSON object of module name to device"
         )
-    raise ModelNotAvailable(f"model {name!r}: device_map must be a string or a dict, got {device_map!r}")
+    raise ValueError(f"device_map must be a string or a dict, got {device_map!r}")
+
+
+def _parse_device_map(device_map: Any, name: str) -> Any:
+    try:
+        return parse_device_map(device_map)
+    except ValueError as problem:
+        raise ModelNotAvailable(f"model {name!r}: {problem}") from None
 
 
 def load_model(
