@@ -19,7 +19,7 @@ import yaml
 
 from interptest.claims import Claim, ClaimSyntaxError, parse_claim, parse_position
 from interptest.claims.base import cannot_be_false
-from interptest.claims.grammar import template_fields
+from interptest.claims.grammar import did_you_mean, template_fields
 from interptest.errors import SpecError, combined
 
 DEFAULT_MIN_EFFECT = 1.0
@@ -28,6 +28,12 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 _STR, _NUM, _STR_LIST = "a string", "a number", "a list of strings"
 _INT, _MAPPING, _CORRUPT = "an integer", "a mapping", "a string or a mapping (replace, resample or noise)"
 _CLAIMS = "a list of claims (strings, or mappings with 'claim' and 'min_pass_rate')"
+UNAVAILABLE_POLICIES = ("error", "skip")
+SINGLE_TOKEN_POLICIES = ("error", "drop")
+# keys whose value is one of a few words: a value of another type is told the words, not just "a string"
+_UNAVAILABLE = f"one of {', '.join(UNAVAILABLE_POLICIES)}"
+_SINGLE_TOKEN = f"one of {', '.join(SINGLE_TOKEN_POLICIES)}"
+_ENUMS = {_UNAVAILABLE: UNAVAILABLE_POLICIES, _SINGLE_TOKEN: SINGLE_TOKEN_POLICIES}
 DEFAULT_SAMPLES = 20
 
 # Every key a behavior may carry, with the type it must have. The README documents each one.
@@ -47,8 +53,8 @@ BEHAVIOR_KEYS = {
     "min_effect": _NUM,
     "min_pass_rate": _NUM,
     "marks": _STR_LIST,
-    "single_token": _STR,
-    "if_model_unavailable": _STR,
+    "single_token": _SINGLE_TOKEN,
+    "if_model_unavailable": _UNAVAILABLE,
     "skip": _STR,
     "xfail": _STR,
 }
@@ -58,13 +64,11 @@ FILE_KEYS = {
     "description": _STR,
     "defaults": _MAPPING,
     "behaviors": _BEHAVIORS,
-    "if_model_unavailable": _STR,
+    "if_model_unavailable": _UNAVAILABLE,
 }
 EXTENSION_PREFIX = "x-"
 """A top-level key starting with this is the user's own (anchors for merge keys, notes) and is ignored."""
 MODEL_EXPECTED = "a model name (such as 'gpt2') or a save_pretrained directory"
-UNAVAILABLE_POLICIES = ("error", "skip")
-SINGLE_TOKEN_POLICIES = ("error", "drop")
 CORRUPTION_KINDS = ("replace", "resample", "noise")
 
 # The JSON Schema of each type above, for editors (interptest.schema builds the spec file's schema from
@@ -104,6 +108,7 @@ TYPE_SCHEMAS: dict[str, dict] = {
         },
     },
     _BEHAVIORS: {"type": "array"},
+    **{kind: {"enum": list(words)} for kind, words in _ENUMS.items()},
 }
 
 
@@ -314,8 +319,10 @@ def _type_ok(value, expected: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if expected == _CORRUPT:
         return isinstance(value, (str, dict))
-    if expected == _CLAIMS:
-        return isinstance(value, list) and all(isinstance(v, (str, dict)) for v in value)
+    if expected == _CLAIMS:  # each item's type is checked with the item, which then names its index
+        return isinstance(value, list)
+    if expected in _ENUMS:  # the word itself is checked where the key is read
+        return isinstance(value, str)
     if expected == _BEHAVIORS:
         return isinstance(value, list)
     raise AssertionError(expected)
@@ -514,6 +521,13 @@ def _parse_behavior(
             if key in merged:
                 error(f"{key!r} only applies to a prompt family: write 'template' instead of 'prompt'", key)
     corruption = _parse_corruption(merged.get("corrupt"), prompt, family, error)
+    if family is not None and corruption is not None and corruption.kind == "noise" and "foil" not in merged:
+        error(
+            "a family's noise corruption needs a 'foil': without one, each sample's foil would be its top-1 "
+            "prediction under random noise, which differs from sample to sample and is often the expected "
+            "token itself (then nothing can be measured); name the competing token, e.g. foil: ' Cole'",
+            "corrupt",
+        )
     reference = merged.get("reference", [])
     if "reference" in merged and (not reference or "" in reference):
         error("expected a non-empty list of non-empty prompts (each with the prompt's token count)", "reference")
@@ -570,6 +584,12 @@ def _parse_behavior(
 def _parse_claim_item(item, i: int, error: ErrorFn, family: bool) -> tuple[Claim, float | None]:
     """One entry of 'claims': a claim's text, or a mapping with 'claim' and 'min_pass_rate'."""
     text, rate = item, None
+    if not isinstance(item, (str, dict)):
+        error(
+            f'expected a string, got {_describe(item)}: each claim is one string, e.g. "logit_diff >= 2.0" '
+            "(or a mapping with 'claim' and 'min_pass_rate')",
+            f"claims[{i}]",
+        )
     if isinstance(item, dict):
         unknown = set(item) - {"claim", "min_pass_rate"}
         if unknown or not isinstance(item.get("claim"), str):
@@ -744,11 +764,16 @@ def _parse_corruption(value, prompt: str, family: Family | None, error: ErrorFn)
                 "corrupt",
             )
         return Corruption("text", text=value)
-    if len(value) != 1 or next(iter(value)) not in CORRUPTION_KINDS:
-        error(
-            f"expected one of {{replace: ...}}, {{resample: [...]}}, {{noise: ...}}, got keys {sorted(value)}",
-            "corrupt",
-        )
+    unknown = [key for key in value if key not in CORRUPTION_KINDS]
+    if unknown or len(value) != 1:
+        kinds = "{replace: ...}, {resample: [...]}, {noise: ...}"
+        if not unknown:
+            error(
+                f"give one corruption, got {len(value)} ({', '.join(sorted(value))}); expected one of {kinds}",
+                "corrupt",
+            )
+        named = f"unknown key {unknown[0]!r} in 'corrupt'" + did_you_mean(str(unknown[0]), CORRUPTION_KINDS)
+        error(f"{named}; expected one of {kinds}, got keys {sorted(map(str, value))}", "corrupt")
     kind, spec = next(iter(value.items()))
     key = f"corrupt.{kind}"
     if kind == "replace":
@@ -773,8 +798,20 @@ def _parse_corruption(value, prompt: str, family: Family | None, error: ErrorFn)
             if len(family.variables[var]) < 2:
                 error(f"variable {var!r} has a single value, so it cannot be re-drawn to a different one", key)
         return Corruption("resample", resample=tuple(spec))
-    if not isinstance(spec, dict) or set(spec) - {"positions", "scale"} or "positions" not in spec:
+    if not isinstance(spec, dict):
         error("expected {positions: [...], scale: 3.0}", key)
+    for name in spec:
+        if name not in ("positions", "scale"):
+            error(
+                f"unknown key {name!r} in corrupt.noise{did_you_mean(str(name), ('positions', 'scale'))}; "
+                "allowed keys: positions, scale",
+                key,
+            )
+    if "positions" not in spec:
+        error(
+            "missing key 'positions' (the positions whose embeddings get noise, e.g. positions: [\"{first}\", -2])",
+            key,
+        )
     positions = spec["positions"]
     if not isinstance(positions, list) or not positions:
         error("'positions' must be a non-empty list of positions, e.g. [\"{first}\", -2]", key)

@@ -54,7 +54,7 @@ def test_a_one_device_map_runs_the_suite(pytester, write, where):
             "sequential or a JSON object of module name to device",
         ),
         ('{"": cpu}', "--interp-device-map: device_map '{\"\": cpu}' is not valid JSON (Expecting value*"),
-        ('{}x', "--interp-device-map: device_map '{}x' is not valid JSON (Extra data*"),
+        ("{}x", "--interp-device-map: device_map '{}x' is not valid JSON (Extra data*"),
     ],
 )
 def test_a_bad_map_is_a_usage_error_naming_the_option(pytester, write, value, message):

@@ -111,7 +111,8 @@ FAMILY_HEAD = 'behaviors:\n  - name: fam\n    template: "Her name was {first} {l
         ),
         (
             "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {swap: 1}\n",
-            "key 'corrupt': expected one of {replace: ...}, {resample: [...]}, {noise: ...}, got keys ['swap']",
+            "key 'corrupt': unknown key 'swap' in 'corrupt'; expected one of {replace: ...}, {resample: [...]}, "
+            "{noise: ...}, got keys ['swap']",
         ),
         (
             "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    vars: {x: [a]}\n",

@@ -317,3 +317,89 @@ def test_a_behavior_list_replaces_the_default_list():
     a, b = spec.behaviors
     assert [c.text for c in a.claims] == ["prob(' y') > 0.1"] and a.marks == ("slow",)
     assert [c.text for c in b.claims] == ["rank(' y') <= 2"]
+
+
+FAMILY = "behaviors:\n  - name: a\n    template: 'x {v}'\n    vars: {v: [a, b]}\n    samples: 2\n    expect: y\n"
+ONE = "behaviors:\n  - name: a\n    prompt: x y\n    expect: y\n    corrupt: x z\n"
+ORDER = (
+    "the words of a claim go in this order: any, the quantity, together, on corrupt or on random_repeat, "
+    "the verb (recovers, breaks, faithful, minimal), the comparison or beats random at Q, then ablate or of "
+    "logit_diff"
+)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    claims: [0.9]\n",
+            "specs/f.yaml:5: behavior 'a', key 'claims[0]': expected a string, got a number (0.9): each claim is "
+            "one string, e.g. \"logit_diff >= 2.0\" (or a mapping with 'claim' and 'min_pass_rate')",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n"
+            "    claims:\n      - logit_diff >= 0\n      - true\n",
+            "specs/f.yaml:7: behavior 'a', key 'claims[1]': expected a string, got a boolean (True)",
+        ),
+        (
+            FAMILY + "    single_token: true\n",
+            "specs/f.yaml:7: behavior 'a', key 'single_token': expected one of error, drop, got a boolean (True)",
+        ),
+        (
+            FAMILY + "    corrupt: {replace: {' a': ' b'}, seed: 3}\n",
+            "specs/f.yaml:7: behavior 'a', key 'corrupt': unknown key 'seed' in 'corrupt'; expected one of "
+            "{replace: ...}, {resample: [...]}, {noise: ...}, got keys ['replace', 'seed']",
+        ),
+        (
+            FAMILY + "    corrupt: {resample: [v], replace: {' a': ' b'}}\n",
+            "key 'corrupt': give one corruption, got 2 (replace, resample)",
+        ),
+        (
+            FAMILY + "    foil: z\n    corrupt: {noise: {positions: [-1], sigma: 2}}\n",
+            "specs/f.yaml:8: behavior 'a', key 'corrupt.noise': unknown key 'sigma' in corrupt.noise; "
+            "allowed keys: positions, scale",
+        ),
+        (
+            FAMILY + "    foil: z\n    corrupt: {noise: {scale: 2}}\n",
+            "key 'corrupt.noise': missing key 'positions' (the positions whose embeddings get noise, e.g. "
+            'positions: ["{first}", -2])',
+        ),
+        (
+            FAMILY + "    corrupt: {noise: {positions: [-1]}}\n",
+            "specs/f.yaml:7: behavior 'a', key 'corrupt': a family's noise corruption needs a 'foil'",
+        ),
+        (
+            ONE + "    claims: ['any path heads[0.1] -> logits recovers >= 0.5']\n",
+            "cannot parse claim at column 5: 'any' does not apply to paths: a path claim is one value (the "
+            "senders' effect through the receivers), not a set of cells to pick the best from; write the claim "
+            "without 'any'",
+        ),
+        (
+            ONE + "    claims: ['any circuit heads[0.1] faithful >= 0.5']\n",
+            "'any' does not apply to circuits: it picks the best cell of a localization claim",
+        ),
+        (
+            ONE + "    claims: ['previous_token_score(heads[0.1]) >= 0.5 on random_repeat']\n",
+            "cannot parse claim at column 41: expected the end of the claim, found 'on'; " + ORDER,
+        ),
+        (
+            ONE + "    claims: ['heads[0.1, 0.2] recovers together >= 0.5']\n",
+            "expected a comparison (>=, <=, >, <, ==), found 'together'; " + ORDER,
+        ),
+        (
+            ONE + "    claims: ['heads[0.1] ablate mean breaks >= 0.5']\n",
+            "found 'ablate'; " + ORDER,
+        ),
+        (
+            ONE + "    claims: ['attn[0.1] from -1 to 0 on corrupt together >= 0.5']\n",
+            "found 'together'; " + ORDER,
+        ),
+    ],
+)
+def test_item_messages_name_the_right_cause(text, message):
+    assert message in error_of(text)
+
+
+def test_a_family_noise_corruption_with_a_foil_is_accepted():
+    behavior = parse_spec(FAMILY + "    foil: z\n    corrupt: {noise: {positions: [-1]}}\n", "b.yaml").behaviors[0]
+    assert behavior.corruption.kind == "noise" and behavior.foil == "z"
