@@ -12,7 +12,7 @@ from interptest.errors import InterpError, SpecError
 from interptest.model_cache import DEFAULT_MODEL, ModelCache
 from interptest.outcomes import BehaviorResult, run_behavior
 from interptest.render import render_failure
-from interptest.running import Run
+from interptest.running import Run, device_of
 from interptest.spec import DEFAULT_MIN_EFFECT, BehaviorSpec, parse_behavior
 
 
@@ -91,6 +91,30 @@ def patch_sweep(
         return run.sweep(component, direction)[1]
 
 
+def top_predictions(model, prompt: str, k: int = 5) -> list[tuple[str, float]]:
+    """The ``k`` most probable next tokens after ``prompt``, as (token text, probability), most probable
+    first: the softmax of the last position's logits, the prompt tokenized as a spec's is (with the
+    model's BOS where it prepends one)."""
+    import torch
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InterpError(f"top_predictions: k must be a positive integer, got {k!r}")
+    try:  # the prompt is checked as a spec's: every word known to the tokenizer, within the context
+        spec = parse_behavior({"name": "top_predictions", "prompt": prompt, "expect": " "}, path="top_predictions()")
+        ids = SpecTokenizer(spec, model).prompt(prompt, "prompt")
+    except SpecError as error:
+        raise _api_error("top_predictions", error) from None
+    with torch.inference_mode():
+        probs = model(ids.to(device_of(model)))[0, -1].float().softmax(-1)
+        values, indices = probs.topk(min(k, probs.shape[-1]))
+    return [(model.to_string([int(i)]), float(v)) for v, i in zip(values, indices)]
+
+
+def _api_error(function: str, error: SpecError) -> InterpError:
+    """A spec error of an API call's input, as one line naming the function and the argument."""
+    return InterpError(f"{function}: {error.key}: {error.message}" if error.key else f"{function}: {error.message}")
+
+
 _DEFAULT_CACHE = ModelCache()
 
 
@@ -121,4 +145,4 @@ def check_behavior(
     return result
 
 
-__all__ = ["BehaviorFailed", "check_behavior", "patch_sweep"]
+__all__ = ["BehaviorFailed", "check_behavior", "patch_sweep", "top_predictions"]
