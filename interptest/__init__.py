@@ -18,6 +18,19 @@ _DEFERRED = {
     "check_behavior": "interptest.api",
     "BehaviorFailed": "interptest.api",
     "top_predictions": "interptest.api",
+    **{
+        name: "interptest.api"
+        for name in (
+            "attention",
+            "head_scores",
+            "direct_effects",
+            "lens",
+            "path_effect",
+            "circuit_faithfulness",
+            "circuit_drops",
+            "measure",
+        )
+    },
 }
 
 __all__ = ["InterpError", "ModelNotAvailable", "SpecError", "__version__", *_DEFERRED]
