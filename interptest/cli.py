@@ -149,7 +149,7 @@ def _map(args) -> int:
     tops = {}
     for label, prompt in (("clean", args.prompt), ("corrupt", args.corrupt)):
         tops[label] = top_predictions(model, prompt, args.top_k)
-        shown = ", ".join(f"{token!r} {prob:.3f}" for token, prob in tops[label])
+        shown = ", ".join(f"{token!r} {prob:z.3f}" for token, prob in tops[label])
         print(f"  {label:<8}top-{args.top_k}: {shown}")
     expect = args.expect
     if expect is None:
@@ -165,7 +165,7 @@ def _map(args) -> int:
             foil=args.foil,
             direction=args.direction,
         )
-    print(f"{args.model}: m_clean {pm.clean_metric:.3f}, m_corrupt {pm.corrupt_metric:.3f}, Δm {pm.delta:.3f}")
+    print(f"{args.model}: m_clean {pm.clean_metric:z.3f}, m_corrupt {pm.corrupt_metric:z.3f}, Δm {pm.delta:z.3f}")
     print("\n".join(line for line in render_map(pm) if "claimed cell" not in line))
     if args.html is not None:
         from interptest.files import atomic_write

@@ -343,9 +343,6 @@ class InterpSession:
             shrink_budget=self.options.shrink_budget,
         )
         result.draw = baselines.draw(bound.seed, [s.prompt for s in bound.samples]) if bound.spec.family else {}
-        result.labels = (
-            [bound.position_source(p) for p in range(len(bound.tokens))] if bound.spec.family else list(bound.tokens)
-        )
         if self.options.report_all:
             self._sweep_every_component(bound, result)
         if not self.options.baseline_update:

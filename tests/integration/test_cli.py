@@ -56,7 +56,9 @@ def test_patch_map_repr_html_and_plot():
     pm = interptest.patch_sweep(model, ALEX[0], ALEX[2], "resid_pre", expect=" Hart")
     text = repr(pm)
     assert text.splitlines()[0] == "PatchMap(resid_pre, denoise: m_clean 18.881, m_corrupt -20.231, Δm 39.111)"
-    assert "·Hart" in text and "L0    0.00   0.00   0.00   0.00   0.00   1.00" in text
+    # nine columns leave room for labels of 13 characters: "<|endoftext|>" is shortened by one
+    assert "·Hart" in text and "<|endoft…" in text
+    assert "L0       0.00      0.00      0.00      0.00      0.00      1.00" in text
     assert 'data-map="resid_pre"' in pm._repr_html_() and "<style>" in pm._repr_html_()
     assert pm.delta == pytest.approx(39.111, abs=1e-3)
     matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is the 'plot' extra")
