@@ -180,8 +180,10 @@ def test_a_loaded_model_does_not_warn_that_unpadded_prompts_may_be_padded():
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
     logger = logging.getLogger("transformers")
     logger.addHandler(handler)
+    verbosity = tf_logging.get_verbosity()
     try:
         model = M.load_model("interptest-tiny", device="cpu")
+        tf_logging.set_verbosity_warning()  # as in a fresh process (another test may have lowered it)
         tokens = model.to_tokens("Her name was Alex Hart. When Alex")
         assert int(tokens[0, 0]) == model.original_model.config.pad_token_id  # the heuristic's trigger
         tf_logging.get_logger("transformers.modeling_utils").warning_once.cache_clear()
@@ -195,3 +197,4 @@ def test_a_loaded_model_does_not_warn_that_unpadded_prompts_may_be_padded():
         assert [r for r in records if "attention_mask" in r]
     finally:
         logger.removeHandler(handler)
+        tf_logging.set_verbosity(verbosity)
