@@ -1,12 +1,13 @@
 """The ``interptest`` command: look before you claim.
 
-    interptest map PROMPT --corrupt TEXT --expect TOKEN [--component C] [--model M] [--html FILE]
-    interptest suggest SPEC [SPEC ...] [--model M]
+    interptest map PROMPT --corrupt TEXT [--expect TOKEN] [--component C] [--model M] [--html FILE]
+    interptest suggest SPEC [SPEC ...] [--model M] [-k TEXT]
     interptest schema
+    interptest --version
 
-``map`` prints a patching map in the terminal (and writes the report's heatmap with ``--html``);
-``suggest`` prints, for every behavior of the spec files, the strongest claims that hold, as YAML to
-paste (it never writes the files); ``schema`` prints the JSON Schema of spec files.
+``map`` prints both prompts' top predictions and a patching map in the terminal (and writes the report's
+heatmap with ``--html``); ``suggest`` prints, for every behavior of the spec files, the strongest claims
+that hold, as YAML to paste (it never writes the files); ``schema`` prints the JSON Schema of spec files.
 """
 
 from __future__ import annotations
@@ -27,12 +28,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Mechanistic-interpretability claims as tests: "
         "explore with patching maps, get claim suggestions, validate specs.",
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the versions and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sweep = commands.add_parser("map", help="print a patching map of one prompt pair")
     sweep.add_argument("prompt", help="the clean prompt")
     sweep.add_argument("--corrupt", required=True, help="the corrupted prompt (same token count)")
-    sweep.add_argument("--expect", required=True, help="the expected next token, e.g. ' Hart' (mind the space)")
+    sweep.add_argument(
+        "--expect",
+        default=None,
+        help="the expected next token, e.g. ' Hart' (mind the space); default: the clean prompt's top-1 token",
+    )
     sweep.add_argument(
         "--foil",
         default=None,
@@ -48,36 +54,118 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--model", default="interptest-tiny", help="model name or checkpoint directory")
     sweep.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     sweep.add_argument("--html", type=Path, default=None, help="also write the map as an HTML page")
+    sweep.add_argument("--top-k", type=_positive, default=5, help="how many top predictions of each prompt to print")
+    _threads_option(sweep)
 
     suggest = commands.add_parser("suggest", help="print the strongest claims that hold for spec files' behaviors")
     suggest.add_argument("specs", nargs="+", type=Path, help="YAML spec files")
     suggest.add_argument("--model", default=None, help="model for every behavior, overriding the specs")
     suggest.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     suggest.add_argument("--seed", type=int, default=0, help="seed of the samples prompt families draw")
+    suggest.add_argument(
+        "-k",
+        dest="select",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="only behaviors whose name contains TEXT (case-insensitive; repeat for any of several)",
+    )
+    _threads_option(suggest)
 
     commands.add_parser("schema", help="print the JSON Schema of spec files")
     return parser
 
 
+def _version() -> str:
+    """``interptest X (TransformerLens Y, transformers Z, torch W)``, read from the installed metadata
+    (nothing is imported, so ``--version`` answers at once)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from interptest.version import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    others = ", ".join(f"{label} {installed(name)}" for label, name in _LIBRARIES)
+    return f"interptest {__version__} ({others})"
+
+
+class _Version(argparse.Action):
+    """--version on one line (argparse's own wraps it at the terminal's width)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
+_LIBRARIES = (("TransformerLens", "transformer-lens"), ("transformers", "transformers"), ("torch", "torch"))
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a positive integer")
+    return number
+
+
+def _threads(text: str) -> int | None:
+    """--threads as the plugin's --interp-threads: 'auto' (None: half the CPUs) or a positive integer."""
+    if text == "auto":
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a positive integer or 'auto'")
+    return number
+
+
+def _threads_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        help="torch intra-op threads (default auto: half the CPUs available, as the pytest plugin's --interp-threads)",
+    )
+
+
 def _map(args) -> int:
     import torch
 
-    from interptest.api import patch_sweep
+    from interptest.api import patch_sweep, top_predictions
     from interptest.maps import render_map
-    from interptest.model import load_model
+    from interptest.model import configure_threads, load_model
 
+    configure_threads(args.threads)
     model = load_model(args.model, device=args.device)
+    print(f"{args.model}: top predictions")
+    tops = {}
+    for label, prompt in (("clean", args.prompt), ("corrupt", args.corrupt)):
+        tops[label] = top_predictions(model, prompt, args.top_k)
+        shown = ", ".join(f"{token!r} {prob:z.3f}" for token, prob in tops[label])
+        print(f"  {label:<8}top-{args.top_k}: {shown}")
+    expect = args.expect
+    if expect is None:
+        expect = tops["clean"][0][0]
+        print(f"expect {expect!r} (the clean prompt's top-1; --expect to choose)")
     with torch.inference_mode():
         pm = patch_sweep(
             model,
             args.prompt,
             args.corrupt,
             args.component,
-            expect=args.expect,
+            expect=expect,
             foil=args.foil,
             direction=args.direction,
         )
-    print(f"{args.model}: m_clean {pm.clean_metric:.3f}, m_corrupt {pm.corrupt_metric:.3f}, Δm {pm.delta:.3f}")
+    print(f"{args.model}: m_clean {pm.clean_metric:z.3f}, m_corrupt {pm.corrupt_metric:z.3f}, Δm {pm.delta:z.3f}")
     print("\n".join(line for line in render_map(pm) if "claimed cell" not in line))
     if args.html is not None:
         from interptest.files import atomic_write
@@ -95,10 +183,18 @@ def _suggest(args) -> int:
     from interptest.spec import load_spec_file
     from interptest.suggest import suggest
 
-    models = ModelCache(device=args.device)
+    models = ModelCache(device=args.device, threads=args.threads)
     blocks = []
     for path in args.specs:
-        for behavior in load_spec_file(path).behaviors:
+        behaviors = load_spec_file(path).behaviors
+        if args.select:
+            chosen = [b for b in behaviors if any(text.lower() in b.name.lower() for text in args.select)]
+            if not chosen:
+                wanted = " or ".join(f"-k {text!r}" for text in args.select)
+                names = ", ".join(b.name for b in behaviors)
+                raise InterpError(f"{wanted} selects no behavior of {path} (behaviors: {names})")
+            behaviors = tuple(chosen)
+        for behavior in behaviors:
             name = args.model or behavior.model or DEFAULT_MODEL
             beside = path.parent / name
             model = models.get(str(beside) if not args.model and beside.is_dir() else name)

@@ -107,7 +107,7 @@ def minimal_instance(bound: BoundBehavior, index: int, batch_size, budget: Shrin
             "family's mean"
         )
     sample = families.instance(spec, values, corrupt_values)
-    block = families.as_yaml(spec, sample, claim.text, found.get(repr((values, corrupt_values))))
+    block = families.as_yaml(spec, sample, claim.text, found.get(repr((values, corrupt_values))), index)
     if stopped:
         return early + "; the smallest failing instance found by then, ready to paste:\n" + block
     return "\nminimal failing instance (shrunk by hypothesis), ready to paste:\n" + block

@@ -98,7 +98,7 @@ class Claim:
         raise NotImplementedError
 
     def format_value(self, value: float) -> str:
-        return f"{value:.3f}"
+        return f"{value:z.3f}"
 
     def value_range(self) -> tuple[float, float, str] | None:
         """The values this claim's measurement can take, ``(low, high, what)`` (e.g. ``(0, 1, "a
@@ -218,12 +218,12 @@ def _judge_many(comparison: Comparison, m: Measurement, values, required_rate, s
     rate = pass_rate([any(row) if m.quantifier == "any" else all(row) for row in per_sample])
     side = "lower" if comparison.wants_high else "upper"
     detail = (
-        f"mean {stats[i].mean:.3f}, {stats[i].level * 100:.4g}% {side} bound {stats[i].bound:.3f}"
+        f"mean {stats[i].mean:z.3f}, {stats[i].level * 100:.4g}% {side} bound {stats[i].bound:z.3f}"
         + (f" (Bonferroni over {corrected} cells)" if corrected > 1 else "")
-        + f"; pass rate {rate:.2f} over {n_samples} samples"
+        + f"; pass rate {rate:z.2f} over {n_samples} samples"
     )
     if required_rate is not None:
-        detail += f" (required {required_rate:.2f})"
+        detail += f" (required {required_rate:z.2f})"
         passed = passed and rate >= required_rate
     return Verdict(passed, bounds[i], detail, _failing(m, holds))
 

@@ -159,9 +159,9 @@ def control_measurement(
         else ""
     )
     note = (
-        f"{what} {value:.3f} vs {n} random node sets of the same composition"
-        f"{' (every other set)' if exhaustive else ''}{early}: {quantile:g}-quantile {threshold:.3f}, mean "
-        f"{float(finite.mean()):.3f}, max {float(finite.max()):.3f}; the set beats {beaten:.1%} of them"
+        f"{what} {value:z.3f} vs {n} random node sets of the same composition"
+        f"{' (every other set)' if exhaustive else ''}{early}: {quantile:g}-quantile {threshold:z.3f}, mean "
+        f"{float(finite.mean()):z.3f}, max {float(finite.max()):z.3f}; the set beats {beaten:.1%} of them"
     )
     figure = {
         "type": "random",
@@ -199,5 +199,5 @@ def render_control(check) -> list[str]:
             if start <= figure["value"] < start + width or (b == bins - 1 and figure["value"] >= start)
             else ""
         )
-        lines.append(f"  {start:8.3f} | {'#' * max(1 if c else 0, round(30 * c / top)):<30} {c}{mark}")
+        lines.append(f"  {start:z8.3f} | {'#' * max(1 if c else 0, round(30 * c / top)):<30} {c}{mark}")
     return lines
