@@ -202,9 +202,6 @@ def build_shape(name: str, tmp: str, device: str = "cpu", std: float | None = No
     cls_name, kwargs = SHAPES[name]
     cfg = getattr(tf, cls_name)(bos_token_id=0, eos_token_id=0, **kwargs)
     cfg._attn_implementation = "eager"
-    # the bridge picks its adapter from the saved config's ``architectures``; a bare config of a model type
-    # with several causal-LM classes (gemma3_text) has none
-    cfg.architectures = cfg.architectures or [tf.AutoModelForCausalLM._model_mapping[type(cfg)].__name__]
     d = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
     path = os.path.join(tmp, name)
     os.makedirs(path, exist_ok=True)
@@ -212,10 +209,13 @@ def build_shape(name: str, tmp: str, device: str = "cpu", std: float | None = No
         _save_gpt2_tokenizer(tokenizer, path)
     else:
         _save_tokenizer(path)
-    cfg.save_pretrained(path)
     torch.manual_seed(0)
     with torch.device(device):
         hf = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    # the bridge picks its adapter from the saved config's ``architectures``; a bare config of a model type
+    # with several causal-LM classes (gemma3_text) has none
+    cfg.architectures = cfg.architectures or [type(hf).__name__]
+    cfg.save_pretrained(path)
     with torch.no_grad():
         for p in hf.parameters():
             if p.ndim >= 2:
