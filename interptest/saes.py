@@ -84,6 +84,49 @@ class SAEConfig:
     source: str = ""  # where it was read from, for messages
 
 
+@dataclass(frozen=True)
+class SAESource:
+    """One entry of a spec's ``saes:`` key: a name and where the SAE comes from (a directory, or a
+    SAELens release and id), with its config when it could be read without loading weights."""
+
+    name: str
+    path: str | None = None  # resolved directory
+    release: str | None = None
+    sae_id: str | None = None
+    config: SAEConfig | None = None  # read at spec time for a path (release: None until loaded)
+    spec_path: str = "<spec>"  # the spec file and line that declared it, for messages
+    line: int | None = None
+
+    def describe(self) -> str:
+        return self.path if self.path is not None else f"release {self.release!r}, id {self.sae_id!r}"
+
+    def load(self) -> SAE:
+        if self.path is not None:
+            return _load_cached(self.path)
+        assert self.release is not None and self.sae_id is not None, "a release source has both"
+        return load_release(self.release, self.sae_id)
+
+
+_CACHE: dict = {}
+CACHED_SAES = 8
+
+
+def _load_cached(directory: str) -> SAE:
+    """:func:`load`, once per directory and modification time of its files."""
+    root = Path(directory)
+    stamp = (
+        tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.iterdir()) if p.is_file())
+        if root.is_dir()
+        else ()
+    )
+    key = (str(root.resolve()), stamp)
+    if key not in _CACHE:
+        if len(_CACHE) >= CACHED_SAES:  # the oldest goes first
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = load(root)
+    return _CACHE[key]
+
+
 def _flat_config(raw: dict) -> dict:
     """SAELens 6 keeps model/hook fields under ``metadata``; earlier versions at the top level (with
     ``hook_point`` for ``hook_name``, and topk as ``activation_fn: topk`` with ``activation_fn_kwargs.k``)."""

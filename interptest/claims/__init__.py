@@ -20,6 +20,7 @@ from interptest.claims.base import (
 )
 from interptest.claims.circuit import CircuitClaim
 from interptest.claims.direct import DirectClaim
+from interptest.claims.features import FeaturesClaim
 from interptest.claims.grammar import (
     ClaimBindError,
     ClaimSyntaxError,
@@ -50,6 +51,7 @@ KINDS: tuple[type[Claim], ...] = (
     LensClaim,
     PathClaim,
     CircuitClaim,
+    FeaturesClaim,
 )
 
 
@@ -60,6 +62,9 @@ def parse_claim(text: str) -> Claim:
     parser = Parser(text)
     head = parser.tok
     if head.kind == "ident":
+        if head.value == "any":  # a quantifier before the kind's keyword: the keyword picks the kind
+            after = parser.tokens[parser.i + 1]
+            head = after if after.kind == "ident" and any(after.value in k.keywords for k in KINDS) else head
         for kind in KINDS:
             if head.value in kind.keywords:
                 return kind.parse(parser)
