@@ -227,7 +227,8 @@ def parse_config(raw: Any, where: str) -> SAEConfig:
 
 
 def read_config(directory: Path | str) -> SAEConfig:
-    """An SAE directory's validated ``cfg.json`` (no torch needed)."""
+    """An SAE directory's validated ``cfg.json``, its weights file checked present and not pickled (no
+    torch needed: the weights are read by :func:`load`)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise SAEError(f"{directory}: no such SAE directory (expected {CFG_FILENAME} and {WEIGHTS_FILENAME})")
@@ -238,7 +239,9 @@ def read_config(directory: Path | str) -> SAEConfig:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SAEError(f"{path}: not valid JSON ({error})") from None
-    return parse_config(raw, str(path))
+    config = parse_config(raw, str(path))
+    _weights_path(directory)
+    return config
 
 
 def _weights_path(directory: Path) -> Path:

@@ -1,0 +1,352 @@
+"""Feature claims (interptest.claims.features) and their engine (interptest.patching.features).
+
+Every intervention equals a reference written here from the definitions, one forward at a time with a
+TransformerLens hook at the SAE's hook: f = encode(x), ε = x − decode(f), x' = decode(f') + ε with f'
+the edited features (reconstruction: x' = decode(f), ε dropped), on random GPT-2, Llama-style and
+NeoX-style models (≤ 1e-5 of |m_clean − m_corrupt|); an empty intervention changes nothing (≤ 1e-6).
+Grammar and collection errors are tested by their text."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest
+import torch
+from test_saes import make_weights, write_sae
+
+import tinymodels
+from interptest import saes
+from interptest.claims import parse_claim
+from interptest.claims.grammar import ClaimSyntaxError
+from interptest.errors import SpecError
+from interptest.patching.features import FeaturePatcher
+from interptest.spec import parse_spec
+
+HOOK = "blocks.1.hook_resid_pre"
+D_SAE = 40
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference: one sample, one feature set, one forward
+
+
+def ref_encode(x, w, cfg):
+    """SAELens's encoders, vectorized over rows (standard and topk here; test_saes checks every one)."""
+    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    if cfg["architecture"] == "standard":
+        return torch.relu(pre)
+    values, idx = pre.topk(cfg["k"], dim=-1)
+    return torch.zeros_like(pre).scatter(-1, idx, values.relu())
+
+
+def ref_decode(f, w):
+    return f @ w["W_dec"] + w["b_dec"]
+
+
+def ref_metric(model, ids, expect, foil, hook_fn=None, noise=None):
+    hooks = []
+    if noise is not None:
+        hooks.append(("hook_embed", lambda act, hook: act + noise))
+    if hook_fn is not None:
+        hooks.append((HOOK, hook_fn))
+    with torch.no_grad():
+        logits = model.run_with_hooks(ids[None], fwd_hooks=hooks)[0, -1]
+    return float(logits[expect] - logits[foil])
+
+
+def ref_patched(model, ids, expect, foil, w, cfg, features, positions, source_f, noise=None):
+    """x' = decode(f') + ε at the SAE hook, f' = f with ``features`` at ``positions`` from ``source_f`` [n, d_sae]."""
+
+    def hook_fn(act, hook):
+        x = act[0]
+        f = ref_encode(x, w, cfg)
+        eps = x - ref_decode(f, w)
+        f2 = f.clone()
+        for p in positions:
+            for i in features:
+                f2[p, i] = source_f[p, i]
+        return (ref_decode(f2, w) + eps)[None]
+
+    return ref_metric(model, ids, expect, foil, hook_fn, noise)
+
+
+def ref_reconstructed(model, ids, expect, foil, w, cfg, positions):
+    def hook_fn(act, hook):
+        x = act[0].clone()
+        x_hat = ref_decode(ref_encode(act[0], w, cfg), w)
+        for p in positions:
+            x[p] = x_hat[p]
+        return x[None]
+
+    return ref_metric(model, ids, expect, foil, hook_fn)
+
+
+def setup(arch, tmp_path, architecture="standard", S=3, n=7, seed=0):
+    model = tinymodels.tiny_model(arch)
+    d = int(model.cfg.d_model)
+    weights = make_weights(architecture, seed=seed, d_in=d, d_sae=D_SAE)
+    extra = {"k": 6} if architecture == "topk" else {}
+    directory = write_sae(tmp_path / f"sae-{arch}-{architecture}", architecture, weights, **extra)
+    cfg = {"architecture": architecture, "k": 6}
+    sae = saes.load(directory)
+    g = torch.Generator().manual_seed(seed)
+    vocab = int(model.cfg.d_vocab)
+    clean = torch.randint(1, vocab, (S, n), generator=g)
+    clean[:, 0] = 0
+    corrupt = clean.clone()
+    corrupt[:, 2] = torch.randint(1, vocab, (S,), generator=g)
+    corrupt[:, 4] = torch.randint(1, vocab, (S,), generator=g)
+    expect = torch.randint(1, vocab, (S,), generator=g)
+    foil = torch.randint(1, vocab, (S,), generator=g)
+    return model, sae, weights, cfg, clean, corrupt, expect, foil
+
+
+def acts_of(model, ids, noise=None):
+    hooks = [("hook_embed", lambda act, hook: act + noise)] if noise is not None else []
+    store = {}
+
+    def keep(act, hook):
+        store["x"] = act.detach().clone()
+
+    with torch.no_grad():
+        model.run_with_hooks(ids, fwd_hooks=hooks + [(HOOK, keep)])
+    return store["x"]
+
+
+@pytest.mark.parametrize(
+    "arch,architecture", [("gpt2", "standard"), ("llama", "standard"), ("neox", "standard"), ("gpt2", "topk")]
+)
+def test_interventions_equal_the_one_forward_reference(arch, architecture, tmp_path):
+    model, sae, w, cfg, clean, corrupt, expect, foil = setup(arch, tmp_path, architecture)
+    S, n = clean.shape
+    noise = torch.randn(S, n, int(model.cfg.d_model), generator=torch.Generator().manual_seed(5)) * 0.5
+    noise[:, [0, 1, 3, 5, 6]] = 0
+    acts = {"clean": acts_of(model, clean), "corrupt": acts_of(model, corrupt, noise)}
+    engine = FeaturePatcher(model, sae, clean, corrupt, expect, foil, noise, 4, lambda which: acts[which])
+    f_clean = ref_encode(acts["clean"], w, cfg)
+    f_corrupt = ref_encode(acts["corrupt"], w, cfg)
+    m_clean = torch.tensor([ref_metric(model, clean[s], expect[s], foil[s]) for s in range(S)])
+    m_corrupt = torch.tensor([ref_metric(model, corrupt[s], expect[s], foil[s], noise=noise[s]) for s in range(S)])
+    scale = float((m_clean - m_corrupt).abs().max())
+    sets = [[3], [1, 7, 20], list(range(D_SAE))]
+    cases = [
+        ("corrupt", "clean", [2, 6], f_clean),
+        ("clean", "corrupt", list(range(n)), f_corrupt),
+        ("clean", "zero", [4], torch.zeros_like(f_clean)),
+        ("clean", "mean", [0, 4, 6], f_clean.mean(0, keepdim=True).expand_as(f_clean)),
+    ]
+    for base, source, positions, source_f in cases:
+        got = engine.patch(sets, positions, base, source)
+        assert got.shape == (S, len(sets))
+        ids = clean if base == "clean" else corrupt
+        for s in range(S):
+            nz = noise[s] if base == "corrupt" else None
+            for j, features in enumerate(sets):
+                ref = ref_patched(model, ids[s], expect[s], foil[s], w, cfg, features, positions, source_f[s], nz)
+                assert abs(float(got[s, j]) - ref) <= 1e-5 * max(1.0, scale), (base, source, s, j)
+    recon = engine.reconstruct([1, 5], "clean")
+    for s in range(S):
+        ref = ref_reconstructed(model, clean[s], expect[s], foil[s], w, cfg, [1, 5])
+        assert abs(float(recon[s]) - ref) <= 1e-5 * max(1.0, scale)
+    # the engine's features are the reference's
+    assert torch.allclose(engine.features("clean"), f_clean, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_an_empty_intervention_changes_nothing(arch, tmp_path):
+    model, sae, _, _, clean, corrupt, expect, foil = setup(arch, tmp_path)
+    acts = {"clean": acts_of(model, clean), "corrupt": acts_of(model, corrupt)}
+    engine = FeaturePatcher(model, sae, clean, corrupt, expect, foil, None, 2, lambda which: acts[which])
+    for base in ("clean", "corrupt"):
+        ids = clean if base == "clean" else corrupt
+        plain = torch.tensor([ref_metric(model, ids[s], expect[s], foil[s]) for s in range(ids.shape[0])])
+        for source in ("clean", "corrupt", "zero"):
+            got = engine.patch([[]], range(ids.shape[1]), base, source)[:, 0]
+            assert (got - plain.double()).abs().max() <= 1e-6
+        # features replaced by their own values: x + (decode(f) − decode(f)) is x bit for bit
+        same = engine.patch([list(range(D_SAE))], range(ids.shape[1]), base, base)[:, 0]
+        assert (same - plain.double()).abs().max() <= 1e-6
+
+
+# ------------------------------------------------------------------------------------------------
+# Grammar
+
+
+@pytest.mark.parametrize(
+    "text,fields",
+    [
+        ("feature(res1, 123) at ' Hart' >= 2.0", {"form": "activation", "features": (123,), "on_corrupt": False}),
+        ("feature(res1, 7) at -1 on corrupt <= 0.1", {"form": "activation", "on_corrupt": True}),
+        ("any feature(res1, 7) at 1:4 >= 1", {"quantifier": "any"}),
+        (
+            "features(res1)[123, 456] together breaks >= 0.5 ablate zero",
+            {"form": "patch", "features": (123, 456), "quantifier": "together", "ablation": "zero"},
+        ),
+        ("features(res1)[123] recovers >= 0.5", {"direction": "denoise", "quantifier": "every"}),
+        ("features(res1)[top 5; -1] together recovers >= 0.8", {"top": 5, "features": ()}),
+        ("any features(res1)[1, 2] recovers >= 0.5", {"quantifier": "any"}),
+        ("features(res1)[1, 2] together breaks beats random at 0.95", {"direction": "noise"}),
+        ("reconstruction(res1) recovers >= 0.9", {"form": "reconstruction", "positions": None}),
+        ("reconstruction(res1) at -1 recovers >= 0.9", {"form": "reconstruction"}),
+    ],
+)
+def test_grammar(text, fields):
+    claim = parse_claim(text)
+    assert claim.sae == "res1"
+    for key, value in fields.items():
+        assert getattr(claim, key) == value, key
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("feature(res1) at -1 >= 1", "expected ',' and a feature index, e.g. feature(res1, 123)"),
+        ("feature(res1, -3) at -1 >= 1", "feature indices count from 0"),
+        ("feature(res1, 3) >= 1", "expected 'at' and a position"),
+        ("features(res1)[1, 1] recovers >= 0.5", "a feature is listed twice"),
+        ("features(res1)[top 0] together recovers >= 0.5", "'top' needs at least 1 feature"),
+        ("features(res1)[1, 2] breaks beats random at 0.9", "write 'together' before the verb"),
+        ("features(res1)[1] recovers >= 0.5 ablate zero", "'ablate' names what replaces the features"),
+        ("features(res1)[1] recover >= 0.5", "'recovers' or 'breaks' (did you mean 'recovers'?)"),
+        ("any features(res1)[1] together recovers >= 0.5", "'any' and 'together' cannot be combined"),
+        ("features(3)[1] recovers >= 0.5", "expected an SAE name (a key of 'saes')"),
+        ("reconstruction(res1) breaks >= 0.5", "expected 'recovers' (or 'at' and a position)"),
+    ],
+)
+def test_grammar_errors(text, message):
+    with pytest.raises(ClaimSyntaxError) as info:
+        parse_claim(text)
+    assert message in info.value.render()
+
+
+def test_any_still_starts_localization_claims():
+    assert type(parse_claim("any resid_pre[0, -1] recovers >= 0.5")).__name__ == "LocalizationClaim"
+
+
+# ------------------------------------------------------------------------------------------------
+# The saes key and collection errors, at the key's or the claim's line
+
+
+def spec_file(tmp_path, body: str, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def parse(path):
+    return parse_spec(path.read_text(), str(path))
+
+
+def _error(path) -> str:
+    with pytest.raises(SpecError) as info:
+        parse(path)
+    return str(info.value)
+
+
+BEHAVIOR = textwrap.dedent(
+    """
+    behaviors:
+      - name: b
+        prompt: "The dog sat"
+        expect: " on"
+        corrupt: "The Bob sat"
+        claims:
+          - "{claim}"
+    """
+)
+
+
+def test_saes_key_resolves_next_to_the_spec_and_merges_levels(tmp_path):
+    write_sae(tmp_path / "saes" / "a", "standard")
+    write_sae(tmp_path / "saes" / "b", "jumprelu")
+    path = spec_file(
+        tmp_path,
+        """
+        saes:
+          one: {path: saes/a}
+        behaviors:
+          - name: b
+            prompt: "The dog sat"
+            expect: " on"
+            corrupt: "The Bob sat"
+            saes:
+              two: {path: saes/b}
+            claims:
+              - "features(one)[1] recovers >= 0.5"
+              - "features(two)[1] recovers >= 0.5"
+        """,
+    )
+    behavior = parse(path).behaviors[0]
+    assert [s.name for s in behavior.saes] == ["one", "two"]
+    assert behavior.sae("two").config.architecture == "jumprelu"
+    assert behavior.sae("one").path == str(tmp_path / "saes" / "a")
+
+
+def test_unknown_sae_name_at_the_claims_line(tmp_path):
+    write_sae(tmp_path / "a")
+    path = spec_file(
+        tmp_path, "saes:\n  res1: {path: a}\n" + BEHAVIOR.format(claim="features(res2)[1] recovers >= 0.5")
+    )
+    message = _error(path)
+    assert message.startswith(f"{path}:10: behavior 'b', key 'claims[0]': ")
+    assert "names SAE 'res2', which is not defined under 'saes' (defined: res1) (did you mean 'res1'?)" in message
+
+
+def test_feature_index_beyond_d_sae_at_the_claims_line(tmp_path):
+    write_sae(tmp_path / "a")  # d_sae 24
+    path = spec_file(tmp_path, "saes:\n  res1: {path: a}\n" + BEHAVIOR.format(claim="feature(res1, 24) at -1 >= 1"))
+    message = _error(path)
+    assert message.startswith(f"{path}:10: behavior 'b', key 'claims[0]': ")
+    assert "feature 24 does not exist: SAE 'res1' has d_sae = 24 (features 0..23)" in message
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        ("{path: nowhere}", "nowhere: no such SAE directory"),
+        ("{paths: a}", "expected {path: DIR}"),
+        ("{release: r}", "expected {path: DIR}"),
+        ("{path: pickled}", "pickled weights (sae_weights.pt) are refused: safetensors only"),
+        ("{path: badcfg}", "cfg.json: not valid JSON"),
+        ("{path: matryoshka}", "architecture 'matryoshka' is not supported"),
+    ],
+)
+def test_bad_sae_entries_at_the_entry_line(tmp_path, entry, message):
+    write_sae(tmp_path / "pickled")
+    (tmp_path / "pickled" / "sae_weights.safetensors").unlink()
+    torch.save({}, tmp_path / "pickled" / "sae_weights.pt")
+    write_sae(tmp_path / "badcfg")
+    (tmp_path / "badcfg" / "cfg.json").write_text("{")
+    write_sae(tmp_path / "matryoshka", "matryoshka")
+    path = spec_file(tmp_path, f"saes:\n  fine: {{path: pickled/..}}\n  res1: {entry}\n" + BEHAVIOR.format(claim="x"))
+    path.write_text(path.read_text().replace("  fine: {path: pickled/..}\n", ""))
+    text = _error(path)
+    assert text.startswith(f"{path}:2: key 'saes.res1': ") and message in text, text
+
+
+def test_release_needs_sae_lens(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("sae_lens") is not None:
+        pytest.skip("sae-lens is installed here")
+    path = spec_file(
+        tmp_path, "saes:\n  scope: {release: gemma-scope-2b-pt-res, id: layer_12}\n" + BEHAVIOR.format(claim="x")
+    )
+    text = _error(path)
+    assert text.startswith(f"{path}:2: key 'saes.scope': release 'gemma-scope-2b-pt-res': loading an SAE by release")
+    assert "needs the 'sae-lens' package, which is not installed" in text
+
+
+def test_claims_that_cannot_be_false_or_lack_a_corruption_are_refused(tmp_path):
+    write_sae(tmp_path / "a")
+    path = spec_file(tmp_path, "saes:\n  res1: {path: a}\n" + BEHAVIOR.format(claim="feature(res1, 3) at -1 >= 0"))
+    assert "cannot be false: the value is a feature activation" in _error(path)
+    body = "saes:\n  res1: {path: a}\n" + BEHAVIOR.format(claim="features(res1)[3] recovers >= 0.5")
+    path = spec_file(tmp_path, body.replace('    corrupt: "The Bob sat"\n', ""))
+    assert "is normalized by the clean−corrupt effect (m_clean − m_corrupt); add a 'corrupt' prompt" in _error(path)
