@@ -243,12 +243,19 @@ class FeaturesClaim(Claim):
                 note=f"the SAE's reconstruction in place of {bound.sae.hook_name} at {_where(bound, run)}",
             )
         features = self.features or top_features(engine, bound.positions, self.top or 0)
+        if not features:
+            raise Unjudgeable(
+                f"no feature of SAE {self.sae!r} differs between the clean and corrupted runs at {_where(bound, run)}"
+            )
         base, source, mean_over = self._run_and_source(run)
 
         def measure_sets(sets):
             return _normalize(run, engine.patch(sets, bound.positions, base, source, mean_over), self.direction)
 
-        chosen = f"features {', '.join(map(str, features))}" + (" (top by |clean − corrupt|)" if self.top else "")
+        chosen = f"features {', '.join(map(str, features))}"
+        if self.top:
+            fewer = f"; only {len(features)} differ" if len(features) < self.top else ""
+            chosen += f" (top {self.top} by |clean − corrupt|{fewer})"
         if self.quantifier == "together":
             values = measure_sets([features])
             if self.random is not None:
@@ -346,9 +353,10 @@ def feature_engine(run, name: str, sae):
 
 def top_features(engine, positions, k: int) -> tuple[int, ...]:
     """The k features with the largest mean over samples of Σ over ``positions`` of |f_clean − f_corrupt|
-    (ties: the lower index)."""
+    (ties: the lower index), among those whose difference is not 0 (fewer than k when fewer differ: a
+    feature equal on both runs changes nothing when patched)."""
     diff = (engine.features("clean") - engine.features("corrupt"))[:, list(positions)].abs().sum(1).mean(0)
-    order = sorted(range(diff.numel()), key=lambda i: (-float(diff[i]), i))
+    order = sorted((i for i in range(diff.numel()) if float(diff[i]) > 0), key=lambda i: (-float(diff[i]), i))
     return tuple(sorted(order[:k]))
 
 

@@ -350,3 +350,110 @@ def test_claims_that_cannot_be_false_or_lack_a_corruption_are_refused(tmp_path):
     body = "saes:\n  res1: {path: a}\n" + BEHAVIOR.format(claim="features(res1)[3] recovers >= 0.5")
     path = spec_file(tmp_path, body.replace('    corrupt: "The Bob sat"\n', ""))
     assert "is normalized by the clean−corrupt effect (m_clean − m_corrupt); add a 'corrupt' prompt" in _error(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Through the pipeline: binding, the run, each claim's values
+
+
+def _behavior(tmp_path, claims, sae_dir, **keys):
+    from interptest.spec import parse_behavior
+
+    entry = {
+        "name": "b",
+        "prompt": "The dog sat on the",
+        "corrupt": "The Bob sat on the",
+        "expect": " dog",
+        "foil": " Bob",
+        "min_effect": 0.0,
+        "saes": {"s": {"path": str(sae_dir)}},
+        "claims": claims,
+    }
+    return parse_behavior(entry | keys)
+
+
+def test_claim_values_equal_the_reference(tmp_path):
+    from interptest.binding import bind_behavior
+    from interptest.running import Run
+
+    model = tinymodels.tiny_model("gpt2")
+    w = make_weights("standard", seed=3, d_in=int(model.cfg.d_model), d_sae=D_SAE)
+    sae_dir = write_sae(tmp_path / "s", "standard", w)
+    cfg = {"architecture": "standard"}
+    claims = [
+        "feature(s, 3) at 2 >= 0.5",
+        "any feature(s, 5) at 1:4 on corrupt >= 0.5",
+        "features(s)[1, 2; 2] together recovers >= 0.1",
+        "features(s)[1, 2, 9] recovers >= 0.1",
+        "features(s)[top 3] together breaks >= 0.1 ablate zero",
+        "reconstruction(s) recovers >= 0.1",
+        "reconstruction(s) at 2 recovers >= 0.1",
+    ]
+    bound = bind_behavior(_behavior(tmp_path, claims, sae_dir), model)
+    run = Run(bound)
+    clean, corrupt = bound.clean_ids[0], bound.corrupt_ids[0]
+    expect, foil = int(run.expect_first[0]), int(run.foil_ids[0])
+    n = clean.shape[0]
+    x_clean, x_corrupt = acts_of(model, clean[None])[0], acts_of(model, corrupt[None])[0]
+    f_clean, f_corrupt = ref_encode(x_clean, w, cfg), ref_encode(x_corrupt, w, cfg)
+    mc, mx = ref_metric(model, clean, expect, foil), ref_metric(model, corrupt, expect, foil)
+    assert abs(float(run.clean_metrics[0]) - mc) < 1e-5 and abs(float(run.corrupt_metrics[0]) - mx) < 1e-5
+
+    def rec(m):
+        return (m - mx) / (mc - mx)
+
+    def brk(m):
+        return (mc - m) / (mc - mx)
+
+    diff = (f_clean - f_corrupt).abs().sum(0)
+    top = sorted(sorted(range(D_SAE), key=lambda i: (-float(diff[i]), i))[:3])
+    expected = [
+        [float(f_clean[2, 3])],
+        [float(f_corrupt[p, 5]) for p in (1, 2, 3)],
+        [rec(ref_patched(model, corrupt, expect, foil, w, cfg, [1, 2], [2], f_clean))],
+        [rec(ref_patched(model, corrupt, expect, foil, w, cfg, [i], range(n), f_clean)) for i in (1, 2, 9)],
+        [brk(ref_patched(model, clean, expect, foil, w, cfg, top, range(n), torch.zeros_like(f_clean)))],
+        [rec(ref_reconstructed(model, clean, expect, foil, w, cfg, range(n)))],
+        [rec(ref_reconstructed(model, clean, expect, foil, w, cfg, [2]))],
+    ]
+    scale = 1e-5 * max(1.0, abs(mc - mx)) / abs(mc - mx)  # 1e-5 of |Δm|, in normalized units
+    for claim, bound_claim, want in zip(bound.spec.claims, bound.bound_claims, expected):
+        got = claim.measure(bound_claim, run).values[0].tolist()
+        assert len(got) == len(want), claim.text
+        for g, r in zip(got, want):
+            assert abs(g - r) <= max(scale, 1e-6), (claim.text, g, r)
+
+
+def test_the_sae_must_fit_the_model_at_its_entry_line(tmp_path):
+    from interptest.binding import bind_behavior
+
+    model = tinymodels.tiny_model("gpt2")
+    cases = [
+        (make_weights("standard", d_in=24), {}, "d_in = 24 does not fit 'blocks.1.hook_resid_pre', which is 32 wide"),
+        (
+            make_weights("standard", d_in=32),
+            {"metadata": {"hook_name": "blocks.9.hook_resid_pre"}},
+            "its hook 'blocks.9.hook_resid_pre' does not exist on this model",
+        ),
+        (
+            make_weights("standard", d_in=32),
+            {"metadata": {"hook_name": "blocks.0.attn.hook_q"}},
+            "its hook 'blocks.0.attn.hook_q' is not supported: SAEs read the residual stream",
+        ),
+    ]
+    for i, (weights, cfg, message) in enumerate(cases):
+        sae_dir = write_sae(tmp_path / f"s{i}", "standard", weights, **cfg)
+        behavior = _behavior(tmp_path, ["features(s)[1] recovers >= 0.5"], sae_dir)
+        with pytest.raises(SpecError) as info:
+            bind_behavior(behavior, model)
+        text = str(info.value)
+        assert text.startswith(f"<dict>: behavior 'b', key 'saes.s': SAE 's' ({sae_dir}): "), text
+        assert message in text, text
+
+
+def test_unused_saes_are_not_loaded(tmp_path):
+    from interptest.binding import bind_behavior
+
+    model = tinymodels.tiny_model("gpt2")
+    sae_dir = write_sae(tmp_path / "s", "standard", make_weights("standard", d_in=24))  # would not fit
+    bind_behavior(_behavior(tmp_path, ["prob(' dog') >= 0.0001"], sae_dir), model)
