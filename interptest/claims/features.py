@@ -381,4 +381,13 @@ def _random_control(claim, bound, run, values, measure_sets, features) -> Measur
             if pick not in seen:
                 seen.add(pick)
                 sets.append(list(pick))
-    return sequential_control(values, measure_sets, sets, claim.random.quantile, exhaustive, claim.verb, run.seed)
+    return sequential_control(
+        values,
+        measure_sets,
+        sets,
+        claim.random.quantile,
+        exhaustive,
+        claim.verb,
+        run.seed,
+        sets_are=f"sets of {size} other features of SAE {claim.sae!r}",
+    )
