@@ -22,6 +22,7 @@ from interptest.claims.base import cannot_be_false
 from interptest.claims.grammar import template_fields
 from interptest.errors import SpecError, combined
 from interptest.saes import SAEError, SAESource, read_config
+from interptest.zoo import shipped_sae_dir, shipped_saes
 
 DEFAULT_MIN_EFFECT = 1.0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -29,7 +30,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 _STR, _NUM, _STR_LIST = "a string", "a number", "a list of strings"
 _INT, _MAPPING, _CORRUPT = "an integer", "a mapping", "a string or a mapping (replace, resample or noise)"
 _CLAIMS = "a list of claims (strings, or mappings with 'claim' and 'min_pass_rate')"
-_SAES = "a mapping of SAE names to {path: DIR} or {release: RELEASE, id: ID}"
+_SAES = "a mapping of SAE names to {path: DIR}, {zoo: NAME} or {release: RELEASE, id: ID}"
 DEFAULT_SAMPLES = 20
 
 # Every key a behavior may carry, with the type it must have. The README documents each one.
@@ -116,6 +117,12 @@ TYPE_SCHEMAS: dict[str, dict] = {
                     "required": ["path"],
                     "additionalProperties": False,
                     "properties": {"path": {"type": "string", "minLength": 1}},
+                },
+                {
+                    "type": "object",
+                    "required": ["zoo"],
+                    "additionalProperties": False,
+                    "properties": {"zoo": {"type": "string", "minLength": 1}},
                 },
                 {
                     "type": "object",
@@ -871,8 +878,9 @@ SAE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def parse_saes(value, path: str, key: str, key_line: int | None, behavior: str | None) -> tuple[SAESource, ...]:
     """A ``saes:`` mapping (file, defaults or behavior level): each name with ``{path: DIR}`` (SAELens's
-    layout, resolved next to the spec file; its cfg.json is read and checked here) or ``{release: R, id:
-    I}`` (through sae-lens, which must be installed). Errors point at the entry's line."""
+    layout, resolved next to the spec file; its cfg.json is read and checked here), ``{zoo: NAME}`` (an SAE
+    shipped with interptest, interptest/zoo/saes/NAME) or ``{release: R, id: I}`` (through sae-lens, which
+    must be installed). Errors point at the entry's line."""
     if value is None:
         return ()
     lines = getattr(value, "key_lines", {})
@@ -885,14 +893,19 @@ def parse_saes(value, path: str, key: str, key_line: int | None, behavior: str |
 
         if not isinstance(name, str) or not SAE_NAME.fullmatch(name):
             error(f"invalid SAE name {name!r}: claims name it, so use letters, digits and '_' (not first a digit)")
-        if not isinstance(entry, dict) or set(entry) not in ({"path"}, {"release", "id"}):
+        if not isinstance(entry, dict) or set(entry) not in ({"path"}, {"zoo"}, {"release", "id"}):
             error(
                 "expected {path: DIR} (a directory with cfg.json and sae_weights.safetensors, relative to the spec "
-                f"file) or {{release: RELEASE, id: ID}} (through sae-lens), got {_describe(entry)}"
+                "file), {zoo: NAME} (an SAE shipped with interptest) or {release: RELEASE, id: ID} (through "
+                f"sae-lens), got {_describe(entry)}"
                 + (f" with keys {sorted(map(str, entry))}" if isinstance(entry, dict) else "")
             )
         if not all(isinstance(v, str) and v for v in entry.values()):
             error(f"expected non-empty strings, got {entry!r}")
+        if "zoo" in entry:
+            if entry["zoo"] not in shipped_saes():
+                error(f"no shipped SAE {entry['zoo']!r} (shipped: {', '.join(shipped_saes()) or 'none'})")
+            entry = {"path": str(shipped_sae_dir(entry["zoo"]))}
         if "path" in entry:
             directory = Path(entry["path"]).expanduser()
             if not directory.is_absolute() and path not in ("<spec>", "<dict>"):

@@ -286,6 +286,8 @@ def test_saes_key_resolves_next_to_the_spec_and_merges_levels(tmp_path):
     assert [s.name for s in behavior.saes] == ["one", "two"]
     assert behavior.sae("two").config.architecture == "jumprelu"
     assert behavior.sae("one").path == str(tmp_path / "saes" / "a")
+    shipped = parse_spec("saes:\n  z: {zoo: tiny-res1}\n" + BEHAVIOR.format(claim="features(z)[1] recovers >= 0.5"))
+    assert shipped.behaviors[0].sae("z").config.d_sae == 512
 
 
 def test_unknown_sae_name_at_the_claims_line(tmp_path):
@@ -315,6 +317,7 @@ def test_feature_index_beyond_d_sae_at_the_claims_line(tmp_path):
         ("{path: pickled}", "pickled weights (sae_weights.pt) are refused: safetensors only"),
         ("{path: badcfg}", "cfg.json: not valid JSON"),
         ("{path: matryoshka}", "architecture 'matryoshka' is not supported"),
+        ("{zoo: nope}", "no shipped SAE 'nope' (shipped: tiny-res1)"),
     ],
 )
 def test_bad_sae_entries_at_the_entry_line(tmp_path, entry, message):
