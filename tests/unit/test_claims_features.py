@@ -460,3 +460,24 @@ def test_unused_saes_are_not_loaded(tmp_path):
     model = tinymodels.tiny_model("gpt2")
     sae_dir = write_sae(tmp_path / "s", "standard", make_weights("standard", d_in=24))  # would not fit
     bind_behavior(_behavior(tmp_path, ["prob(' dog') >= 0.0001"], sae_dir), model)
+
+
+def test_ablate_mean_over_reference_prompts_equals_the_reference(tmp_path):
+    from interptest.binding import bind_behavior
+    from interptest.running import Run
+
+    model = tinymodels.tiny_model("gpt2")
+    w = make_weights("standard", seed=4, d_in=int(model.cfg.d_model), d_sae=D_SAE)
+    sae_dir = write_sae(tmp_path / "s", "standard", w)
+    refs = ["The the sat on the", "The Bob sat on the", "The dog sat on the"]
+    claim = "features(s)[1, 2, 3; 1:4] together breaks >= 0.1 ablate mean"
+    bound = bind_behavior(_behavior(tmp_path, [claim], sae_dir, reference=refs), model)
+    run = Run(bound)
+    clean, corrupt = bound.clean_ids[0], bound.corrupt_ids[0]
+    expect, foil = int(run.expect_first[0]), int(run.foil_ids[0])
+    cfg = {"architecture": "standard"}
+    mean_f = torch.stack([ref_encode(acts_of(model, model.to_tokens(r))[0], w, cfg) for r in refs]).mean(0)
+    mc, mx = ref_metric(model, clean, expect, foil), ref_metric(model, corrupt, expect, foil)
+    m = ref_patched(model, clean, expect, foil, w, {"architecture": "standard"}, [1, 2, 3], [1, 2, 3], mean_f)
+    got = float(bound.spec.claims[0].measure(bound.bound_claims[0], run).values[0, 0])
+    assert abs(got - (mc - m) / (mc - mx)) <= 1e-5 * max(1.0, abs(mc - mx)) / abs(mc - mx)
