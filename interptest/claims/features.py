@@ -256,14 +256,19 @@ class FeaturesClaim(Claim):
         if self.top:
             fewer = f"; only {len(features)} differ" if len(features) < self.top else ""
             chosen += f" (top {self.top} by |clean − corrupt|{fewer})"
+        figure = strip(engine, self.sae, features, bound, run)
         if self.quantifier == "together":
             values = measure_sets([features])
             if self.random is not None:
-                return _random_control(self, bound, run, values, measure_sets, features)
-            return Measurement(values, quantifier="together", note=f"one joint edit of {chosen}")
+                control = _random_control(self, bound, run, values, measure_sets, features)
+                assert control.figure is not None, "a random control draws its distribution"
+                control.figure["features"] = list(features)
+                return control
+            return Measurement(values, quantifier="together", note=f"one joint edit of {chosen}", figure=figure)
         values = measure_sets([[f] for f in features])
         labels = [f"(feature {f})" for f in features]
-        return Measurement(values, tuple(features), labels, self.quantifier, context=chosen if self.top else "")
+        context = chosen if self.top else ""
+        return Measurement(values, tuple(features), labels, self.quantifier, context=context, figure=figure)
 
     def _run_and_source(self, run) -> tuple[str, str, str]:
         mean_over = "clean" if run.bound.n_samples > 1 or run.bound.reference_ids is None else "reference"
@@ -279,7 +284,8 @@ class FeaturesClaim(Claim):
         values = f[:, list(bound.positions), index].double()
         tokens = run.bound.corrupt_tokens if self.on_corrupt and run.bound.corrupt_tokens else run.tokens
         labels = [f"(position {p} {tokens[p]!r})" for p in bound.positions]
-        return Measurement(values, tuple(bound.positions), labels, self.quantifier)
+        figure = strip(engine, self.sae, (index,), bound, run)
+        return Measurement(values, tuple(bound.positions), labels, self.quantifier, figure=figure)
 
     def format_value(self, value: float) -> str:
         return f"{value:.3f}"
@@ -287,7 +293,8 @@ class FeaturesClaim(Claim):
     def record(self, check) -> dict:
         out: dict[str, Any] = {"sae": self.sae, "form": self.form}
         if self.form == "patch":
-            out["features"] = list(self.features)
+            chosen = (check.figure or {}).get("features")
+            out["features"] = list(chosen if chosen is not None else self.features)
             if self.top:
                 out["top"] = self.top
             if self.direction == "noise":
@@ -349,6 +356,32 @@ def feature_engine(run, name: str, sae):
         )
 
     return run.memo(f"features:{name}", open_engine)
+
+
+STRIP_FEATURES = 8  # the report's strip shows at most this many features
+
+
+def strip(engine, name: str, features, bound: BoundFeatures, run) -> dict:
+    """The report's feature-activation strip: the first sample's clean and corrupted activations of (at
+    most :data:`STRIP_FEATURES` of) ``features`` at every token, the claim's positions marked."""
+    clean = engine.features("clean")[0]
+    corrupt = engine.features("corrupt")[0] if run.bound.corrupt_ids is not None else None
+    rows = []
+    for i in list(features)[:STRIP_FEATURES]:
+        row = {"feature": int(i), "clean": [round(float(v), 4) for v in clean[:, i]]}
+        if corrupt is not None:
+            row["corrupt"] = [round(float(v), 4) for v in corrupt[:, i]]
+        rows.append(row)
+    return {
+        "type": "features",
+        "sae": name,
+        "hook": bound.sae.hook_name,
+        "tokens": list(run.tokens),
+        "corrupt_tokens": list(run.bound.corrupt_tokens or []),
+        "positions": list(bound.positions),
+        "features": [int(i) for i in features],
+        "rows": rows,
+    }
 
 
 def top_features(engine, positions, k: int) -> tuple[int, ...]:

@@ -1,0 +1,45 @@
+"""Feature claims through pytest: results.json records the SAE, the chosen features and the random
+control; report.html draws the feature-activation strip; a bad SAE entry is a collection error at its line."""
+
+import json
+
+SPEC = """\
+saes:
+  res1: {zoo: tiny-res1}
+behaviors:
+  - name: alex-hart
+    prompt: "Her name was Alex Hart. When Alex"
+    expect: " Hart"
+    corrupt: "Her name was Alex Cole. When Alex"
+    claims:
+      - "feature(res1, 139) at ' Hart' >= 0.8"
+      - "features(res1)[top 3; ' Hart'] together recovers >= 0.2"
+      - "features(res1)[top 3; ' Hart'] together recovers beats random at 0.9"
+      - "reconstruction(res1) recovers >= 0.99"
+"""
+
+
+def test_results_and_report(pytester, write):
+    write("behaviors/f.yaml", SPEC)
+    result = pytester.runpytest("--interp-report=out", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)  # the reconstruction keeps 0.934, not 0.99
+    result.stdout.fnmatch_lines(["*reconstruction(res1) recovers >= 0.99*"])
+    data = json.loads((pytester.path / "out" / "results.json").read_text())
+    claims = {c["text"]: c for c in data["behaviors"][0]["claims"]}
+    activation = claims["feature(res1, 139) at ' Hart' >= 0.8"]
+    assert activation["sae"] == "res1" and activation["form"] == "activation" and activation["passed"]
+    assert activation["figure"]["type"] == "features" and activation["figure"]["rows"][0]["feature"] == 139
+    top = claims["features(res1)[top 3; ' Hart'] together recovers >= 0.2"]
+    assert top["features"] == [139, 431, 433] and top["top"] == 3 and top["passed"]
+    control = claims["features(res1)[top 3; ' Hart'] together recovers beats random at 0.9"]
+    assert control["features"] == [139, 431, 433] and control["random"]["drawn"] >= 20 and control["passed"]
+    assert not claims["reconstruction(res1) recovers >= 0.99"]["passed"]
+    html = (pytester.path / "out" / "report.html").read_text()
+    assert 'data-figure="features"' in html and "feature 139 · clean" in html and "feature 139 · corrupt" in html
+
+
+def test_a_bad_sae_entry_is_a_collection_error_at_its_line(pytester, write):
+    write("behaviors/f.yaml", SPEC.replace("{zoo: tiny-res1}", "{path: missing}"))
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*behaviors/f.yaml:2: key 'saes.res1': *missing: no such SAE directory*"])
