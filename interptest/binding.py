@@ -53,6 +53,7 @@ class BoundBehavior:
     notes: list = field(default_factory=list)  # what binding changed, e.g. dropped lexicon entries
     sample_tokens: list = field(default_factory=list)  # every sample's tokens (positions bind on each)
     variables: list = field(default_factory=list)  # every sample's template variables, as token texts
+    saes: dict = field(default_factory=dict)  # SAE name -> interptest.saes.SAE, those the claims name
 
     def position_source(self, p: int) -> str:
         """Position ``p`` as a claim writes it so that it binds to ``p`` on every sample (a family's
@@ -309,7 +310,7 @@ def bind_samples(
         n_kv_heads=getattr(model.cfg, "n_key_value_heads", None),
         architecture=direct.architecture(model),
         unsupported=_unsupported(model),
-        saes=_load_saes(spec, model),
+        saes=load_saes(spec, model),
     )
     try:
         bound_claims = bind_all(list(spec.claims), context)
@@ -343,6 +344,7 @@ def bind_samples(
         _reference_ids(spec, tok, clean_ids),
         sample_tokens=tokens,
         variables=variables,
+        saes=context.saes,
     )
 
 
@@ -393,10 +395,12 @@ SAE_HOOK_WIDTHS = {
 }
 
 
-def _load_saes(spec: BehaviorSpec, model) -> dict:
-    """The SAEs the behavior's claims name, loaded and checked against the model: its hook must exist and
-    be an activation of width d_in. Errors point at the SAE's entry under 'saes'."""
+def load_saes(spec: BehaviorSpec, model, every: bool = False) -> dict:
+    """The SAEs the behavior's claims name (``every``: all it declares), loaded and checked against the model:
+    the hook must exist and be an activation of width d_in. Errors point at the SAE's entry under 'saes'."""
     used = {name for claim in spec.claims if (name := getattr(claim, "sae", None))}
+    if every:
+        used = {source.name for source in spec.saes}
     loaded = {}
     hooks = getattr(model, "hook_dict", {})
     for source in spec.saes:

@@ -104,7 +104,12 @@ class SAESource:
         if self.path is not None:
             return _load_cached(self.path)
         assert self.release is not None and self.sae_id is not None, "a release source has both"
-        return load_release(self.release, self.sae_id)
+        key = ("release", self.release, self.sae_id)
+        if key not in _CACHE:
+            if len(_CACHE) >= CACHED_SAES:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = load_release(self.release, self.sae_id)
+        return _CACHE[key]
 
 
 _CACHE: dict = {}

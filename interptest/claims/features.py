@@ -35,6 +35,8 @@ from interptest.claims.base import (
     Measurement,
     Unjudgeable,
     ablation_requirement,
+    bound_at_least,
+    measured_bounds,
 )
 from interptest.claims.controls import control_seed, random_count, render_control, sequential_control
 from interptest.claims.grammar import (
@@ -306,6 +308,10 @@ class FeaturesClaim(Claim):
     def render(self, check, color: bool = False) -> list[str]:
         return render_control(check) if self.random is not None else []
 
+    @classmethod
+    def suggest(cls, run, seed: int) -> list[str]:
+        return suggest_features(run, seed)
+
 
 def _index(p: Parser) -> int:
     tok = p.tok
@@ -424,3 +430,56 @@ def _random_control(claim, bound, run, values, measure_sets, features) -> Measur
         run.seed,
         sets_are=f"sets of {size} other features of SAE {claim.sae!r}",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# --interp-suggest: per SAE, the reconstruction, the strongest single features, the smallest top set
+
+CARRIER = 0.9  # a feature set whose joint clean values recover this much carries the behavior
+CANDIDATES = 16  # single features tried: the most different ones
+STRONGEST = 3  # single features suggested at most
+MIN_SUGGESTED = 0.1  # a measured value below this suggests nothing (its bound would be about 0)
+TOP_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+def suggest_features(run, seed: int) -> list[str]:
+    """For every SAE the behavior declares (at every position): the reconstruction's recovery; the (at most 3)
+    single features among the 16 most different whose clean value alone recovers most; and the smallest
+    ``top N`` (N = 1, 2, 4, … 32) whose joint clean values recover ≥ 0.9 — else the largest with its
+    bound. Bounds: the measured value (one sample) or its bootstrap bound (a family), ``MARGIN`` below."""
+    claims: list[str] = []
+    positions = tuple(range(len(run.tokens)))
+    for name, sae in (getattr(run.bound, "saes", None) or {}).items():
+        engine = feature_engine(run, name, sae)
+
+        def lower(raw):
+            return measured_bounds(_normalize(run, raw, "denoise").double(), seed, raw.shape[1], True)
+
+        recon = lower(engine.reconstruct(positions, "clean")[:, None])[0]
+        if recon >= MIN_SUGGESTED:
+            claims.append(f"reconstruction({name}) recovers >= {bound_at_least(recon):.2f}")
+        candidates = top_features(engine, positions, CANDIDATES)
+        if not candidates:
+            continue
+        single = lower(engine.patch([[f] for f in candidates], positions, "corrupt", "clean"))
+        ranked = sorted(zip(single, candidates), key=lambda vf: (-vf[0], vf[1]))[:STRONGEST]
+        claims += [
+            f"features({name})[{f}] recovers >= {bound_at_least(v):.2f}" for v, f in ranked if v >= MIN_SUGGESTED
+        ]
+        best = None
+        for k in TOP_SIZES:
+            if (
+                k > len(candidates)
+                and k > 1
+                and best is not None
+                and best[0] == len(top_features(engine, positions, k))
+            ):
+                break
+            features = top_features(engine, positions, k)
+            value = lower(engine.patch([features], positions, "corrupt", "clean"))[0]
+            best = (len(features), k, value)
+            if value >= CARRIER:
+                break
+        if best is not None and best[2] >= MIN_SUGGESTED:
+            claims.append(f"features({name})[top {best[1]}] together recovers >= {bound_at_least(best[2]):.2f}")
+    return claims

@@ -43,3 +43,27 @@ def test_a_bad_sae_entry_is_a_collection_error_at_its_line(pytester, write):
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*behaviors/f.yaml:2: key 'saes.res1': *missing: no such SAE directory*"])
+
+
+def test_suggest_states_feature_claims_that_hold(pytester, write):
+    import re
+
+    from interptest.api import check_behavior
+
+    write("behaviors/f.yaml", SPEC.replace('      - "reconstruction(res1) recovers >= 0.99"\n', ""))
+    result = pytester.runpytest("--interp-suggest", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    suggested = re.findall(r'- "((?:features|reconstruction)\(res1\)[^"]*)"', out)
+    assert "reconstruction(res1) recovers >= 0.85" in suggested  # measured 0.934
+    assert "features(res1)[139] recovers >= 0.05" in suggested  # measured 0.121: the strongest single feature
+    assert any(s.startswith("features(res1)[top ") and "together recovers >= " in s for s in suggested), suggested
+    behavior = {
+        "name": "pasted",
+        "prompt": "Her name was Alex Hart. When Alex",
+        "expect": " Hart",
+        "corrupt": "Her name was Alex Cole. When Alex",
+        "saes": {"res1": {"zoo": "tiny-res1"}},
+        "claims": suggested,
+    }
+    assert check_behavior(behavior, "interptest-tiny", raise_on_failure=False).passed
