@@ -62,9 +62,10 @@ def parse_claim(text: str) -> Claim:
     parser = Parser(text)
     head = parser.tok
     if head.kind == "ident":
-        if head.value == "any":  # a quantifier before the kind's keyword: the keyword picks the kind
+        if head.value == "any":  # a quantifier before a kind's keyword: that keyword picks the kind
             after = parser.tokens[parser.i + 1]
-            head = after if after.kind == "ident" and any(after.value in k.keywords for k in KINDS) else head
+            if after.kind == "ident" and any(k.takes_any and after.value in k.keywords for k in KINDS):
+                head = after
         for kind in KINDS:
             if head.value in kind.keywords:
                 return kind.parse(parser)

@@ -70,6 +70,7 @@ class Claim:
 
     keywords: ClassVar[tuple[str, ...]] = ()
     hint: ClassVar[str] = ""  # how the kind's claims start, for the "unknown claim" message
+    takes_any: ClassVar[bool] = False  # its claims may start with the quantifier 'any' before a keyword
     text: str
     comparison: Comparison
 

@@ -78,6 +78,7 @@ class FeaturesClaim(Claim):
 
     keywords: ClassVar[tuple[str, ...]] = tuple(FORMS)
     hint: ClassVar[str] = "feature(SAE, i) at POS, features(SAE)[...] or reconstruction(SAE)"
+    takes_any: ClassVar[bool] = True
 
     # -- grammar
     @classmethod

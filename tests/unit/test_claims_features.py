@@ -481,3 +481,31 @@ def test_ablate_mean_over_reference_prompts_equals_the_reference(tmp_path):
     m = ref_patched(model, clean, expect, foil, w, {"architecture": "standard"}, [1, 2, 3], [1, 2, 3], mean_f)
     got = float(bound.spec.claims[0].measure(bound.bound_claims[0], run).values[0, 0])
     assert abs(got - (mc - m) / (mc - mx)) <= 1e-5 * max(1.0, abs(mc - mx)) / abs(mc - mx)
+
+
+def test_any_before_another_kind_is_still_localizations_error():
+    with pytest.raises(ClaimSyntaxError) as info:
+        parse_claim("any prob(' Hart') >= 0.5")
+    assert "expected a component (resid_pre" in info.value.render()
+
+
+def test_activation_claims_need_no_corruption(tmp_path):
+    from interptest.api import check_behavior
+
+    model = tinymodels.tiny_model("gpt2")
+    w = make_weights("standard", seed=3, d_in=int(model.cfg.d_model), d_sae=D_SAE)
+    sae_dir = write_sae(tmp_path / "s", "standard", w)
+    behavior = {
+        "name": "b",
+        "prompt": "The dog sat on the",
+        "expect": " dog",
+        "saes": {"s": {"path": str(sae_dir)}},
+        "claims": ["feature(s, 3) at 2 >= 0.001", "feature(s, 3) at 2 <= 1000"],
+    }
+    result = check_behavior(behavior, model, raise_on_failure=False)
+    x = acts_of(model, model.to_tokens("The dog sat on the"))[0]
+    want = float(ref_encode(x, w, {"architecture": "standard"})[2, 3])
+    values = {c.text: c.value for c in result.checks}
+    assert values["feature(s, 3) at 2 <= 1000"] == pytest.approx(want, abs=1e-6)
+    assert [c.figure["type"] for c in result.checks if c.text.startswith("feature(")] == ["features", "features"]
+    assert "corrupt" not in next(c for c in result.checks if c.text.startswith("feature(")).figure["rows"][0]
