@@ -306,3 +306,36 @@ def test_release_without_sae_lens(monkeypatch):
         saes.load_release("gemma-scope-2b-pt-res", "layer_12/width_16k/average_l0_82")
     assert "needs the 'sae-lens' package, which is not installed" in str(info.value)
     assert "'gemma-scope-2b-pt-res'" in str(info.value)
+
+
+@pytest.mark.parametrize("architecture,options", CASES[::2])
+def test_release_form_converts_sae_lens_objects_exactly(tmp_path, monkeypatch, architecture, options):
+    """``release:`` goes through sae_lens.SAE.from_pretrained (local cache only); its SAE object is converted
+    field by field. Here from_pretrained returns an SAE loaded from a directory (no hub access)."""
+    sae_lens = pytest.importorskip("sae_lens")
+    directory = write_sae(tmp_path / "sae", architecture, **options)
+    calls = []
+
+    def from_pretrained(release, sae_id, device="cpu", **kwargs):
+        import os
+
+        calls.append((release, sae_id, os.environ.get("HF_HUB_OFFLINE")))
+        return sae_lens.SAE.load_from_disk(str(directory))
+
+    monkeypatch.setattr(sae_lens.SAE, "from_pretrained", from_pretrained)
+    ours = saes.load_release("some-release", "some/id")
+    assert calls == [("some-release", "some/id", "1")]  # offline: nothing is downloaded
+    theirs = sae_lens.SAE.load_from_disk(str(directory))
+    x = _inputs(seed=4)
+    with torch.no_grad():
+        f = theirs.encode(x)
+        assert (ours.encode(x) - f).abs().max() <= 1e-6
+        assert (ours.decode(ours.encode(x), x) - theirs.decode(f)).abs().max() <= 1e-6
+    assert ours.hook_name == "blocks.1.hook_resid_pre" and ours.config.architecture == architecture
+
+
+def test_release_not_in_the_cache_is_an_error():
+    pytest.importorskip("sae_lens")
+    with pytest.raises(SAEError) as info:
+        saes.load_release("no-such-release", "x")
+    assert "release 'no-such-release', id 'x': sae-lens could not load it from the local cache" in str(info.value)
