@@ -274,7 +274,7 @@ class FeaturesClaim(Claim):
         return Measurement(values, tuple(features), labels, self.quantifier, context=context, figure=figure)
 
     def _run_and_source(self, run) -> tuple[str, str, str]:
-        mean_over = "clean" if run.bound.n_samples > 1 or run.bound.reference_ids is None else "reference"
+        mean_over = "clean" if run.bound.reference_ids is None else "reference"  # references win, as for nodes
         if self.direction == "denoise":
             return "corrupt", "clean", mean_over
         source = {"resample": "corrupt", None: "corrupt"}.get(self.ablation, self.ablation or "corrupt")

@@ -67,3 +67,22 @@ def test_suggest_states_feature_claims_that_hold(pytester, write):
         "claims": suggested,
     }
     assert check_behavior(behavior, "interptest-tiny", raise_on_failure=False).passed
+
+
+def test_an_sae_that_does_not_fit_the_model_is_an_error_at_its_entry(pytester, write):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+    from test_saes import make_weights, write_sae
+
+    write_sae(pytester.path / "behaviors" / "wide", "standard", make_weights("standard", d_in=64, d_sae=600))
+    write("behaviors/f.yaml", SPEC.replace("{zoo: tiny-res1}", "{path: wide}"))
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret != 0 and "passed" not in result.stdout.str().split("\n")[-1]
+    result.stdout.fnmatch_lines(
+        [
+            "*behaviors/f.yaml:2: behavior 'alex-hart', key 'saes.res1': SAE 'res1' (*wide): d_in = 64 does not fit "
+            "'blocks.1.hook_resid_pre', which is 128 wide on this model*"
+        ]
+    )
