@@ -290,8 +290,11 @@ def load_release(release: str, sae_id: str) -> SAE:
             "(it cannot be installed beside TransformerLens 4); save the SAE in SAELens's layout "
             "(sae.save_model(dir)) and name it with 'path:'"
         ) from None
-    previous = os.environ.get("HF_HUB_OFFLINE")
+    from huggingface_hub import constants as hub  # huggingface_hub reads HF_HUB_OFFLINE once, at import
+
+    previous, previous_flag = os.environ.get("HF_HUB_OFFLINE"), hub.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "1"
+    hub.HF_HUB_OFFLINE = True
     try:
         from sae_lens import SAE as LensSAE  # type: ignore[import-not-found,unused-ignore]
 
@@ -303,6 +306,7 @@ def load_release(release: str, sae_id: str) -> SAE:
             "at run time: fetch it once beforehand"
         ) from None
     finally:
+        hub.HF_HUB_OFFLINE = previous_flag
         if previous is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:

@@ -319,12 +319,14 @@ def test_release_form_converts_sae_lens_objects_exactly(tmp_path, monkeypatch, a
     def from_pretrained(release, sae_id, device="cpu", **kwargs):
         import os
 
-        calls.append((release, sae_id, os.environ.get("HF_HUB_OFFLINE")))
+        from huggingface_hub import constants
+
+        calls.append((release, sae_id, os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE))
         return sae_lens.SAE.load_from_disk(str(directory))
 
     monkeypatch.setattr(sae_lens.SAE, "from_pretrained", from_pretrained)
     ours = saes.load_release("some-release", "some/id")
-    assert calls == [("some-release", "some/id", "1")]  # offline: nothing is downloaded
+    assert calls == [("some-release", "some/id", "1", True)]  # offline: nothing is downloaded
     theirs = sae_lens.SAE.load_from_disk(str(directory))
     x = _inputs(seed=4)
     with torch.no_grad():
