@@ -509,3 +509,26 @@ def test_activation_claims_need_no_corruption(tmp_path):
     assert values["feature(s, 3) at 2 <= 1000"] == pytest.approx(want, abs=1e-6)
     assert [c.figure["type"] for c in result.checks if c.text.startswith("feature(")] == ["features", "features"]
     assert "corrupt" not in next(c for c in result.checks if c.text.startswith("feature(")).figure["rows"][0]
+
+
+def test_an_empty_edit_returns_the_activation_bit_for_bit(tmp_path):
+    """At the hook, an edit that changes no feature returns x itself (x + 0), not decode(f) + ε (which rounds)."""
+    model, sae, _, _, clean, corrupt, expect, foil = setup("gpt2", tmp_path)
+    acts = {"clean": acts_of(model, clean), "corrupt": acts_of(model, corrupt)}
+    engine = FeaturePatcher(model, sae, clean, corrupt, expect, foil, None, 8, lambda which: acts[which])
+    edits = []
+
+    class Spy:
+        cfg = model.cfg
+
+        def run_with_hooks(self, ids, fwd_hooks):
+            edits.extend(fn for name, fn in fwd_hooks if name == HOOK)
+            return model.run_with_hooks(ids, fwd_hooks=fwd_hooks)
+
+    engine.model = Spy()
+    engine.patch([[], list(range(D_SAE))], [1, 3], "clean", "clean")
+    x = acts["clean"].repeat(2, 1, 1)
+    out = edits[0](x.clone())
+    assert torch.equal(out, x)  # both sets are empty edits: no feature changes (clean values on the clean run)
+    f, eps = sae.split(x)
+    assert not torch.equal(sae.decode(f) + eps, x)  # the naive form would not be exact
