@@ -101,3 +101,18 @@ def test_the_shipped_sae_matches_its_model_card(model):
     assert saes.l0(f) == pytest.approx(9.924, abs=1e-3)
     assert saes.explained_variance(x, sae.decode(f)) == pytest.approx(0.9315, abs=1e-4)
     assert int(((f > 0).sum(0) == 0).sum()) == 0
+
+
+def test_the_features_command_prints_the_indices_claims_name(capsys, tmp_path):
+    from interptest.cli import main
+
+    alex = "Her name was Alex Hart. When Alex"
+    assert main(["features", alex, "--sae", "tiny-res1", "--corrupt", alex.replace("Hart", "Cole"), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("standard SAE on blocks.1.hook_resid_pre (d_in=128, d_sae=512); interptest-tiny")
+    assert "    5 ' Hart'          282: 1.84, 139: 1.02, 433: 0.81" in out
+    assert "    139  Σ 1.02; most at 5 ' Hart' / ' Cole': 1.02 clean, 0.00 corrupted" in out
+    assert main(["features", alex, "--sae", str(tmp_path / "none")]) == 2
+    assert "no such SAE directory" in capsys.readouterr().err
+    assert main(["features", alex, "--sae", "tiny-res1", "--corrupt", "Her name"]) == 2
+    assert "the corrupted prompt has 3 tokens, the prompt 9" in capsys.readouterr().err
