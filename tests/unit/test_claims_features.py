@@ -353,6 +353,12 @@ def test_claims_that_cannot_be_false_or_lack_a_corruption_are_refused(tmp_path):
     body = "saes:\n  res1: {path: a}\n" + BEHAVIOR.format(claim="features(res1)[3] recovers >= 0.5")
     path = spec_file(tmp_path, body.replace('    corrupt: "The Bob sat"\n', ""))
     assert "is normalized by the clean−corrupt effect (m_clean − m_corrupt); add a 'corrupt' prompt" in _error(path)
+    body = "saes:\n  res1: {path: a}\n" + BEHAVIOR.format(claim="feature(res1, 3) at -1 on corrupt <= 0.5")
+    path = spec_file(tmp_path, body.replace('    corrupt: "The Bob sat"\n', ""))
+    assert "claim 'feature(res1, 3) at -1 on corrupt <= 0.5' reads the corrupted run; add a 'corrupt'" in _error(path)
+    body = "saes:\n  res1: {path: a}\n" + BEHAVIOR.format(claim="features(res1)[3] breaks >= 0.5 ablate mean")
+    path = spec_file(tmp_path, body)
+    assert "ablates by the mean" in _error(path) and "add a 'reference' list of prompts" in _error(path)
 
 
 # ------------------------------------------------------------------------------------------------
