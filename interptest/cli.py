@@ -2,12 +2,15 @@
 
     interptest map PROMPT --corrupt TEXT [--expect TOKEN] [--component C] [--model M] [--html FILE]
     interptest suggest SPEC [SPEC ...] [--model M] [-k TEXT]
+    interptest features PROMPT --sae DIR|NAME [--corrupt TEXT] [--top K] [--model M]
     interptest schema
     interptest --version
 
 ``map`` prints both prompts' top predictions and a patching map in the terminal (and writes the report's
 heatmap with ``--html``); ``suggest`` prints, for every behavior of the spec files, the strongest claims
-that hold, as YAML to paste (it never writes the files); ``schema`` prints the JSON Schema of spec files.
+that hold, as YAML to paste (it never writes the files); ``features`` prints an SAE's most active
+features at every token of a prompt (and, with ``--corrupt``, the features that differ most from the
+corrupted prompt's), the indices feature claims name; ``schema`` prints the JSON Schema of spec files.
 """
 
 from __future__ import annotations
@@ -71,6 +74,18 @@ def _parser() -> argparse.ArgumentParser:
         help="only behaviors whose name contains TEXT (case-insensitive; repeat for any of several)",
     )
     _threads_option(suggest)
+
+    feats = commands.add_parser("features", help="print an SAE's most active features at every token of a prompt")
+    feats.add_argument("prompt", help="the clean prompt")
+    feats.add_argument(
+        "--sae", required=True, help="an SAE directory (cfg.json + sae_weights.safetensors) or a shipped SAE"
+    )
+    feats.add_argument(
+        "--corrupt", default=None, help="a corrupted prompt (same token count): also the features that differ"
+    )
+    feats.add_argument("--top", type=int, default=5, help="features shown per token and overall (default 5)")
+    feats.add_argument("--model", default="interptest-tiny", help="model name or checkpoint directory")
+    feats.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
 
     commands.add_parser("schema", help="print the JSON Schema of spec files")
     return parser
@@ -177,6 +192,63 @@ def _map(args) -> int:
     return 0
 
 
+def _features(args) -> int:
+    import torch
+
+    from interptest import saes
+    from interptest.model import load_model
+    from interptest.zoo import shipped_sae_dir, shipped_saes
+
+    if args.top < 1:
+        raise InterpError(f"--top must be at least 1, got {args.top}")
+    directory = Path(args.sae)
+    if not directory.exists() and args.sae in shipped_saes():
+        directory = shipped_sae_dir(args.sae)
+    sae = saes.load(directory)
+    model = load_model(args.model, device=args.device)
+    if sae.hook_name not in getattr(model, "hook_dict", {}):
+        raise InterpError(f"{directory}: its hook {sae.hook_name!r} does not exist on {args.model}")
+    hook = sae.hook_name
+
+    def features(text: str):
+        ids = model.to_tokens(text)
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(ids, names_filter=lambda name: name == hook)
+        x = cache[hook][0].float().cpu()
+        if x.shape[-1] != sae.d_in:
+            raise InterpError(f"{directory}: d_in = {sae.d_in} does not fit {hook!r}, which is {x.shape[-1]} wide")
+        return list(model.to_str_tokens(ids[0])), sae.encode(x)
+
+    tokens, f = features(args.prompt)
+    print(f"{sae.describe()}; {args.model}")
+    print(f"top {args.top} features at each token of the prompt (feature index: activation):")
+    for p, token in enumerate(tokens):
+        values, index = f[p].topk(min(args.top, sae.d_sae))
+        shown = ", ".join(f"{int(i)}: {float(v):.2f}" for v, i in zip(values, index) if float(v) > 0)
+        print(f"  {p:3d} {token!r:16} {shown or '(none active)'}")
+    if args.corrupt is not None:
+        corrupt_tokens, g = features(args.corrupt)
+        if len(corrupt_tokens) != len(tokens):
+            raise InterpError(
+                f"the corrupted prompt has {len(corrupt_tokens)} tokens, the prompt {len(tokens)}: positions are "
+                "compared one to one"
+            )
+        diff = (f - g).abs()
+        total = diff.sum(0)
+        order = [i for i in total.argsort(descending=True).tolist() if float(total[i]) > 0][: args.top]
+        print(
+            f"the {len(order)} features that differ most from the corrupted prompt (Σ over tokens of |clean − corrupt|;"
+        )
+        print("what features(SAE)[top N] picks at every position):")
+        for i in order:
+            p = int(diff[:, i].argmax())
+            print(
+                f"  {i:5d}  Σ {float(total[i]):.2f}; most at {p} {tokens[p]!r} / {corrupt_tokens[p]!r}: "
+                f"{float(f[p, i]):.2f} clean, {float(g[p, i]):.2f} corrupted"
+            )
+    return 0
+
+
 def _suggest(args) -> int:
     from interptest.binding import bind_behavior
     from interptest.model_cache import DEFAULT_MODEL, ModelCache
@@ -212,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
 
             sys.stdout.write(schema_text())
             return 0
+        if args.command == "features":
+            return _features(args)
         return _map(args) if args.command == "map" else _suggest(args)
     except InterpError as error:
         print(f"interptest {args.command}: {error}", file=sys.stderr)

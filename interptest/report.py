@@ -256,7 +256,7 @@ def _behavior(index: int, record: dict) -> str:
         + (f'<div class="pred-row">{preds}</div>' if preds else "")
         + f'<h3>Claims <span class="muted">passed {_e(claims_text(record))}</span></h3>{_claims(claims)}'
         + (f"<h3>Patching maps</h3>{heatmaps}" if heatmaps else "")
-        + (f"<h3>Attention, direct effects and logit lens</h3>{figures}" if figures else "")
+        + (f"<h3>Attention, direct effects, logit lens and features</h3>{figures}" if figures else "")
         + "</section>"
     )
 
@@ -304,6 +304,7 @@ def _figure(claim: dict) -> str:
         "direct": _direct_figure,
         "lens": _lens_figure,
         "random": _random_figure,
+        "features": _features_figure,
     }.get(figure.get("type"))
     if draw is None:
         return ""
@@ -403,6 +404,37 @@ def _random_figure(figure: dict, bins: int = 12) -> str:
         f"{_e(figure.get('quantile'))}-quantile {_fmt(threshold, 3)}</div>"
         f'<table class="direct random"><thead><tr><th>value</th><th>sets</th><th></th><th></th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _features_figure(figure: dict) -> str:
+    """A feature-activation strip: one row per feature and run, one cell per token, shaded by the activation
+    relative to the strip's largest; the claim's positions marked."""
+    tokens = figure.get("tokens") or []
+    marked = set(figure.get("positions") or [])
+    rows = figure.get("rows") or []
+    top = max([v for row in rows for run in ("clean", "corrupt") for v in row.get(run) or []] + [0.0]) or 1.0
+    head = "".join(
+        f"<th{_CLAIMED if p in marked else ''}><code>{_e(show_token(t))}</code></th>" for p, t in enumerate(tokens)
+    )
+    body = []
+    for row in rows:
+        for run in ("clean", "corrupt"):
+            if row.get(run) is None:
+                continue
+            cells = "".join(
+                f'<td class="num" style="background:{colour(float(v) / top)}" title="{_fmt(v, 3)}">{_fmt(v, 2)}</td>'
+                for v in row[run]
+            )
+            body.append(f"<tr><th>feature {_e(row.get('feature'))} · {run}</th>{cells}</tr>")
+    shown = len(rows)
+    total = len(figure.get("features") or [])
+    more = f" (the first {shown} of {total})" if total > shown else ""
+    return (
+        f'<div class="small muted">SAE {_e(figure.get("sae"))} on {_e(figure.get("hook"))}: feature activations '
+        f"per token{more}, first sample; claimed positions marked</div>"
+        f'<div class="scroll"><table class="features"><thead><tr><th></th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 

@@ -21,6 +21,8 @@ from interptest.claims import Claim, ClaimSyntaxError, parse_claim, parse_positi
 from interptest.claims.base import cannot_be_false
 from interptest.claims.grammar import did_you_mean, template_fields
 from interptest.errors import SpecError, combined
+from interptest.saes import SAEError, SAESource, read_config
+from interptest.zoo import shipped_sae_dir, shipped_saes
 
 DEFAULT_MIN_EFFECT = 1.0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -34,6 +36,7 @@ SINGLE_TOKEN_POLICIES = ("error", "drop")
 _UNAVAILABLE = f"one of {', '.join(UNAVAILABLE_POLICIES)}"
 _SINGLE_TOKEN = f"one of {', '.join(SINGLE_TOKEN_POLICIES)}"
 _ENUMS = {_UNAVAILABLE: UNAVAILABLE_POLICIES, _SINGLE_TOKEN: SINGLE_TOKEN_POLICIES}
+_SAES = "a mapping of SAE names to {path: DIR}, {zoo: NAME} or {release: RELEASE, id: ID}"
 DEFAULT_SAMPLES = 20
 
 # Every key a behavior may carry, with the type it must have. The README documents each one.
@@ -57,6 +60,7 @@ BEHAVIOR_KEYS = {
     "if_model_unavailable": _UNAVAILABLE,
     "skip": _STR,
     "xfail": _STR,
+    "saes": _SAES,
 }
 _BEHAVIORS = "a list of behaviors"
 FILE_KEYS = {
@@ -65,6 +69,7 @@ FILE_KEYS = {
     "defaults": _MAPPING,
     "behaviors": _BEHAVIORS,
     "if_model_unavailable": _UNAVAILABLE,
+    "saes": _SAES,
 }
 EXTENSION_PREFIX = "x-"
 """A top-level key starting with this is the user's own (anchors for merge keys, notes) and is ignored."""
@@ -109,6 +114,32 @@ TYPE_SCHEMAS: dict[str, dict] = {
     },
     _BEHAVIORS: {"type": "array"},
     **{kind: {"enum": list(words)} for kind, words in _ENUMS.items()},
+    _SAES: {
+        "type": "object",
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "additionalProperties": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["path"],
+                    "additionalProperties": False,
+                    "properties": {"path": {"type": "string", "minLength": 1}},
+                },
+                {
+                    "type": "object",
+                    "required": ["zoo"],
+                    "additionalProperties": False,
+                    "properties": {"zoo": {"type": "string", "minLength": 1}},
+                },
+                {
+                    "type": "object",
+                    "required": ["release", "id"],
+                    "additionalProperties": False,
+                    "properties": {"release": {"type": "string"}, "id": {"type": "string"}},
+                },
+            ]
+        },
+    },
 }
 
 
@@ -169,6 +200,10 @@ class BehaviorSpec:
     line: int | None = None
     key_lines: dict = field(default_factory=dict, compare=False, hash=False)
     claim_lines: tuple[int | None, ...] = field(default=(), compare=False, hash=False)
+    saes: tuple[SAESource, ...] = ()  # the SAEs its claims may name (file's, then defaults', then its own)
+
+    def sae(self, name: str) -> SAESource | None:
+        return next((s for s in self.saes if s.name == name), None)
 
     def error(self, message: str, key: str | None = None, claim_index: int | None = None) -> SpecError:
         """A SpecError pointing at this behavior (and, when given, at one key or one claim)."""
@@ -313,7 +348,7 @@ def _type_ok(value, expected: str) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected == _STR_LIST:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if expected == _MAPPING:
+    if expected in (_MAPPING, _SAES):
         return isinstance(value, dict)
     if expected == _INT:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -385,6 +420,7 @@ def parse_spec(text: str, path: str = "<spec>", keep_going: bool = False) -> Spe
     own_keys = {key: value for key, value in data.items() if not str(key).startswith(EXTENSION_PREFIX)}
     _check_keys(own_keys, FILE_KEYS, "the spec file", file_error, extension_hint=True)
     _check_model(data, file_error)
+    file_saes = parse_saes(data.get("saes"), path, "saes", data.key_lines.get("saes"), None)
     if "behaviors" not in data:
         file_error("missing required key 'behaviors' (a list of behaviors)")
     defaults = data.get("defaults") or _Mapping()
@@ -425,6 +461,7 @@ def parse_spec(text: str, path: str = "<spec>", keep_going: bool = False) -> Spe
                 index=index,
                 file_policy=data.get("if_model_unavailable"),
                 file_model_line=data.key_lines.get("model"),
+                file_saes=file_saes,
             )
         except SpecError as problem:
             errors.append(problem)
@@ -470,6 +507,7 @@ def _parse_behavior(
     index: int,
     file_policy: str | None = None,
     file_model_line: int | None = None,
+    file_saes: tuple[SAESource, ...] = (),
 ) -> BehaviorSpec:
     name = entry.get("name")
     line = getattr(entry, "line", None)
@@ -532,6 +570,11 @@ def _parse_behavior(
     if "reference" in merged and (not reference or "" in reference):
         error("expected a non-empty list of non-empty prompts (each with the prompt's token count)", "reference")
 
+    sae_sources = _merge_saes(
+        file_saes,
+        parse_saes(defaults.get("saes"), path, "defaults.saes", key_lines.get("saes"), display_name),
+        parse_saes(entry.get("saes"), path, "saes", key_lines.get("saes"), display_name),
+    )
     claim_source = merged.get("claims", [])
     claim_lines = list(getattr(claim_source, "item_lines", [None] * len(claim_source)))
     claims, pass_rates, claim_errors = [], [], []
@@ -572,6 +615,7 @@ def _parse_behavior(
         line=line,
         key_lines=key_lines,
         claim_lines=tuple(claim_lines),
+        saes=sae_sources,
     )
     _check_claims_need(behavior)
     if family is not None:
@@ -885,3 +929,70 @@ def _check_claims_need(behavior: BehaviorSpec) -> None:
     errors = [behavior.error(problem, claim_index=i) for i, problem in problems if problem]
     if errors:
         raise combined(errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# saes: named sparse autoencoders (interptest.saes)
+
+SAE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_saes(value, path: str, key: str, key_line: int | None, behavior: str | None) -> tuple[SAESource, ...]:
+    """A ``saes:`` mapping (file, defaults or behavior level): each name with ``{path: DIR}`` (SAELens's
+    layout, resolved next to the spec file; its cfg.json is read and checked here), ``{zoo: NAME}`` (an SAE
+    shipped with interptest, interptest/zoo/saes/NAME) or ``{release: R, id: I}`` (through sae-lens, which
+    must be installed). Errors point at the entry's line."""
+    if value is None:
+        return ()
+    lines = getattr(value, "key_lines", {})
+    sources = []
+    for name, entry in value.items():
+        line = lines.get(name, key_line)
+
+        def error(message: str, name=name, line=line) -> NoReturn:
+            raise SpecError(message, path=path, line=line, behavior=behavior, key=f"{key}.{name}")
+
+        if not isinstance(name, str) or not SAE_NAME.fullmatch(name):
+            error(f"invalid SAE name {name!r}: claims name it, so use letters, digits and '_' (not first a digit)")
+        if not isinstance(entry, dict) or set(entry) not in ({"path"}, {"zoo"}, {"release", "id"}):
+            error(
+                "expected {path: DIR} (a directory with cfg.json and sae_weights.safetensors, relative to the spec "
+                "file), {zoo: NAME} (an SAE shipped with interptest) or {release: RELEASE, id: ID} (through "
+                f"sae-lens), got {_describe(entry)}"
+                + (f" with keys {sorted(map(str, entry))}" if isinstance(entry, dict) else "")
+            )
+        if not all(isinstance(v, str) and v for v in entry.values()):
+            error(f"expected non-empty strings, got {entry!r}")
+        if "zoo" in entry:
+            if entry["zoo"] not in shipped_saes():
+                error(f"no shipped SAE {entry['zoo']!r} (shipped: {', '.join(shipped_saes()) or 'none'})")
+            entry = {"path": str(shipped_sae_dir(entry["zoo"]))}
+        if "path" in entry:
+            directory = Path(entry["path"]).expanduser()
+            if not directory.is_absolute() and path not in ("<spec>", "<dict>"):
+                directory = Path(path).parent / directory
+            try:
+                config = read_config(directory)
+            except SAEError as problem:
+                error(str(problem))
+            sources.append(SAESource(name, str(directory), config=config, spec_path=path, line=line))
+        else:
+            import importlib.util
+
+            if importlib.util.find_spec("sae_lens") is None:
+                error(
+                    f"release {entry['release']!r}: loading an SAE by release needs the 'sae-lens' package, which "
+                    "is not installed (it cannot be installed beside TransformerLens 4); save the SAE in SAELens's "
+                    "layout (sae.save_model(dir)) and name it with 'path:'"
+                )
+            sources.append(SAESource(name, release=entry["release"], sae_id=entry["id"], spec_path=path, line=line))
+    return tuple(sources)
+
+
+def _merge_saes(*levels: tuple[SAESource, ...]) -> tuple[SAESource, ...]:
+    """Later levels replace earlier ones' SAEs of the same name."""
+    merged: dict[str, SAESource] = {}
+    for level in levels:
+        for source in level:
+            merged[source.name] = source
+    return tuple(merged.values())

@@ -70,6 +70,7 @@ class Claim:
 
     keywords: ClassVar[tuple[str, ...]] = ()
     hint: ClassVar[str] = ""  # how the kind's claims start, for the "unknown claim" message
+    takes_any: ClassVar[bool] = False  # its claims may start with the quantifier 'any' before a keyword
     text: str
     comparison: Comparison
 
@@ -263,6 +264,7 @@ class BindContext:
     # what this architecture cannot support, and why: a component it lacks ("resid_mid") or a claim kind's
     # keyword ("direct"), decided at binding so a claim fails at collection, at its line
     unsupported: dict = field(default_factory=dict)
+    saes: dict = field(default_factory=dict)  # SAE name -> interptest.saes.SAE, loaded and checked for the model
 
     def not_exposed(self, component: str) -> str:
         """Why a claim cannot use ``component`` on this model: what it exposes instead, and the

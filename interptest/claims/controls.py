@@ -113,7 +113,15 @@ def settled(means, value: float, quantile: float, looks: int, alpha: float = SEQ
 
 
 def sequential_control(
-    values, measure, sets, quantile: float, exhaustive: bool, what: str, seed: int, wants_high: bool = True
+    values,
+    measure,
+    sets,
+    quantile: float,
+    exhaustive: bool,
+    what: str,
+    seed: int,
+    wants_high: bool = True,
+    sets_are: str = "node sets of the same composition",
 ) -> Measurement:
     """``beats random`` with sets drawn in :data:`LOOKS` chunks until the verdict is settled (module
     docstring). ``values`` [S, 1]: the claim's; ``measure(sets)`` → [S, len(sets)] values of random
@@ -122,7 +130,7 @@ def sequential_control(
 
     sets = list(sets)
     if exhaustive:
-        return control_measurement(values, measure(sets), quantile, exhaustive, what)
+        return control_measurement(values, measure(sets), quantile, exhaustive, what, sets_are=sets_are)
     value = measured_bounds(values.double(), seed, 1, wants_high)[0]
     looks = [k for k in LOOKS if k < len(sets)]
     parts, drawn = [], 0
@@ -132,11 +140,19 @@ def sequential_control(
         means = torch.cat(parts, dim=1).double().mean(dim=0)
         if drawn < len(sets) and settled(means, value, quantile, len(looks)) is not None:
             break
-    return control_measurement(values, torch.cat(parts, dim=1), quantile, exhaustive, what, planned=len(sets))
+    return control_measurement(
+        values, torch.cat(parts, dim=1), quantile, exhaustive, what, planned=len(sets), sets_are=sets_are
+    )
 
 
 def control_measurement(
-    values, random_values, quantile: float, exhaustive: bool, what: str, planned: int | None = None
+    values,
+    random_values,
+    quantile: float,
+    exhaustive: bool,
+    what: str,
+    planned: int | None = None,
+    sets_are: str = "node sets of the same composition",
 ) -> Measurement:
     """The claim's values [S, 1] against random sets' values [S, N]: the threshold is the q-quantile of
     the random sets' sample means; the figure keeps the distribution for the report. ``planned``: how
@@ -159,7 +175,7 @@ def control_measurement(
         else ""
     )
     note = (
-        f"{what} {value:z.3f} vs {n} random node sets of the same composition"
+        f"{what} {value:z.3f} vs {n} random {sets_are}"
         f"{' (every other set)' if exhaustive else ''}{early}: {quantile:g}-quantile {threshold:z.3f}, mean "
         f"{float(finite.mean()):z.3f}, max {float(finite.max()):z.3f}; the set beats {beaten:.1%} of them"
     )
