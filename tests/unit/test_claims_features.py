@@ -489,10 +489,11 @@ def test_ablate_mean_over_reference_prompts_equals_the_reference(tmp_path):
     assert abs(got - (mc - m) / (mc - mx)) <= 1e-5 * max(1.0, abs(mc - mx)) / abs(mc - mx)
 
 
-def test_any_before_another_kind_is_still_localizations_error():
+def test_any_before_another_kind_is_still_refused():
+    # 'any' picks features(...) (takes_any) but still says it does not apply to a prediction claim
     with pytest.raises(ClaimSyntaxError) as info:
         parse_claim("any prob(' Hart') >= 0.5")
-    assert "expected a component (resid_pre" in info.value.render()
+    assert "'any' does not apply to prediction claims" in info.value.render()
 
 
 def test_activation_claims_need_no_corruption(tmp_path):
