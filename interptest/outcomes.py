@@ -181,7 +181,7 @@ def run_behavior(
                 verdict.failing,
                 measurement.figure,
             )
-            undecided = precision_limit(claim, verdict, run.dtype, result.clean_metric)
+            undecided = precision_limit(claim, verdict, run.dtype, result.clean_metric, measurement.comparison)
             if undecided:  # too close to the threshold for this precision: never a silent pass or fail
                 check.passed = False
                 check.detail += undecided

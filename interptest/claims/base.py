@@ -162,18 +162,24 @@ def judge(claim: Claim, measurement: Measurement, required_rate: float | None, s
     return verdict
 
 
-def precision_limit(claim: Claim, verdict: Verdict, dtype: str, m_clean: float | None) -> str | None:
+def precision_limit(
+    claim: Claim, verdict: Verdict, dtype: str, m_clean: float | None, comparison: Comparison | None = None
+) -> str | None:
     """Why the verdict cannot be trusted at this dtype (its value lies within the dtype's error of the
-    threshold), or None."""
+    threshold), or None. ``comparison``: the one the verdict was judged by, where the measurement sets it
+    (a ``beats random`` control compares with the random sets' quantile; the claim's own threshold is NaN)."""
     error = DTYPE_ERROR.get(dtype)
     unit = claim.unit()
-    if error is None or verdict.value is None or unit == "exact" or claim.comparison.op == "==":
+    comparison = comparison or claim.comparison
+    if error is None or verdict.value is None or unit == "exact" or comparison.op == "==":
+        return None
+    if not math.isfinite(comparison.threshold):
         return None
     if unit == "logits":
         if m_clean is None:
             return None
         error *= abs(m_clean)
-    margin = abs(verdict.value - claim.comparison.threshold)
+    margin = abs(verdict.value - comparison.threshold)
     if margin >= error:
         return None
     return (
