@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from interptest.patching.base import MAX_ROWS, rows_within_budget
+
 SOURCES = ("clean", "corrupt", "zero", "mean")
 
 
@@ -36,9 +38,22 @@ class FeaturePatcher:
         self.expect = torch.as_tensor(expect_ids, device="cpu")
         self.foil = torch.as_tensor(foil_ids, device="cpu")
         self.noise = noise
-        self.rows = batch_size or 32
+        self.batch_size = batch_size
         self._activations = activations
         self._features: dict = {}
+
+    @property
+    def rows(self) -> int:
+        """Rows per forward: ``batch_size`` when given, else as many as the device's budget holds (the
+        forward's activations, as the circuit engine counts them, plus the SAE's features of each row)."""
+        if self.batch_size:
+            return int(self.batch_size)
+        cfg = self.model.cfg
+        d = int(cfg.d_model)
+        d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d)
+        n = int(self.ids["clean"].shape[1])
+        per_row = n * (10 * d + 2 * d_mlp + 2 * int(cfg.n_heads) * n + int(cfg.d_vocab) + 3 * self.sae.d_sae) * 4
+        return rows_within_budget(self, per_row, MAX_ROWS)
 
     @property
     def n_samples(self) -> int:
