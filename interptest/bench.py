@@ -25,7 +25,8 @@ engine); "sweep only" excludes the patcher's construction.
 (64 tokens, resid_pre) and a Llama-3.2-1B shape (16 layers, d_model 2048, 32 query / 8 key-value heads,
 129 tokens, resid_pre and heads), random weights built locally, float32.  ``--shapes`` picks shapes by
 name (also the small ``gpt2-tiny``, ``pythia-tiny``, ``llama-tiny``, ``mistral-tiny``, ``qwen2-tiny``,
-``qwen3-tiny``, ``gemma-tiny`` for a quick run on any device: one per family the fast engine covers).
+``qwen3-tiny``, ``gemma-tiny``, ``gemma2-tiny``, ``gemma3-tiny`` for a quick run on any device: one per
+family the fast engine covers).
 ``--clock process`` times CPU runs by the process's CPU time, less sensitive to other processes on a
 shared machine than the default wall clock.
 """
@@ -117,6 +118,16 @@ for _family, _cls, _extra in (
     ("qwen2", "Qwen2Config", {}),
     ("qwen3", "Qwen3Config", dict(head_dim=16)),
     ("gemma", "GemmaConfig", dict(head_dim=16)),
+    (
+        "gemma2",
+        "Gemma2Config",
+        dict(head_dim=16, sliding_window=4096, final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+    ),
+    (
+        "gemma3",
+        "Gemma3TextConfig",
+        dict(head_dim=16, sliding_window=4096, layer_types=["sliding_attention"] * 3 + ["full_attention"]),
+    ),
 ):
     SHAPES[f"{_family}-tiny"] = (_cls, {**SHAPES["llama-tiny"][1], **_extra})
 # the GPU suite of issue 9.3: (shape, tokens incl. BOS, components)
@@ -198,10 +209,13 @@ def build_shape(name: str, tmp: str, device: str = "cpu", std: float | None = No
         _save_gpt2_tokenizer(tokenizer, path)
     else:
         _save_tokenizer(path)
-    cfg.save_pretrained(path)
     torch.manual_seed(0)
     with torch.device(device):
         hf = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    # the bridge picks its adapter from the saved config's ``architectures``; a bare config of a model type
+    # with several causal-LM classes (gemma3_text) has none
+    cfg.architectures = cfg.architectures or [type(hf).__name__]
+    cfg.save_pretrained(path)
     with torch.no_grad():
         for p in hf.parameters():
             if p.ndim >= 2:
@@ -867,7 +881,14 @@ def run_suite_rows(model, name, n=15, sets=200, hand=True, out=print):
                 warm.all_ablated(case_ablation)
         t_warm, value = timed(lambda ours_fn=ours_fn, warm=warm: ours_fn(warm))
         t_hand, ref = timed(hand_fn) if hand else (None, None)
-        rows.append((label, t_hand, t_cold, t_warm, None if ref is None else abs(value - ref), ""))
+        note = ""
+        if case_ablation and ref is not None:
+            # a faithfulness value is a logit difference over m_clean − m_∅: where that normalizer is small
+            # (zero ablation of a random model), float32 rounding of the logits is divided by it
+            with torch.inference_mode():
+                scale = float((warm.metrics("clean") - warm.all_ablated(case_ablation)).abs().min())
+            note = f"|m_clean − m_∅| {scale:.3g}, |Δ| × it {abs(value - ref) * scale:.1e} logits"
+        rows.append((label, t_hand, t_cold, t_warm, None if ref is None else abs(value - ref), note))
     # the control: the claimed set's faithfulness against random sets of its composition
     from interptest.claims.controls import sequential_control
 

@@ -26,7 +26,8 @@ from interptest.claims import (
     position_source,
     resolve_positions,
 )
-from interptest.errors import combined
+from interptest.errors import SpecError, combined
+from interptest.saes import SAEError
 from interptest.spec import BehaviorSpec, Family, check_sample_count
 
 
@@ -53,6 +54,7 @@ class BoundBehavior:
     notes: list = field(default_factory=list)  # what binding changed, e.g. dropped lexicon entries
     sample_tokens: list = field(default_factory=list)  # every sample's tokens (positions bind on each)
     variables: list = field(default_factory=list)  # every sample's template variables, as token texts
+    saes: dict = field(default_factory=dict)  # SAE name -> interptest.saes.SAE, those the claims name
 
     def position_source(self, p: int) -> str:
         """Position ``p`` as a claim writes it so that it binds to ``p`` on every sample (a family's
@@ -311,6 +313,7 @@ def bind_samples(
         unsupported=_unsupported(model),
         spec_dir=os.path.dirname(os.path.abspath(spec.path)) if spec.path and not spec.path.startswith("<") else "",
         parallel=bool(getattr(model.cfg, "parallel_attn_mlp", False)),
+        saes=load_saes(spec, model),
     )
     try:
         bound_claims = bind_all(list(spec.claims), context)
@@ -344,6 +347,7 @@ def bind_samples(
         _reference_ids(spec, tok, clean_ids),
         sample_tokens=tokens,
         variables=variables,
+        saes=context.saes,
     )
 
 
@@ -380,6 +384,60 @@ def _check_repeat_length(spec: BehaviorSpec, model, options: dict) -> None:
                 f"use --interp-repeat-length {(n_ctx - 1) // 2} or less",
                 claim_index=index,
             )
+
+
+# The width of an activation an SAE may read, by the end of its TransformerLens hook name.
+SAE_HOOK_WIDTHS = {
+    "hook_resid_pre": "d_model",
+    "hook_resid_mid": "d_model",
+    "hook_resid_post": "d_model",
+    "hook_attn_out": "d_model",
+    "hook_mlp_out": "d_model",
+    "mlp.hook_pre": "d_mlp",
+    "mlp.hook_post": "d_mlp",
+}
+
+
+def load_saes(spec: BehaviorSpec, model, every: bool = False) -> dict:
+    """The SAEs the behavior's claims name (``every``: all it declares), loaded and checked against the model:
+    the hook must exist and be an activation of width d_in. Errors point at the SAE's entry under 'saes'."""
+    used = {name for claim in spec.claims if (name := getattr(claim, "sae", None))}
+    if every:
+        used = {source.name for source in spec.saes}
+    loaded = {}
+    hooks = getattr(model, "hook_dict", {})
+    for source in spec.saes:
+        if source.name not in used:
+            continue
+
+        def error(message: str, source=source) -> NoReturn:
+            raise SpecError(
+                f"SAE {source.name!r} ({source.describe()}): {message}",
+                path=source.spec_path,
+                line=source.line,
+                behavior=spec.name,
+                key=f"saes.{source.name}",
+            )
+
+        try:
+            sae = source.load()
+        except SAEError as problem:
+            error(str(problem))
+        hook = sae.hook_name
+        suffix = next((end for end in SAE_HOOK_WIDTHS if hook.endswith("." + end)), None)
+        if hook not in hooks:
+            example = ", ".join(components.COMPONENTS[c].hook_name(0) for c in ("resid_pre", "resid_post"))
+            error(f"its hook {hook!r} does not exist on this model (hooks such as {example})")
+        if suffix is None:
+            error(
+                f"its hook {hook!r} is not supported: SAEs read the residual stream, attention or MLP outputs or "
+                f"MLP neurons (hooks ending in {', '.join(SAE_HOOK_WIDTHS)})"
+            )
+        width = int(getattr(model.cfg, SAE_HOOK_WIDTHS[suffix]))
+        if sae.d_in != width:
+            error(f"d_in = {sae.d_in} does not fit {hook!r}, which is {width} wide on this model")
+        loaded[source.name] = sae
+    return loaded
 
 
 def _unsupported(model) -> dict[str, str]:

@@ -170,14 +170,19 @@ def variable_token_texts(behavior: BehaviorSpec, values: dict) -> dict:
     return out
 
 
-def as_yaml(behavior: BehaviorSpec, sample: Sample, claim_text: str, value: float | None) -> str:
-    """A ready-to-paste single-behavior YAML block for one instance."""
+def as_yaml(behavior: BehaviorSpec, sample: Sample, claim_text: str, value: float | None, index: int = 0) -> str:
+    """A ready-to-paste single-behavior YAML block for one instance of the ``index``-th claim, named after
+    the behavior and the claim's number (each failing claim's block can be pasted beside the others)."""
     import json
 
     def q(text):
         return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid YAML double-quoted scalar
 
-    lines = [f"- name: {behavior.name}-minimal", f"  prompt: {q(sample.prompt)}", f"  expect: {q(sample.expect)}"]
+    lines = [
+        f"- name: {behavior.name}-minimal-{index + 1}",
+        f"  prompt: {q(sample.prompt)}",
+        f"  expect: {q(sample.expect)}",
+    ]
     if sample.corrupt is not None:
         lines.append(f"  corrupt: {q(sample.corrupt)}")
     elif behavior.corruption is not None and behavior.corruption.kind == "replace":
@@ -192,6 +197,6 @@ def as_yaml(behavior: BehaviorSpec, sample: Sample, claim_text: str, value: floa
     text = claim_text
     for var, token in variable_token_texts(behavior, sample.values).items():
         text = text.replace("{" + var + "}", repr(token))
-    comment = f"   # this instance: {value:.3f}" if value is not None else ""
+    comment = f"   # this instance: {value:z.3f}" if value is not None else ""
     lines += ["  claims:", f"    - {q(text)}{comment}"]
     return "\n".join(lines)

@@ -39,8 +39,8 @@ class PatchMap:
 
     def __repr__(self) -> str:
         head = (
-            f"PatchMap({self.component}, {self.direction}: m_clean {self.clean_metric:.3f}, m_corrupt "
-            f"{self.corrupt_metric:.3f}, Δm {self.delta:.3f})"
+            f"PatchMap({self.component}, {self.direction}: m_clean {self.clean_metric:z.3f}, m_corrupt "
+            f"{self.corrupt_metric:z.3f}, Δm {self.delta:z.3f})"
         )
         table = [line[2:] for line in render_map(self)[1:] if "claimed cell" not in line]  # no claims here
         return "\n".join([head] + table)
@@ -103,10 +103,20 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _header(label: str) -> str:
-    """A column label right-aligned over the value (the last character is the mark's column)."""
-    label = shorten(label, CELL)
-    return label.rjust(CELL - 1).ljust(CELL)
+def _header(label: str, cell: int = CELL) -> str:
+    """A column label right-aligned over the value (the last character is the mark's column, which a
+    label that needs it may take)."""
+    label = shorten(label, cell)
+    return label.rjust(cell - 1).ljust(cell) if len(label) < cell else label
+
+
+def _cell_width(labels: list[str], n_cols: int) -> int:
+    """The columns' width: wide enough for the longest label when every column then fits one row of
+    ``WIDTH`` (labels untruncated where space allows), else :data:`CELL` (long prompts wrap, labels
+    shortened)."""
+    longest = max((len(label) for label in labels), default=0)
+    fits = (WIDTH - ROW_LABEL - 2) // max(1, n_cols) - 1  # one space between columns
+    return max(CELL, min(longest, fits))
 
 
 def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool = False) -> list[str]:
@@ -126,18 +136,19 @@ def render_map(patch_map, claimed=(), failing=(), title: str = "", color: bool =
     ]
     claimed, failing = {tuple(c[:2]) for c in claimed}, {tuple(c[:2]) for c in failing}
     labels = [f"H{h}" for h in range(n_cols)] if heads else [show_token(t) for t in patch_map.tokens]
-    per_chunk = max(1, (WIDTH - ROW_LABEL - 2) // (CELL + 1))
+    cell = _cell_width(labels, n_cols)
+    per_chunk = max(1, (WIDTH - ROW_LABEL - 2) // (cell + 1))
     for start in range(0, n_cols, per_chunk):
         cols = range(start, min(n_cols, start + per_chunk))
         if not heads:
-            lines.append("  " + " " * ROW_LABEL + " ".join(_header(str(c)) for c in cols))
-        lines.append("  " + " " * ROW_LABEL + " ".join(_header(labels[c]) for c in cols))
+            lines.append("  " + " " * ROW_LABEL + " ".join(_header(str(c), cell) for c in cols))
+        lines.append("  " + " " * ROW_LABEL + " ".join(_header(labels[c], cell) for c in cols))
         for layer in range(n_layers):
             cells = []
             for c in cols:
                 marker = "!" if (layer, c) in failing else "*" if (layer, c) in claimed else " "
                 value = float(values[layer, c])
-                text = f"{0.0 if abs(value) < 0.005 else value:5.2f}{marker}"  # no "-0.00"; the mark after
+                text = f"{value:z{cell - 1}.2f}{marker}"  # no "-0.00"; the mark after
                 if color and marker == "!":
                     text = f"{RED}{text}{RESET}"
                 elif color and marker == "*":

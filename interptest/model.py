@@ -406,28 +406,36 @@ def _looks_like_path(name: str) -> bool:
 # ------------------------------------------------------------------ the loader
 
 
-def _parse_device_map(device_map: Any, name: str) -> Any:
+def parse_device_map(device_map: Any) -> Any:
     """``"auto"``/``"balanced"``/... as is; a dict as is; a JSON object string (the ini / command-line
-    form, e.g. ``{"": "cpu"}``) as a dict; anything else a one-line ModelNotAvailable."""
+    form, e.g. ``{"": "cpu"}``) as a dict; anything else a ValueError saying what is wrong (the option
+    and the loader each name their source before it)."""
     if isinstance(device_map, dict):
         return device_map
     if isinstance(device_map, str):
         text = device_map.strip()
-        if text.startswith("{"):
+        if text.startswith(("{", "[", '"')):
             try:
                 parsed = json.loads(text)
             except ValueError as exc:
-                raise ModelNotAvailable(f"model {name!r}: device_map {text!r} is not valid JSON ({exc})") from None
+                raise ValueError(f"device_map {text!r} is not valid JSON ({exc})") from None
             if not isinstance(parsed, dict):
-                raise ModelNotAvailable(f"model {name!r}: device_map must be a JSON object, got {text!r}")
+                raise ValueError(f"device_map must be a JSON object, got {text!r}")
             return parsed
         if text in ("auto", "balanced", "balanced_low_0", "sequential"):
             return text
-        raise ModelNotAvailable(
-            f"model {name!r}: unknown device_map {text!r}; expected auto, balanced, "
+        raise ValueError(
+            f"unknown device_map {text!r}; expected auto, balanced, "
             "balanced_low_0, sequential or a JSON object of module name to device"
         )
-    raise ModelNotAvailable(f"model {name!r}: device_map must be a string or a dict, got {device_map!r}")
+    raise ValueError(f"device_map must be a string or a dict, got {device_map!r}")
+
+
+def _parse_device_map(device_map: Any, name: str) -> Any:
+    try:
+        return parse_device_map(device_map)
+    except ValueError as problem:
+        raise ModelNotAvailable(f"model {name!r}: {problem}") from None
 
 
 def load_model(
@@ -527,7 +535,32 @@ def _load(name_or_path, device, dtype, device_map) -> TransformerBridge:
             f"config.json, model.safetensors and tokenizer files"
         ) from exc
     model.eval()
+    _never_padded(model)
     return model
+
+
+def _never_padded(model) -> None:
+    """Turn transformers' padding heuristic off on this model's own modules.
+
+    A Hugging Face model given ``input_ids`` without an ``attention_mask`` warns that they "may be padded"
+    whenever the first or last token is the pad token — true of every prompt of a model whose BOS is its
+    pad token (interptest-tiny, whose BOS/EOS/pad are all 0), so every test run and CLI call printed it.
+    interptest never pads: each forward it runs is a batch of prompts of one token count (a spec's prompts
+    must tokenize alike, the bridge pads only lists of strings, which interptest never passes), so there is
+    no padding for a mask to hide and the guess is always wrong here. The check is replaced on the
+    instances of this model only, nothing global: other models, and transformers' own check, are as before."""
+    from transformers import PreTrainedModel
+
+    hf_model = getattr(model, "original_model", None)
+    if not isinstance(hf_model, PreTrainedModel):
+        return
+    for module in hf_model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.warn_if_padding_and_no_attention_mask = _no_padding_check  # type: ignore[method-assign]
+
+
+def _no_padding_check(input_ids, attention_mask) -> None:
+    """interptest's inputs are never padded (see :func:`_never_padded`): nothing to warn about."""
 
 
 def _unsupported_architecture(exc: BaseException, local: Path | None) -> str | None:

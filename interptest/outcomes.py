@@ -123,7 +123,7 @@ def _top1_check(run: Run) -> CheckResult:
         return CheckResult(text, True, prob, "the measured value is p(first token)")
     rate = pass_rate([f is None for f in failures])
     wrong = [s for s, f in enumerate(failures) if f]
-    detail = f"top-1 accuracy {rate:.2f} over {bound.n_samples} samples"
+    detail = f"top-1 accuracy {rate:z.2f} over {bound.n_samples} samples"
     if wrong:
         detail += f"; wrong on e.g. {bound.samples[wrong[0]].prompt!r}: {failures[wrong[0]]}"
     for note in bound.notes:
@@ -181,7 +181,7 @@ def run_behavior(
                 verdict.failing,
                 measurement.figure,
             )
-            undecided = precision_limit(claim, verdict, run.dtype, result.clean_metric)
+            undecided = precision_limit(claim, verdict, run.dtype, result.clean_metric, measurement.comparison)
             if undecided:  # too close to the threshold for this precision: never a silent pass or fail
                 check.passed = False
                 check.detail += undecided
@@ -190,6 +190,10 @@ def run_behavior(
             result.checks.append(check)
         result.maps = dict(run.maps)
         result.engine = run.engine_record()
+        # each position as a claim writes it: a family's by template variable ({b}#2), not one sample's token
+        result.labels = (
+            [bound.position_source(p) for p in range(len(bound.tokens))] if spec.family else list(bound.tokens)
+        )
     if to_shrink:  # after every claim is measured: cheap claims first, then controls, within the budget
         budget = ShrinkBudget(shrink_budget, clock) if clock is not None else ShrinkBudget(shrink_budget)
         with torch.inference_mode():

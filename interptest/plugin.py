@@ -165,7 +165,7 @@ def pytest_configure(config: pytest.Config) -> None:
             model=config.getoption(OPTION_MODEL),
             default_model=config.getini(OPTION_MODEL) or "interptest-tiny",
             device=Options.validate_device(_option(config, OPTION_DEVICE)),
-            device_map=_option(config, OPTION_DEVICE_MAP) or None,
+            device_map=Options.validate_device_map(_option(config, OPTION_DEVICE_MAP)),
             dtype=Options.validate_dtype(_option(config, OPTION_DTYPE)),
             threads=Options.positive_int(_option(config, OPTION_THREADS), "--interp-threads", allow_auto=True),
             batch_size=Options.positive_int(_option(config, OPTION_BATCH_SIZE), "--interp-batch-size"),

@@ -3,10 +3,12 @@ map of each failing localization claim, sized for a 100-column terminal."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from interptest.maps import DIM as _DIM
 from interptest.maps import RED as _RED
 from interptest.maps import RESET as _RESET
-from interptest.maps import WIDTH
+from interptest.maps import WIDTH, PatchMap
 from interptest.maps import shorten as _shorten
 
 
@@ -15,11 +17,11 @@ def _format_value(check) -> str:
         return "n/a"
     if check.claim is not None:
         return check.claim.format_value(check.value)
-    return f"{check.value:.3f}"
+    return f"{check.value:z.3f}"
 
 
 def _predictions(preds) -> str:
-    return "  ".join(f"{p.token!r} {p.prob:.2f}" for p in preds)
+    return "  ".join(f"{p.token!r} {p.prob:z.2f}" for p in preds)
 
 
 def render_failure(result, color: bool = False) -> str:
@@ -57,18 +59,31 @@ def render_failure(result, color: bool = False) -> str:
             if behavior.family is not None
             else f"logit diff {result.expect!r} − {result.foil!r}"
         )
-        metrics = f"  {label}: m_clean = {result.clean_metric:.3f}"
+        metrics = f"  {label}: m_clean = {result.clean_metric:z.3f}"
         if result.corrupt_metric is not None:
             delta = result.clean_metric - result.corrupt_metric
-            metrics += f", m_corrupt = {result.corrupt_metric:.3f} (Δ = {delta:.3f})"
+            metrics += f", m_corrupt = {result.corrupt_metric:z.3f} (Δ = {delta:z.3f})"
         lines.append(metrics)
     lines.append(f"  clean top-5:   {_predictions(result.clean_top)}")
     if result.corrupt_top:
         lines.append(f"  corrupt top-5: {_predictions(result.corrupt_top)}")
     for check in failures:
         if check.claim is not None:
-            lines.extend(check.claim.render(check, color=color))
+            lines.extend(check.claim.render(_with_template_labels(check, result), color=color))
     return "\n".join(lines)
+
+
+def _with_template_labels(check, result):
+    """A family's map shows mean values, so its columns are labelled as a claim writes them where a template
+    variable sits (``{last}``, ``{first}#2``) — the same on every sample — and by the first sample's token
+    elsewhere (the template's own words, equal on every sample)."""
+    patch_map = check.patch_map
+    if result.behavior.family is None or patch_map is None or not result.labels:
+        return check
+    if not isinstance(patch_map, PatchMap) or len(patch_map.tokens) != len(result.labels):
+        return check
+    tokens = [label if label.startswith("{") else token for label, token in zip(result.labels, patch_map.tokens)]
+    return dataclasses.replace(check, patch_map=dataclasses.replace(patch_map, tokens=tokens))
 
 
 def _corruption_detail(corruption) -> str:

@@ -194,7 +194,7 @@ def _predictions(title: str, top: list[dict] | None, expect: Any, foil: Any) -> 
         rows.append(
             f"<tr{tag}><td><code>{_e(show_token(token))}</code></td>"
             f'<td class="num">{_fmt(item.get("prob"), 3)}</td>'
-            f'<td class="bar"><span style="width:{width:.1f}%"></span></td></tr>'
+            f'<td class="bar"><span style="width:{width:z.1f}%"></span></td></tr>'
         )
     return f'<div class="preds"><h4>{_e(title)}</h4><table><tbody>{"".join(rows)}</tbody></table></div>'
 
@@ -256,7 +256,7 @@ def _behavior(index: int, record: dict) -> str:
         + (f'<div class="pred-row">{preds}</div>' if preds else "")
         + f'<h3>Claims <span class="muted">passed {_e(claims_text(record))}</span></h3>{_claims(claims)}'
         + (f"<h3>Patching maps</h3>{heatmaps}" if heatmaps else "")
-        + (f"<h3>Attention, direct effects and logit lens</h3>{figures}" if figures else "")
+        + (f"<h3>Attention, direct effects, logit lens and features</h3>{figures}" if figures else "")
         + "</section>"
     )
 
@@ -304,6 +304,7 @@ def _figure(claim: dict) -> str:
         "direct": _direct_figure,
         "lens": _lens_figure,
         "random": _random_figure,
+        "features": _features_figure,
     }.get(figure.get("type"))
     if draw is None:
         return ""
@@ -335,7 +336,7 @@ def _attention_figure(figure: dict) -> str:
                     cells.append('<td class="nan" title="after the query: masked"></td>')
                     continue
                 style = f' style="background:{colour(float(value))}' + (';color:#fff"' if value > 0.62 else '"')
-                cells.append(f'<td{mark}{style} title="query {q} → key {k}: {value:.3f}">{number_text(value)}</td>')
+                cells.append(f'<td{mark}{style} title="query {q} → key {k}: {value:z.3f}">{number_text(value)}</td>')
             rows.append(f'<tr><th class="row" title="query {q}">{_e(labels[q])}</th>{"".join(cells)}</tr>')
         out.append(
             f'<div class="small muted">head {_e(head)}, {_e(figure.get("run", "clean"))} run, queries × keys'
@@ -362,12 +363,13 @@ def _direct_figure(figure: dict) -> str:
         side = "pos" if value >= 0 else "neg"
         rows.append(
             f"<tr{_CLAIMED if mark else ''}><th>{_e(name)}</th>"
-            f'<td class="num">{_fmt(value, 2)}</td><td class="bar {side}"><span style="width:{width:.1f}%">'
+            f'<td class="num">{_fmt(value, 2)}</td><td class="bar {side}"><span style="width:{width:z.1f}%">'
             f"</span></td></tr>"
         )
     return (
         f'<div class="small muted">direct effect on expect − foil at the last position ({unit}); '
-        f'sample means; claimed heads in bold</div><table class="bars">{"".join(rows)}</table>'
+        f"{'sample means; ' if figure.get('samples', 1) > 1 else ''}claimed heads in bold</div>"
+        f'<table class="bars">{"".join(rows)}</table>'
     )
 
 
@@ -390,18 +392,49 @@ def _random_figure(figure: dict, bins: int = 12) -> str:
         start = lo + b * width
         note = " ← the claim" if b == own else ""
         if threshold is not None and start <= threshold < start + width:
-            note += f" · {figure.get('quantile')}-quantile {threshold:.3f}"
+            note += f" · {figure.get('quantile')}-quantile {threshold:z.3f}"
         rows.append(
-            f"<tr{_CLAIMED if b == own else ''}><th>{start:.3f} – {start + width:.3f}</th>"
-            f'<td class="num">{count}</td><td class="bar pos"><span style="width:{100.0 * count / top:.1f}%">'
+            f"<tr{_CLAIMED if b == own else ''}><th>{start:z.3f} – {start + width:z.3f}</th>"
+            f'<td class="num">{count}</td><td class="bar pos"><span style="width:{100.0 * count / top:z.1f}%">'
             f'</span></td><td class="small">{_e(note)}</td></tr>'
         )
     sets = f"{len(values)} random node sets" + (" (every other set)" if figure.get("exhaustive") else "")
     return (
-        f'<div class="small muted">{_e(sets)}: value of each; the claim {value:.3f} must exceed the '
+        f'<div class="small muted">{_e(sets)}: value of each; the claim {value:z.3f} must exceed the '
         f"{_e(figure.get('quantile'))}-quantile {_fmt(threshold, 3)}</div>"
         f'<table class="direct random"><thead><tr><th>value</th><th>sets</th><th></th><th></th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _features_figure(figure: dict) -> str:
+    """A feature-activation strip: one row per feature and run, one cell per token, shaded by the activation
+    relative to the strip's largest; the claim's positions marked."""
+    tokens = figure.get("tokens") or []
+    marked = set(figure.get("positions") or [])
+    rows = figure.get("rows") or []
+    top = max([v for row in rows for run in ("clean", "corrupt") for v in row.get(run) or []] + [0.0]) or 1.0
+    head = "".join(
+        f"<th{_CLAIMED if p in marked else ''}><code>{_e(show_token(t))}</code></th>" for p, t in enumerate(tokens)
+    )
+    body = []
+    for row in rows:
+        for run in ("clean", "corrupt"):
+            if row.get(run) is None:
+                continue
+            cells = "".join(
+                f'<td class="num" style="background:{colour(float(v) / top)}" title="{_fmt(v, 3)}">{_fmt(v, 2)}</td>'
+                for v in row[run]
+            )
+            body.append(f"<tr><th>feature {_e(row.get('feature'))} · {run}</th>{cells}</tr>")
+    shown = len(rows)
+    total = len(figure.get("features") or [])
+    more = f" (the first {shown} of {total})" if total > shown else ""
+    return (
+        f'<div class="small muted">SAE {_e(figure.get("sae"))} on {_e(figure.get("hook"))}: feature activations '
+        f"per token{more}, first sample; claimed positions marked</div>"
+        f'<div class="scroll"><table class="features"><thead><tr><th></th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -413,7 +446,8 @@ def _lens_figure(figure: dict) -> str:
         for row in figure.get("rows") or []
     )
     return (
-        f'<div class="small muted">logit lens at position {_e(figure.get("position"))} (sample means)</div>'
+        f'<div class="small muted">logit lens at position {_e(figure.get("position"))}'
+        f"{' (sample means)' if figure.get('samples', 1) > 1 else ''}</div>"
         '<table class="lens"><thead><tr><th>residual stream</th><th>rank of expect</th><th>p(expect)</th>'
         f"<th>logit diff</th></tr></thead><tbody>{rows}</tbody></table>"
     )

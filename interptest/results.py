@@ -181,7 +181,7 @@ def claims_text(record: dict) -> str:
 
 def summary_line(record: dict) -> str:
     def fmt(value):
-        return "n/a" if value is None else f"{value:.2f}"
+        return "n/a" if value is None else f"{value:z.2f}"
 
     return (
         f"{record['outcome'].upper():8} {record['nodeid']}  [{record['model']}]  m_clean {fmt(record['clean_metric'])}"
@@ -242,4 +242,4 @@ def junit_properties(record: dict) -> list[tuple[str, str]]:
 def format_value(value: float) -> str:
     """A measured value: three decimals, or an integer (a rank) as an integer."""
     value = float(value)
-    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.3f}"
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:z.3f}"

@@ -80,12 +80,12 @@ class Run:
             return None
         if self.bound.n_samples == 1:
             return (
-                f"the corruption barely changes the behavior (Δ = {float(delta[0]):.3f}, below min_effect "
+                f"the corruption barely changes the behavior (Δ = {float(delta[0]):z.3f}, below min_effect "
                 f"{spec.min_effect:g}); the claim cannot be judged"
             )
         return (
             f"the corruption barely changes the behavior on {weak} of {self.bound.n_samples} samples "
-            f"(|Δ| < min_effect {spec.min_effect:g}; smallest Δ = {float(delta.abs().min()):.3f}); the claim "
+            f"(|Δ| < min_effect {spec.min_effect:g}; smallest Δ = {float(delta.abs().min()):z.3f}); the claim "
             "cannot be judged"
         )
 

@@ -51,6 +51,7 @@ def build_schema() -> dict:
         "additionalProperties": False,
         "required": ["behaviors"],
         "properties": file_keys,
+        "patternProperties": {f"^{spec.EXTENSION_PREFIX}": {}},  # the user's own keys (anchors), ignored
         "$defs": {"behavior": behavior},
     }
 

@@ -15,7 +15,7 @@ from interptest import baselines, components
 from interptest.binding import BoundBehavior, bind_behavior
 from interptest.errors import InterpError, SpecError
 from interptest.files import atomic_write
-from interptest.model import device_problem
+from interptest.model import device_problem, parse_device_map
 from interptest.model_cache import DEFAULT_MODEL, ModelCache
 from interptest.outcomes import CheckResult, run_behavior
 from interptest.report import write_report
@@ -72,6 +72,18 @@ class Options:
                     raise OptionError(f"--interp-device {value}: {problem.removeprefix(f'device {value!r}: ')}")
             return value
         raise OptionError(f"--interp-device: invalid value {value!r}; allowed: {', '.join(DEVICES)}")
+
+    @staticmethod
+    def validate_device_map(value) -> str | None:
+        """--interp-device-map: checked here, so a malformed map is a usage error naming the option (not an
+        error of the first spec whose model loads); kept as given, the loader parses it again."""
+        if value is None or not str(value).strip():
+            return None
+        try:
+            parse_device_map(value)
+        except ValueError as problem:
+            raise OptionError(f"--interp-device-map: {problem}") from None
+        return value
 
     @staticmethod
     def validate_dtype(value: str) -> str:
@@ -338,9 +350,6 @@ class InterpSession:
             shrink_budget=self.options.shrink_budget,
         )
         result.draw = baselines.draw(bound.seed, [s.prompt for s in bound.samples]) if bound.spec.family else {}
-        result.labels = (
-            [bound.position_source(p) for p in range(len(bound.tokens))] if bound.spec.family else list(bound.tokens)
-        )
         if self.options.report_all:
             self._sweep_every_component(bound, result)
         if not self.options.baseline_update:

@@ -83,7 +83,7 @@ def minimal_instance(bound: BoundBehavior, index: int, batch_size, budget: Shrin
             measurement = claim.measure(single.bound_claims[index], run)
         except Unjudgeable:
             return False
-        verdict = judge(claim, measurement, None, 0)
+        verdict = judge(claim, measurement, None, run.seed)
         if not verdict.passed:
             found[repr(pair)] = verdict.value
         return not verdict.passed
@@ -107,7 +107,7 @@ def minimal_instance(bound: BoundBehavior, index: int, batch_size, budget: Shrin
             "family's mean"
         )
     sample = families.instance(spec, values, corrupt_values)
-    block = families.as_yaml(spec, sample, claim.text, found.get(repr((values, corrupt_values))))
+    block = families.as_yaml(spec, sample, claim.text, found.get(repr((values, corrupt_values))), index)
     if stopped:
         return early + "; the smallest failing instance found by then, ready to paste:\n" + block
     return "\nminimal failing instance (shrunk by hypothesis), ready to paste:\n" + block

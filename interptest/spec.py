@@ -19,8 +19,10 @@ import yaml
 
 from interptest.claims import Claim, ClaimSyntaxError, parse_claim, parse_position
 from interptest.claims.base import cannot_be_false
-from interptest.claims.grammar import template_fields
+from interptest.claims.grammar import did_you_mean, template_fields
 from interptest.errors import SpecError, combined
+from interptest.saes import SAEError, SAESource, read_config
+from interptest.zoo import shipped_sae_dir, shipped_saes
 
 DEFAULT_MIN_EFFECT = 1.0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -28,6 +30,13 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 _STR, _NUM, _STR_LIST = "a string", "a number", "a list of strings"
 _INT, _MAPPING, _CORRUPT = "an integer", "a mapping", "a string or a mapping (replace, resample or noise)"
 _CLAIMS = "a list of claims (strings, or mappings with 'claim' and 'min_pass_rate')"
+UNAVAILABLE_POLICIES = ("error", "skip")
+SINGLE_TOKEN_POLICIES = ("error", "drop")
+# keys whose value is one of a few words: a value of another type is told the words, not just "a string"
+_UNAVAILABLE = f"one of {', '.join(UNAVAILABLE_POLICIES)}"
+_SINGLE_TOKEN = f"one of {', '.join(SINGLE_TOKEN_POLICIES)}"
+_ENUMS = {_UNAVAILABLE: UNAVAILABLE_POLICIES, _SINGLE_TOKEN: SINGLE_TOKEN_POLICIES}
+_SAES = "a mapping of SAE names to {path: DIR}, {zoo: NAME} or {release: RELEASE, id: ID}"
 DEFAULT_SAMPLES = 20
 
 # Every key a behavior may carry, with the type it must have. The README documents each one.
@@ -47,10 +56,11 @@ BEHAVIOR_KEYS = {
     "min_effect": _NUM,
     "min_pass_rate": _NUM,
     "marks": _STR_LIST,
-    "single_token": _STR,
-    "if_model_unavailable": _STR,
+    "single_token": _SINGLE_TOKEN,
+    "if_model_unavailable": _UNAVAILABLE,
     "skip": _STR,
     "xfail": _STR,
+    "saes": _SAES,
 }
 _BEHAVIORS = "a list of behaviors"
 FILE_KEYS = {
@@ -58,11 +68,12 @@ FILE_KEYS = {
     "description": _STR,
     "defaults": _MAPPING,
     "behaviors": _BEHAVIORS,
-    "if_model_unavailable": _STR,
+    "if_model_unavailable": _UNAVAILABLE,
+    "saes": _SAES,
 }
+EXTENSION_PREFIX = "x-"
+"""A top-level key starting with this is the user's own (anchors for merge keys, notes) and is ignored."""
 MODEL_EXPECTED = "a model name (such as 'gpt2') or a save_pretrained directory"
-UNAVAILABLE_POLICIES = ("error", "skip")
-SINGLE_TOKEN_POLICIES = ("error", "drop")
 CORRUPTION_KINDS = ("replace", "resample", "noise")
 
 # The JSON Schema of each type above, for editors (interptest.schema builds the spec file's schema from
@@ -102,6 +113,33 @@ TYPE_SCHEMAS: dict[str, dict] = {
         },
     },
     _BEHAVIORS: {"type": "array"},
+    **{kind: {"enum": list(words)} for kind, words in _ENUMS.items()},
+    _SAES: {
+        "type": "object",
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "additionalProperties": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["path"],
+                    "additionalProperties": False,
+                    "properties": {"path": {"type": "string", "minLength": 1}},
+                },
+                {
+                    "type": "object",
+                    "required": ["zoo"],
+                    "additionalProperties": False,
+                    "properties": {"zoo": {"type": "string", "minLength": 1}},
+                },
+                {
+                    "type": "object",
+                    "required": ["release", "id"],
+                    "additionalProperties": False,
+                    "properties": {"release": {"type": "string"}, "id": {"type": "string"}},
+                },
+            ]
+        },
+    },
 }
 
 
@@ -162,6 +200,10 @@ class BehaviorSpec:
     line: int | None = None
     key_lines: dict = field(default_factory=dict, compare=False, hash=False)
     claim_lines: tuple[int | None, ...] = field(default=(), compare=False, hash=False)
+    saes: tuple[SAESource, ...] = ()  # the SAEs its claims may name (file's, then defaults', then its own)
+
+    def sae(self, name: str) -> SAESource | None:
+        return next((s for s in self.saes if s.name == name), None)
 
     def error(self, message: str, key: str | None = None, claim_index: int | None = None) -> SpecError:
         """A SpecError pointing at this behavior (and, when given, at one key or one claim)."""
@@ -209,23 +251,42 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of every mapping key and sequence item.
 
     It is yaml.SafeLoader with two constructors replaced, so it builds plain Python data only,
-    exactly like ``yaml.safe_load``; it also rejects duplicate keys, which safe_load would silently
-    collapse to the last one.
+    exactly like ``yaml.safe_load``, merge keys included (``<<: *base``, then keys that override it);
+    it also rejects a key written twice in one mapping, which safe_load would silently collapse to
+    the last one.
     """
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # SafeLoader puts the merged pairs first, then the mapping's own; remember how many were merged,
+        # as a merged key is overridden by the mapping's own, not duplicated (yaml.safe_load's reading).
+        # Nested merges call back here, so every flattened node knows its count; flattening twice is a no-op.
+        if hasattr(node, "merged_pairs"):
+            return
+        own = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+        super().flatten_mapping(node)
+        node.merged_pairs = len(node.value) - own
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
     loader.flatten_mapping(node)
+    merged_pairs = getattr(node, "merged_pairs", 0)
     mapping = _Mapping()
     mapping.line = node.start_mark.line + 1
     mapping.key_lines = {}
-    for key_node, value_node in node.value:
+    own: set = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise SpecError("mapping keys must be plain words", line=line)
-        if key in mapping:
-            raise SpecError(f"duplicate key {key!r} (first on line {mapping.key_lines[key]})", line=line, key=str(key))
+        if index >= merged_pairs:  # the mapping's own key: it overrides a merged one, once
+            if key in own:
+                raise SpecError(
+                    f"duplicate key {key!r} (first on line {mapping.key_lines[key]})", line=line, key=str(key)
+                )
+            own.add(key)
+        # among merged pairs the later wins, as SafeLoader orders them so that the first mapping of
+        # '<<: [*a, *b]' comes last
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_lines[key] = line
     return mapping
@@ -287,14 +348,16 @@ def _type_ok(value, expected: str) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected == _STR_LIST:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if expected == _MAPPING:
+    if expected in (_MAPPING, _SAES):
         return isinstance(value, dict)
     if expected == _INT:
         return isinstance(value, int) and not isinstance(value, bool)
     if expected == _CORRUPT:
         return isinstance(value, (str, dict))
-    if expected == _CLAIMS:
-        return isinstance(value, list) and all(isinstance(v, (str, dict)) for v in value)
+    if expected == _CLAIMS:  # each item's type is checked with the item, which then names its index
+        return isinstance(value, list)
+    if expected in _ENUMS:  # the word itself is checked where the key is read
+        return isinstance(value, str)
     if expected == _BEHAVIORS:
         return isinstance(value, list)
     raise AssertionError(expected)
@@ -316,12 +379,13 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-def _check_keys(mapping: dict, allowed: dict, where: str, make_error: ErrorFn) -> None:
+def _check_keys(mapping: dict, allowed: dict, where: str, make_error: ErrorFn, extension_hint: bool = False) -> None:
     for key in mapping:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            make_error(f"unknown key {key!r} in {where}; {hint}allowed keys: {', '.join(allowed)}", str(key))
+            extension = f" (and any key starting with '{EXTENSION_PREFIX}', ignored)" if extension_hint else ""
+            make_error(f"unknown key {key!r} in {where}; {hint}allowed keys: {', '.join(allowed)}{extension}", str(key))
         elif not _type_ok(mapping[key], allowed[key]):
             make_error(f"expected {allowed[key]}, got {_describe(mapping[key])}", str(key))
 
@@ -352,8 +416,11 @@ def parse_spec(text: str, path: str = "<spec>", keep_going: bool = False) -> Spe
     def file_error(message, key=None) -> NoReturn:
         raise SpecError(message, path=path, line=data.key_lines.get(key, data.line), key=key)
 
-    _check_keys(data, FILE_KEYS, "the spec file", file_error)
+    # a top-level 'x-…' key is the user's own (e.g. anchors for merge keys): not data, not checked
+    own_keys = {key: value for key, value in data.items() if not str(key).startswith(EXTENSION_PREFIX)}
+    _check_keys(own_keys, FILE_KEYS, "the spec file", file_error, extension_hint=True)
     _check_model(data, file_error)
+    file_saes = parse_saes(data.get("saes"), path, "saes", data.key_lines.get("saes"), None)
     if "behaviors" not in data:
         file_error("missing required key 'behaviors' (a list of behaviors)")
     defaults = data.get("defaults") or _Mapping()
@@ -394,6 +461,7 @@ def parse_spec(text: str, path: str = "<spec>", keep_going: bool = False) -> Spe
                 index=index,
                 file_policy=data.get("if_model_unavailable"),
                 file_model_line=data.key_lines.get("model"),
+                file_saes=file_saes,
             )
         except SpecError as problem:
             errors.append(problem)
@@ -439,6 +507,7 @@ def _parse_behavior(
     index: int,
     file_policy: str | None = None,
     file_model_line: int | None = None,
+    file_saes: tuple[SAESource, ...] = (),
 ) -> BehaviorSpec:
     name = entry.get("name")
     line = getattr(entry, "line", None)
@@ -490,10 +559,22 @@ def _parse_behavior(
             if key in merged:
                 error(f"{key!r} only applies to a prompt family: write 'template' instead of 'prompt'", key)
     corruption = _parse_corruption(merged.get("corrupt"), prompt, family, error)
+    if family is not None and corruption is not None and corruption.kind == "noise" and "foil" not in merged:
+        error(
+            "a family's noise corruption needs a 'foil': without one, each sample's foil would be its top-1 "
+            "prediction under random noise, which differs from sample to sample and is often the expected "
+            "token itself (then nothing can be measured); name the competing token, e.g. foil: ' Cole'",
+            "corrupt",
+        )
     reference = merged.get("reference", [])
     if "reference" in merged and (not reference or "" in reference):
         error("expected a non-empty list of non-empty prompts (each with the prompt's token count)", "reference")
 
+    sae_sources = _merge_saes(
+        file_saes,
+        parse_saes(defaults.get("saes"), path, "defaults.saes", key_lines.get("saes"), display_name),
+        parse_saes(entry.get("saes"), path, "saes", key_lines.get("saes"), display_name),
+    )
     claim_source = merged.get("claims", [])
     claim_lines = list(getattr(claim_source, "item_lines", [None] * len(claim_source)))
     claims, pass_rates, claim_errors = [], [], []
@@ -534,6 +615,7 @@ def _parse_behavior(
         line=line,
         key_lines=key_lines,
         claim_lines=tuple(claim_lines),
+        saes=sae_sources,
     )
     _check_claims_need(behavior)
     if family is not None:
@@ -546,6 +628,12 @@ def _parse_behavior(
 def _parse_claim_item(item, i: int, error: ErrorFn, family: bool) -> tuple[Claim, float | None]:
     """One entry of 'claims': a claim's text, or a mapping with 'claim' and 'min_pass_rate'."""
     text, rate = item, None
+    if not isinstance(item, (str, dict)):
+        error(
+            f'expected a string, got {_describe(item)}: each claim is one string, e.g. "logit_diff >= 2.0" '
+            "(or a mapping with 'claim' and 'min_pass_rate')",
+            f"claims[{i}]",
+        )
     if isinstance(item, dict):
         unknown = set(item) - {"claim", "min_pass_rate"}
         if unknown or not isinstance(item.get("claim"), str):
@@ -720,11 +808,16 @@ def _parse_corruption(value, prompt: str, family: Family | None, error: ErrorFn)
                 "corrupt",
             )
         return Corruption("text", text=value)
-    if len(value) != 1 or next(iter(value)) not in CORRUPTION_KINDS:
-        error(
-            f"expected one of {{replace: ...}}, {{resample: [...]}}, {{noise: ...}}, got keys {sorted(value)}",
-            "corrupt",
-        )
+    unknown = [key for key in value if key not in CORRUPTION_KINDS]
+    if unknown or len(value) != 1:
+        kinds = "{replace: ...}, {resample: [...]}, {noise: ...}"
+        if not unknown:
+            error(
+                f"give one corruption, got {len(value)} ({', '.join(sorted(value))}); expected one of {kinds}",
+                "corrupt",
+            )
+        named = f"unknown key {unknown[0]!r} in 'corrupt'" + did_you_mean(str(unknown[0]), CORRUPTION_KINDS)
+        error(f"{named}; expected one of {kinds}, got keys {sorted(map(str, value))}", "corrupt")
     kind, spec = next(iter(value.items()))
     key = f"corrupt.{kind}"
     if kind == "replace":
@@ -749,8 +842,20 @@ def _parse_corruption(value, prompt: str, family: Family | None, error: ErrorFn)
             if len(family.variables[var]) < 2:
                 error(f"variable {var!r} has a single value, so it cannot be re-drawn to a different one", key)
         return Corruption("resample", resample=tuple(spec))
-    if not isinstance(spec, dict) or set(spec) - {"positions", "scale"} or "positions" not in spec:
+    if not isinstance(spec, dict):
         error("expected {positions: [...], scale: 3.0}", key)
+    for name in spec:
+        if name not in ("positions", "scale"):
+            error(
+                f"unknown key {name!r} in corrupt.noise{did_you_mean(str(name), ('positions', 'scale'))}; "
+                "allowed keys: positions, scale",
+                key,
+            )
+    if "positions" not in spec:
+        error(
+            "missing key 'positions' (the positions whose embeddings get noise, e.g. positions: [\"{first}\", -2])",
+            key,
+        )
     positions = spec["positions"]
     if not isinstance(positions, list) or not positions:
         error("'positions' must be a non-empty list of positions, e.g. [\"{first}\", -2]", key)
@@ -824,3 +929,70 @@ def _check_claims_need(behavior: BehaviorSpec) -> None:
     errors = [behavior.error(problem, claim_index=i) for i, problem in problems if problem]
     if errors:
         raise combined(errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# saes: named sparse autoencoders (interptest.saes)
+
+SAE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_saes(value, path: str, key: str, key_line: int | None, behavior: str | None) -> tuple[SAESource, ...]:
+    """A ``saes:`` mapping (file, defaults or behavior level): each name with ``{path: DIR}`` (SAELens's
+    layout, resolved next to the spec file; its cfg.json is read and checked here), ``{zoo: NAME}`` (an SAE
+    shipped with interptest, interptest/zoo/saes/NAME) or ``{release: R, id: I}`` (through sae-lens, which
+    must be installed). Errors point at the entry's line."""
+    if value is None:
+        return ()
+    lines = getattr(value, "key_lines", {})
+    sources = []
+    for name, entry in value.items():
+        line = lines.get(name, key_line)
+
+        def error(message: str, name=name, line=line) -> NoReturn:
+            raise SpecError(message, path=path, line=line, behavior=behavior, key=f"{key}.{name}")
+
+        if not isinstance(name, str) or not SAE_NAME.fullmatch(name):
+            error(f"invalid SAE name {name!r}: claims name it, so use letters, digits and '_' (not first a digit)")
+        if not isinstance(entry, dict) or set(entry) not in ({"path"}, {"zoo"}, {"release", "id"}):
+            error(
+                "expected {path: DIR} (a directory with cfg.json and sae_weights.safetensors, relative to the spec "
+                "file), {zoo: NAME} (an SAE shipped with interptest) or {release: RELEASE, id: ID} (through "
+                f"sae-lens), got {_describe(entry)}"
+                + (f" with keys {sorted(map(str, entry))}" if isinstance(entry, dict) else "")
+            )
+        if not all(isinstance(v, str) and v for v in entry.values()):
+            error(f"expected non-empty strings, got {entry!r}")
+        if "zoo" in entry:
+            if entry["zoo"] not in shipped_saes():
+                error(f"no shipped SAE {entry['zoo']!r} (shipped: {', '.join(shipped_saes()) or 'none'})")
+            entry = {"path": str(shipped_sae_dir(entry["zoo"]))}
+        if "path" in entry:
+            directory = Path(entry["path"]).expanduser()
+            if not directory.is_absolute() and path not in ("<spec>", "<dict>"):
+                directory = Path(path).parent / directory
+            try:
+                config = read_config(directory)
+            except SAEError as problem:
+                error(str(problem))
+            sources.append(SAESource(name, str(directory), config=config, spec_path=path, line=line))
+        else:
+            import importlib.util
+
+            if importlib.util.find_spec("sae_lens") is None:
+                error(
+                    f"release {entry['release']!r}: loading an SAE by release needs the 'sae-lens' package, which "
+                    "is not installed (it cannot be installed beside TransformerLens 4); save the SAE in SAELens's "
+                    "layout (sae.save_model(dir)) and name it with 'path:'"
+                )
+            sources.append(SAESource(name, release=entry["release"], sae_id=entry["id"], spec_path=path, line=line))
+    return tuple(sources)
+
+
+def _merge_saes(*levels: tuple[SAESource, ...]) -> tuple[SAESource, ...]:
+    """Later levels replace earlier ones' SAEs of the same name."""
+    merged: dict[str, SAESource] = {}
+    for level in levels:
+        for source in level:
+            merged[source.name] = source
+    return tuple(merged.values())

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from interptest.binding import bind_samples
+from interptest.binding import bind_samples, load_saes
 from interptest.claims import KINDS, Unjudgeable, judge, parse_claim
 from interptest.claims.base import MARGIN, STEP, bound_at_least, bound_at_most, measured_bounds
+from interptest.errors import SpecError
 from interptest.running import Run
 
 __all__ = ["MARGIN", "STEP", "bound_at_least", "bound_at_most", "measured_bounds", "suggest"]
@@ -39,6 +40,11 @@ def suggest(bound, batch_size: int | None = None) -> str:
         return f"{header}: no 'corrupt' prompt, so nothing to patch"
     if spec.family is not None:
         header += f": bounds of the mean over {bound.n_samples} samples"
+    if spec.saes:  # every SAE the behavior declares, for the feature claims it could state
+        try:
+            bound.saes = {**load_saes(spec, bound.model, every=True), **bound.saes}
+        except SpecError as error:
+            return f"{header}: {error.message}"
     with torch.inference_mode():
         run = Run(bound, batch_size)
         seed = run.seed

@@ -65,7 +65,15 @@ def _configs(vocab: int) -> dict:
         ),
         "gemma3": (
             "Gemma3TextConfig",
-            dict(llama_like, head_dim=8, sliding_window=64, query_pre_attn_scalar=8, final_logit_softcapping=5.0),
+            dict(
+                llama_like,
+                head_dim=8,
+                sliding_window=64,
+                query_pre_attn_scalar=8,
+                final_logit_softcapping=5.0,
+                # one local (sliding-window) and one global layer: their rotary embeddings differ
+                layer_types=["sliding_attention", "full_attention"],
+            ),
         ),
         "phi3": ("Phi3Config", dict(llama_like, pad_token_id=0)),
         "opt": (

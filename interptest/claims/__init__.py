@@ -20,6 +20,7 @@ from interptest.claims.base import (
 )
 from interptest.claims.circuit import CircuitClaim
 from interptest.claims.direct import DirectClaim
+from interptest.claims.features import FeaturesClaim
 from interptest.claims.grammar import (
     ClaimBindError,
     ClaimSyntaxError,
@@ -50,6 +51,7 @@ KINDS: tuple[type[Claim], ...] = (
     LensClaim,
     PathClaim,
     CircuitClaim,
+    FeaturesClaim,
 )
 
 
@@ -60,6 +62,10 @@ def parse_claim(text: str) -> Claim:
     parser = Parser(text)
     head = parser.tok
     if head.kind == "ident":
+        if head.value == "any":  # a quantifier before a kind's keyword: that keyword picks the kind
+            after = parser.tokens[parser.i + 1]
+            if after.kind == "ident" and any(k.takes_any and after.value in k.keywords for k in KINDS):
+                head = after
         for kind in KINDS:
             if head.value in kind.keywords:
                 return kind.parse(parser)

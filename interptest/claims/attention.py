@@ -178,6 +178,6 @@ class AttentionClaim(Claim):
         for head, pattern in figure["heads"].items():
             row = pattern[figure["query"]]
             top = sorted(range(len(row)), key=lambda k: -row[k])[:4]
-            keys = "  ".join(f"{k} {show_token(tokens[k]) if k < len(tokens) else ''} {row[k]:.2f}" for k in top)
+            keys = "  ".join(f"{k} {show_token(tokens[k]) if k < len(tokens) else ''} {row[k]:z.2f}" for k in top)
             lines.append(f"    head {head}: {keys}")
         return lines

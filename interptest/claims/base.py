@@ -70,6 +70,7 @@ class Claim:
 
     keywords: ClassVar[tuple[str, ...]] = ()
     hint: ClassVar[str] = ""  # how the kind's claims start, for the "unknown claim" message
+    takes_any: ClassVar[bool] = False  # its claims may start with the quantifier 'any' before a keyword
     text: str
     comparison: Comparison
 
@@ -98,7 +99,7 @@ class Claim:
         raise NotImplementedError
 
     def format_value(self, value: float) -> str:
-        return f"{value:.3f}"
+        return f"{value:z.3f}"
 
     def value_range(self) -> tuple[float, float, str] | None:
         """The values this claim's measurement can take, ``(low, high, what)`` (e.g. ``(0, 1, "a
@@ -161,18 +162,24 @@ def judge(claim: Claim, measurement: Measurement, required_rate: float | None, s
     return verdict
 
 
-def precision_limit(claim: Claim, verdict: Verdict, dtype: str, m_clean: float | None) -> str | None:
+def precision_limit(
+    claim: Claim, verdict: Verdict, dtype: str, m_clean: float | None, comparison: Comparison | None = None
+) -> str | None:
     """Why the verdict cannot be trusted at this dtype (its value lies within the dtype's error of the
-    threshold), or None."""
+    threshold), or None. ``comparison``: the one the verdict was judged by, where the measurement sets it
+    (a ``beats random`` control compares with the random sets' quantile; the claim's own threshold is NaN)."""
     error = DTYPE_ERROR.get(dtype)
     unit = claim.unit()
-    if error is None or verdict.value is None or unit == "exact" or claim.comparison.op == "==":
+    comparison = comparison or claim.comparison
+    if error is None or verdict.value is None or unit == "exact" or comparison.op == "==":
+        return None
+    if not math.isfinite(comparison.threshold):
         return None
     if unit == "logits":
         if m_clean is None:
             return None
         error *= abs(m_clean)
-    margin = abs(verdict.value - claim.comparison.threshold)
+    margin = abs(verdict.value - comparison.threshold)
     if margin >= error:
         return None
     return (
@@ -218,12 +225,12 @@ def _judge_many(comparison: Comparison, m: Measurement, values, required_rate, s
     rate = pass_rate([any(row) if m.quantifier == "any" else all(row) for row in per_sample])
     side = "lower" if comparison.wants_high else "upper"
     detail = (
-        f"mean {stats[i].mean:.3f}, {stats[i].level * 100:.4g}% {side} bound {stats[i].bound:.3f}"
+        f"mean {stats[i].mean:z.3f}, {stats[i].level * 100:.4g}% {side} bound {stats[i].bound:z.3f}"
         + (f" (Bonferroni over {corrected} cells)" if corrected > 1 else "")
-        + f"; pass rate {rate:.2f} over {n_samples} samples"
+        + f"; pass rate {rate:z.2f} over {n_samples} samples"
     )
     if required_rate is not None:
-        detail += f" (required {required_rate:.2f})"
+        detail += f" (required {required_rate:z.2f})"
         passed = passed and rate >= required_rate
     return Verdict(passed, bounds[i], detail, _failing(m, holds))
 
@@ -265,6 +272,7 @@ class BindContext:
     unsupported: dict = field(default_factory=dict)
     spec_dir: str = ""  # the spec file's folder: a claim's @file paths resolve next to it
     parallel: bool = False  # parallel attention/MLP blocks (no head -> MLP edge within a layer)
+    saes: dict = field(default_factory=dict)  # SAE name -> interptest.saes.SAE, loaded and checked for the model
 
     def not_exposed(self, component: str) -> str:
         """Why a claim cannot use ``component`` on this model: what it exposes instead, and the

@@ -272,7 +272,7 @@ class CircuitClaim(Claim):
             exhaustive,
             "faithfulness",
             run.seed,
-            sets_word="edge sets of the same size (among the model's edges)",
+            sets_are="edge sets of the same size (among the model's edges)",
         )
 
     def record(self, check) -> dict:

@@ -112,9 +112,6 @@ def settled(means, value: float, quantile: float, looks: int, alpha: float = SEQ
     return None
 
 
-SETS_WORD = "node sets of the same composition"  # what the random sets are, in the note (edge circuits: their own)
-
-
 def sequential_control(
     values,
     measure,
@@ -124,7 +121,7 @@ def sequential_control(
     what: str,
     seed: int,
     wants_high: bool = True,
-    sets_word: str = SETS_WORD,
+    sets_are: str = "node sets of the same composition",
 ) -> Measurement:
     """``beats random`` with sets drawn in :data:`LOOKS` chunks until the verdict is settled (module
     docstring). ``values`` [S, 1]: the claim's; ``measure(sets)`` → [S, len(sets)] values of random
@@ -133,7 +130,7 @@ def sequential_control(
 
     sets = list(sets)
     if exhaustive:
-        return control_measurement(values, measure(sets), quantile, exhaustive, what, sets_word=sets_word)
+        return control_measurement(values, measure(sets), quantile, exhaustive, what, sets_are=sets_are)
     value = measured_bounds(values.double(), seed, 1, wants_high)[0]
     looks = [k for k in LOOKS if k < len(sets)]
     parts, drawn = [], 0
@@ -144,7 +141,7 @@ def sequential_control(
         if drawn < len(sets) and settled(means, value, quantile, len(looks)) is not None:
             break
     return control_measurement(
-        values, torch.cat(parts, dim=1), quantile, exhaustive, what, planned=len(sets), sets_word=sets_word
+        values, torch.cat(parts, dim=1), quantile, exhaustive, what, planned=len(sets), sets_are=sets_are
     )
 
 
@@ -155,7 +152,7 @@ def control_measurement(
     exhaustive: bool,
     what: str,
     planned: int | None = None,
-    sets_word: str = "",
+    sets_are: str = "node sets of the same composition",
 ) -> Measurement:
     """The claim's values [S, 1] against random sets' values [S, N]: the threshold is the q-quantile of
     the random sets' sample means; the figure keeps the distribution for the report. ``planned``: how
@@ -165,7 +162,7 @@ def control_measurement(
     means = random_values.double().mean(dim=0)
     finite = means[means.isfinite()]
     if not finite.numel():
-        raise Unjudgeable(f"every random {(sets_word or SETS_WORD).split()[0]} set gives an undefined value")
+        raise Unjudgeable(f"every random {sets_are.split()[0]} set gives an undefined value")
     threshold = float(torch.quantile(finite, quantile))
     value = float(values.double().mean())
     beaten = float((finite < value).double().mean())
@@ -178,9 +175,9 @@ def control_measurement(
         else ""
     )
     note = (
-        f"{what} {value:.3f} vs {n} random {sets_word or SETS_WORD}"
-        f"{' (every other set)' if exhaustive else ''}{early}: {quantile:g}-quantile {threshold:.3f}, mean "
-        f"{float(finite.mean()):.3f}, max {float(finite.max()):.3f}; the set beats {beaten:.1%} of them"
+        f"{what} {value:z.3f} vs {n} random {sets_are}"
+        f"{' (every other set)' if exhaustive else ''}{early}: {quantile:g}-quantile {threshold:z.3f}, mean "
+        f"{float(finite.mean()):z.3f}, max {float(finite.max()):z.3f}; the set beats {beaten:.1%} of them"
     )
     figure = {
         "type": "random",
@@ -218,5 +215,5 @@ def render_control(check) -> list[str]:
             if start <= figure["value"] < start + width or (b == bins - 1 and figure["value"] >= start)
             else ""
         )
-        lines.append(f"  {start:8.3f} | {'#' * max(1 if c else 0, round(30 * c / top)):<30} {c}{mark}")
+        lines.append(f"  {start:z8.3f} | {'#' * max(1 if c else 0, round(30 * c / top)):<30} {c}{mark}")
     return lines

@@ -153,11 +153,12 @@ class DirectClaim(Claim):
             "heads": (effects["heads"] / (m[:, None, None] if self.relative else 1)).mean(dim=0).tolist(),
             "mlp_out": (effects["mlp_out"] / (m[:, None] if self.relative else 1)).mean(dim=0).tolist(),
             "claimed": [list(c) for c in cells] if self.target == "heads" and not self.elsewhere else [],
+            "samples": int(values.shape[0]),  # means over a family's samples; one prompt's own values
         }
         capped = output_transform(run.model)
         context = (
             f"pre-cap logits: {architecture(run.model)} {capped}; direct effects sum to the logit difference "
-            f"before it ({float(m.mean()):.3f})"
+            f"before it ({float(m.mean()):z.3f})"
             if capped
             else ""
         )
@@ -185,8 +186,8 @@ class DirectClaim(Claim):
         parts.sort(key=lambda p: -abs(p[1]))
         return [
             "",
-            f"  largest direct effects{unit} (sample means): "
-            + ", ".join(f"{name} {value:+.2f}" for name, value in parts[:6]),
+            f"  largest direct effects{unit}{' (sample means)' if figure.get('samples', 1) > 1 else ''}: "
+            + ", ".join(f"{name} {value:+z.2f}" for name, value in parts[:6]),
         ]
 
 
@@ -268,7 +269,7 @@ def direct_effects(run) -> dict:
         # does not decompose (an unknown norm placement, a scaled residual) is refused, not approximated
         raise InterpError(
             f"direct effects on {architecture(model)} do not add up to the logit difference "
-            f"({float(total[0]):.4f} vs {float(out['m'][0]):.4f} on the first sample): this architecture's "
+            f"({float(total[0]):z.4f} vs {float(out['m'][0]):z.4f} on the first sample): this architecture's "
             "residual stream is not a sum of its components' outputs as interptest reads them; direct() is "
             "not supported on it"
         )

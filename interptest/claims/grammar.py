@@ -245,6 +245,15 @@ def _lex(text: str) -> list[_Token]:
 # Parser
 
 
+# The words that modify a claim, and the one order every kind reads them in (README "Claims").
+MODIFIERS = ("any", "together", "on", "beats", "ablate", "of")
+MODIFIER_ORDER = (
+    "the words of a claim go in this order: any, the quantity, together, on corrupt or on random_repeat, "
+    "the verb (recovers, breaks, faithful, minimal), the comparison or beats random at Q, then ablate or of "
+    "logit_diff"
+)
+
+
 class Parser:
     def __init__(self, text: str):
         self.text = text
@@ -259,7 +268,10 @@ class Parser:
     def fail(self, expected: str, tok: _Token | None = None) -> NoReturn:
         tok = tok or self.tok
         found = "the end of the claim" if tok.kind == "end" else repr(self.text[tok.start : tok.end])
-        raise ClaimSyntaxError(f"expected {expected}, found {found}", self.text, tok.start)
+        order = ""
+        if tok.kind == "ident" and tok.value in MODIFIERS and f"'{tok.value}'" not in expected:
+            order = f"; {MODIFIER_ORDER}"  # a modifier in the wrong place: say where it goes
+        raise ClaimSyntaxError(f"expected {expected}, found {found}{order}", self.text, tok.start)
 
     def accept(self, kind: str, value=None) -> _Token | None:
         tok = self.tok

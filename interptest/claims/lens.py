@@ -136,7 +136,7 @@ class LensClaim(Claim):
                     "claimed": (component, l) == (self.component, layer),
                 }
             )
-        return {"type": "lens", "position": position, "rows": rows}
+        return {"type": "lens", "position": position, "rows": rows, "samples": int(e.shape[0])}
 
     def render(self, check, color: bool = False) -> list[str]:
         figure = check.figure
@@ -144,13 +144,14 @@ class LensClaim(Claim):
             return []
         lines = [
             "",
-            f"  logit lens for {check.text!r} (position {figure['position']}; sample means)",
+            f"  logit lens for {check.text!r} (position {figure['position']}"
+            + ("; sample means)" if figure.get("samples", 1) > 1 else ")"),
             f"    {'stream':16} {'rank':>8} {'p(expect)':>10} {'logit diff':>11}",
         ]
         for row in figure["rows"]:
-            diff = "n/a" if row["logit_diff"] is None else f"{row['logit_diff']:.2f}"
+            diff = "n/a" if row["logit_diff"] is None else f"{row['logit_diff']:z.2f}"
             mark = "*" if row["claimed"] else " "
-            lines.append(f"   {mark}{row['stream']:16} {row['rank']:8.1f} {row['prob']:10.3f} {diff:>11}")
+            lines.append(f"   {mark}{row['stream']:16} {row['rank']:z8.1f} {row['prob']:z10.3f} {diff:>11}")
         return lines
 
     def format_value(self, value: float) -> str:

@@ -103,6 +103,8 @@ class LocalizationClaim(Claim):
     def parse(cls, p: Parser) -> LocalizationClaim:
         quantifier = "any" if p.accept("ident", "any") else "every"
         comp_tok = p.tok
+        if quantifier == "any" and comp_tok.kind == "ident" and comp_tok.value not in components.COMPONENTS:
+            _refuse_any(p, comp_tok)
         if comp_tok.kind != "ident" or comp_tok.value not in components.COMPONENTS:
             p.fail(
                 f"a component ({', '.join(components.NAMES)})"
@@ -397,3 +399,32 @@ def head_claims(patcher, head_values, seed: int = 0) -> list[str]:
             names = ", ".join(f"{l}.{h}" for l, h, _ in sorted(chosen))
             return [f"heads[{names}] together recovers >= {bound_at_least(joint):.2f}"]
     return []
+
+
+# What 'any' would quantify over when another kind's word follows it.
+_OTHER_KINDS = {"path": "paths", "circuit": "circuits", "attn": "attention claims", "direct": "direct effects"}
+
+
+def _refuse_any(p: Parser, word) -> None:
+    """``any path ...`` and kin: 'any' picks the best cell of a localization claim and nothing else."""
+    noun = _OTHER_KINDS.get(word.value) or (
+        "head scores"
+        if word.value.endswith("_score")
+        else "the logit lens"
+        if word.value == "lens"
+        else "prediction claims"
+        if word.value in ("prob", "rank", "logit", "logit_diff")
+        else None
+    )
+    if noun is None:
+        return  # not a claim kind: the usual "expected a component" message follows
+    if word.value == "path":
+        reason = (
+            "a path claim is one value (the senders' effect through the receivers), not a set of cells to "
+            "pick the best from"
+        )
+    else:
+        reason = "it picks the best cell of a localization claim (e.g. any resid_mid[1:, -1] recovers >= 0.5)"
+    raise ClaimSyntaxError(
+        f"'any' does not apply to {noun}: {reason}; write the claim without 'any'", p.text, word.start
+    )

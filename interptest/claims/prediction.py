@@ -76,7 +76,7 @@ class PredictionClaim(Claim):
         return (logits > logits[rows, target][:, None]).sum(-1).double() + 1  # rank, 1 = top
 
     def format_value(self, value: float) -> str:
-        return f"{value:.0f}" if self.function == "rank" else f"{value:.3f}"
+        return f"{value:z.0f}" if self.function == "rank" else f"{value:z.3f}"
 
     def unit(self) -> str:
         return {"rank": "exact", "prob": "normalized"}.get(self.function, "logits")

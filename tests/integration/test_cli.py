@@ -56,7 +56,9 @@ def test_patch_map_repr_html_and_plot():
     pm = interptest.patch_sweep(model, ALEX[0], ALEX[2], "resid_pre", expect=" Hart")
     text = repr(pm)
     assert text.splitlines()[0] == "PatchMap(resid_pre, denoise: m_clean 18.881, m_corrupt -20.231, Δm 39.111)"
-    assert "·Hart" in text and "L0    0.00   0.00   0.00   0.00   0.00   1.00" in text
+    # nine columns leave room for labels of 13 characters: "<|endoftext|>" is shortened by one
+    assert "·Hart" in text and "<|endoft…" in text
+    assert "L0       0.00      0.00      0.00      0.00      0.00      1.00" in text
     assert 'data-map="resid_pre"' in pm._repr_html_() and "<style>" in pm._repr_html_()
     assert pm.delta == pytest.approx(39.111, abs=1e-3)
     matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is the 'plot' extra")
@@ -110,3 +112,72 @@ def test_suggest_writes_the_edge_circuit_as_a_graph_file_only_when_asked(capsys,
     assert main(["suggest", str(spec), "--graphs", str(tmp_path / "circuits"), "--overwrite"]) == 0
     assert _edge_claims(capsys.readouterr().out)[0].startswith("circuit @circuits/two-people.json")
     assert read_graph(tmp_path / "circuits" / "two-people.json").in_graph() == graph.in_graph()
+
+
+def _top(prompt: str, k: int) -> list[tuple[str, float]]:
+    """The reference: one plain forward of the bridge, softmax of the last position."""
+    model = interptest.load_model("interptest-tiny")
+    with torch.inference_mode():
+        probs = model(model.to_tokens(prompt))[0, -1].float().softmax(-1)
+    values, ids = probs.topk(k)
+    return [(model.to_string([int(i)]), float(v)) for v, i in zip(values, ids)]
+
+
+def test_map_prints_both_prompts_top_k_and_defaults_expect_to_the_clean_top1(capsys):
+    assert main(["map", ALEX[0], "--corrupt", ALEX[2], "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    clean, corrupt = _top(ALEX[0], 3), _top(ALEX[2], 3)
+    assert clean[0][0] == " Hart" and corrupt[0][0] == " Cole"
+    for label, top in (("clean", clean), ("corrupt", corrupt)):
+        line = f"  {label:<8}top-3: " + ", ".join(f"{t!r} {p:.3f}" for t, p in top)
+        assert line in out.splitlines(), out
+    assert "expect ' Hart' (the clean prompt's top-1; --expect to choose)" in out
+    # the same map as with --expect ' Hart'
+    assert "interptest-tiny: m_clean 18.881, m_corrupt -20.231, Δm 39.111" in out
+
+
+def test_map_with_expect_says_whether_it_is_the_top1(capsys):
+    assert main(["map", *ALEX]) == 0
+    out = capsys.readouterr().out
+    assert "expect ' Hart' (the clean prompt's top-1; --expect to choose)" not in out
+    assert "top-5: ' Hart'" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"interptest {interptest.__version__} (TransformerLens ")
+
+
+def test_threads_default_as_the_plugin_and_explicit(capsys):
+    from interptest.model import available_cpus
+
+    torch.set_num_threads(2)
+    try:
+        assert main(["map", *ALEX]) == 0
+        assert torch.get_num_threads() == max(1, min(available_cpus() // 2, 2))
+        assert main(["map", *ALEX, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(2)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["suggest", "x.yaml", "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "--threads: invalid value '0'; expected a positive integer or 'auto'" in capsys.readouterr().err
+
+
+def test_suggest_k_selects_behaviors_by_name(capsys, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        'behaviors:\n  - name: paris\n    prompt: "The capital of France is"\n    expect: " Paris"\n'
+        '    corrupt: "The capital of Japan is"\n'
+        '  - name: alex\n    prompt: "Her name was Alex Hart. When Alex"\n    expect: " Hart"\n'
+    )
+    assert main(["suggest", str(spec), "-k", "PAR"]) == 0
+    out = capsys.readouterr().out
+    assert "- name: paris" in out and "- name: alex" not in out
+    assert main(["suggest", str(spec), "-k", "rome"]) == 2
+    assert capsys.readouterr().err == (
+        f"interptest suggest: -k 'rome' selects no behavior of {spec} (behaviors: paris, alex)\n"
+    )

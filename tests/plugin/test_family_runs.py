@@ -30,7 +30,7 @@ def test_family_failure_shows_bound_pass_rate_and_minimal_instance(pytester, wri
     import textwrap
 
     lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if "- name: induction-any-name-minimal" in line)
+    start = next(i for i, line in enumerate(lines) if "- name: induction-any-name-minimal-4" in line)
     end = next(i for i in range(start, len(lines)) if not lines[i].strip())
     block = "\n".join(lines[start:end])
 

@@ -45,13 +45,30 @@ def test_a_one_device_map_runs_the_suite(pytester, write, where):
         )
 
 
-def test_a_bad_map_is_a_collection_error_naming_it(pytester, write):
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (
+            "everywhere",
+            "--interp-device-map: unknown device_map 'everywhere'; expected auto, balanced, balanced_low_0, "
+            "sequential or a JSON object of module name to device",
+        ),
+        ('{"": cpu}', "--interp-device-map: device_map '{\"\": cpu}' is not valid JSON (Expecting value*"),
+        ("{}x", "--interp-device-map: device_map '{}x' is not valid JSON (Extra data*"),
+    ],
+)
+def test_a_bad_map_is_a_usage_error_naming_the_option(pytester, write, value, message):
+    """Not an error of the spec's model key: the option is wrong, before any spec is read (exit 4)."""
     write("behaviors/f.yaml", SPEC)
-    result = pytester.runpytest("--interp-device-map=everywhere")
-    assert result.ret == 2
-    result.stdout.fnmatch_lines(
-        [
-            "*unknown device_map 'everywhere'; expected auto, balanced, balanced_low_0, "
-            "sequential or a JSON object of module name to device*"
-        ]
-    )
+    result = pytester.runpytest(f"--interp-device-map={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "model 'interptest-tiny'" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_bad_map_in_the_ini_file_names_the_ini_key(pytester, write):
+    write("behaviors/f.yaml", SPEC)
+    pytester.makeini("[pytest]\ninterp_device_map = [1]\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --interp-device-map: device_map must be a JSON object, got '[1]'"])

@@ -52,7 +52,7 @@ BIAS_FREE = {"llama", "mistral", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "
 PARALLEL = {"neox", "gptj", "falcon"}
 PARALLEL_NAMES = {"neox": "GPTNeoXForCausalLM", "gptj": "GPTJForCausalLM", "falcon": "FalconForCausalLM"}
 # the families the fast patching engine covers (interptest.patching.fast); the others take the generic one
-FAST = {"gpt2", "neox", "llama", "llama-bias", "mistral", "qwen2", "qwen3", "gemma"}
+FAST = {"gpt2", "neox", "llama", "llama-bias", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"}
 CLEAN, CORRUPT = "When dog dog dog the the the", "When dog dog sat the the the"
 REFERENCE = ["When Bob sat on the the the", "When the dog sat on Bob to"]
 TL_FN = {

@@ -111,7 +111,8 @@ FAMILY_HEAD = 'behaviors:\n  - name: fam\n    template: "Her name was {first} {l
         ),
         (
             "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    corrupt: {swap: 1}\n",
-            "key 'corrupt': expected one of {replace: ...}, {resample: [...]}, {noise: ...}, got keys ['swap']",
+            "key 'corrupt': unknown key 'swap' in 'corrupt'; expected one of {replace: ...}, {resample: [...]}, "
+            "{noise: ...}, got keys ['swap']",
         ),
         (
             "behaviors:\n  - name: one\n    prompt: a b\n    expect: c\n    vars: {x: [a]}\n",
@@ -169,8 +170,9 @@ def test_minimal_instance_yaml_is_valid_and_pasteable():
 
     behavior = spec_of(FAMILY)
     sample = families.expand(behavior)[0]
-    block = families.as_yaml(behavior, sample, "resid_pre[0, {last}] recovers >= 0.8", 0.41)
+    block = families.as_yaml(behavior, sample, "resid_pre[0, {last}] recovers >= 0.8", 0.41, index=2)
     parsed = yaml.safe_load(block)[0]
+    assert parsed["name"] == f"{behavior.name}-minimal-3"  # the claim's number: each failing claim's differs
     assert parsed["prompt"] == sample.prompt and parsed["corrupt"] == sample.corrupt
     assert parsed["claims"] == [f"resid_pre[0, ' {sample.values['last']}'] recovers >= 0.8"]
     assert "this instance: 0.410" in block

@@ -163,3 +163,38 @@ def test_import_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_loaded_model_does_not_warn_that_unpadded_prompts_may_be_padded():
+    """interptest-tiny's pad token is its BOS (0), which starts every prompt: transformers' padding heuristic
+    ("pad token first or last: pass an attention_mask") would warn on every run though interptest never pads.
+    load_model turns that heuristic off on the model it returns; the check itself still warns elsewhere."""
+    import logging
+
+    import torch
+    from transformers import PreTrainedModel
+    from transformers.utils import logging as tf_logging
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    verbosity = tf_logging.get_verbosity()
+    try:
+        model = M.load_model("interptest-tiny", device="cpu")
+        tf_logging.set_verbosity_warning()  # as in a fresh process (another test may have lowered it)
+        tokens = model.to_tokens("Her name was Alex Hart. When Alex")
+        assert int(tokens[0, 0]) == model.original_model.config.pad_token_id  # the heuristic's trigger
+        tf_logging.get_logger("transformers.modeling_utils").warning_once.cache_clear()
+        with torch.inference_mode():
+            model(tokens)
+            model.run_with_cache(tokens)
+        assert not [r for r in records if "attention_mask" in r], records
+        # the same check on a module that load_model did not touch still warns: the test can fail
+        inner = next(m for m in model.original_model.modules() if isinstance(m, PreTrainedModel))
+        PreTrainedModel.warn_if_padding_and_no_attention_mask(inner, tokens, None)
+        assert [r for r in records if "attention_mask" in r]
+    finally:
+        logger.removeHandler(handler)
+        tf_logging.set_verbosity(verbosity)

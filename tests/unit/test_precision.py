@@ -70,3 +70,13 @@ def test_float32_is_never_undecided():
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_every_reduced_dtype_has_a_measured_error(dtype):
     assert 0 < DTYPE_ERROR[dtype] < 0.1
+
+
+def test_a_random_control_is_judged_against_the_random_quantile_at_reduced_precision():
+    # a 'beats random' claim has no threshold of its own (NaN): the margin is to the random sets' quantile,
+    # so a control far from it is judged, not "undecided: the value is nan from the threshold"
+    model = bf16_model()
+    (check,) = measure(model, ["heads[0.0, 1.1] together recovers beats random at 0.5"])
+    assert "nan" not in check.detail
+    assert "undecided" not in check.detail or "from the threshold" in check.detail
+    assert "quantile" in check.detail

@@ -16,7 +16,7 @@ def patch_map(n_layers=3, tokens=None, component="resid_pre"):
 def test_cells_marked_and_formatted():
     lines = render_map(patch_map(), claimed=[(2, 5), (1, 5)], failing=[(1, 5)], title="map")
     table = "\n".join(lines)
-    assert "·Alex" in table and "·Hart" in table and "<|end…" in table
+    assert "·Alex" in table and "·Hart" in table and "<|endoftext|>" in table  # 6 columns: room for every label
     layer1 = next(line for line in lines if line.strip().startswith("L1"))
     assert layer1.split()[1:] == ["-0.40", "-0.30", "-0.20", "-0.10", "0.00", "0.10!"]  # the mark after its cell
     layer2 = next(line for line in lines if line.strip().startswith("L2"))
@@ -34,7 +34,7 @@ def test_long_prompts_wrap_within_the_terminal_width():
 
 def test_colour_only_when_asked():
     coloured = "\n".join(render_map(patch_map(), failing=[(0, 0)], color=True))
-    assert "\x1b[31;1m-1.00!" in coloured
+    assert "\x1b[31;1m" in coloured and "-1.00!\x1b[0m" in coloured
 
 
 def test_heads_map_labels_heads():
@@ -47,3 +47,21 @@ def test_heads_map_labels_heads():
 
 def test_show_token_makes_spaces_and_controls_visible():
     assert show_token(" Hart") == "·Hart" and show_token("\n") == "\\n" and show_token("Her") == "Her"
+
+
+def test_labels_untruncated_where_space_allows_else_shortened():
+    short = render_map(patch_map(tokens=[" Campbell", " went", " home"]))
+    assert "·Campbell" in "\n".join(short) and max(len(line) for line in short) <= WIDTH
+    # one width for every column: the values stay under their labels
+    header, first = short[4], short[5]
+    assert len(header.rstrip()) == len(first.rstrip())  # the last label ends over the last value's digit
+    crowded = render_map(patch_map(tokens=[f" Bartholomew{i}" for i in range(12)]))
+    text = "\n".join(crowded)
+    assert "·Bart…" in text and "·Bartholomew0" not in text and max(len(line) for line in crowded) <= WIDTH
+
+
+def test_no_negative_zero_anywhere_in_a_map():
+    pm = patch_map(tokens=["a", "b"])
+    pm.values = torch.tensor([[-0.004, -0.0], [0.004, -1e-9]])
+    cells = [cell for line in render_map(pm) if line.strip().startswith("L") for cell in line.split()[1:]]
+    assert cells == ["0.00", "0.00", "0.00", "0.00"]

@@ -69,3 +69,11 @@ def test_the_schema_rejects_what_the_parser_rejects(change, parser_message):
     assert not VALIDATOR.is_valid(data)
     with pytest.raises(SpecError, match=parser_message.replace("{", r"\{").replace("(", r"\(")):
         parse_spec(yaml.safe_dump(data))
+
+
+def test_the_schema_accepts_top_level_x_keys_as_the_parser_does():
+    data = {**json.loads(json.dumps(GOOD)), "x-base": {"prompt": "x y"}}
+    VALIDATOR.validate(data)
+    parse_spec(yaml.safe_dump(data))
+    data["behaviors"][0]["x-note"] = 1
+    assert not VALIDATOR.is_valid(data)

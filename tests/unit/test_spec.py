@@ -248,3 +248,158 @@ def test_min_pass_rate_on_a_single_prompt_is_refused_like_samples():
         SpecError, match=r"f.yaml:8: behavior 'b', key 'claims\[1\].min_pass_rate': 'min_pass_rate' only applies to a"
     ):
         parse_spec(VACUOUS_HEADER + '      - {claim: "logit_diff >= 2", min_pass_rate: 0.9}\n', "f.yaml")
+
+
+MERGE_KEYS = """\
+x-base: &base
+  prompt: "Her name was Alex Hart. When Alex"
+  expect: " Hart"
+  corrupt: "Her name was Alex Cole. When Alex"
+  claims: ["logit_diff >= 2.0"]
+x-more: &more
+  foil: " Cole"
+  expect: " Alex"
+behaviors:
+  - <<: *base
+    name: plain
+  - <<: *base
+    name: overridden
+    expect: " Alex"
+    claims: ["prob(' Alex') >= 0.5"]
+  - <<: [*base, *more]
+    name: listed
+"""
+
+
+def test_merge_keys_and_their_overrides_read_as_yaml_safe_load_does():
+    import yaml
+
+    spec = parse_spec(MERGE_KEYS, "b.yaml")
+    plain, overridden, listed = spec.behaviors
+    loaded = yaml.safe_load(MERGE_KEYS)["behaviors"]
+    for behavior, data in zip(spec.behaviors, loaded, strict=True):
+        assert (behavior.name, behavior.prompt, behavior.expect, behavior.foil) == (
+            data["name"],
+            data["prompt"],
+            data["expect"],
+            data.get("foil"),
+        )
+        assert [c.text for c in behavior.claims] == data["claims"]
+    assert overridden.expect == " Alex" and [c.text for c in overridden.claims] == ["prob(' Alex') >= 0.5"]
+    assert listed.foil == " Cole"  # which mapping of a list wins where both have a key: as safe_load (by version)
+    # an inherited key is blamed where it is written (the anchor), an override at its own line
+    assert plain.key_lines["expect"] == 3 and overridden.key_lines["expect"] == 14
+
+
+def test_a_key_written_twice_is_still_a_duplicate_beside_a_merge():
+    text = MERGE_KEYS.replace("    name: plain\n", "    name: plain\n    expect: ' A'\n    expect: ' B'\n")
+    assert "b.yaml:13: key 'expect': duplicate key 'expect' (first on line 12)" in str(
+        pytest.raises(SpecError, parse_spec, text, "b.yaml").value
+    )
+
+
+def test_top_level_x_keys_hold_anchors_and_are_not_data():
+    spec = parse_spec("x-shared: {a: 1}\nx-notes: free text\n" + GOOD, "b.yaml")
+    assert [b.name for b in spec.behaviors] == ["alex-hart", "other"]
+    # elsewhere an x- key is as unknown as any other key
+    assert "unknown key 'x-note' in a behavior" in error_of(
+        "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    x-note: 1\n"
+    )
+
+
+def test_a_behavior_list_replaces_the_default_list():
+    spec = parse_spec(
+        "defaults:\n  claims: [\"rank(' y') <= 2\"]\n  marks: [slow]\nbehaviors:\n"
+        "  - {name: a, prompt: x, expect: y, claims: [\"prob(' y') > 0.1\"]}\n"
+        "  - {name: b, prompt: x, expect: y}\n",
+        "b.yaml",
+    )
+    a, b = spec.behaviors
+    assert [c.text for c in a.claims] == ["prob(' y') > 0.1"] and a.marks == ("slow",)
+    assert [c.text for c in b.claims] == ["rank(' y') <= 2"]
+
+
+FAMILY = "behaviors:\n  - name: a\n    template: 'x {v}'\n    vars: {v: [a, b]}\n    samples: 2\n    expect: y\n"
+ONE = "behaviors:\n  - name: a\n    prompt: x y\n    expect: y\n    corrupt: x z\n"
+ORDER = (
+    "the words of a claim go in this order: any, the quantity, together, on corrupt or on random_repeat, "
+    "the verb (recovers, breaks, faithful, minimal), the comparison or beats random at Q, then ablate or of "
+    "logit_diff"
+)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n    claims: [0.9]\n",
+            "specs/f.yaml:5: behavior 'a', key 'claims[0]': expected a string, got a number (0.9): each claim is "
+            "one string, e.g. \"logit_diff >= 2.0\" (or a mapping with 'claim' and 'min_pass_rate')",
+        ),
+        (
+            "behaviors:\n  - name: a\n    prompt: x\n    expect: y\n"
+            "    claims:\n      - logit_diff >= 0\n      - true\n",
+            "specs/f.yaml:7: behavior 'a', key 'claims[1]': expected a string, got a boolean (True)",
+        ),
+        (
+            FAMILY + "    single_token: true\n",
+            "specs/f.yaml:7: behavior 'a', key 'single_token': expected one of error, drop, got a boolean (True)",
+        ),
+        (
+            FAMILY + "    corrupt: {replace: {' a': ' b'}, seed: 3}\n",
+            "specs/f.yaml:7: behavior 'a', key 'corrupt': unknown key 'seed' in 'corrupt'; expected one of "
+            "{replace: ...}, {resample: [...]}, {noise: ...}, got keys ['replace', 'seed']",
+        ),
+        (
+            FAMILY + "    corrupt: {resample: [v], replace: {' a': ' b'}}\n",
+            "key 'corrupt': give one corruption, got 2 (replace, resample)",
+        ),
+        (
+            FAMILY + "    foil: z\n    corrupt: {noise: {positions: [-1], sigma: 2}}\n",
+            "specs/f.yaml:8: behavior 'a', key 'corrupt.noise': unknown key 'sigma' in corrupt.noise; "
+            "allowed keys: positions, scale",
+        ),
+        (
+            FAMILY + "    foil: z\n    corrupt: {noise: {scale: 2}}\n",
+            "key 'corrupt.noise': missing key 'positions' (the positions whose embeddings get noise, e.g. "
+            'positions: ["{first}", -2])',
+        ),
+        (
+            FAMILY + "    corrupt: {noise: {positions: [-1]}}\n",
+            "specs/f.yaml:7: behavior 'a', key 'corrupt': a family's noise corruption needs a 'foil'",
+        ),
+        (
+            ONE + "    claims: ['any path heads[0.1] -> logits recovers >= 0.5']\n",
+            "cannot parse claim at column 5: 'any' does not apply to paths: a path claim is one value (the "
+            "senders' effect through the receivers), not a set of cells to pick the best from; write the claim "
+            "without 'any'",
+        ),
+        (
+            ONE + "    claims: ['any circuit heads[0.1] faithful >= 0.5']\n",
+            "'any' does not apply to circuits: it picks the best cell of a localization claim",
+        ),
+        (
+            ONE + "    claims: ['previous_token_score(heads[0.1]) >= 0.5 on random_repeat']\n",
+            "cannot parse claim at column 41: expected the end of the claim, found 'on'; " + ORDER,
+        ),
+        (
+            ONE + "    claims: ['heads[0.1, 0.2] recovers together >= 0.5']\n",
+            "expected a comparison (>=, <=, >, <, ==), found 'together'; " + ORDER,
+        ),
+        (
+            ONE + "    claims: ['heads[0.1] ablate mean breaks >= 0.5']\n",
+            "found 'ablate'; " + ORDER,
+        ),
+        (
+            ONE + "    claims: ['attn[0.1] from -1 to 0 on corrupt together >= 0.5']\n",
+            "found 'together'; " + ORDER,
+        ),
+    ],
+)
+def test_item_messages_name_the_right_cause(text, message):
+    assert message in error_of(text)
+
+
+def test_a_family_noise_corruption_with_a_foil_is_accepted():
+    behavior = parse_spec(FAMILY + "    foil: z\n    corrupt: {noise: {positions: [-1]}}\n", "b.yaml").behaviors[0]
+    assert behavior.corruption.kind == "noise" and behavior.foil == "z"

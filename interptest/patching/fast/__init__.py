@@ -16,8 +16,9 @@ joint patch, all of one component).  Rows of every sample are stacked in each fo
 recomputes its sample's positions ``>= pmin[r]``, packed one row after the other; a chunk whose rows
 all start at the same position is a dense [rows, positions] block.
 
-Covered, one module per architecture family: GPT-2 (:mod:`.gpt2`), Llama, Mistral, Qwen2, Qwen3 and
-Gemma (:mod:`.llama`: RMSNorm, rotary, gated MLP, GQA; Qwen3's q/k norms, Gemma's scaled embeddings) and
+Covered, one module per architecture family: GPT-2 (:mod:`.gpt2`), Llama, Mistral, Qwen2, Qwen3, Gemma,
+Gemma 2 and Gemma 3 (:mod:`.llama`: RMSNorm, rotary, gated MLP, GQA; Qwen3's q/k norms, Gemma's scaled
+embeddings, Gemma 2/3's post-attention and post-MLP norms, attention and final soft caps, per-layer rotary) and
 GPT-NeoX / Pythia (:mod:`.neox`: partial rotary, parallel or sequential residual), float32 weights on one
 device.  Gaussian noise on the corrupted run's token embeddings
 (``hook_embed``) is added where the bridge's hook adds it.  ``FastEngine.self_check`` compares this
@@ -119,6 +120,17 @@ class _Patch:
 _NO_PATCH = _Patch("", torch.empty(0, dtype=torch.long, device="cpu"), torch.empty(0, device="cpu"))
 
 
+def _softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma 2 / 3's soft cap, ``cap * tanh(x / cap)``, as transformers computes it (divide, tanh, multiply)."""
+    return torch.tanh(x / cap) * cap
+
+
+def _mlp_out(L, h: torch.Tensor) -> torch.Tensor:
+    """The MLP's output as the residual receives it (after Gemma 2 / 3's post-MLP norm)."""
+    out = L.mlp(h)
+    return out if L.post_mlp is None else L.post_mlp(out)
+
+
 class FastEngine:
     # set by build(): the device, the samples' count and length, their first differences, and the two
     # unembedding rows (and biases) of each sample's expect/foil
@@ -138,9 +150,10 @@ class FastEngine:
         self.unembed_b = arch.unembed_b
         self.rotary = arch.rotary
         self.n_heads, self.n_kv, self.d_head = arch.n_heads, arch.n_kv, arch.d_head
+        self.final_softcap = arch.final_softcap
         self.runs: dict[str, _Run] = {}
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
-        self._cs = None
+        self._cs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ---- construction --------------------------------------------------------------------
 
@@ -200,12 +213,15 @@ class FastEngine:
 
     # ---- the forward ---------------------------------------------------------------------
 
-    def _cos_sin(self, n: int, like: torch.Tensor):
-        if self._cs is None or self._cs[0].shape[0] < n:
+    def _cos_sin(self, n: int, like: torch.Tensor, rope=None):
+        """cos/sin [n, rotary dims] of the model's rotary module, or of a layer's own (``rope``)."""
+        fn = rope if rope is not None else self.rotary
+        cached = self._cs.get(id(fn))
+        if cached is None or cached[0].shape[0] < n:
             pos = torch.arange(n, device=like.device).unsqueeze(0)
-            cos, sin = self.rotary(like[:1].unsqueeze(0), pos)
-            self._cs = (cos[0], sin[0])
-        return self._cs
+            cos, sin = fn(like[:1].unsqueeze(0), pos)
+            cached = self._cs[id(fn)] = (cos[0], sin[0])
+        return cached
 
     def _rope(self, x, cos, sin, rd):
         """x [T, heads, dh]; cos/sin [T, rd]."""
@@ -266,7 +282,7 @@ class FastEngine:
             if final:
                 q = q[pack.last]
         if L.rotary_dims:
-            cos, sin = self._cos_sin(pack.n, x)
+            cos, sin = self._cos_sin(pack.n, x, L.rope)
             c, s = cos[pack.pos], sin[pack.pos]
             k = self._rope(k, c, s, L.rotary_dims)
             q = (
@@ -278,6 +294,8 @@ class FastEngine:
         R, n, q0 = pack.R, pack.n, pack.q0
         if final:  # the last position attends to every position: no mask
             scores = torch.matmul(q.unsqueeze(2), kf.permute(0, 2, 3, 1)).mul_(L.attn_scale)  # [R, H, 1, n]
+            if L.attn_softcap is not None:
+                scores = _softcap(scores, L.attn_softcap)
             pattern = torch.softmax(scores, dim=-1)
             z = torch.matmul(pattern, vf.transpose(1, 2))[:, :, 0]  # [R, H, dh]
             xr = x[pack.last]
@@ -289,6 +307,8 @@ class FastEngine:
                 qp = x.new_zeros(R, nq, H, dh)
                 qp[pack.rows, pack.pos - q0] = q
             scores = torch.matmul(qp.transpose(1, 2), kf.permute(0, 2, 3, 1)).mul_(L.attn_scale)  # [R,H,nq,n]
+            if L.attn_softcap is not None:
+                scores = _softcap(scores, L.attn_softcap)
             scores.masked_fill_(self._mask(q0, n, x.device), float("-inf"))  # in place: a fresh temporary
             pattern = torch.softmax(scores, dim=-1)
             zf = torch.matmul(pattern, vf.transpose(1, 2)).transpose(1, 2)  # [R, nq, H, dh]
@@ -298,10 +318,12 @@ class FastEngine:
             assert patch.head is not None  # a heads patch names its heads
             z[patch.idx, patch.head] = patch.val
         attn = linear(L.o, z.reshape(z.shape[0], H * dh))
+        if L.post_attn is not None:
+            attn = L.post_attn(attn)
         if comp == "attn_out":
             attn[patch.idx] = patch.val
         if L.parallel:
-            mlp = L.mlp(L.ln2(xr))
+            mlp = _mlp_out(L, L.ln2(xr))
             if comp == "mlp_out":
                 mlp[patch.idx] = patch.val
             out = mlp + attn + xr
@@ -310,7 +332,7 @@ class FastEngine:
             mid = attn + xr
             if comp == "resid_mid":
                 mid[patch.idx] = patch.val
-            mlp = L.mlp(L.ln2(mid))
+            mlp = _mlp_out(L, L.ln2(mid))
             if comp == "mlp_out":
                 mlp[patch.idx] = patch.val
             out = mid + mlp
@@ -371,13 +393,18 @@ class FastEngine:
         two = torch.matmul(self.w2[smp], h.unsqueeze(2)).squeeze(2)  # [R, 2]
         if self.b2 is not None:
             two = two + self.b2[smp]
+        if self.final_softcap is not None:
+            two = _softcap(two, self.final_softcap)
         return (two[:, 0] - two[:, 1]).float()  # on the device; run_rows moves all rows at once
 
     def self_check(self, clean_logits, corrupt_logits):
         """clean/corrupt_logits: the bridge's last-position logits [S, vocab] (CPU)."""
         for name, ref in (("clean", clean_logits), ("corrupt", corrupt_logits)):
             h = self.lnf(self.runs[name].final[:, -1])
-            logits = torch.nn.functional.linear(h, self.unembed_w, self.unembed_b).float().cpu()
+            logits = torch.nn.functional.linear(h, self.unembed_w, self.unembed_b)
+            if self.final_softcap is not None:
+                logits = _softcap(logits, self.final_softcap)
+            logits = logits.float().cpu()
             err = float((logits - ref).abs().max())
             tol = 1e-4 * (1.0 + float(ref.abs().max()))
             if not err <= tol:
@@ -519,6 +546,8 @@ class FastEngine:
             z = base.z[li][smp, pos]  # [U, H, dh] (a gathered copy)
             z[inv, heads] = src.z[li][e_smp, e_pos, heads]
             attn = linear(L.o, z.reshape(z.shape[0], -1))
+            if L.post_attn is not None:
+                attn = L.post_attn(attn)
         elif component == "attn_out":
             attn = src.attn_out[li][smp, pos]
         elif component == "resid_mid":
@@ -536,5 +565,5 @@ class FastEngine:
         if mid is None:
             mid = (attn + base.resid_pre[li][smp, pos]) if attn is not None else base.resid_mid[li][smp, pos]
         if mlp is None:
-            mlp = L.mlp(L.ln2(mid))
+            mlp = _mlp_out(L, L.ln2(mid))
         return mid + mlp

@@ -135,6 +135,14 @@ class Layer:
     rotary_dims: int = 0  # 0 = no rotary
     q: Callable | None = None  # h -> q only, where the projection is separate (else qkv is used)
     kv: Callable | None = None  # h -> (k, v) only, where the projections are separate
+    # Gemma 2 / 3: a norm on the attention output and on the MLP output before each residual add (the
+    # bridge's hook_attn_out / hook_mlp_out read after them), and tanh soft-capping of attention scores
+    post_attn: Callable | None = None
+    post_mlp: Callable | None = None
+    attn_softcap: float | None = None
+    # this layer's rotary embedding, (x, positions) -> (cos, sin), where layers differ (Gemma 3's local and
+    # global layers); None: the model's one rotary module
+    rope: Callable | None = None
 
 
 @dataclass
@@ -152,6 +160,7 @@ class Arch:
     n_kv: int
     d_head: int
     window: int | None = None  # sliding-window attention: exact only for prompts shorter than the window
+    final_softcap: float | None = None  # Gemma 2 / 3: logits = cap * tanh(logits / cap)
 
 
 def add_noise(e, noise):
