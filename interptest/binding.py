@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from interptest import components, families
+from interptest import components, families, graphs
 from interptest.claims import (
     BindContext,
     ClaimBindError,
@@ -310,6 +311,8 @@ def bind_samples(
         n_kv_heads=getattr(model.cfg, "n_key_value_heads", None),
         architecture=direct.architecture(model),
         unsupported=_unsupported(model),
+        spec_dir=os.path.dirname(os.path.abspath(spec.path)) if spec.path and not spec.path.startswith("<") else "",
+        parallel=bool(getattr(model.cfg, "parallel_attn_mlp", False)),
         saes=load_saes(spec, model),
     )
     try:
@@ -445,6 +448,9 @@ def _unsupported(model) -> dict[str, str]:
     why = direct.unsupported_reason(model)
     if why:
         out["direct"] = why
+    why = graphs.unsupported_reason(getattr(model, "hook_dict", {}), int(model.cfg.n_layers))
+    if why:
+        out["edges"] = why
     return out
 
 

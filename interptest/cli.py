@@ -1,14 +1,16 @@
 """The ``interptest`` command: look before you claim.
 
     interptest map PROMPT --corrupt TEXT [--expect TOKEN] [--component C] [--model M] [--html FILE]
-    interptest suggest SPEC [SPEC ...] [--model M] [-k TEXT]
+    interptest suggest SPEC [SPEC ...] [--model M] [-k TEXT] [--graphs DIR [--overwrite]]
     interptest features PROMPT --sae DIR|NAME [--corrupt TEXT] [--top K] [--model M]
     interptest schema
     interptest --version
 
 ``map`` prints both prompts' top predictions and a patching map in the terminal (and writes the report's
 heatmap with ``--html``); ``suggest`` prints, for every behavior of the spec files, the strongest claims
-that hold, as YAML to paste (it never writes the files); ``features`` prints an SAE's most active
+that hold, as YAML to paste (it never writes the spec files; with ``--graphs DIR`` it writes each behavior's
+suggested edge circuit as an EAP-IG graph file ``DIR/<behavior>.json``, replacing an existing one only with
+``--overwrite``); ``features`` prints an SAE's most active
 features at every token of a prompt (and, with ``--corrupt``, the features that differ most from the
 corrupted prompt's), the indices feature claims name; ``schema`` prints the JSON Schema of spec files.
 """
@@ -65,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     suggest.add_argument("--model", default=None, help="model for every behavior, overriding the specs")
     suggest.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     suggest.add_argument("--seed", type=int, default=0, help="seed of the samples prompt families draw")
+    suggest.add_argument(
+        "--graphs",
+        type=Path,
+        default=None,
+        help="write each behavior's suggested edge circuit into this folder as an EAP-IG graph file <behavior>.json",
+    )
+    suggest.add_argument("--overwrite", action="store_true", help="with --graphs: replace existing graph files")
     suggest.add_argument(
         "-k",
         dest="select",
@@ -270,7 +279,8 @@ def _suggest(args) -> int:
             name = args.model or behavior.model or DEFAULT_MODEL
             beside = path.parent / name
             model = models.get(str(beside) if not args.model and beside.is_dir() else name)
-            blocks.append(suggest(bind_behavior(behavior, model, name, args.seed)))
+            options = {"suggest_graphs": str(args.graphs), "suggest_overwrite": args.overwrite} if args.graphs else None
+            blocks.append(suggest(bind_behavior(behavior, model, name, args.seed, options)))
     print("\n\n".join(blocks))
     return 0
 

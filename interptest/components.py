@@ -19,6 +19,7 @@ class Component:
     needs: str = ""  # why a model may lack it, for the "not available" error
     label: str = "{name} {layer}"  # one node of it in words, with ``{name}``, ``{layer}`` and ``{head}``
     circuit_node: bool = False  # a node of circuit claims and path senders (ablated as a whole)
+    edge_label: str = ""  # one node of it in edge graphs (EAP-IG / MIB names: a{layer}.h{head}, m{layer})
 
     def hook_name(self, layer: int) -> str:
         return self.hook.format(layer=layer)
@@ -29,6 +30,12 @@ class Component:
 
     def node_label(self, layer: int, head: int | None = None) -> str:
         return self.label.format(name=self.name, layer=layer, head=head)
+
+    def edge_node(self, layer: int, head: int | None = None) -> str:
+        """One node of it as edge graphs name it (``a0.h2``, ``m1``)."""
+        if not self.edge_label:
+            raise KeyError(f"component {self.name!r} is not a node of edge graphs")
+        return self.edge_label.format(layer=layer, head=head)
 
 
 _ROWS = (
@@ -42,7 +49,16 @@ _ROWS = (
     ),
     Component("resid_post", "blocks.{layer}.hook_resid_post", "position", "the residual stream leaving layer L"),
     Component("attn_out", "blocks.{layer}.hook_attn_out", "position", "layer L's attention output"),
-    Component("mlp_out", "blocks.{layer}.hook_mlp_out", "position", "layer L's MLP output", "", "MLP {layer}", True),
+    Component(
+        "mlp_out",
+        "blocks.{layer}.hook_mlp_out",
+        "position",
+        "layer L's MLP output",
+        "",
+        "MLP {layer}",
+        True,
+        "m{layer}",
+    ),
     Component(
         "heads",
         "blocks.{layer}.attn.hook_z",
@@ -51,6 +67,7 @@ _ROWS = (
         "the positions given after ';'",
         label="head {layer}.{head}",
         circuit_node=True,
+        edge_label="a{layer}.h{head}",
     ),
 )
 

@@ -26,6 +26,8 @@ OPTION_REPORT_ALL = "interp_report_all"
 OPTION_RANDOM_SETS = "interp_random_sets"
 OPTION_SHRINK_BUDGET = "interp_shrink_budget"
 OPTION_NO_SHRINK = "interp_no_shrink"
+OPTION_SUGGEST_GRAPHS = "interp_suggest_graphs"
+OPTION_SUGGEST_OVERWRITE = "interp_suggest_overwrite"
 INI_FILES = "interp_files"
 
 _OPTIONS = {
@@ -88,6 +90,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(OPTION_SUGGEST, "always print suggested claims (see --interp-suggest)", type="bool", default=False)
     group.addoption(
+        "--interp-suggest-graphs",
+        dest=OPTION_SUGGEST_GRAPHS,
+        default=None,
+        metavar="DIR",
+        help="with --interp-suggest: write each behavior's suggested edge circuit into DIR as an EAP-IG graph "
+        "file <behavior>.json, which the suggested claims name",
+    )
+    parser.addini(OPTION_SUGGEST_GRAPHS, "folder of suggested edge circuits (see --interp-suggest-graphs)", default="")
+    group.addoption(
+        "--interp-suggest-overwrite",
+        dest=OPTION_SUGGEST_OVERWRITE,
+        action="store_true",
+        default=None,
+        help="with --interp-suggest-graphs: replace existing graph files (else they are kept)",
+    )
+    parser.addini(
+        OPTION_SUGGEST_OVERWRITE,
+        "replace suggested graph files (see --interp-suggest-overwrite)",
+        type="bool",
+        default=False,
+    )
+    group.addoption(
         "--interp-report-all",
         dest=OPTION_REPORT_ALL,
         action="store_true",
@@ -122,6 +146,15 @@ def _option(config: pytest.Config, dest: str):
     return value if value is not None else config.getini(dest)
 
 
+def _suggest_graphs(config: pytest.Config) -> str | None:
+    """The folder of suggested graph files, relative to where pytest was invoked (flag) or the rootdir (ini)."""
+    flag = config.getoption(OPTION_SUGGEST_GRAPHS)
+    if flag:
+        return str(Path(config.invocation_params.dir, flag))
+    ini = config.getini(OPTION_SUGGEST_GRAPHS)
+    return str(Path(config.rootpath, ini)) if ini else None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from interptest.session import InterpSession, OptionError, Options
 
@@ -141,6 +174,8 @@ def pytest_configure(config: pytest.Config) -> None:
             baseline_update=bool(_option(config, OPTION_BASELINE_UPDATE)),
             baseline_tolerance=Options.tolerance(_option(config, OPTION_BASELINE_TOLERANCE)),
             suggest=bool(_option(config, OPTION_SUGGEST)),
+            suggest_graphs=_suggest_graphs(config),
+            suggest_overwrite=bool(_option(config, OPTION_SUGGEST_OVERWRITE)),
             report_all=bool(_option(config, OPTION_REPORT_ALL)),
             seed=Options.integer(_option(config, OPTION_SEED), "--interp-seed"),
             repeat_length=Options.positive_int(_option(config, OPTION_REPEAT_LENGTH), "--interp-repeat-length"),

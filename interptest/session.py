@@ -53,6 +53,8 @@ class Options:
     baseline_update: bool = False  # --interp-baseline-update
     baseline_tolerance: float = 0.05  # ini interp_baseline_tolerance
     suggest: bool = False  # --interp-suggest
+    suggest_graphs: str | None = None  # --interp-suggest-graphs DIR: suggested edge circuits as graph files
+    suggest_overwrite: bool = False  # --interp-suggest-overwrite: replace existing graph files
     report_all: bool = False  # --interp-report-all: sweep every component, not only the claimed ones
     repeat_length: int | None = None  # --interp-repeat-length: random_repeat sequences of head-score claims
     device_map: str | None = None  # --interp-device-map: a Hugging Face device_map (name or JSON object)
@@ -332,7 +334,12 @@ class InterpSession:
 
     def run_options(self) -> dict:
         """The settings claim kinds read at run time (BoundBehavior.options)."""
-        return {"repeat_length": self.options.repeat_length, "random_sets": self.options.random_sets}
+        return {
+            "repeat_length": self.options.repeat_length,
+            "random_sets": self.options.random_sets,
+            "suggest_graphs": self.options.suggest_graphs,
+            "suggest_overwrite": self.options.suggest_overwrite,
+        }
 
     # -- running
     def run(self, bound: BoundBehavior):

@@ -270,6 +270,8 @@ class BindContext:
     # what this architecture cannot support, and why: a component it lacks ("resid_mid") or a claim kind's
     # keyword ("direct"), decided at binding so a claim fails at collection, at its line
     unsupported: dict = field(default_factory=dict)
+    spec_dir: str = ""  # the spec file's folder: a claim's @file paths resolve next to it
+    parallel: bool = False  # parallel attention/MLP blocks (no head -> MLP edge within a layer)
     saes: dict = field(default_factory=dict)  # SAE name -> interptest.saes.SAE, loaded and checked for the model
 
     def not_exposed(self, component: str) -> str:

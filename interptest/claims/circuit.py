@@ -29,7 +29,13 @@ from the corrupted run's only through the last token's embedding.
 
 from __future__ import annotations
 
+import itertools
+import math
+import os
+import random
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from interptest.claims.base import (
@@ -49,8 +55,11 @@ from interptest.claims.controls import (
     sequential_control,
 )
 from interptest.claims.grammar import (
+    ClaimBindError,
     ClaimSyntaxError,
     Comparison,
+    EdgeSpec,
+    GraphRef,
     NodeSpec,
     Parser,
     RandomControl,
@@ -66,6 +75,17 @@ from interptest.claims.nodes import (
     node_variables,
     random_node_sets,
 )
+from interptest.graphs import (
+    Edge,
+    GraphFileError,
+    ModelShape,
+    Receiver,
+    edge_problem,
+    model_edges,
+    parse_edge,
+    read_graph,
+    write_graph,
+)
 
 MEASURES = ("faithful", "minimal")
 
@@ -74,7 +94,9 @@ MEASURES = ("faithful", "minimal")
 class BoundCircuit:
     claim: CircuitClaim
     nodes: tuple[Node, ...]
-    random_sets: int = 0  # how many node sets of the same composition exist besides this one
+    random_sets: int = 0  # how many node (edge) sets of the same composition (size) exist besides this one
+    edges: tuple[Edge, ...] = ()  # an edge circuit's edges (nodes is then empty)
+    universe: tuple[Edge, ...] = ()  # every edge of the model (an edge circuit's random control draws from it)
 
 
 @dataclass(frozen=True)
@@ -85,18 +107,36 @@ class CircuitClaim(Claim):
     comparison: Comparison
     ablation: str = "resample"
     random: RandomControl | None = None
+    edges: tuple[EdgeSpec, ...] = ()  # an edge circuit written inline: edges[...]
+    graph: GraphRef | None = None  # an edge circuit read from a graph file: @path, top K edges of @path
 
     keywords: ClassVar[tuple[str, ...]] = ("circuit",)
-    hint: ClassVar[str] = "circuit heads[...] + mlp_out[...] faithful|minimal ..."
+    hint: ClassVar[str] = (
+        "circuit heads[...] + mlp_out[...] | edges[a0.h2->a1.h0<k>, ...] | @graph.json | top K edges of @graph.json "
+        "faithful|minimal ..."
+    )
+
+    @property
+    def is_edges(self) -> bool:
+        return bool(self.edges) or self.graph is not None
 
     @classmethod
     def parse(cls, p: Parser) -> CircuitClaim:
         p.expect("ident", "circuit")
-        nodes = p.node_list("the circuit's nodes")
+        nodes: tuple[NodeSpec, ...] = ()
+        edges: tuple[EdgeSpec, ...] = ()
+        graph = None
+        if p.tok.kind == "ident" and p.tok.value == "edges":
+            edges = p.edge_list()
+        elif p.tok.kind == "file" or (p.tok.kind == "ident" and p.tok.value == "top"):
+            graph = p.graph_ref()
+        else:
+            nodes = p.node_list("the circuit's nodes")
+        what = "nodes" if nodes else "edges"
         word = p.tok
         if word.kind != "ident" or word.value not in MEASURES:
             p.fail(
-                "'faithful' or 'minimal' after the circuit's nodes"
+                f"'faithful' or 'minimal' after the circuit's {what}"
                 + (did_you_mean(word.value, MEASURES) if word.kind == "ident" else "")
             )
         p.i += 1
@@ -110,7 +150,7 @@ class CircuitClaim(Claim):
             )
         ablation = p.ablation()
         p.end()
-        return cls(p.text, nodes, word.value, comparison, ablation or "resample", control)
+        return cls(p.text, nodes, word.value, comparison, ablation or "resample", control, edges, graph)
 
     def requirement(self, behavior) -> str | None:
         problem = ablation_requirement(self.text, self.ablation, behavior)
@@ -127,13 +167,36 @@ class CircuitClaim(Claim):
         return node_variables(self.nodes)
 
     def bind(self, context: BindContext) -> BoundCircuit:
+        if self.is_edges:
+            return self._bind_edges(context)
         nodes = bind_nodes(self.nodes, context)
         alternatives = 0
         if self.random is not None:
             alternatives = check_random_control(nodes, context.n_layers, context.n_heads)
         return BoundCircuit(self, nodes, alternatives)
 
+    def _bind_edges(self, context: BindContext) -> BoundCircuit:
+        if context.unsupported.get("edges"):
+            raise ClaimBindError(context.unsupported["edges"])
+        shape = ModelShape(context.n_layers, context.n_heads, context.n_kv_heads, context.parallel)
+        if self.graph is not None:
+            edges = bind_graph(self.graph, shape, context)
+        else:
+            edges = bind_edge_list(self.edges, shape)
+        if self.measure_name == "minimal" and not edges:
+            raise ClaimBindError(
+                f"the circuit has no edges ({_graph_words(self.graph)}): 'minimal' asks that every edge matter",
+                self.graph.source if self.graph else None,
+            )
+        universe = tuple(model_edges(shape, per_query_head=False))
+        alternatives = 0
+        if self.random is not None:
+            alternatives = check_random_edges(edges, universe)
+        return BoundCircuit(self, (), alternatives, edges, universe)
+
     def measure(self, bound: BoundCircuit, run) -> Measurement:
+        if self.is_edges:
+            return self._measure_edges(bound, run)
         engine = run.circuits()
         kept = [edits_of(bound.nodes)]
         _check_effect(run, engine, self.ablation)
@@ -170,9 +233,53 @@ class CircuitClaim(Claim):
             run.seed,
         )
 
+    def _measure_edges(self, bound: BoundCircuit, run) -> Measurement:
+        from interptest.patching.edges import edge_patcher  # defers torch
+
+        engine = edge_patcher(run.circuits())
+        _check_effect(run, engine, self.ablation, "edge")
+        kept = list(bound.edges)
+        if self.measure_name == "minimal":
+            without = [[e for e in kept if e is not v] for v in kept]
+            values = engine.faithfulness([kept, *without], self.ablation)
+            drops = values[:, :1] - values[:, 1:]
+            labels = [e.name for e in kept]
+            mean = drops.mean(dim=0).tolist()
+            idle = [label for label, d in zip(labels, mean) if not self.comparison.holds(d)]
+            note = (
+                "faithfulness lost without each edge: "
+                + ", ".join(f"{label} {d:.3f}" for label, d in zip(labels, mean))
+                + (f"; edges that do not matter ({self.comparison} fails): {', '.join(idle)}" if idle else "")
+            )
+            return Measurement(drops, tuple(labels), labels, "every", note=note)
+        values = engine.faithfulness([kept], self.ablation)
+        if self.random is None:
+            n = len(kept)
+            return Measurement(
+                values,
+                quantifier="together",
+                note=(
+                    f"faithfulness of {n} edge{'s' if n != 1 else ''} of {len(bound.universe)}, the others "
+                    f"ablated ({self.ablation})"
+                ),
+            )
+        sets, exhaustive = random_edge_sets(kept, bound.universe, random_count(run), control_seed(run, self.text))
+        return sequential_control(
+            values,
+            lambda chunk: engine.faithfulness(chunk, self.ablation),
+            sets,
+            self.random.quantile,
+            exhaustive,
+            "faithfulness",
+            run.seed,
+            sets_are="edge sets of the same size (among the model's edges)",
+        )
+
     def record(self, check) -> dict:
         out: dict[str, Any] = {"ablation": self.ablation}
-        if self.measure_name == "minimal":
+        if self.measure_name == "minimal" and self.is_edges:
+            out["failing_edges"] = list(check.failing_cells)
+        elif self.measure_name == "minimal":
             out["failing_nodes"] = list(check.failing_cells)
         if check.figure:
             out["random"] = {k: v for k, v in check.figure.items() if k != "type"}
@@ -180,11 +287,12 @@ class CircuitClaim(Claim):
 
     @classmethod
     def suggest(cls, run, seed: int) -> list[str]:
-        return suggest_claims(run, seed)
+        return suggest_claims(run, seed) + suggest_edge_claims(run, seed)
 
     def render(self, check, color: bool = False) -> list[str]:
         if self.measure_name == "minimal" and check.failing_cells:
-            return ["", f"nodes that do not matter: {', '.join(check.failing_cells)}"]
+            what = "edges" if self.is_edges else "nodes"
+            return ["", f"{what} that do not matter: {', '.join(check.failing_cells)}"]
         return render_control(check)
 
 
@@ -192,22 +300,128 @@ def _count(nodes) -> str:
     return f"node{'s' if len(nodes) != 1 else ''}"
 
 
-def _check_effect(run, engine, ablation: str) -> None:
-    """Unjudgeable when ablating every node barely moves the logit difference of some sample."""
+def _check_effect(run, engine, ablation: str, what: str = "node") -> None:
+    """Unjudgeable when ablating every node (edge) barely moves the logit difference of some sample.
+    ``engine``: the circuit engine, or the edge engine (whose ``p`` is the circuit engine)."""
     problem = run.foil_problem()
     if problem:
         raise Unjudgeable(problem)
-    delta = engine.metrics("clean") - engine.all_ablated(ablation)
+    delta = getattr(engine, "p", engine).metrics("clean") - engine.all_ablated(ablation)
     spec = run.bound.spec
     weak = delta.abs() < spec.min_effect
     if bool(weak.any()) or not bool(delta.isfinite().all()):
         worst = float(delta.abs().min())
         where = "" if delta.shape[0] == 1 else f" on {int(weak.sum())} of {delta.shape[0]} samples"
         raise Unjudgeable(
-            f"ablating every node ({ablation}) barely changes the behavior{where} "
+            f"ablating every {what} ({ablation}) barely changes the behavior{where} "
             f"(|m_clean − m_∅| = {worst:.3f}, below min_effect {spec.min_effect:g}); the claim cannot "
             "be judged"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge circuits: inline edge lists and graph files, resolved against the model
+
+
+def _canonical(edge: Edge, shape: ModelShape) -> Edge:
+    """One name per edge the model has: the logits at layer n_layers; on grouped-query models a k/v input
+    named by the first query head of its key/value group (the query heads of a group share that input)."""
+    r = edge.receiver
+    if r.kind == "logits":
+        return Edge(edge.sender, Receiver("logits", shape.n_layers))
+    if r.kind in ("k", "v") and r.head is not None and shape.kv != shape.n_heads:
+        group = shape.n_heads // shape.kv
+        return Edge(edge.sender, Receiver(r.kind, r.layer, (r.head // group) * group))
+    return edge
+
+
+def bind_edge_list(specs, shape: ModelShape) -> tuple[Edge, ...]:
+    """An inline edge list: every edge one the model has, named once."""
+    out: list[Edge] = []
+    seen: dict[Edge, str] = {}
+    for spec in specs:
+        edge = parse_edge(spec.text)
+        problem = edge_problem(edge, shape)
+        if problem:
+            raise ClaimBindError(f"edge {spec.text!r} is not an edge of this model: {problem}", spec.text)
+        edge = _canonical(edge, shape)
+        if edge in seen:
+            same = "" if seen[edge] == spec.text else f" ({seen[edge]!r}: query heads of one key/value group share it)"
+            raise ClaimBindError(f"the edge list names {edge.name} twice{same}", spec.text)
+        seen[edge] = spec.text
+        out.append(edge)
+    return tuple(out)
+
+
+def _graph_words(graph: GraphRef | None) -> str:
+    if graph is None:
+        return "an empty edge list"
+    if graph.top is None:
+        return f"graph file {graph.path!r} has no edge with in_graph true"
+    return f"the top {graph.top} edges of {graph.path!r}"
+
+
+def bind_graph(graph: GraphRef, shape: ModelShape, context: BindContext) -> tuple[Edge, ...]:
+    """A graph file's in-graph edges (or its top K by |score|), its config checked against the model."""
+    path = graph.path if os.path.isabs(graph.path) else os.path.join(context.spec_dir or ".", graph.path)
+    try:
+        data = read_graph(path)
+        problem = data.check_shape(shape)
+        if problem:
+            raise GraphFileError(
+                f"graph file {path!r} was made for another model: {problem} "
+                f"({context.model_name or 'this model'}: {shape.n_layers} layers, {shape.n_heads} heads"
+                f"{', parallel blocks' if shape.parallel else ''})"
+            )
+        names = data.in_graph() if graph.top is None else data.top(graph.top)
+    except GraphFileError as error:
+        message = str(error)
+        if graph.top is not None and "top" in message and "graph file" not in message:
+            message = f"graph file {path!r}: {message}"
+        raise ClaimBindError(message, graph.source) from None
+    out: list[Edge] = []
+    seen: set[Edge] = set()
+    for name in names:
+        edge = parse_edge(name)
+        problem = edge_problem(edge, shape)
+        if problem:
+            raise ClaimBindError(
+                f"graph file {path!r}: edge {name!r} is not an edge of this model: {problem}", graph.source
+            )
+        edge = _canonical(edge, shape)
+        if edge not in seen:  # on grouped-query models the k/v edges of a group's query heads are one edge
+            seen.add(edge)
+            out.append(edge)
+    return tuple(out)
+
+
+def check_random_edges(edges, universe) -> int:
+    """The number of other edge sets of the same size; ``ClaimBindError`` when there is none."""
+    others = math.comb(len(universe), len(edges)) - 1
+    if others < 1:
+        raise ClaimBindError(
+            f"'beats random' needs other edge sets of the same size, but the circuit has {len(edges)} of the "
+            f"model's {len(universe)} edges"
+        )
+    return others
+
+
+def random_edge_sets(edges, universe, count: int, seed: int) -> tuple[list[list[Edge]], bool]:
+    """``count`` distinct edge sets of the size of ``edges`` drawn from ``universe`` (the model's edges),
+    none equal to ``edges``; every other set, in a fixed order, when there are at most ``count``."""
+    k, own = len(edges), frozenset(edges)
+    universe = list(universe)
+    if math.comb(len(universe), k) - 1 <= count:
+        sets = [list(c) for c in itertools.combinations(universe, k) if frozenset(c) != own]
+        return sets, True
+    rng = random.Random(seed)
+    seen, sets = {own}, []
+    while len(sets) < count:
+        chosen = frozenset(rng.sample(universe, k))
+        if chosen not in seen:
+            seen.add(chosen)
+            sets.append(sorted(chosen, key=universe.index))
+    return sets, False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,3 +499,102 @@ def _path_suggestions(run, engine, kept, seed: int) -> list[str]:
                 f"path {node_list([best])} -> heads[{layer}.{head}].{kind} recovers >= {bound_at_least(best_value):.2f}"
             )
     return claims
+
+
+# ---------------------------------------------------------------------------------------------
+# --interp-suggest on edges: the smallest edge set found by exact pruning, as inline edges or a graph file
+
+SUGGEST_MAX_EDGES = 2000  # edge search only on models this small (every edge's removal is measured exactly)
+
+
+def suggest_edge_claims(run, seed: int = 0) -> list[str]:
+    """An edge circuit whose resample-faithfulness stays >= 0.9, found ACDC-style with the exact edge ablation: edges
+    ranked by the faithfulness lost when each is removed alone from the full graph (one batched unit per edge;
+    no gradient approximation), then removed greedily, least important first (in chunks, :func:`_prune`),
+    while the (lower bootstrap bound of the) faithfulness stays >= 0.9. As faithful / minimal / beats-random
+    claims. With the run's ``suggest_graphs`` option (a folder: ``interptest suggest --graphs DIR``,
+    ``--interp-suggest-graphs DIR``) the circuit is written there as an EAP-IG graph file ``<behavior>.json``
+    (scores: each edge's loss alone) and the claims name it; an existing file is overwritten only with
+    ``suggest_overwrite`` (else the claims name the edges inline). Models with more than
+    :data:`SUGGEST_MAX_EDGES` edges get no edge suggestion."""
+    from interptest.patching.edges import edge_patcher  # defers torch
+
+    cfg = run.model.cfg
+    parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
+    shape = ModelShape(int(cfg.n_layers), int(cfg.n_heads), getattr(cfg, "n_key_value_heads", None), parallel)
+    every = model_edges(shape, per_query_head=False)
+    if len(every) > SUGGEST_MAX_EDGES:
+        return []
+    engine = edge_patcher(run.circuits())
+    delta = engine.p.metrics("clean") - engine.all_ablated("resample")
+    if bool((delta.abs() < run.bound.spec.min_effect).any()):
+        return []
+
+    def lower(values) -> float:
+        return measured_bounds(values[:, :1], seed, 1, True)[0]
+
+    full = engine.faithfulness([every], "resample")
+    alone = engine.faithfulness([[e for e in every if e is not v] for v in every], "resample")
+    loss = (full - alone).mean(dim=0).tolist()
+    kept = _prune(every, sorted(range(len(every)), key=lambda i: (loss[i], i)), engine, lower)
+    values = engine.faithfulness([kept] + [[e for e in kept if e is not v] for v in kept], "resample")
+    value = lower(values)
+    if value < SUGGEST_FAITHFUL:
+        return []
+    target = _edge_target(run, kept, shape, {e.name: loss[i] for i, e in enumerate(every)})
+    claims = [f"circuit {target} faithful >= {bound_at_least(value):.2f}"]
+    drops = values[:, :1] - values[:, 1:]
+    weakest = min(measured_bounds(drops.double(), seed, len(kept), True))
+    if bound_at_least(weakest) > 0:
+        claims.append(f"circuit {target} minimal >= {bound_at_least(weakest):.2f}")
+    if math.comb(len(every), len(kept)) > 1:
+        sets, exhaustive = random_edge_sets(kept, every, random_count(run), control_seed(run, target))
+        control = control_measurement(
+            values[:, :1], engine.faithfulness(sets, "resample"), 0.95, exhaustive, "faithfulness"
+        )
+        if value > control.comparison.threshold:
+            claims.append(f"circuit {target} faithful beats random at 0.95")
+    return claims
+
+
+def _prune(every, order, engine, lower) -> list:
+    """Remove edges in ``order`` while the faithfulness's bound stays >= SUGGEST_FAITHFUL, several at a time:
+    a chunk of the next edges is removed together when the circuit without all of them still holds (the
+    chunk doubles), else the chunk halves down to one edge, which is then kept. Every removal is verified
+    exactly; with chunks of one this is the one-at-a-time greedy pruning."""
+    removed: set[int] = set()
+    position, chunk = 0, 8
+    while position < len(order):
+        take = order[position : position + chunk]
+        trial = [e for i, e in enumerate(every) if i not in removed and i not in take]
+        if trial and lower(engine.faithfulness([trial], "resample")) >= SUGGEST_FAITHFUL:
+            removed.update(take)
+            position += len(take)
+            chunk *= 2
+        elif chunk > 1:
+            chunk //= 2
+        else:
+            position += 1  # this edge stays
+    return [e for i, e in enumerate(every) if i not in removed]
+
+
+def _edge_target(run, kept, shape: ModelShape, scores: dict) -> str:
+    """``@path`` of the graph file written for the circuit, or the inline ``edges[...]``."""
+    options = getattr(run.bound, "options", None) or {}
+    folder = options.get("suggest_graphs")
+    inline = "edges[" + ", ".join(e.name for e in kept) + "]"
+    if not folder:
+        return inline
+    spec = run.bound.spec
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name).strip("-.") or "circuit"
+    path = Path(folder) / f"{name}.json"
+    if path.exists() and not options.get("suggest_overwrite"):
+        return inline
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_graph(path, kept, shape, int(run.model.cfg.d_model), scores, overwrite=True)
+    base = Path(spec.path).resolve().parent if spec.path and not spec.path.startswith("<") else Path.cwd()
+    try:
+        shown = os.path.relpath(path.resolve(), base)
+    except ValueError:  # another drive
+        shown = str(path.resolve())
+    return f"@{shown}" if not re.search(r"\s", shown) else f"@'{shown}'"

@@ -162,7 +162,7 @@ def control_measurement(
     means = random_values.double().mean(dim=0)
     finite = means[means.isfinite()]
     if not finite.numel():
-        raise Unjudgeable("every random node set gives an undefined value")
+        raise Unjudgeable(f"every random {sets_are.split()[0]} set gives an undefined value")
     threshold = float(torch.quantile(finite, quantile))
     value = float(values.double().mean())
     beaten = float((finite < value).double().mean())

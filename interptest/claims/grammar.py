@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from interptest import components
+from interptest.graphs import GraphFileError, parse_edge
 
 OPERATORS = (">=", "<=", "==", ">", "<")
 
@@ -126,6 +127,23 @@ class ReceiverSpec:
 
 
 @dataclass(frozen=True)
+class EdgeSpec:
+    """One edge of an edge list, as written (``a0.h2->a1.h0<k>``); resolved against the model at binding."""
+
+    text: str
+    column: int
+
+
+@dataclass(frozen=True)
+class GraphRef:
+    """``@path`` (a graph file's in-graph edges) or ``top K edges of @path`` (its K highest-|score| edges)."""
+
+    path: str
+    top: int | None
+    source: str  # as written, for messages
+
+
+@dataclass(frozen=True)
 class RandomControl:
     """``beats random at q``: a negative control against random node sets of the same composition."""
 
@@ -139,7 +157,7 @@ class RandomControl:
 
 @dataclass(frozen=True)
 class _Token:
-    kind: str  # ident, number, string, op, punct, end
+    kind: str  # ident, number, string, op, punct, file (@path), end
     value: str  # the token's text (a string's contents, unquoted); "" for the end
     start: int
     end: int
@@ -172,6 +190,20 @@ def _lex(text: str) -> list[_Token]:
                 raise ClaimSyntaxError(f"unterminated string: missing closing {ch}", text, i)
             tokens.append(_Token("string", "".join(chars), i, j + 1))
             i = j + 1
+            continue
+        if ch == "@" and i + 1 < len(text) and not text[i + 1].isspace():  # a file: @path or @'quoted path'
+            if i + 1 < len(text) and text[i + 1] in "'\"":
+                close = text.find(text[i + 1], i + 2)
+                if close < 0:
+                    raise ClaimSyntaxError(f"unterminated file name: missing closing {text[i + 1]}", text, i + 1)
+                tokens.append(_Token("file", text[i + 2 : close], i, close + 1))
+                i = close + 1
+                continue
+            j = i + 1
+            while j < len(text) and not text[j].isspace():
+                j += 1
+            tokens.append(_Token("file", text[i + 1 : j], i, j))
+            i = j
             continue
         two = text[i : i + 2]
         if two == "->":
@@ -397,6 +429,53 @@ class Parser:
                 return LayerSelection("list", tuple(values), self.text[start.start : self.tokens[self.i - 1].end])
             values = tuple(values)
         return LayerSelection(kind, values, self.text[start.start : self.tokens[self.i - 1].end])
+
+    def edge_list(self) -> tuple[EdgeSpec, ...]:
+        """``edges[input->a0.h2<v>, a0.h2->a1.h0<k>, m1->logits]``: each edge's text, checked against the
+        edge syntax of :func:`interptest.graphs.parse_edge` (its layers and heads are checked at binding)."""
+        self.expect("ident", "edges")
+        self.expect("punct", "[", "'[' after edges")
+        out: list[EdgeSpec] = []
+        while True:
+            first = self.tok
+            self._edge_node("an edge SENDER->RECEIVER, e.g. a0.h2->a1.h0<k>, input->m0 or m1->logits")
+            self.expect("punct", "->", "'->' and the edge's receiver, e.g. a0.h2->a1.h0<k>")
+            self._edge_node("the edge's receiver: a<L>.h<H><q|k|v>, m<L> or logits")
+            if self.accept("op", "<"):
+                self.expect("ident", None, "q, k or v: which input of the receiving head")
+                self.expect("op", ">", "'>' closing <q>, <k> or <v>")
+            text = self.text[first.start : self.tokens[self.i - 1].end]
+            try:
+                parse_edge(text)
+            except GraphFileError as error:
+                raise ClaimSyntaxError(str(error), self.text, first.start) from None
+            out.append(EdgeSpec(text, first.start))
+            if self.accept("punct", "]"):
+                return tuple(out)
+            self.expect("punct", ",", "',' or ']' after an edge")
+
+    def _edge_node(self, what: str) -> None:
+        """A node name's tokens: ``input``, ``logits``, ``m1`` or ``a0`` '.' ``h2`` (checked by parse_edge)."""
+        if not self.accept("ident"):
+            self.fail(what)
+        if self.accept("punct", "."):
+            self.expect("ident", None, "h<H> after '.', e.g. a0.h2")
+
+    def graph_ref(self) -> GraphRef:
+        """``@path`` or ``top K edges of @path``."""
+        start = self.tok
+        top = None
+        if self.accept("ident", "top"):
+            top = self.integer("how many edges: top K edges of @file")
+            if top < 1:
+                raise ClaimSyntaxError(f"top {top}: K must be at least 1", self.text, start.start)
+            self.expect("ident", "edges", "'edges' after 'top K'")
+            self.expect("ident", "of", "'of' and a graph file, e.g. top 50 edges of @circuits/scores.json")
+        tok = self.tok
+        if tok.kind != "file":
+            self.fail("a graph file: @path (EAP-IG's graph JSON, relative to the spec file)")
+        self.i += 1
+        return GraphRef(tok.value, top, self.text[start.start : tok.end])
 
     def receivers(self) -> tuple[ReceiverSpec, ...]:
         """``heads[1.0].k``, ``heads[1.0, 1.3; -1].q``, ``mlp_in[1]``, ``logits``, joined by '+'."""

@@ -123,3 +123,92 @@ def test_under_resample_m_empty_is_m_corrupt_on_the_shipped_prompt(model):
     with torch.inference_mode():
         engine = Run(bound).circuits()
         assert float(engine.all_ablated("resample")[0]) == pytest.approx(float(engine.metrics("corrupt")[0]), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same circuit as edges: behaviors/circuits/induction.json (an EAP-IG graph file) and inline edges
+
+MEASURED_EDGES = {
+    "circuit @circuits/induction.json faithful >= 0.9": 0.951,
+    "circuit @circuits/induction.json minimal >= 0.01": 0.019,
+    "circuit @circuits/induction.json faithful beats random at 0.95": 0.951,
+    "circuit top 20 edges of @circuits/induction.json faithful >= 0.95": 0.969,
+    "circuit edges[input->a0.h2<v>, a0.h2->a1.h0<k>, a1.h0->m1, a1.h0->logits, m1->logits] faithful >= 0.5": 0.544,
+}
+
+FALSE_EDGES = {
+    # the edges were found under resampling; mean-ablating every other edge leaves little
+    "circuit @circuits/induction.json faithful >= 0.9 ablate mean": 0.134,
+    "circuit @circuits/induction.json faithful >= 0.9 ablate zero": 0.206,
+    # not every edge matters by 0.05 (a1.h2->logits: 0.019)
+    "circuit @circuits/induction.json minimal >= 0.05": 0.019,
+    # the five highest-scored edges are not enough
+    "circuit top 5 edges of @circuits/induction.json faithful >= 0.9": 0.391,
+    # head 0.2 reaches the induction head 1.0 through its key, not its query
+    "circuit edges[input->a0.h2<v>, a0.h2->a1.h0<q>, a1.h0->m1, a1.h0->logits, m1->logits] faithful >= 0.5": None,
+    # an edge set without the previous-token head is no better than random ones
+    "circuit edges[input->a1.h0<k>, a1.h0->logits, m1->logits] faithful beats random at 0.95": None,
+}
+
+
+def test_the_shipped_edge_circuit_passes_with_the_stated_numbers(model):
+    result = check_behavior(shipped("induction-circuit-edges"), model, raise_on_failure=False)
+    assert result.passed, [(c.text, c.value, c.detail) for c in result.failures]
+    got = values(result)
+    for text, value in MEASURED_EDGES.items():
+        assert got[text] == pytest.approx(value, abs=2e-3), text
+
+
+def test_a_false_edge_claim_of_every_kind_fails(model, tmp_path):
+    spec = shipped("induction-circuit-edges")
+    (tmp_path / "circuits").mkdir()
+    (tmp_path / "circuits" / "induction.json").write_text((SPEC.parent / "circuits" / "induction.json").read_text())
+    entry = {
+        "name": "false-edge-claims",
+        "prompt": spec.prompt,
+        "expect": spec.expect,
+        "corrupt": spec.corrupt,
+        "foil": spec.foil,
+        "reference": list(shipped("induction-circuit").reference),
+        "claims": list(FALSE_EDGES),
+    }
+    import yaml
+
+    from interptest.spec import parse_spec
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"behaviors": [entry]}, sort_keys=False))
+    result = check_behavior(parse_spec(path.read_text(), str(path)).behaviors[0], model, raise_on_failure=False)
+    checks = {c.text: c for c in result.checks}
+    for text, value in FALSE_EDGES.items():
+        assert not checks[text].passed, (text, checks[text].value, checks[text].detail)
+        if value is not None:
+            assert checks[text].value == pytest.approx(value, abs=2e-3), text
+
+
+def test_the_shipped_edge_circuit_equals_the_one_forward_reference(model):
+    """The graph file's faithfulness on interptest-tiny, from test_edges' reference (one forward at a time)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+    from test_edges import ablated_values, reference_metric
+
+    from interptest.graphs import Edge, Receiver, parse_edge, read_graph
+
+    spec = shipped("induction-circuit-edges")
+    names = read_graph(SPEC.parent / "circuits" / "induction.json").in_graph()
+    L = model.cfg.n_layers
+    edges = []
+    for name in names:
+        edge = parse_edge(name)
+        edges.append(Edge(edge.sender, Receiver("logits", L)) if edge.receiver.kind == "logits" else edge)
+    ids, corrupt = model.to_tokens(spec.prompt), model.to_tokens(spec.corrupt)
+    e = int(model.to_tokens(" Dixon", prepend_bos=False)[0, 0])
+    f = int(model.to_tokens(" Jones", prepend_bos=False)[0, 0])
+    abl = ablated_values(model, "resample", 0, ids, corrupt, None)
+    m_c, m_empty = reference_metric(model, ids, e, f, edges, abl), reference_metric(model, ids, e, f, [], abl)
+    with torch.inference_mode():
+        logits = model(ids)[0, -1]
+    want = (m_c - m_empty) / (float(logits[e] - logits[f]) - m_empty)
+    got = values(check_behavior(shipped("induction-circuit-edges"), model, raise_on_failure=False))
+    assert got["circuit @circuits/induction.json faithful >= 0.9"] == pytest.approx(want, abs=1e-5)

@@ -69,6 +69,51 @@ def test_patch_map_repr_html_and_plot():
     assert torch.allclose(torch.as_tensor(image.data), pm.values)
 
 
+TWO_PEOPLE = (
+    "behaviors:\n  - name: two-people\n"
+    '    prompt: "Their names were Iris Jones and James Dixon. When James"\n    expect: " Dixon"\n'
+    '    corrupt: "Their names were James Jones and Iris Dixon. When James"\n    foil: " Jones"\n'
+)
+
+
+def _edge_claims(out):
+    claims = yaml.safe_load(out[out.index("- name: two-people") :])[0]["claims"]
+    return [c for c in claims if c.startswith("circuit @") or c.startswith("circuit edges[")]
+
+
+def test_suggest_writes_the_edge_circuit_as_a_graph_file_only_when_asked(capsys, tmp_path):
+    from interptest.api import check_behavior
+    from interptest.graphs import read_graph
+    from interptest.spec import parse_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(TWO_PEOPLE)
+    assert main(["suggest", str(spec)]) == 0
+    inline = _edge_claims(capsys.readouterr().out)
+    assert inline and all(c.startswith("circuit edges[input->") for c in inline)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # nothing written without --graphs
+
+    assert main(["suggest", str(spec), "--graphs", str(tmp_path / "circuits")]) == 0
+    claims = _edge_claims(capsys.readouterr().out)
+    assert claims[0].startswith("circuit @circuits/two-people.json faithful >= ")
+    graph = read_graph(tmp_path / "circuits" / "two-people.json")
+    # the file holds the edges the inline suggestion named, and the suggested claims hold when checked
+    assert "edges[" + ", ".join(graph.in_graph()) + "]" == inline[0].split(" faithful")[0].removeprefix("circuit ")
+    spec.write_text(TWO_PEOPLE + "    claims:\n" + "".join(f'      - "{c}"\n' for c in claims))
+    result = check_behavior(parse_spec(spec.read_text(), str(spec)).behaviors[0], raise_on_failure=False)
+    assert result.passed, [(c.text, c.value, c.detail) for c in result.failures]
+
+    # an existing file is not replaced without --overwrite: the suggestion names the edges inline instead
+    spec.write_text(TWO_PEOPLE)
+    (tmp_path / "circuits" / "two-people.json").write_text("{}")
+    assert main(["suggest", str(spec), "--graphs", str(tmp_path / "circuits")]) == 0
+    assert _edge_claims(capsys.readouterr().out)[0].startswith("circuit edges[")
+    assert (tmp_path / "circuits" / "two-people.json").read_text() == "{}"
+    assert main(["suggest", str(spec), "--graphs", str(tmp_path / "circuits"), "--overwrite"]) == 0
+    assert _edge_claims(capsys.readouterr().out)[0].startswith("circuit @circuits/two-people.json")
+    assert read_graph(tmp_path / "circuits" / "two-people.json").in_graph() == graph.in_graph()
+
+
 def _top(prompt: str, k: int) -> list[tuple[str, float]]:
     """The reference: one plain forward of the bridge, softmax of the last position."""
     model = interptest.load_model("interptest-tiny")

@@ -243,3 +243,31 @@ def test_interp_model_fixture_can_be_a_hooked_transformer(pytester):
     out = result.stdout.str()
     assert "behavior 'alex-hart' on interptest-tiny (HookedTransformer): 1 of 2 checks failed" in out
     assert "FAILED  heads[0.0] recovers >= 0.9" in out
+
+
+def test_edge_claims_are_refused_on_a_hooked_transformer_whose_norms_have_no_input_hooks():
+    """Its ``ln_final.hook_normalized`` (what path patching uses for ``ln_final.hook_in``) is after the norm:
+    rebuilding a receiver's residual there would be wrong, so edge circuits refuse, naming the hooks."""
+    from interptest.errors import InterpError
+    from interptest.patching.edges import EdgePatcher
+    from interptest.patching.paths import CircuitPatcher
+
+    model = folded()
+    clean, corrupt = model.to_tokens(PROMPT), model.to_tokens(CORRUPT)
+    patcher = CircuitPatcher(model, clean, corrupt, [1], [2])
+    with pytest.raises(InterpError, match=r"this model has no ln_final.hook_in, blocks.0.ln1.hook_in, "):
+        EdgePatcher(patcher)
+
+
+def test_an_edge_claim_on_a_hooked_transformer_is_a_collection_error():
+    from interptest.binding import bind_behavior
+    from interptest.errors import SpecError
+    from interptest.spec import parse_behavior
+
+    spec = dict(_behavior(), claims=["circuit edges[a0.h2->a1.h0<k>, a1.h0->logits] faithful >= 0.5"])
+    with pytest.raises(SpecError) as error:
+        bind_behavior(parse_behavior(spec), folded(), "folded")
+    assert "key 'claims[0]': claim 'circuit edges[a0.h2->a1.h0<k>, a1.h0->logits] faithful >= 0.5': edge circuits " in (
+        str(error.value)
+    )
+    assert "this model has no ln_final.hook_in, blocks.0.ln1.hook_in" in str(error.value)

@@ -18,7 +18,20 @@ PACKAGE = Path(__file__).resolve().parents[2] / "interptest"
 LAYERS: list[tuple[str, set[str]]] = [
     (
         "foundation",
-        {"version", "tl_compat", "errors", "files", "stats", "components", "heatmap", "maps", "zoo", "model", "saes"},
+        {
+            "version",
+            "tl_compat",
+            "errors",
+            "files",
+            "stats",
+            "components",
+            "graphs",
+            "heatmap",
+            "maps",
+            "zoo",
+            "model",
+            "saes",
+        },
     ),
     ("engines", {"patching"}),
     ("claim kinds", {"claims"}),
