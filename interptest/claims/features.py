@@ -50,7 +50,6 @@ from interptest.claims.grammar import (
     resolve_positions,
 )
 
-VERBS = {"recovers": "denoise", "breaks": "noise"}
 FORMS = {"feature": "activation", "features": "patch", "reconstruction": "reconstruction"}
 
 
@@ -128,37 +127,11 @@ class FeaturesClaim(Claim):
         if p.accept("punct", ";"):
             fields["positions"] = p.positions()
         p.expect("punct", "]", "']'")
-        together = p.tok
-        if p.accept("ident", "together"):
-            if quantifier == "any":
-                raise ClaimSyntaxError("'any' and 'together' cannot be combined", p.text, together.start)
-            quantifier = "together"
-        verb = p.tok
-        if verb.kind != "ident" or verb.value not in VERBS:
-            p.fail(
-                "'recovers' or 'breaks'"
-                + (did_you_mean(verb.value, tuple(VERBS) + ("together",)) if verb.kind == "ident" else "")
-            )
-        p.i += 1
-        comparison, fields["random"] = p.comparison_or_random()
-        if fields["random"] is not None and quantifier != "together":
-            raise ClaimSyntaxError(
-                "'beats random' compares one joint edit with random feature sets of the same size: write "
-                "'together' before the verb",
-                p.text,
-                fields["random"].column,
-            )
-        ablation = p.tok
-        fields["ablation"] = p.ablation()
-        if fields["ablation"] is not None and verb.value != "breaks":
-            raise ClaimSyntaxError(
-                "'ablate' names what replaces the features of a 'breaks' claim; 'recovers' patches their clean "
-                "values into the corrupted run",
-                p.text,
-                ablation.start,
-            )
+        quantifier, direction, comparison, fields["random"], fields["ablation"] = p.edit_tail(
+            quantifier, "edit", "feature sets", "features", "their clean values"
+        )
         p.end()
-        return cls(p.text, form, sae, comparison, direction=VERBS[verb.value], quantifier=quantifier, **fields)
+        return cls(p.text, form, sae, comparison, direction=direction, quantifier=quantifier, **fields)
 
     @property
     def verb(self) -> str:

@@ -101,6 +101,8 @@ class PositionSelection:
 
 
 ABLATIONS = ("resample", "mean", "zero")
+# the verbs of an edit: recovers patches clean values into the corrupted run (denoise), breaks the reverse
+EDIT_VERBS = {"recovers": "denoise", "breaks": "noise"}
 NODE_COMPONENTS = components.CIRCUIT_NODES
 
 
@@ -528,6 +530,46 @@ class Parser:
                 f"the quantile must be between 0 and 1 (exclusive), got {tok.value}", self.text, tok.start
             )
         return Comparison(">", math.nan), RandomControl(q, start.start)
+
+    def edit_tail(
+        self, quantifier: str, edit: str, sets: str, replaced: str, clean: str
+    ) -> tuple[str, str, Comparison, RandomControl | None, str | None]:
+        """What follows the ``]`` of an edit of activations (localization) or features: ``[together]
+        recovers|breaks COMPARISON [ablate A]``, or ``together ... beats random at q``. Returns the
+        quantifier, the direction (``denoise`` for recovers, ``noise`` for breaks), the comparison, the
+        random control and the ablation. ``edit``, ``sets``, ``replaced`` and ``clean`` word the errors
+        (one joint *patch* with random *sets*; what replaces the *activations*; 'recovers' patches *clean
+        activations*)."""
+        together = self.tok
+        if self.accept("ident", "together"):
+            if quantifier == "any":
+                raise ClaimSyntaxError("'any' and 'together' cannot be combined", self.text, together.start)
+            quantifier = "together"
+        verb = self.tok
+        if verb.kind != "ident" or verb.value not in EDIT_VERBS:
+            self.fail(
+                "'recovers' or 'breaks'"
+                + (did_you_mean(verb.value, tuple(EDIT_VERBS) + ("together",)) if verb.kind == "ident" else "")
+            )
+        self.i += 1
+        comparison, random = self.comparison_or_random()
+        if random is not None and quantifier != "together":
+            raise ClaimSyntaxError(
+                f"'beats random' compares one joint {edit} with random {sets} of the same size: "
+                "write 'together' before the verb",
+                self.text,
+                random.column,
+            )
+        at = self.tok
+        ablation = self.ablation()
+        if ablation is not None and verb.value != "breaks":
+            raise ClaimSyntaxError(
+                f"'ablate' names what replaces the {replaced} of a 'breaks' claim; 'recovers' "
+                f"patches {clean} into the corrupted run",
+                self.text,
+                at.start,
+            )
+        return quantifier, EDIT_VERBS[verb.value], comparison, random, ablation
 
     def ablation(self) -> str | None:
         """An optional ``ablate resample|mean|zero`` suffix."""

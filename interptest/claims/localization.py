@@ -49,8 +49,6 @@ from interptest.claims.nodes import (
 )
 from interptest.maps import map_key, render_map
 
-VERBS = {"recovers": "denoise", "breaks": "noise"}
-
 
 @dataclass(frozen=True)
 class BoundClaim:
@@ -127,37 +125,11 @@ class LocalizationClaim(Claim):
                 p.fail(f"',' and a position part, e.g. {component.name}[2, -1] (use ':' for every position)")
             fields["positions"] = p.positions()
         p.expect("punct", "]", "']'")
-        together = p.tok
-        if p.accept("ident", "together"):
-            if quantifier == "any":
-                raise ClaimSyntaxError("'any' and 'together' cannot be combined", p.text, together.start)
-            quantifier = "together"
-        verb = p.tok
-        if verb.kind != "ident" or verb.value not in VERBS:
-            p.fail(
-                "'recovers' or 'breaks'"
-                + (did_you_mean(verb.value, tuple(VERBS) + ("together",)) if verb.kind == "ident" else "")
-            )
-        p.i += 1
-        comparison, fields["random"] = p.comparison_or_random()
-        if fields["random"] is not None and quantifier != "together":
-            raise ClaimSyntaxError(
-                "'beats random' compares one joint patch with random sets of the same size: "
-                "write 'together' before the verb",
-                p.text,
-                fields["random"].column,
-            )
-        ablation = p.tok
-        fields["ablation"] = p.ablation()
-        if fields["ablation"] is not None and verb.value != "breaks":
-            raise ClaimSyntaxError(
-                "'ablate' names what replaces the activations of a 'breaks' claim; 'recovers' "
-                "patches clean activations into the corrupted run",
-                p.text,
-                ablation.start,
-            )
+        quantifier, direction, comparison, fields["random"], fields["ablation"] = p.edit_tail(
+            quantifier, "patch", "sets", "activations", "clean activations"
+        )
         p.end()
-        return cls(p.text, component.name, VERBS[verb.value], quantifier, comparison, **fields)
+        return cls(p.text, component.name, direction, quantifier, comparison, **fields)
 
     # -- what the spec must give
     def requirement(self, behavior) -> str | None:

@@ -26,6 +26,7 @@ from typing import ClassVar
 
 from interptest.claims.base import BindContext, Claim, Measurement, Unjudgeable, ablation_requirement
 from interptest.claims.grammar import (
+    EDIT_VERBS,
     ClaimBindError,
     ClaimSyntaxError,
     Comparison,
@@ -39,7 +40,6 @@ from interptest.claims.grammar import (
 )
 from interptest.claims.nodes import Node, bind_nodes, edits_of, node_variables
 
-VERBS = {"recovers": "denoise", "breaks": "noise"}
 RECEIVER_WORDS = {"q": "query input", "k": "key input", "v": "value input", "mlp_in": "input", "logits": ""}
 
 
@@ -74,8 +74,10 @@ class PathClaim(Claim):
         p.expect("punct", "->", "'->' and the receiver, e.g. path heads[0.3] -> heads[1.0].k")
         receivers = p.receivers()
         verb = p.tok
-        if verb.kind != "ident" or verb.value not in VERBS:
-            p.fail("'recovers' or 'breaks'" + (did_you_mean(verb.value, tuple(VERBS)) if verb.kind == "ident" else ""))
+        if verb.kind != "ident" or verb.value not in EDIT_VERBS:
+            p.fail(
+                "'recovers' or 'breaks'" + (did_you_mean(verb.value, tuple(EDIT_VERBS)) if verb.kind == "ident" else "")
+            )
         p.i += 1
         if p.tok.kind == "ident" and p.tok.value == "beats":
             raise ClaimSyntaxError(
@@ -94,7 +96,7 @@ class PathClaim(Claim):
                 ablation_tok.start,
             )
         p.end()
-        return cls(p.text, senders, receivers, VERBS[verb.value], comparison, ablation)
+        return cls(p.text, senders, receivers, EDIT_VERBS[verb.value], comparison, ablation)
 
     def requirement(self, behavior) -> str | None:
         if behavior.corruption is None:
