@@ -31,9 +31,11 @@ behaviors:
 
 
 def _section(output: str, name: str) -> str:
+    """One behavior's failure section: up to the next section, or the summaries after the last one (with
+    CI set, pytest's short summary repeats every failure whole, the family's 'sample means' included)."""
     start = output.index(f"_ behavior {name} _")
-    end = output.find("\n____", start + 1)
-    return output[start : end if end > 0 else len(output)]
+    ends = [output.find(mark, start + 1) for mark in ("\n____", "\n----", "\n====")]
+    return output[start : min((e for e in ends if e > 0), default=len(output))]
 
 
 def test_failure_output(pytester, write):
