@@ -50,6 +50,7 @@ from interptest.graphs import (
     normal,
     unsupported_reason,
 )
+from interptest.patching.fast.edges import fast_edges
 from interptest.patching.paths import ABLATIONS, CircuitPatcher
 
 __all__ = ["Edge", "EdgePatcher", "Receiver", "Sender", "edge_patcher"]
@@ -247,6 +248,10 @@ class EdgePatcher:
         self._check_residuals()
         src = self._sources(ablation)
         w_o = self._w_o()
+        fast = fast_edges(self, ablation)  # the fast engine's forward where it covers the model, else hooks
+        self.engine = "hooks" if fast is None else "fast"
+        if fast is not None:
+            return fast.run(masks, src, w_o)
         present = torch.stack(masks).to(self.p.device)  # [sets, R, senders]
         helpers = self.H + 2 * self.K
         units = [(j, s) for j in range(len(masks)) for s in range(S)]
