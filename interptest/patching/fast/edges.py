@@ -141,9 +141,7 @@ class FastEdges:
         U, H, K = hq.shape[0], hq.shape[1], hk.shape[1]
         ws = self.heads[li]
         if ws is not None:
-            return tuple(
-                torch.einsum("uhmd,hde->umhe", h, w) + b for h, (w, b) in zip((hq, hk, hv), ws, strict=True)
-            )
+            return tuple(torch.einsum("uhmd,hde->umhe", h, w) + b for h, (w, b) in zip((hq, hk, hv), ws, strict=True))
         L = self.eng.layers[li]
         d = hq.shape[-1]
         if L.q is not None and L.kv is not None:
