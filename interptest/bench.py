@@ -939,6 +939,171 @@ SUITE_HEADER = (
 )
 
 
+# --suite ioi / edges (issue 21): edge circuits at GPT-2 scale, against a plain one-forward-at-a-time loop
+
+
+def _hand_edge_metric(model, clean, expect, foil, embed, ablated, edges) -> float:
+    """m_C of one edge set on one prompt, the plain way, from the definition (``interptest/patching/edges.py``):
+    every receiver's input is the input node's output plus each sender's output (a head's z_h · W_O[h], an
+    MLP's ``hook_mlp_out``) — in this run where its edge is in ``edges``, ``ablated`` otherwise — plus the
+    attention output biases of the layers before it; one forward per receiver (stopped after its layer) sets
+    the receiver's norm input to it and reads its head's q, k or v; one forward per layer runs its heads on
+    those and one its MLP on its input; a last one sets the final residual and reads the logits.
+    ``embed``: the prompt's ``blocks.0.hook_resid_pre``; ``ablated``: {"input", "z": [L], "mlp": [L]}."""
+    import torch
+
+    from interptest.graphs import Sender
+
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    K = int(getattr(model.cfg, "n_key_value_heads", None) or H)
+    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
+    w_o = [model.blocks[layer].attn.W_O for layer in range(L)]
+    b_o = [model.blocks[layer].attn.b_O for layer in range(L)]
+
+    def receiver_key(r):
+        if r.kind == "logits":
+            return ("logits",)
+        if r.kind in ("k", "v"):
+            return (r.kind, r.layer, int(r.head) // (H // K))
+        return (r.kind, r.layer, r.head)
+
+    present = {(e.sender, receiver_key(e.receiver)) for e in edges}
+    z_run: list = [None] * L
+    mlp_run: list = [None] * L
+
+    def residual(key, heads_below: int, mlps_below: int):
+        total = embed if (Sender("input"), key) in present else ablated["input"]
+        for layer in range(heads_below):
+            total = total + b_o[layer]
+            for h in range(H):
+                z = z_run[layer] if (Sender("head", layer, h), key) in present else ablated["z"][layer]
+                total = total + z[:, :, h] @ w_o[layer][h]
+        for layer in range(mlps_below):
+            total = total + (mlp_run[layer] if (Sender("mlp", layer), key) in present else ablated["mlp"][layer])
+        return total
+
+    def setter(value):
+        return lambda act, hook=None: value.to(act.dtype)
+
+    def read(name, hooks, stop):
+        got = {}
+
+        def keep(act, hook=None):
+            got["v"] = act.clone()
+            return act
+
+        model.run_with_hooks(clean, fwd_hooks=list(hooks) + [(name, keep)], stop_at_layer=stop)
+        return got["v"]
+
+    for layer in range(L):
+        qkv = {}
+        for kind, width in (("q", H), ("k", K), ("v", K)):
+            name = f"blocks.{layer}.attn.hook_{kind}"
+            parts = []
+            for j in range(width):
+                r = residual((kind, layer, j), layer, layer)
+                parts.append(read(name, [(f"blocks.{layer}.ln1.hook_in", setter(r))], layer + 1)[:, :, j])
+            qkv[name] = torch.stack(parts, dim=2)
+        z_run[layer] = read(f"blocks.{layer}.attn.hook_z", [(nm, setter(v)) for nm, v in qkv.items()], layer + 1)
+        r = residual(("mlp", layer, None), layer + (0 if parallel else 1), layer)
+        mlp_run[layer] = read(f"blocks.{layer}.hook_mlp_out", [(f"blocks.{layer}.ln2.hook_in", setter(r))], layer + 1)
+    r = residual(("logits",), L, L)
+    logits = model.run_with_hooks(clean, fwd_hooks=[("ln_final.hook_in", setter(r))])
+    return float(logits[0, -1, expect] - logits[0, -1, foil])
+
+
+def run_edge_rows(model, name, n=15, sets=200, hand=True, out=print):
+    """Edge circuits on one prompt of ``n`` tokens under ``resample``: a negative control (a 200-edge circuit —
+    every edge into the logits and random others — and ``sets`` random edge sets of its size among the model's
+    edges) and a ``minimal`` sweep (the circuit with each of its first ``sets`` edges removed). Raw metrics m_C
+    of each set from interptest's fast edge forward (``fast``), its hook forward (``hooks``: 1 + H + 2·H_kv
+    rows per set) and the plain loop (``hand``, :func:`_hand_edge_metric`); seconds per set and max |Δ|."""
+    import random
+
+    import torch
+
+    from interptest.patching.edges import EdgePatcher
+    from interptest.patching.fast.edges import choose_engine
+    from interptest.patching.paths import CircuitPatcher
+
+    dev = str(getattr(model.cfg, "device", "cpu") or "cpu")
+    clean, corrupt = _case_tokens(model, n, seed=n)
+    clean, corrupt = clean.to(dev), corrupt.to(dev)
+    with torch.inference_mode():
+        lc = model(clean)[0, -1]
+        expect = int(lc.argmax())
+        foil = int(model(corrupt)[0, -1].argmax())
+        if foil == expect:
+            foil = int(lc.topk(2).indices[1])
+    clock = _Clock("wall" if dev.startswith("cuda") else "process", dev)
+
+    def engine(choice):
+        edges = EdgePatcher(CircuitPatcher(model, clean, corrupt, [expect], [foil]))
+        choose_engine(edges, choice)
+        return edges
+
+    every = engine("hooks").edges()
+    rng = random.Random(0)
+    logits_edges = [e for e in every if e.receiver.kind == "logits"]
+    others = [e for e in every if e.receiver.kind != "logits"]
+    size = min(200, len(every) // 2)
+    circuit = logits_edges[:size] + rng.sample(others, max(0, size - len(logits_edges)))
+    control = [rng.sample(every, len(circuit)) for _ in range(sets)]
+    minimal = [[e for e in circuit if e != drop] for drop in circuit[:sets]]
+    L = int(model.cfg.n_layers)
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    names += [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+    with torch.inference_mode():
+        _, cc = model.run_with_cache(clean, names_filter=lambda nm: nm in set(names))
+        _, cx = model.run_with_cache(corrupt, names_filter=lambda nm: nm in set(names))
+    embed = cc["blocks.0.hook_resid_pre"]
+    with torch.inference_mode():  # the plain loop reads heads' outputs through TransformerLens' W_O: checked here
+        z, attn = cc["blocks.0.attn.hook_z"], model.run_with_cache(clean)[1]["blocks.0.hook_attn_out"]
+        rebuilt = torch.einsum("bnhe,hed->bnd", z, model.blocks[0].attn.W_O) + model.blocks[0].attn.b_O
+        w_o_err = float((rebuilt - attn).abs().max())
+    ablated = {
+        "input": cx["blocks.0.hook_resid_pre"],
+        "z": [cx[f"blocks.{l}.attn.hook_z"] for l in range(L)],
+        "mlp": [cx[f"blocks.{l}.hook_mlp_out"] for l in range(L)],
+    }
+    out(
+        f"# edges: {len(every)} in the model; the circuit: {len(circuit)} edges ({len(logits_edges)} into the "
+        f"logits); W_O rebuilds layer 0's attention output to {w_o_err:.1e}"
+    )
+    out(
+        f"{'model':<16} {'tok':>4} {'case (resample, seconds per set)':<40} {'hand':>8} {'hooks':>8} {'fast':>8} "
+        f"{'hand/fast':>9} {'hooks/fast':>10} {'|Δ| hand':>9} {'|Δ| hooks':>9}"
+    )
+    for label, edge_sets in (
+        (f"control: circuit + {sets} random sets", [circuit] + control),
+        (f"minimal: circuit − each of {len(minimal)} edges", [circuit] + minimal),
+    ):
+        k = len(edge_sets)
+        times, values = {}, {}
+        for choice in ("fast", "hooks"):
+            t0 = clock()
+            with torch.inference_mode():  # cold: a new engine (its cached runs, the fast forward's set-up)
+                values[choice] = engine(choice).metrics(edge_sets, "resample")[0]
+            times[choice] = (clock() - t0) / k
+        ref = None
+        if hand:
+            t0 = clock()
+            with torch.inference_mode():
+                ref = torch.tensor(
+                    [_hand_edge_metric(model, clean, expect, foil, embed, ablated, s) for s in edge_sets],
+                    dtype=torch.float64,
+                )
+            times["hand"] = (clock() - t0) / k
+        d_hooks = float((values["fast"] - values["hooks"]).abs().max())
+        hand_s = f"{times['hand']:>8.3f}" if ref is not None else f"{'-':>8}"
+        ratio = f"{times['hand'] / times['fast']:>8.1f}x" if ref is not None else f"{'-':>9}"
+        d_hand = f"{float((values['fast'] - ref).abs().max()):>9.1e}" if ref is not None else f"{'-':>9}"
+        out(
+            f"{name:<16} {n:>4} {label:<40} {hand_s} {times['hooks']:>8.3f} {times['fast']:>8.3f} {ratio} "
+            f"{times['hooks'] / times['fast']:>9.1f}x {d_hand} {d_hooks:>9.1e}"
+        )
+
+
 def run_ioi_family(
     model, samples: int, hand: bool = True, shrink: bool = False, out=print, random_sets=None, claims=None
 ):
@@ -1048,6 +1213,8 @@ def _main_ioi(args, torch) -> int:
         "on the CPU (a shared machine), wall seconds on CUDA"
     )
     try:
+        if args.suite == "edges":
+            args.no_rows = args.no_family = True
         if not args.no_rows:
             print(SUITE_HEADER)
             for shape in shapes:
@@ -1055,6 +1222,13 @@ def _main_ioi(args, torch) -> int:
                 run_suite_rows(
                     model, shape, n=15 if args.lengths == "16,64" else int(args.lengths), hand=not args.no_hand
                 )
+                sys.stdout.flush()
+                del model
+        if args.suite == "edges" or not args.no_edges:
+            for shape in shapes:
+                model = build_shape(shape, tmp, args.device)
+                n = 15 if args.lengths == "16,64" else int(args.lengths)
+                run_edge_rows(model, shape, n=n, sets=args.edge_sets, hand=not args.no_hand)
                 sys.stdout.flush()
                 del model
         if not args.no_family:
@@ -1071,7 +1245,16 @@ def _main_ioi(args, torch) -> int:
             "\nhand = the plain TransformerLens-hooks loop, one forward at a time; cold = a new circuit engine (its "
             "cached forwards included); in beh = inside a behavior, whose one cached forward per prompt set and "
             "all-ablated runs other claims already paid for; vs = hand / ours."
+            if args.suite == "ioi"
+            else ""
         )
+        if args.suite == "edges" or not args.no_edges:
+            print(
+                "edges: hand = the plain loop (one forward per receiver, stopped after its layer); hooks = "
+                "interptest's edge engine on the bridge's forward (1 + H + 2·H_kv rows per set); fast = its forward "
+                "on the fast engine's description of the model; each a new engine, its cached runs included; |Δ| = "
+                "max |Δm_C| of fast against hand and hooks."
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
@@ -1119,11 +1302,19 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--suite",
-        choices=["ioi"],
+        choices=["ioi", "edges"],
         default=None,
         help="ioi: circuit claims at GPT-2 scale (issue 23): one-prompt rows against the hand-written loop on "
-        "--shapes (default gpt2-small), then the IOI family through the pipeline",
+        "--shapes (default gpt2-small), then the edge rows, then the IOI family through the pipeline; edges: only "
+        "the edge rows (issue 21: an edge negative control and an edge minimal sweep)",
     )
+    ap.add_argument(
+        "--edge-sets",
+        type=int,
+        default=200,
+        help="--suite ioi|edges: random edge sets of the control and edges removed in the minimal sweep (default 200)",
+    )
+    ap.add_argument("--no-edges", action="store_true", help="--suite ioi: skip the edge rows")
     ap.add_argument("--samples", default="20", help="--suite ioi: comma-separated family sizes (e.g. 20,80)")
     ap.add_argument("--no-hand", action="store_true", help="--suite ioi: skip the hand-written loops")
     ap.add_argument("--random-sets", type=int, default=None, help="--suite ioi: the family's random sets (default 200)")
@@ -1145,7 +1336,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    if args.suite == "ioi":
+    if args.suite in ("ioi", "edges"):
         return _main_ioi(args, torch)
 
     comps = [c.strip() for c in args.components.split(",") if c.strip()]
