@@ -1012,12 +1012,14 @@ def _hand_edge_metric(model, clean, expect, foil, embed, ablated, edges) -> floa
     return float(logits[0, -1, expect] - logits[0, -1, foil])
 
 
-def run_edge_rows(model, name, n=15, sets=200, hand=True, out=print):
+def run_edge_rows(model, name, n=15, sets=200, hand=True, compare=None, out=print):
     """Edge circuits on one prompt of ``n`` tokens under ``resample``: a negative control (a 200-edge circuit —
     every edge into the logits and random others — and ``sets`` random edge sets of its size among the model's
     edges) and a ``minimal`` sweep (the circuit with each of its first ``sets`` edges removed). Raw metrics m_C
     of each set from interptest's fast edge forward (``fast``), its hook forward (``hooks``: 1 + H + 2·H_kv
-    rows per set) and the plain loop (``hand``, :func:`_hand_edge_metric`); seconds per set and max |Δ|."""
+    rows per set) and the plain loop (``hand``, :func:`_hand_edge_metric`); seconds per set (``fast cold``: a
+    new engine; the others warm: its cached runs already paid) and max |Δ|. ``compare``: the hook forward and
+    the plain loop run the circuit and the first ``compare`` sets only (all by default)."""
     import random
 
     import torch
@@ -1071,36 +1073,45 @@ def run_edge_rows(model, name, n=15, sets=200, hand=True, out=print):
         f"logits); W_O rebuilds layer 0's attention output to {w_o_err:.1e}"
     )
     out(
-        f"{'model':<16} {'tok':>4} {'case (resample, seconds per set)':<40} {'hand':>8} {'hooks':>8} {'fast':>8} "
-        f"{'hand/fast':>9} {'hooks/fast':>10} {'|Δ| hand':>9} {'|Δ| hooks':>9}"
+        f"{'model':<16} {'tok':>4} {'case (resample, seconds per set)':<40} {'cmp':>4} {'hand':>8} {'hooks':>8} "
+        f"{'fast cold':>9} {'fast':>8} {'hand/fast':>9} {'hooks/fast':>10} {'|Δ| hand':>9} {'|Δ| hooks':>9}"
     )
     for label, edge_sets in (
         (f"control: circuit + {sets} random sets", [circuit] + control),
         (f"minimal: circuit − each of {len(minimal)} edges", [circuit] + minimal),
     ):
         k = len(edge_sets)
+        m = k if compare is None else min(k, compare + 1)  # the sets the slower loops run: the circuit + compare
         times, values = {}, {}
-        for choice in ("fast", "hooks"):
-            t0 = clock()
-            with torch.inference_mode():  # cold: a new engine (its cached runs, the fast forward's set-up)
-                values[choice] = engine(choice).metrics(edge_sets, "resample")[0]
-            times[choice] = (clock() - t0) / k
+        t0 = clock()
+        with torch.inference_mode():  # cold: a new engine, its cached runs and the fast forward's set-up included
+            values["fast"] = engine("fast").metrics(edge_sets, "resample")[0]
+        times["cold"] = (clock() - t0) / k
+        for choice, count in (("fast", k), ("hooks", m)):
+            warm = engine(choice)
+            with torch.inference_mode():
+                warm.metrics([[]], "resample")  # warm: the cached runs (and the fast set-up) already paid
+                t0 = clock()
+                values[choice + " warm"] = warm.metrics(edge_sets[:count], "resample")[0]
+                times[choice] = (clock() - t0) / count
         ref = None
         if hand:
             t0 = clock()
             with torch.inference_mode():
                 ref = torch.tensor(
-                    [_hand_edge_metric(model, clean, expect, foil, embed, ablated, s) for s in edge_sets],
+                    [_hand_edge_metric(model, clean, expect, foil, embed, ablated, s) for s in edge_sets[:m]],
                     dtype=torch.float64,
                 )
-            times["hand"] = (clock() - t0) / k
-        d_hooks = float((values["fast"] - values["hooks"]).abs().max())
+            times["hand"] = (clock() - t0) / m
+        d_hooks = float((values["fast"][:m] - values["hooks warm"]).abs().max())
+        d_warm = float((values["fast"] - values["fast warm"]).abs().max())
         hand_s = f"{times['hand']:>8.3f}" if ref is not None else f"{'-':>8}"
-        ratio = f"{times['hand'] / times['fast']:>8.1f}x" if ref is not None else f"{'-':>9}"
-        d_hand = f"{float((values['fast'] - ref).abs().max()):>9.1e}" if ref is not None else f"{'-':>9}"
+        ratio = f"{times['hand'] / times['fast']:>8.0f}x" if ref is not None else f"{'-':>9}"
+        d_hand = f"{float((values['fast'][:m] - ref).abs().max()):>9.1e}" if ref is not None else f"{'-':>9}"
         out(
-            f"{name:<16} {n:>4} {label:<40} {hand_s} {times['hooks']:>8.3f} {times['fast']:>8.3f} {ratio} "
-            f"{times['hooks'] / times['fast']:>9.1f}x {d_hand} {d_hooks:>9.1e}"
+            f"{name:<16} {n:>4} {label:<40} {m - 1:>4} {hand_s} {times['hooks']:>8.3f} {times['cold']:>8.3f} "
+            f"{times['fast']:>8.3f} {ratio} {times['hooks'] / times['fast']:>9.1f}x {d_hand} {d_hooks:>9.1e}"
+            + ("" if d_warm == 0 else f"  (cold vs warm {d_warm:.1e})")
         )
 
 
@@ -1228,7 +1239,7 @@ def _main_ioi(args, torch) -> int:
             for shape in shapes:
                 model = build_shape(shape, tmp, args.device)
                 n = 15 if args.lengths == "16,64" else int(args.lengths)
-                run_edge_rows(model, shape, n=n, sets=args.edge_sets, hand=not args.no_hand)
+                run_edge_rows(model, shape, n=n, sets=args.edge_sets, hand=not args.no_hand, compare=args.edge_compare)
                 sys.stdout.flush()
                 del model
         if not args.no_family:
@@ -1252,8 +1263,9 @@ def _main_ioi(args, torch) -> int:
             print(
                 "edges: hand = the plain loop (one forward per receiver, stopped after its layer); hooks = "
                 "interptest's edge engine on the bridge's forward (1 + H + 2·H_kv rows per set); fast = its forward "
-                "on the fast engine's description of the model; each a new engine, its cached runs included; |Δ| = "
-                "max |Δm_C| of fast against hand and hooks."
+                "on the fast engine's description of the model (cold: a new engine, its cached runs and set-up "
+                "included; the others warm); cmp = the sets hand and hooks ran (besides the circuit); |Δ| = max "
+                "|Δm_C| of fast against hand and hooks on those."
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1313,6 +1325,12 @@ def main(argv=None) -> int:
         type=int,
         default=200,
         help="--suite ioi|edges: random edge sets of the control and edges removed in the minimal sweep (default 200)",
+    )
+    ap.add_argument(
+        "--edge-compare",
+        type=int,
+        default=None,
+        help="--suite ioi|edges: the hook edge forward and the plain loop run only this many of the sets (default all)",
     )
     ap.add_argument("--no-edges", action="store_true", help="--suite ioi: skip the edge rows")
     ap.add_argument("--samples", default="20", help="--suite ioi: comma-separated family sizes (e.g. 20,80)")
