@@ -3,7 +3,7 @@ one-forward-at-a-time reference of ``test_edges.py`` (max |Δ| <= 1e-5) on rando
 grouped-query attention and NeoX (parallel attention/MLP) models, for every ablation, on the empty, the full
 and random edge sets, two samples stacked per forward; its per-head projection slices equal the whole
 projection applied per head (the path a model with q/k norms takes, also run here on Qwen3); and a model the
-fast engine does not cover (OPT), or one whose check fails, gives the hook forward's values."""
+fast engine does not cover (Phi-3), or one whose check fails, gives the hook forward's values."""
 
 from __future__ import annotations
 
@@ -97,9 +97,9 @@ def test_whole_projection_per_head_equals_slices(setup):
     assert (other.metrics(sets, "resample") - want).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("name", ["qwen3", "opt"])
+@pytest.mark.parametrize("name", ["qwen3", "phi3"])
 def test_qk_norms_and_a_model_the_fast_engine_does_not_cover(name):
-    """Qwen3 (q/k norms: no per-head slices) runs fast; OPT (not covered) runs the hook forward; both equal it."""
+    """Qwen3 (q/k norms: no per-head slices) runs fast; Phi-3 (not covered) runs the hook forward; both equal it."""
     model = archmodels.model(name)
     fast, hooks = engines(model, inputs(model))
     sets = edge_sets(fast.edges())
@@ -110,7 +110,7 @@ def test_qk_norms_and_a_model_the_fast_engine_does_not_cover(name):
     else:
         assert fast.engine == "hooks"
         assert "not covered by the fast engine" in fast._memo[("fast-edges-why",)]
-        with pytest.raises(InterpError, match="fast edge engine unavailable: architecture OPTForCausalLM"):
+        with pytest.raises(InterpError, match="fast edge engine unavailable: architecture Phi3ForCausalLM"):
             choose_engine(fast, "fast")
             fast.metrics(sets, "resample")
 
