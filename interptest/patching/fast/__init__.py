@@ -330,7 +330,7 @@ class FastEngine:
         if comp == "heads":
             assert patch.head is not None  # a heads patch names its heads
             z[patch.idx, patch.head] = patch.val
-        if nodes is not None and nodes.z_mask is not None:
+        if nodes is not None and nodes.z_mask is not None and nodes.z_src is not None:
             z = torch.where(nodes.z_mask.unsqueeze(-1), nodes.z_src, z)
         attn = linear(L.o, z.reshape(z.shape[0], H * dh))
         if L.post_attn is not None:
@@ -341,7 +341,7 @@ class FastEngine:
             mlp = _mlp_out(L, L.ln2(xr))
             if comp == "mlp_out":
                 mlp[patch.idx] = patch.val
-            if nodes is not None and nodes.m_mask is not None:
+            if nodes is not None and nodes.m_mask is not None and nodes.m_src is not None:
                 mlp = torch.where(nodes.m_mask.unsqueeze(-1), nodes.m_src, mlp)
             out = mlp + attn + xr
             mid = None
@@ -352,7 +352,7 @@ class FastEngine:
             mlp = _mlp_out(L, L.ln2(mid))
             if comp == "mlp_out":
                 mlp[patch.idx] = patch.val
-            if nodes is not None and nodes.m_mask is not None:
+            if nodes is not None and nodes.m_mask is not None and nodes.m_src is not None:
                 mlp = torch.where(nodes.m_mask.unsqueeze(-1), nodes.m_src, mlp)
             out = mid + mlp
         if comp == "resid_post":
