@@ -669,23 +669,47 @@ class FastEngine:
         return out, changed
 
     def _run_node_chunk(self, run: _Run, l0, smp, p0, sets, z_src, m_src, z_sets, m_sets):
-        """Node-set rows that all start at layer l0: their metrics [R] on the device."""
+        """Node-set rows that all start at layer l0: their metrics [R] on the device.
+
+        Rows whose sample, first position and writes agree up to a layer have the same values up to its
+        output (the same inputs through the same operations), so each layer runs once per distinct
+        prefix (``gid``) and its output feeds every row that shares it: random sets of a few heads share
+        most of their first layers' writes."""
         dev, n, last = self.device, self.n, len(self.layers) - 1
-        pack = _Pack(smp.tolist(), p0.tolist(), n, dev)
-        zs, ms = z_sets[sets].to(dev), m_sets[sets].to(dev)  # [R, L, n, H], [R, L, n]
-        x = run.resid_pre[l0][pack.tok_smp, pack.pos]
+        R = len(smp)
+        zs_c, ms_c = z_sets[sets], m_sets[sets]  # [R, L, n, H], [R, L, n] (CPU)
+        gid = torch.unique(torch.stack([smp, p0], 1), dim=0, return_inverse=True)[1]
+        x: torch.Tensor | None = None
+        prev: _Pack | None = None
+        pack: _Pack | None = None
         for li in range(l0, len(self.layers)):
+            feat = torch.cat([gid[:, None], zs_c[:, li].reshape(R, -1).long(), ms_c[:, li].long()], 1)
+            new_gid = torch.unique(feat, dim=0, return_inverse=True)[1]
+            G = int(new_gid.max()) + 1
+            rep = torch.full((G,), R, dtype=torch.long, device="cpu")
+            rep.scatter_reduce_(0, new_gid, torch.arange(R, device="cpu"), reduce="amin")  # a row of each group
+            parent = gid[rep]  # the group each one came from (the same sample and first position)
+            pack = _Pack(smp[rep].tolist(), p0[rep].tolist(), n, dev)
+            if prev is None or x is None:
+                x = run.resid_pre[l0][pack.tok_smp, pack.pos]
+            else:
+                cnt = n - p0[rep]
+                rows = torch.repeat_interleave(torch.arange(G, device="cpu"), cnt)
+                local = torch.arange(int(cnt.sum()), device="cpu") - (torch.cumsum(cnt, 0) - cnt)[rows]
+                x = x[(prev.offset[parent[rows]] + local).to(dev)]
+            gid, prev = new_gid, pack
             final = li == last
             if pack.dense:
                 bk = None if pack.q0 == 0 else run.k[li][:, : pack.q0][pack.smp]
                 bv = None if pack.q0 == 0 else run.v[li][:, : pack.q0][pack.smp]
             else:
                 bk, bv = run.k[li][pack.smp], run.v[li][pack.smp]
+            zs, ms = zs_c[rep, li].to(dev), ms_c[rep, li].to(dev)  # [G, n, H], [G, n]
             if final:  # outputs at each row's last position only
-                zm, mm = zs[:, li, n - 1], ms[:, li, n - 1]
+                zm, mm = zs[:, n - 1], ms[:, n - 1]
                 at_s, at_p = pack.smp, torch.full_like(pack.smp, n - 1)
             else:
-                zm, mm = zs[:, li][pack.rows, pack.pos], ms[:, li][pack.rows, pack.pos]
+                zm, mm = zs[pack.rows, pack.pos], ms[pack.rows, pack.pos]
                 at_s, at_p = pack.tok_smp, pack.pos
             z_any, m_any = bool(zm.any()), bool(mm.any())
             nodes = _Nodes(
@@ -695,4 +719,5 @@ class FastEngine:
                 m_src[li][at_s, at_p] if m_any else None,
             )
             x = self._layer(li, x, pack, bk, bv, final=final, nodes=nodes)
-        return self._metric_rows(x, pack.smp)
+        assert x is not None and pack is not None  # l0 <= last: at least one layer ran
+        return self._metric_rows(x, pack.smp)[gid.to(dev)]
