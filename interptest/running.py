@@ -143,14 +143,15 @@ class Run:
 
     def engine_record(self) -> dict | None:
         """Which engines this run used: {"patching": "fast" | "generic", "why": why the fast engine declined
-        ("" where it ran), "circuits": "hooks" where path or circuit claims ran}; None when nothing was patched."""
+        ("" where it ran), "circuits": where path or circuit claims ran, which engine ran them ("fast", "hooks
+        (why)", "fast + hooks (paths)": :meth:`CircuitPatcher.engine_used`)}; None when nothing was patched."""
         record: dict = {}
         if self._patcher is not None:
             engine = getattr(self._patcher, "engine", None)
             record["patching"] = engine
             record["why"] = "" if engine == "fast" else getattr(self._patcher, "engine_note", "")
         if getattr(self, "_circuits", None) is not None:
-            record["circuits"] = "hooks"
+            record["circuits"] = self._circuits.engine_used()
         return record or None
 
     def patcher(self):

@@ -41,13 +41,17 @@ import torch
 
 from interptest import components
 from interptest.errors import InterpError
+from interptest.patching import fast as _fast
 from interptest.patching import model_device
-from interptest.patching.base import MAX_ROWS, rows_within_budget
+from interptest.patching.base import MAX_ROWS, MAX_ROWS_FAST, rows_within_budget
 from interptest.tl_compat import hook_for
 
-__all__ = ["ABLATIONS", "CircuitPatcher", "RECEIVER_KINDS", "normalize"]
+__all__ = ["ABLATIONS", "CIRCUIT_ENGINES", "CircuitPatcher", "RECEIVER_KINDS", "normalize"]
 
 ABLATIONS = ("resample", "mean", "zero")
+# "auto": node sets on the fast engine where it covers the model and passes its self-check, else hooks
+CIRCUIT_ENGINES = ("auto", "hooks", "fast")
+NODE_COMPONENTS = ("heads", "mlp_out")
 RECEIVER_KINDS = ("q", "k", "v", "mlp_in", "logits")
 
 # An edit is (component, cell): ("heads", (layer, head, position or None)) or
@@ -84,7 +88,10 @@ class CircuitPatcher:
         embed_noise=None,
         reference_ids=None,
         batch_size: int | None = None,
+        engine: str = "auto",
     ):
+        if engine not in CIRCUIT_ENGINES:
+            raise InterpError(f"unknown circuit engine {engine!r}; valid: {', '.join(CIRCUIT_ENGINES)}")
         if getattr(model, "training", False):
             raise InterpError("activation patching needs the model in eval mode; call model.eval() first")
         self.model = model
@@ -115,6 +122,12 @@ class CircuitPatcher:
         self._acts: dict[tuple[str, str], torch.Tensor] = {}
         self._metrics: dict[str, torch.Tensor] = {}
         self._memo: dict = {}
+        self._logits: dict[str, torch.Tensor] = {}  # the bridge's last-position logits (the fast self-check)
+        self.engine = engine
+        self.engine_note = "engine='hooks' requested" if engine == "hooks" else ""
+        self._fast: _fast.FastEngine | None = None
+        self._fast_tried = engine == "hooks"
+        self._ran: set[str] = set()  # "fast" (node sets), "hooks" (node sets or paths)
 
     # ---- unpatched runs ---------------------------------------------------------------------
 
@@ -166,7 +179,7 @@ class CircuitPatcher:
         tokens = self.tokens[run]
         wanted = set(missing)
         parts: dict[str, list] = {nm: [] for nm in missing}
-        metrics = []
+        metrics, last = [], []
         with torch.inference_mode():
             for start in range(0, tokens.shape[0], self.rows_per_batch):
                 samples = torch.arange(start, min(start + self.rows_per_batch, tokens.shape[0]), device=self.device)
@@ -176,10 +189,12 @@ class CircuitPatcher:
                     parts[nm].append(cache[nm].detach().clone())
                 if run != "reference":
                     metrics.append(self._metric(logits, samples))
+                    last.append(logits[:, -1].float().cpu())
         for nm in missing:
             self._acts[(run, nm)] = torch.cat(parts[nm])
         if run != "reference" and run not in self._metrics:
             self._metrics[run] = torch.cat(metrics).double().cpu()
+            self._logits[run] = torch.cat(last)
 
     def metrics(self, run: str) -> torch.Tensor:
         """m = logit[expect] − logit[foil] at the last position of each clean or corrupted prompt [S]
@@ -249,7 +264,11 @@ class CircuitPatcher:
         return int(layer) % self.n_layers
 
     def _masks(self, sets: Sequence[Sequence[tuple]], complement: bool) -> dict[str, torch.Tensor]:
-        """{hook name: bool [n_sets, n(, H)]}: True where the set's run replaces the activation."""
+        """{hook name: bool [n_sets, n(, H)]}: True where the set's run replaces the activation (on the device)."""
+        return {name: m.to(self.device) for name, m in self._cpu_masks(sets, complement).items()}
+
+    def _cpu_masks(self, sets: Sequence[Sequence[tuple]], complement: bool) -> dict[str, torch.Tensor]:
+        """:meth:`_masks` on the CPU."""
         masks: dict[str, torch.Tensor] = {}
 
         def mask(component: str, layer: int) -> torch.Tensor:
@@ -279,7 +298,7 @@ class CircuitPatcher:
                     m[j, self._positions(cell[2]), head] = not complement
                 else:
                     m[j, self._positions(cell[1])] = not complement
-        return {name: m.to(self.device) for name, m in masks.items()}
+        return masks
 
     # ---- batched forwards -------------------------------------------------------------------
 
@@ -333,7 +352,13 @@ class CircuitPatcher:
         sets = [tuple(edits) for edits in sets]
         if not sets:
             return torch.empty(self.n_samples, 0, dtype=torch.float64, device="cpu")
-        masks = self._masks(sets, complement)
+        cpu_masks = self._cpu_masks(sets, complement)  # validates every edit first
+        if all(c in NODE_COMPONENTS for edits in sets for c, _ in edits) and base in ("clean", "corrupt"):
+            fast = self._fast_engine()
+            if fast is not None:
+                return self._fast_sets(fast, cpu_masks, len(sets), base, source)
+        self._ran.add("hooks")
+        masks = {name: m.to(self.device) for name, m in cpu_masks.items()}
         self._unpatched(base, [])
         sources = {name: self.source(source, name) for name in masks}
         out = torch.empty(len(sets) * self.n_samples, dtype=torch.float32, device="cpu")
@@ -371,6 +396,7 @@ class CircuitPatcher:
         # hook a receiver row takes its sender row's value, computed in that same call. Nothing else of a
         # receiver row is touched, and a sender row is read only at the receivers' hooks.
         masks = self._masks(sender_sets, complement=False)
+        self._ran.add("paths")
         self._unpatched(base, [])
         z_names = [self._hook("heads", layer) for layer in range(self.n_layers)]
         if stop is not None:  # heads after the last receiver cannot reach it
@@ -459,6 +485,128 @@ class CircuitPatcher:
                     m = masks.setdefault(name, torch.zeros(len(receiver_sets), n, dtype=torch.bool, device="cpu"))
                     m[j, self._positions(receiver[-1])] = True
         return {name: m.to(self.device) for name, m in masks.items()}
+
+    # ---- node sets on the fast engine --------------------------------------------------------
+
+    @property
+    def fast_rows_per_batch(self) -> int:
+        """Rows per forward of the fast engine (``batch_size`` when given): its activations of one row,
+        sources and masks included, within the device's budget; at most MAX_ROWS_FAST."""
+        if self.batch_size:
+            return int(self.batch_size)
+        cfg = self.model.cfg
+        d = int(cfg.d_model)
+        d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d)
+        n = self.n_positions
+        per_row = n * (10 * d + 2 * d_mlp + 2 * self.n_heads * n + 2 * self.n_heads) * 4
+        return rows_within_budget(self, per_row, MAX_ROWS_FAST)
+
+    def _fast_engine(self) -> _fast.FastEngine | None:
+        """The fast engine over these prompt pairs, built on first use and checked against the bridge's
+        own last-position logits (:meth:`FastEngine.self_check`); None where it does not cover the model
+        (``engine_note`` says why) or ``engine='hooks'``."""
+        if self._fast_tried:
+            return self._fast
+        self._fast_tried = True
+        clean = self.tokens["clean"]
+        corrupt = self.tokens.get("corrupt", clean)
+        runs = ["clean"] + (["corrupt"] if "corrupt" in self.tokens else [])
+        for run in runs:
+            self._unpatched(run, [])
+        S, n = clean.shape
+        differs = (clean != corrupt).cpu()
+        if self.noise is not None and "corrupt" in self.tokens:
+            differs |= (self.noise != 0).any(-1).cpu()
+        pos = torch.arange(n, device="cpu").expand(S, n)
+        first_diff = torch.where(differs, pos, torch.full_like(pos, n)).min(dim=1).values
+        try:
+            with torch.inference_mode():
+                eng = _fast.FastEngine.build(
+                    self.model,
+                    clean,
+                    corrupt,
+                    self.expect.cpu(),
+                    self.foil.cpu(),
+                    first_diff=first_diff,
+                    embed_noise=self.noise if "corrupt" in self.tokens else None,
+                    rows_per_batch=self.fast_rows_per_batch,
+                )
+                eng.self_check(self._logits["clean"], self._logits[runs[-1]])
+        except _fast.Unsupported as e:
+            self.engine_note = str(e)
+            if self.engine == "fast":
+                raise InterpError(f"fast circuit engine unavailable: {e}") from None
+            return None
+        self._fast = eng
+        return eng
+
+    def _fast_sources(self, fast: _fast.FastEngine, source: str) -> tuple[list, list]:
+        """Per layer, the head outputs [S, n, H, dh] and MLP outputs [S, n, d] that ``source`` writes, from
+        the fast engine's own unpatched runs (views)."""
+        S = self.n_samples
+        if source == "resample":
+            source = "corrupt"
+        if source in ("clean", "corrupt"):
+            if source not in self.tokens:
+                raise InterpError("no corrupt prompts to run: the behavior has no corruption")
+            run = fast.runs[source]
+            return list(run.z), list(run.mlp_out)
+        if source == "mean":
+            if "reference" in self.tokens:
+                run = fast.add_run("reference", self.tokens["reference"], self.fast_rows_per_batch)
+            else:
+                run = fast.runs["clean"]
+            key = ("fast-mean",)
+            if key not in self._memo:
+                self._memo[key] = (
+                    [z.mean(dim=0, keepdim=True) for z in run.z],
+                    [m.mean(dim=0, keepdim=True) for m in run.mlp_out],
+                )
+            zs, ms = self._memo[key]
+            return [z.expand(S, -1, -1, -1) for z in zs], [m.expand(S, -1, -1) for m in ms]
+        if source == "zero":
+            clean = fast.runs["clean"]
+            return (
+                [torch.zeros_like(z[:1]).expand(S, -1, -1, -1) for z in clean.z],
+                [torch.zeros_like(m[:1]).expand(S, -1, -1) for m in clean.mlp_out],
+            )
+        raise InterpError(f"unknown source {source!r}; valid: clean, corrupt, {', '.join(ABLATIONS)}")
+
+    def _fast_sets(self, fast: _fast.FastEngine, masks: dict, n_sets: int, base: str, source: str) -> torch.Tensor:
+        """:meth:`patch_sets` on the fast engine: masks (CPU, by hook name) -> [S, n_sets] (float64, CPU)."""
+        L, n, H, S = self.n_layers, self.n_positions, self.n_heads, self.n_samples
+        z_sets = torch.zeros(n_sets, L, n, H, dtype=torch.bool, device="cpu")
+        m_sets = torch.zeros(n_sets, L, n, dtype=torch.bool, device="cpu")
+        for layer in range(L):
+            z = masks.get(self._hook("heads", layer))
+            if z is not None:
+                z_sets[:, layer] = z
+            m = masks.get(self._hook("mlp_out", layer))
+            if m is not None:
+                m_sets[:, layer] = m
+        self._unpatched(base, [])
+        with torch.inference_mode():
+            z_src, m_src = self._fast_sources(fast, source)
+            rows = [(s, j) for j in range(n_sets) for s in range(S)]
+            values, changed = fast.run_node_rows(base, z_src, m_src, z_sets, m_sets, rows, self.fast_rows_per_batch)
+        # a row that changes nothing is the base run: the bridge's own metric, as the hook engine gives it
+        values = values.double()
+        same = ~changed
+        if bool(same.any()):
+            smp = torch.tensor([s for s, _ in rows], dtype=torch.long, device="cpu")
+            values[same] = self._metrics[base][smp[same]]
+        self._ran.add("fast")
+        return values.reshape(n_sets, S).t().contiguous()
+
+    def engine_used(self) -> str:
+        """Which engines ran: "fast" (every node set on the fast engine), "hooks" (with why the fast engine
+        declined, where it did), or "fast + hooks (paths)" / "fast + hooks" where paths (or node sets the
+        fast engine does not cover) ran on hooks."""
+        if "fast" not in self._ran:
+            return "hooks" + (f" ({self.engine_note})" if self.engine_note and self.engine != "hooks" else "")
+        if self._ran == {"fast"}:
+            return "fast"
+        return "fast + hooks (paths)" if "hooks" not in self._ran else "fast + hooks"
 
     # ---- what the claims read ---------------------------------------------------------------
 

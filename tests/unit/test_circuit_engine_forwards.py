@@ -1,6 +1,10 @@
 """The circuit engine's forwards (issue 23): one cached forward per prompt set however many hooks a claim
 needs, the all-ablated run once per ablation, and no forward with more rows than the engine's budget
-(paths included: their two steps share each forward) — with the same values as one row at a time."""
+(paths included: their two steps share each forward) — with the same values as one row at a time.
+
+These count the bridge's forwards, so they run the hook engine (``engine='hooks'``); where node sets run on
+the fast engine (the default where it covers the model), the bridge runs only the cached clean and
+corrupted forwards (its self-check reads their logits) and the rest is counted in test_fast_circuits.py."""
 
 import torch
 from test_claims_circuit import pairs
@@ -27,9 +31,9 @@ class _Rows:
         self.model.reset_hooks()
 
 
-def _engine(model, batch_size=None, S=3):
+def _engine(model, batch_size=None, S=3, engine="hooks"):
     clean, corrupt, expect, foil = pairs(model, S=S)
-    return CircuitPatcher(model, clean, corrupt, expect, foil, batch_size=batch_size)
+    return CircuitPatcher(model, clean, corrupt, expect, foil, batch_size=batch_size, engine=engine)
 
 
 def test_every_source_of_a_prompt_set_comes_from_one_forward_and_the_empty_run_is_kept():
@@ -62,3 +66,16 @@ def test_no_forward_exceeds_the_row_budget_and_the_values_equal_one_row_at_a_tim
     for budget in (1, 2, 5):
         for ours, reference in zip(results[budget], results[None]):
             assert torch.allclose(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_on_the_fast_engine_node_sets_take_no_bridge_forward_but_the_cached_runs():
+    model = tinymodels.tiny_model("gpt2")
+    engine = _engine(model, engine="auto")
+    L = int(model.cfg.n_layers)
+    kept = [("heads", (0, 1, None)), ("mlp_out", (L - 1, None))]
+    with torch.inference_mode(), _Rows(model) as rows:
+        engine.faithfulness([kept], "mean")
+        engine.faithfulness([kept, []], "resample")
+        engine.patch_sets([kept], "corrupt", "clean")
+    assert rows.sizes == [3, 3]  # the clean and the corrupted run, one forward each (the self-check's logits)
+    assert engine.engine_used() == "fast"

@@ -116,6 +116,17 @@ class _Patch:
     head: torch.Tensor | None = None
 
 
+@dataclass
+class _Nodes:
+    """Node-set writes of one layer: head outputs where ``z_mask`` [T, H] and the MLP output where
+    ``m_mask`` [T] is True take the source values ``z_src`` [T, H, dh] / ``m_src`` [T, d] (None: none)."""
+
+    z_mask: torch.Tensor | None
+    z_src: torch.Tensor | None
+    m_mask: torch.Tensor | None
+    m_src: torch.Tensor | None
+
+
 # "no patch": a component no layer has, so no branch writes anything
 _NO_PATCH = _Patch("", torch.empty(0, dtype=torch.long, device="cpu"), torch.empty(0, device="cpu"))
 
@@ -264,9 +275,11 @@ class FastEngine:
         patch: _Patch | None = None,
         final: bool = False,
         store: _Run | None = None,
+        nodes: _Nodes | None = None,
     ):
         """One block on packed tokens x [T, d].  ``final``: the output only at each row's last
-        position [R, d] (keys and values still at every packed position)."""
+        position [R, d] (keys and values still at every packed position).  ``nodes``: head outputs and
+        the MLP output replaced where their masks say (node-set rows, :meth:`run_node_rows`)."""
         L = self.layers[li]
         H, dh = self.n_heads, self.d_head
         patch = patch if patch is not None else _NO_PATCH
@@ -317,6 +330,8 @@ class FastEngine:
         if comp == "heads":
             assert patch.head is not None  # a heads patch names its heads
             z[patch.idx, patch.head] = patch.val
+        if nodes is not None and nodes.z_mask is not None and nodes.z_src is not None:
+            z = torch.where(nodes.z_mask.unsqueeze(-1), nodes.z_src, z)
         attn = linear(L.o, z.reshape(z.shape[0], H * dh))
         if L.post_attn is not None:
             attn = L.post_attn(attn)
@@ -326,6 +341,8 @@ class FastEngine:
             mlp = _mlp_out(L, L.ln2(xr))
             if comp == "mlp_out":
                 mlp[patch.idx] = patch.val
+            if nodes is not None and nodes.m_mask is not None and nodes.m_src is not None:
+                mlp = torch.where(nodes.m_mask.unsqueeze(-1), nodes.m_src, mlp)
             out = mlp + attn + xr
             mid = None
         else:
@@ -335,6 +352,8 @@ class FastEngine:
             mlp = _mlp_out(L, L.ln2(mid))
             if comp == "mlp_out":
                 mlp[patch.idx] = patch.val
+            if nodes is not None and nodes.m_mask is not None and nodes.m_src is not None:
+                mlp = torch.where(nodes.m_mask.unsqueeze(-1), nodes.m_src, mlp)
             out = mid + mlp
         if comp == "resid_post":
             out[patch.idx] = patch.val
@@ -567,3 +586,138 @@ class FastEngine:
         if mlp is None:
             mlp = _mlp_out(L, L.ln2(mid))
         return mid + mlp
+
+    # ---- node-set rows (circuits) --------------------------------------------------------
+
+    def add_run(self, name: str, tokens: torch.Tensor, rows_per_batch: int) -> _Run:
+        """The unpatched run of other prompts ``tokens`` [R, n] (a mean ablation's reference prompts),
+        kept as ``runs[name]``."""
+        if name not in self.runs:
+            self.runs[name] = self._full_run(tokens.to(self.device), None, rows_per_batch)
+        return self.runs[name]
+
+    def run_node_rows(
+        self,
+        base: str,
+        z_src: Sequence[torch.Tensor],
+        m_src: Sequence[torch.Tensor],
+        z_sets: torch.Tensor,
+        m_sets: torch.Tensor,
+        rows: Sequence[tuple[int, int]],
+        rows_per_batch: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node-set rows: row (s, j) is the ``base`` run ("clean" or "corrupt") of sample s with the head
+        outputs where ``z_sets[j]`` [L, n, H] and the MLP outputs where ``m_sets[j]`` [L, n] (bool, CPU)
+        is True replaced by the sources ``z_src[l]`` [S, n, H, dh] and ``m_src[l]`` [S, n, d] (on the
+        device; expanded views are fine).
+
+        Which work is skipped, and why it is exact: a write whose source equals the unpatched base run's
+        value (bit for bit) at a place the row has not changed yet is a no-op; a row's writes change
+        nothing before the first layer ``l0`` and the first position ``p0`` at which one of its writes
+        differs from the base run (causal attention; computed from the source tensors, per sample), so
+        the row recomputes layers ``>= l0`` at positions ``>= p0`` only, with the base run's keys and
+        values before ``p0``.  Writes to the last layer away from the last position are never read.  A
+        row none of whose writes differs is the base run itself: not recomputed.
+
+        Returns (metrics [R] float32 CPU, recomputed [R] bool CPU); a row not recomputed has the base
+        run's metric from this engine's forward."""
+        run = self.runs[base]
+        L, n, S = len(self.layers), self.n, self.S
+        last = L - 1
+        R = len(rows)
+        out = torch.empty(R, dtype=torch.float32, device="cpu")
+        changed = torch.zeros(R, dtype=torch.bool, device="cpu")
+        if not R:
+            return out, changed
+        # where each source differs from the base run, per sample: [S, L, n, H] and [S, L, n]
+        dz = torch.stack([(z_src[l].expand(S, -1, -1, -1) != run.z[l]).any(-1) for l in range(L)], 1).cpu()
+        dm = torch.stack([(m_src[l].expand(S, -1, -1) != run.mlp_out[l]).any(-1) for l in range(L)], 1).cpu()
+        dz[:, last, : n - 1] = False  # the last layer is read at the last position only
+        dm[:, last, : n - 1] = False
+        smp = torch.tensor([s for s, _ in rows], dtype=torch.long, device="cpu")
+        sets = torch.tensor([j for _, j in rows], dtype=torch.long, device="cpu")
+        l0 = torch.zeros(R, dtype=torch.long, device="cpu")
+        p0 = torch.zeros(R, dtype=torch.long, device="cpu")
+        for a in range(0, R, 4096):  # bounded bookkeeping memory: [rows, L, n, H] bools per block
+            b = min(R, a + 4096)
+            eff = (z_sets[sets[a:b]] & dz[smp[a:b]]).any(-1) | (m_sets[sets[a:b]] & dm[smp[a:b]])  # [r, L, n]
+            by_layer, by_pos = eff.any(2), eff.any(1)
+            changed[a:b] = by_layer.any(1)
+            l0[a:b] = by_layer.int().argmax(1)
+            p0[a:b] = by_pos.int().argmax(1)
+        todo = torch.nonzero(changed).flatten().tolist()
+        order = sorted(todo, key=lambda i: (int(l0[i]), int(p0[i]), int(smp[i]), i))
+        parts: list[torch.Tensor] = []
+        i0 = 0
+        while i0 < len(order):
+            i1 = i0
+            while i1 < len(order) and i1 - i0 < rows_per_batch and int(l0[order[i1]]) == int(l0[order[i0]]):
+                i1 += 1
+            chunk = torch.tensor(order[i0:i1], dtype=torch.long, device="cpu")
+            parts.append(
+                self._run_node_chunk(
+                    run, int(l0[order[i0]]), smp[chunk], p0[chunk], sets[chunk], z_src, m_src, z_sets, m_sets
+                )
+            )
+            i0 = i1
+        rest = torch.nonzero(~changed).flatten()
+        if rest.numel():
+            parts.append(self._metric_rows(run.final[smp[rest].to(self.device), -1], smp[rest].to(self.device)))
+        if parts:
+            where = torch.tensor(order + rest.tolist(), dtype=torch.long, device="cpu")
+            out[where] = torch.cat(parts).cpu()  # one transfer
+        return out, changed
+
+    def _run_node_chunk(self, run: _Run, l0, smp, p0, sets, z_src, m_src, z_sets, m_sets):
+        """Node-set rows that all start at layer l0: their metrics [R] on the device.
+
+        Rows whose sample, first position and writes agree up to a layer have the same values up to its
+        output (the same inputs through the same operations), so each layer runs once per distinct
+        prefix (``gid``) and its output feeds every row that shares it: random sets of a few heads share
+        most of their first layers' writes."""
+        dev, n, last = self.device, self.n, len(self.layers) - 1
+        R = len(smp)
+        zs_c, ms_c = z_sets[sets], m_sets[sets]  # [R, L, n, H], [R, L, n] (CPU)
+        gid = torch.unique(torch.stack([smp, p0], 1), dim=0, return_inverse=True)[1]
+        x: torch.Tensor | None = None
+        prev: _Pack | None = None
+        pack: _Pack | None = None
+        for li in range(l0, len(self.layers)):
+            feat = torch.cat([gid[:, None], zs_c[:, li].reshape(R, -1).long(), ms_c[:, li].long()], 1)
+            new_gid = torch.unique(feat, dim=0, return_inverse=True)[1]
+            G = int(new_gid.max()) + 1
+            rep = torch.full((G,), R, dtype=torch.long, device="cpu")
+            rep.scatter_reduce_(0, new_gid, torch.arange(R, device="cpu"), reduce="amin")  # a row of each group
+            parent = gid[rep]  # the group each one came from (the same sample and first position)
+            pack = _Pack(smp[rep].tolist(), p0[rep].tolist(), n, dev)
+            if prev is None or x is None:
+                x = run.resid_pre[l0][pack.tok_smp, pack.pos]
+            else:
+                cnt = n - p0[rep]
+                rows = torch.repeat_interleave(torch.arange(G, device="cpu"), cnt)
+                local = torch.arange(int(cnt.sum()), device="cpu") - (torch.cumsum(cnt, 0) - cnt)[rows]
+                x = x[(prev.offset[parent[rows]] + local).to(dev)]
+            gid, prev = new_gid, pack
+            final = li == last
+            if pack.dense:
+                bk = None if pack.q0 == 0 else run.k[li][:, : pack.q0][pack.smp]
+                bv = None if pack.q0 == 0 else run.v[li][:, : pack.q0][pack.smp]
+            else:
+                bk, bv = run.k[li][pack.smp], run.v[li][pack.smp]
+            zs, ms = zs_c[rep, li].to(dev), ms_c[rep, li].to(dev)  # [G, n, H], [G, n]
+            if final:  # outputs at each row's last position only
+                zm, mm = zs[:, n - 1], ms[:, n - 1]
+                at_s, at_p = pack.smp, torch.full_like(pack.smp, n - 1)
+            else:
+                zm, mm = zs[pack.rows, pack.pos], ms[pack.rows, pack.pos]
+                at_s, at_p = pack.tok_smp, pack.pos
+            z_any, m_any = bool(zm.any()), bool(mm.any())
+            nodes = _Nodes(
+                zm if z_any else None,
+                z_src[li][at_s, at_p] if z_any else None,
+                mm if m_any else None,
+                m_src[li][at_s, at_p] if m_any else None,
+            )
+            x = self._layer(li, x, pack, bk, bv, final=final, nodes=nodes)
+        assert x is not None and pack is not None  # l0 <= last: at least one layer ran
+        return self._metric_rows(x, pack.smp)[gid.to(dev)]
