@@ -50,7 +50,7 @@ class BehaviorRecord(TypedDict):
     labels: list  # each position as a claim writes it (a family's template variables)
     baseline: dict | None
     suggestion: str | None
-    engine: dict | None  # {"patching": "fast" | "generic", "why", "circuits"?}; None: nothing was patched
+    engine: dict | None  # {"patching": "fast" | "generic", "why", "circuits"?, "edges"?}; None: nothing was patched
 
 
 def map_entries(result) -> dict:
@@ -191,7 +191,8 @@ def summary_line(record: dict) -> str:
 
 def engine_text(record: dict) -> str:
     """Which engine patched the behavior, in words ("" when nothing was patched): "fast", or "generic (why
-    the fast engine declined)", and "path/circuit: hooks" where path or circuit claims ran."""
+    the fast engine declined)", "path/circuit: fast" (or "hooks (why)", ...) where path or circuit claims ran,
+    "edges: fast" (or "hooks (why)") where edge circuits ran."""
     engine = record.get("engine") or {}
     parts = []
     if engine.get("patching"):
@@ -199,6 +200,8 @@ def engine_text(record: dict) -> str:
         parts.append(engine["patching"] + (f" ({why})" if why and engine["patching"] != "fast" else ""))
     if engine.get("circuits"):
         parts.append(f"path/circuit: {engine['circuits']}")
+    if engine.get("edges"):
+        parts.append(f"edges: {engine['edges']}")
     return "; ".join(parts)
 
 

@@ -144,14 +144,20 @@ class Run:
     def engine_record(self) -> dict | None:
         """Which engines this run used: {"patching": "fast" | "generic", "why": why the fast engine declined
         ("" where it ran), "circuits": where path or circuit claims ran, which engine ran them ("fast", "hooks
-        (why)", "fast + hooks (paths)": :meth:`CircuitPatcher.engine_used`)}; None when nothing was patched."""
+        (why)", "fast + hooks (paths)": :meth:`CircuitPatcher.engine_used`), "edges": which forward ran edge
+        circuits ("fast", "hooks (why)"), where any ran}; None when nothing was patched."""
         record: dict = {}
         if self._patcher is not None:
             engine = getattr(self._patcher, "engine", None)
             record["patching"] = engine
             record["why"] = "" if engine == "fast" else getattr(self._patcher, "engine_note", "")
         if getattr(self, "_circuits", None) is not None:
+            from interptest.patching.edges import edge_engine_used  # defers torch
+
             record["circuits"] = self._circuits.engine_used()
+            edges = edge_engine_used(self._circuits)
+            if edges:
+                record["edges"] = edges
         return record or None
 
     def patcher(self):

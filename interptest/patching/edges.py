@@ -53,7 +53,7 @@ from interptest.graphs import (
 from interptest.patching.fast.edges import fast_edges
 from interptest.patching.paths import ABLATIONS, CircuitPatcher
 
-__all__ = ["Edge", "EdgePatcher", "Receiver", "Sender", "edge_patcher"]
+__all__ = ["Edge", "EdgePatcher", "Receiver", "Sender", "edge_engine_used", "edge_patcher"]
 
 
 def edge_patcher(patcher: CircuitPatcher) -> EdgePatcher:
@@ -62,6 +62,12 @@ def edge_patcher(patcher: CircuitPatcher) -> EdgePatcher:
     if key not in patcher._memo:
         patcher._memo[key] = EdgePatcher(patcher)
     return patcher._memo[key]
+
+
+def edge_engine_used(patcher: CircuitPatcher) -> str | None:
+    """Which forward ran the edge circuits of ``patcher``'s engine: "fast", "hooks (why)"; None where none ran."""
+    edges = patcher._memo.get(("edge-engine",))
+    return None if edges is None else edges.engine_used()
 
 
 class EdgePatcher:
@@ -78,6 +84,7 @@ class EdgePatcher:
         self.n_receivers = self.n_layers * self.per_layer + 1
         self.shape = ModelShape(self.n_layers, self.H, self.K, self.parallel)
         self._W_O: list[torch.Tensor] | None = None
+        self.engine: str | None = None  # the forward the last edge sets ran on: "fast" | "hooks"
         self._memo: dict = {}
         why = unsupported_reason(getattr(model, "hook_dict", {}), self.n_layers)
         if why:
@@ -358,6 +365,13 @@ class EdgePatcher:
         hooks.append(("ln_final.hook_in", final_input))
         logits = p.model.run_with_hooks(rows, fwd_hooks=hooks + p._last_only())
         return p._metric(logits[:U], samples)
+
+    def engine_used(self) -> str | None:
+        """ "fast", "hooks (why the fast forward declined)", or None where no edge set ran yet."""
+        if self.engine != "hooks":
+            return self.engine
+        why = self._memo.get(("fast-edges-why",))
+        return f"hooks ({why})" if why else "hooks"
 
     # ---- what the claims read ---------------------------------------------------------------
 

@@ -127,7 +127,8 @@ class CircuitPatcher:
         self.engine_note = "engine='hooks' requested" if engine == "hooks" else ""
         self._fast: _fast.FastEngine | None = None
         self._fast_tried = engine == "hooks"
-        self._ran: set[str] = set()  # "fast" (node sets), "hooks" (node sets or paths)
+        # what ran: "fast" / "hooks" (node sets on either engine), "fast-paths" / "paths" (paths on either)
+        self._ran: set[str] = set()
 
     # ---- unpatched runs ---------------------------------------------------------------------
 
@@ -387,7 +388,13 @@ class CircuitPatcher:
             for component, _ in edits:
                 if component not in ("heads", "mlp_out"):
                     raise InterpError(f"path senders are heads and mlp_out, not {component!r}")
-        receivers = sorted({r for rs in receiver_sets for r in rs})
+        receivers = {r for rs in receiver_sets for r in rs}
+        for r in receivers:
+            self._receiver_hook(r)  # an unknown receiver or a layer out of range: the same error on both engines
+        fast = self._fast_engine() if self.engine != "hooks" else None
+        groups = _path_groups(receiver_sets)
+        if fast is not None and groups is not None and _fast_covers(fast, groups):
+            return self._fast_path(fast, sender_sets, receiver_sets, groups, base, source)
         stop = None if any(r[0] == "logits" for r in receivers) else max(self._check_layer(r[1]) for r in receivers)
 
         # One forward per batch holds both steps: "sender" rows (step 1: the base with the senders'
@@ -431,6 +438,50 @@ class CircuitPatcher:
                 for (i, s, r, _), v in zip(receivers_, values.tolist()):
                     out[i, r, s] = v
         return out.permute(2, 0, 1).double()
+
+    def _fast_path(self, fast, sender_sets, receiver_sets, groups, base: str, source: str) -> torch.Tensor:
+        """:meth:`path` on the fast engine (:meth:`FastEngine.run_path_rows`), receiver sets grouped by their one
+        (kind, layer); a row whose receivers are not read (an empty set) is the base run: the bridge's metric."""
+        S = self.n_samples
+        z_sets, m_sets = self._node_sets(self._masks(sender_sets, complement=False), len(sender_sets))
+        self._unpatched(base, [])
+        out = torch.empty(len(sender_sets), len(receiver_sets), S, dtype=torch.float64, device="cpu")
+        rows = [(s, i) for i in range(len(sender_sets)) for s in range(S)]
+        with torch.inference_mode():
+            z_src, m_src = self._fast_sources(fast, source)
+            rmasks = self._receiver_masks(receiver_sets)
+            for (kind, layer), members in groups.items():
+                name = self._receiver_hook((kind, layer, 0, None) if kind in ("q", "k", "v") else (kind, layer, None))
+                if kind == "logits":
+                    name = self._receiver_hook(("logits", None))
+                masks = rmasks[name][members].cpu()
+                values, patched = fast.run_path_rows(
+                    base, z_src, m_src, z_sets, m_sets, kind, layer, masks, rows, self.fast_rows_per_batch
+                )
+                values = values.double()
+                smp = torch.tensor([s for s, _ in rows], dtype=torch.long, device="cpu")
+                for c, j in enumerate(members):
+                    v = values[:, c].clone()
+                    same = ~patched[:, c]
+                    v[same] = self._metrics[base][smp[same]]
+                    out[:, j, :] = v.reshape(len(sender_sets), S)
+        self._ran.add("fast-paths")
+        return out.permute(2, 0, 1).contiguous()
+
+    def _node_sets(self, masks: dict, n_sets: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node masks by hook name (:meth:`_masks`) as the fast engine's z_sets [sets, L, n, H] and m_sets
+        [sets, L, n] (bool, CPU)."""
+        L, n, H = self.n_layers, self.n_positions, self.n_heads
+        z_sets = torch.zeros(n_sets, L, n, H, dtype=torch.bool, device="cpu")
+        m_sets = torch.zeros(n_sets, L, n, dtype=torch.bool, device="cpu")
+        for layer in range(L):
+            z = masks.get(self._hook("heads", layer))
+            if z is not None:
+                z_sets[:, layer] = z.cpu()
+            m = masks.get(self._hook("mlp_out", layer))
+            if m is not None:
+                m_sets[:, layer] = m.cpu()
+        return z_sets, m_sets
 
     def _path_batches(self, n_senders: int, n_receivers: int):
         """Rows of the fused path forwards, at most :attr:`rows_per_batch` each (at least two: a step-2 row
@@ -574,16 +625,8 @@ class CircuitPatcher:
 
     def _fast_sets(self, fast: _fast.FastEngine, masks: dict, n_sets: int, base: str, source: str) -> torch.Tensor:
         """:meth:`patch_sets` on the fast engine: masks (CPU, by hook name) -> [S, n_sets] (float64, CPU)."""
-        L, n, H, S = self.n_layers, self.n_positions, self.n_heads, self.n_samples
-        z_sets = torch.zeros(n_sets, L, n, H, dtype=torch.bool, device="cpu")
-        m_sets = torch.zeros(n_sets, L, n, dtype=torch.bool, device="cpu")
-        for layer in range(L):
-            z = masks.get(self._hook("heads", layer))
-            if z is not None:
-                z_sets[:, layer] = z
-            m = masks.get(self._hook("mlp_out", layer))
-            if m is not None:
-                m_sets[:, layer] = m
+        S = self.n_samples
+        z_sets, m_sets = self._node_sets(masks, n_sets)
         self._unpatched(base, [])
         with torch.inference_mode():
             z_src, m_src = self._fast_sources(fast, source)
@@ -599,14 +642,16 @@ class CircuitPatcher:
         return values.reshape(n_sets, S).t().contiguous()
 
     def engine_used(self) -> str:
-        """Which engines ran: "fast" (every node set on the fast engine), "hooks" (with why the fast engine
-        declined, where it did), or "fast + hooks (paths)" / "fast + hooks" where paths (or node sets the
-        fast engine does not cover) ran on hooks."""
-        if "fast" not in self._ran:
+        """Which engines ran: "fast" (every node set and path on the fast engine), "hooks" (with why the fast
+        engine declined, where it did), or "fast + hooks (paths)" / "fast + hooks" where paths (or node sets
+        the fast engine does not cover) ran on hooks."""
+        fast = self._ran & {"fast", "fast-paths"}
+        if not fast:
             return "hooks" + (f" ({self.engine_note})" if self.engine_note and self.engine != "hooks" else "")
-        if self._ran == {"fast"}:
+        hooks = self._ran - fast
+        if not hooks:
             return "fast"
-        return "fast + hooks (paths)" if "hooks" not in self._ran else "fast + hooks"
+        return "fast + hooks (paths)" if hooks == {"paths"} else "fast + hooks"
 
     # ---- what the claims read ---------------------------------------------------------------
 
@@ -631,6 +676,24 @@ class CircuitPatcher:
         empty = self.all_ablated(ablation)[:, None]
         clean = self.metrics("clean")[:, None]
         return (m_c - empty) / (clean - empty)
+
+
+def _path_groups(receiver_sets) -> dict[tuple[str, int], list[int]] | None:
+    """Receiver sets by their one (kind, layer) — ("logits", -1) for the logits — or None when a set mixes
+    kinds or layers (the hook engine's fused forward then runs them)."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for j, receivers in enumerate(receiver_sets):
+        keys = {(r[0], -1 if r[0] == "logits" else int(r[1])) for r in receivers}
+        if len(keys) != 1:
+            return None
+        groups.setdefault(keys.pop(), []).append(j)
+    return groups
+
+
+def _fast_covers(fast, groups) -> bool:
+    """Whether the fast engine states these receivers as the bridge's hooks do: a query or key input on a
+    layer with q/k norms (whose place beside the hook is not pinned down) runs on hooks."""
+    return not any(kind in ("q", "k") and fast.layers[layer].qk_norm for kind, layer in groups)
 
 
 def _where_hook(mask: torch.Tensor, src: torch.Tensor):

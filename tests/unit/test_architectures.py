@@ -383,8 +383,9 @@ def test_results_say_which_engine_ran_and_why_the_fast_one_declined(arch, engine
     result = check_behavior(spec, model_for(arch, "path"), raise_on_failure=False)
     record = behavior_record(parse_behavior(spec), "test::b", arch, result=result)
     why = "" if engine == "fast" else "architecture OPTForCausalLM not covered by the fast engine"
-    assert record["engine"] == {"patching": engine, "why": why, "circuits": "hooks"}
-    line = f"    engine   {engine}{f' ({why})' if why else ''}; path/circuit: hooks"
+    circuits = "fast" if engine == "fast" else f"hooks ({why})"
+    assert record["engine"] == {"patching": engine, "why": why, "circuits": circuits}
+    line = f"    engine   {engine}{f' ({why})' if why else ''}; path/circuit: {circuits}"
     assert claim_lines(record)[0] == line
     write_report([record], str(tmp_path), version="test")
     assert f"<dt>engine</dt><dd>{line.split('engine   ')[1]}</dd>" in (tmp_path / "report.html").read_text()

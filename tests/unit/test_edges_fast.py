@@ -22,9 +22,10 @@ from test_edges import ablated_values, random_edge_sets, reference_metric  # noq
 
 import archmodels  # noqa: E402
 from interptest.errors import InterpError
-from interptest.patching.edges import EdgePatcher
+from interptest.patching.edges import EdgePatcher, edge_engine_used, edge_patcher
 from interptest.patching.fast.edges import FastEdges, choose_engine
 from interptest.patching.paths import CircuitPatcher
+from interptest.results import engine_text
 
 TOL = 1e-5
 ARCHS = ("gpt2", "llama-gqa", "neox")
@@ -134,6 +135,23 @@ def test_a_failed_self_check_falls_back(monkeypatch):
     assert (fast.metrics(sets, "mean") - hooks.metrics(sets, "mean")).abs().max() == 0
     assert fast.engine == "hooks"
     assert fast._memo[("fast-edges-why",)].startswith("self-check failed: every edge present gives |Δm| =")
+    # what results.json and the report say
+    assert fast.engine_used().startswith("hooks (self-check failed: every edge present gives |Δm| =")
+    assert hooks.engine_used() == "hooks (engine='hooks' requested)"
+    assert engine_text({"engine": {"circuits": "fast", "edges": fast.engine_used()}}).startswith(
+        "path/circuit: fast; edges: hooks (self-check failed"
+    )
+
+
+def test_results_name_the_edge_forward():
+    model = model_for("gpt2")
+    clean, corrupt, expect, foil, reference = inputs(model)
+    patcher = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference)
+    assert edge_engine_used(patcher) is None  # no edge set ran
+    edges = edge_patcher(patcher)
+    assert edges.engine_used() is None
+    edges.faithfulness([edges.edges()[:3]], "resample")
+    assert edge_engine_used(patcher) == "fast"
 
 
 def test_unknown_engine_choice():

@@ -170,15 +170,90 @@ def test_the_hook_engine_runs_where_the_fast_engine_declines(monkeypatch):
         CircuitPatcher(model, clean, corrupt, expect, foil, engine="quick")
 
 
-def test_other_components_and_paths_run_on_hooks_and_say_so():
+def test_other_components_and_mixed_path_receivers_run_on_hooks_and_say_so():
     model = _model("gpt2")
     clean, corrupt, expect, foil, reference = inputs(model)
     engine = CircuitPatcher(model, clean, corrupt, expect, foil)
     engine.faithfulness([[("heads", (0, 1, None))]], "zero")
     assert engine.engine_used() == "fast"
     engine.path([[("heads", (0, 2, None))]], [[("logits", None)]], "corrupt", "clean")
+    assert engine.engine_used() == "fast"
+    # one receiver set of two kinds (the grammar's `heads[1.0].k + mlp_in[1]`): the hook engine's fused forward
+    engine.path([[("heads", (0, 2, None))]], [[("k", 1, 0, None), ("mlp_in", 1, None)]], "corrupt", "clean")
     assert engine.engine_used() == "fast + hooks (paths)"
     engine.patch_sets([[("resid_pre", (1, 3))]], "clean", "zero")
     assert engine.engine_used() == "fast + hooks"
     mc = metric(model, clean[:1], int(expect[0]), int(foil[0]))
     assert abs(float(engine.metrics("clean")[0]) - mc) <= TOL
+
+
+def _path_cases(L, H, K):
+    """Sender sets (heads, MLPs, positioned cells, a sender after every receiver, none) and receiver sets of
+    one kind and layer each: every layer, several heads, positions, the last layer, an empty set's twin."""
+    senders = [
+        [("heads", (0, 1, None))],
+        [("heads", (0, 0, None)), ("mlp_out", (0, None))],
+        [("heads", (0, 2, 3)), ("heads", (1 % L, 3 % H, None)), ("mlp_out", (1 % L, 5))],
+        [("heads", (L - 1, 1, None))],  # reaches only the logits and the last layer's MLP
+        [],
+    ]
+    receivers = []
+    for layer in range(1, L):
+        receivers += [
+            [("q", layer, 0, None)],
+            [("k", layer, 1, None), ("k", layer, H - 1, 6)],  # grouped-query: maybe one key/value head, twice
+            [("v", layer, 2, 4)],
+            [("q", layer, 1, 7), ("q", layer, 3, None)],
+            [("mlp_in", layer, None)],
+            [("mlp_in", layer, 5)],
+        ]
+    receivers += [[("mlp_in", 0, None)], [("logits", None)], [("logits", 3)]]  # logits at 3: not read
+    return senders, receivers
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama-gqa", "neox", "neox-sequential"])
+def test_paths_on_the_fast_engine_equal_the_hook_engine(arch):
+    """Every receiver kind at every layer, positioned and grouped, from every kind of sender set, under each
+    source, on a family of three; the one-forward reference is test_claims_path's (checked there on the fast
+    engine too)."""
+    model = _model(arch)
+    clean, corrupt, expect, foil, reference = inputs(model, S=3)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    K = getattr(model.cfg, "n_key_value_heads", None) or H
+    fast = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference)
+    hooks = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference, engine="hooks")
+    senders, receivers = _path_cases(L, H, K)
+    for base, source in [("corrupt", "clean"), ("clean", "resample"), ("clean", "mean"), ("clean", "zero")]:
+        ours = fast.path(senders, receivers, base, source)
+        want = hooks.path(senders, receivers, base, source)
+        assert ours.shape == want.shape == (3, len(senders), len(receivers))
+        worst = float((ours - want).abs().max())
+        assert worst <= TOL, (base, source, worst)
+        # the empty sender set and the unread receiver (logits at position 3) are the base run, exactly
+        assert torch.equal(ours[:, -1, -1], hooks.metrics(base))
+    assert fast.engine_used() == "fast"
+    assert hooks.engine_used() == "hooks"
+
+
+def test_paths_into_query_and_key_norms_run_on_hooks():
+    """Qwen3 / Gemma 3 normalize queries and keys inside the projection; the bridge's hook_q/hook_k may sit on
+    either side of that norm, so those receivers take the hook engine (values and mlp inputs stay fast)."""
+    model = _model("gpt2")
+    clean, corrupt, expect, foil, reference = inputs(model)
+    engine = CircuitPatcher(model, clean, corrupt, expect, foil)
+    fast = engine._fast_engine()
+    assert fast is not None
+    for layer in fast.layers:
+        layer.qk_norm = True
+    try:
+        engine.path([[("heads", (0, 2, None))]], [[("v", 1, 0, None)]], "corrupt", "clean")
+        assert engine.engine_used() == "fast"
+        got = engine.path([[("heads", (0, 2, None))]], [[("k", 1, 0, None)]], "corrupt", "clean")
+        assert engine.engine_used() == "fast + hooks (paths)"
+    finally:
+        for layer in fast.layers:
+            layer.qk_norm = False
+    want = CircuitPatcher(model, clean, corrupt, expect, foil, engine="hooks").path(
+        [[("heads", (0, 2, None))]], [[("k", 1, 0, None)]], "corrupt", "clean"
+    )
+    assert float((got - want).abs().max()) <= TOL

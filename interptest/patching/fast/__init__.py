@@ -136,6 +136,15 @@ def _softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.tanh(x / cap) * cap
 
 
+def _mlp_in(L, x: torch.Tensor, patch: _Patch) -> torch.Tensor:
+    """The MLP's input (its norm's output, the bridge's ``mlp.hook_in``), path patching's ``mlp_in`` receiver
+    written where ``patch`` says."""
+    h = L.ln2(x)
+    if patch.component == "mlp_in":
+        h[patch.idx] = patch.val
+    return h
+
+
 def _mlp_out(L, h: torch.Tensor) -> torch.Tensor:
     """The MLP's output as the residual receives it (after Gemma 2 / 3's post-MLP norm)."""
     out = L.mlp(h)
@@ -294,6 +303,9 @@ class FastEngine:
             q, k, v = L.qkv(h)
             if final:
                 q = q[pack.last]
+        if comp in ("q", "k", "v"):  # path patching's receivers (before rotary, as the bridge's hook_q/k/v)
+            assert patch.head is not None
+            {"q": q, "k": k, "v": v}[comp][patch.idx, patch.head] = patch.val
         if L.rotary_dims:
             cos, sin = self._cos_sin(pack.n, x, L.rope)
             c, s = cos[pack.pos], sin[pack.pos]
@@ -338,7 +350,7 @@ class FastEngine:
         if comp == "attn_out":
             attn[patch.idx] = patch.val
         if L.parallel:
-            mlp = _mlp_out(L, L.ln2(xr))
+            mlp = _mlp_out(L, _mlp_in(L, xr, patch))
             if comp == "mlp_out":
                 mlp[patch.idx] = patch.val
             if nodes is not None and nodes.m_mask is not None and nodes.m_src is not None:
@@ -349,7 +361,7 @@ class FastEngine:
             mid = attn + xr
             if comp == "resid_mid":
                 mid[patch.idx] = patch.val
-            mlp = _mlp_out(L, L.ln2(mid))
+            mlp = _mlp_out(L, _mlp_in(L, mid, patch))
             if comp == "mlp_out":
                 mlp[patch.idx] = patch.val
             if nodes is not None and nodes.m_mask is not None and nodes.m_src is not None:
@@ -721,3 +733,137 @@ class FastEngine:
             x = self._layer(li, x, pack, bk, bv, final=final, nodes=nodes)
         assert x is not None and pack is not None  # l0 <= last: at least one layer ran
         return self._metric_rows(x, pack.smp)[gid.to(dev)]
+
+    # ---- path patching (:meth:`CircuitPatcher.path`) -------------------------------------
+
+    def run_path_rows(
+        self,
+        base: str,
+        z_src: Sequence[torch.Tensor],
+        m_src: Sequence[torch.Tensor],
+        z_sets: torch.Tensor,
+        m_sets: torch.Tensor,
+        kind: str,
+        layer: int,
+        receiver_sets: torch.Tensor,
+        senders: Sequence[tuple[int, int]],
+        rows_per_batch: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Path patching (Wang et al. 2022): row (s, i) is sample s with sender set i, whose heads' outputs
+        where ``z_sets[i]`` [L, n, H] and MLP outputs where ``m_sets[i]`` [L, n] (bool, CPU) are True take the
+        sources ``z_src[l]`` / ``m_src[l]``; for every receiver set j (``receiver_sets`` [J, n, width] for
+        ``kind`` q (width H), k or v (width H_kv) of layer ``layer``, [J, n] for mlp_in or logits) the metric
+        of the ``base`` run with those receiver inputs replaced by the ones step 1 computes.
+
+        Step 1 without attention: every head's output is frozen (at the base run's, or the source's for a
+        sender), so each layer's attention output is the output projection of known z's; only the norms and
+        MLPs recompute, up to the receivers' layer. Step 2 is the base run from the receivers' layer and
+        first position on (nothing before them changes: causal attention), the receiver input written at
+        its hook's place — q/k/v before rotary, the MLP's input after its norm, the final residual.
+
+        Returns (metrics [len(senders), J] float32 CPU, patched [len(senders), J] bool CPU); an unpatched
+        row (an empty receiver set, or one that is not read) has this engine's base metric."""
+        run = self.runs[base]
+        L, n = len(self.layers), self.n
+        dev = self.device
+        J, I = len(receiver_sets), len(senders)
+        out = torch.empty(I, J, dtype=torch.float32, device="cpu")
+        patched = torch.zeros(I, J, dtype=torch.bool, device="cpu")
+        stop = L if kind == "logits" else layer  # step 1 runs layers < stop (and layer's attention for mlp_in)
+        any_write = (z_sets.any(-1) | m_sets).any(-1).any(0)  # [L]
+        first = int(any_write.int().argmax()) if bool(any_write.any()) else L
+        l0 = min(first, stop)
+        base_metric = self._metric_rows(run.final[:, -1], torch.arange(self.S, device=dev)).cpu()
+        where = receiver_sets.reshape(J, n, -1).any(-1)  # [J, n]: positions each receiver set writes
+        p_first = [int(w.int().argmax()) if bool(w.any()) else n for w in where]
+        for a in range(0, I, max(1, rows_per_batch)):
+            chunk = list(senders[a : a + max(1, rows_per_batch)])
+            R = len(chunk)
+            smp_cpu = torch.tensor([s for s, _ in chunk], dtype=torch.long, device="cpu")
+            sets_cpu = torch.tensor([i for _, i in chunk], dtype=torch.long, device="cpu")
+            smp = smp_cpu.to(dev)
+            zs, ms = z_sets[sets_cpu].to(dev), m_sets[sets_cpu].to(dev)  # [R, L, n, H], [R, L, n]
+            x = (run.resid_pre[l0] if l0 < L else run.final)[smp]  # [R, n, d]
+            d = x.shape[-1]
+
+            for li in range(l0, stop):
+                Lr = self.layers[li]
+                attn = self._frozen_attn(li, zs, z_src, run, smp)
+                if Lr.parallel:
+                    mlp = _mlp_out(Lr, Lr.ln2(x.reshape(R * n, d))).view(R, n, d)
+                    mlp = torch.where(ms[:, li, :, None], m_src[li][smp], mlp)
+                    x = mlp + attn + x
+                else:
+                    mid = attn + x
+                    mlp = _mlp_out(Lr, Lr.ln2(mid.reshape(R * n, d))).view(R, n, d)
+                    mlp = torch.where(ms[:, li, :, None], m_src[li][smp], mlp)
+                    x = mid + mlp
+            # the receivers' inputs in step 1: [R, n, width, dh] (q/k/v) or [R, n, d]
+            if kind == "logits":
+                got = self._metric_rows(x[:, n - 1], smp).cpu()
+                for j in range(J):
+                    if bool(where[j, n - 1]):
+                        out[a : a + R, j], patched[a : a + R, j] = got, True
+                    else:
+                        out[a : a + R, j] = base_metric[smp_cpu]
+                continue
+            Lr = self.layers[layer]
+            if kind == "mlp_in":
+                resid = x if Lr.parallel else self._frozen_attn(layer, zs, z_src, run, smp) + x
+                value = Lr.ln2(resid.reshape(R * n, d)).view(R, n, d)
+            else:
+                qkv = Lr.qkv(Lr.ln1(x.reshape(R * n, d)))
+                t = qkv[("q", "k", "v").index(kind)]
+                value = t.view(R, n, t.shape[-2], t.shape[-1])
+            for j in range(J):
+                if p_first[j] >= n:
+                    out[a : a + R, j] = base_metric[smp_cpu]
+                    continue
+                got = self._path_receiver_rows(run, smp_cpu, kind, layer, receiver_sets[j], p_first[j], value)
+                out[a : a + R, j], patched[a : a + R, j] = got.cpu(), True
+        return out, patched
+
+    def _frozen_attn(self, li: int, zs: torch.Tensor, z_src, run: _Run, smp: torch.Tensor) -> torch.Tensor:
+        """Layer ``li``'s attention output [R, n, d] with every head's output frozen: the source's where ``zs``
+        [R, L, n, H] says (the senders), the base run's elsewhere."""
+        R, n, H, dh = zs.shape[0], self.n, self.n_heads, self.d_head
+        z = torch.where(zs[:, li, :, :, None], z_src[li][smp], run.z[li][smp])
+        L = self.layers[li]
+        attn = linear(L.o, z.reshape(R * n, H * dh))
+        return (attn if L.post_attn is None else L.post_attn(attn)).view(R, n, -1)
+
+    def _path_receiver_rows(self, run: _Run, smp_cpu, kind: str, layer: int, mask, p0: int, value):
+        """Step 2 for one receiver set (``mask`` [n, width] or [n], CPU; ``p0`` its first position): the base
+        run of each row's sample from ``layer`` and ``p0`` on, the receiver input taken from ``value``
+        (step 1's, one per row). Metrics [R] on the device."""
+        n, L, dev = self.n, len(self.layers), self.device
+        R = len(smp_cpu)
+        pack = _Pack(smp_cpu.tolist(), [p0] * R, n, dev)
+        final = layer == L - 1
+        if kind in ("q", "k", "v"):
+            pos, head = torch.nonzero(mask, as_tuple=True)  # CPU
+        else:
+            pos = torch.nonzero(mask).flatten()
+            head = None
+        if final and kind in ("q", "mlp_in"):  # the last layer computes these at the last position only
+            keep = pos == n - 1
+            pos, head = pos[keep], None if head is None else head[keep]
+        rows = torch.arange(R, device="cpu").repeat_interleave(len(pos))
+        pos_r, head_r = pos.repeat(R), None if head is None else head.repeat(R)
+        if final and kind in ("q", "mlp_in"):
+            idx = rows
+        else:
+            idx = pack.index(rows, pos_r)
+        rows_d, pos_d = rows.to(dev), pos_r.to(dev)
+        if head_r is None:
+            val = value[rows_d, pos_d]
+            patch = _Patch(kind, idx.to(dev), val)
+        else:
+            head_d = head_r.to(dev)
+            patch = _Patch(kind, idx.to(dev), value[rows_d, pos_d, head_d], head_d)
+        x = run.resid_pre[layer][pack.tok_smp, pack.pos]
+        for li in range(layer, L):
+            bk = None if p0 == 0 else run.k[li][:, :p0][pack.smp]
+            bv = None if p0 == 0 else run.v[li][:, :p0][pack.smp]
+            x = self._layer(li, x, pack, bk, bv, patch=patch if li == layer else None, final=li == L - 1)
+        return self._metric_rows(x, pack.smp)

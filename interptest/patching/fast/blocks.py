@@ -143,6 +143,9 @@ class Layer:
     # this layer's rotary embedding, (x, positions) -> (cos, sin), where layers differ (Gemma 3's local and
     # global layers); None: the model's one rotary module
     rope: Callable | None = None
+    # Qwen3 / Gemma 3: norms on the queries and keys inside ``qkv``; path patching reads the bridge's
+    # hook_q / hook_k, whose place relative to these norms is not pinned down, so such receivers run on hooks
+    qk_norm: bool = False
 
 
 @dataclass

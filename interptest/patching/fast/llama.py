@@ -102,6 +102,7 @@ def build(hf) -> Arch:
                 post_mlp=norm_fn(b.post_feedforward_layernorm) if sandwich else None,
                 attn_softcap=float(attn_softcap) if attn_softcap else None,
                 rope=rope,
+                qk_norm=qn is not None or kn is not None,
             )
         )
     head = raw(hf.lm_head)
