@@ -877,6 +877,7 @@ def run_suite_rows(model, name, n=15, sets=200, hand=True, out=print):
         warm = engine()
         with torch.inference_mode():  # what the behavior's other claims already computed
             warm.metrics("clean"), warm.metrics("corrupt"), warm.source("mean", "blocks.0.attn.hook_z")
+            warm._fast_engine()  # the fast engine's own cached runs of both prompts (None where it declines)
             if case_ablation:
                 warm.all_ablated(case_ablation)
         t_warm, value = timed(lambda ours_fn=ours_fn, warm=warm: ours_fn(warm))

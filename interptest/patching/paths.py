@@ -20,7 +20,11 @@ Every forward it runs is the model's own forward with hooks; the rows of a batch
   the recorded values. On grouped-query models, ``k``/``v`` receivers are the key/value head that the
   named query head reads. Both steps share one forward: its rows are step 1's (sender set, sample)
   runs and step 2's (sender set, sample, receiver set) runs, going through the layers together, and
-  at a receiver's hook each step-2 row takes its step-1 row's value from that same call.
+  at a receiver's hook each step-2 row takes its step-1 row's value from that same call. Where the fast
+  engine covers the model, :meth:`CircuitPatcher.path` runs there instead
+  (:meth:`~interptest.patching.fast.FastEngine.run_path_rows`: step 1 needs no attention, since every
+  head's output is known) for receiver sets of one kind and layer; mixed sets, and q/k receivers on
+  layers with q/k norms, stay here.
 * **One cached forward per prompt set**: the first time a run (clean, corrupted, reference) is
   needed, every node's hook (each layer's ``attn.hook_z`` and ``hook_mlp_out``) is recorded, so the
   sources of every later set, path and ablation come from that forward; the all-ablated run is kept
