@@ -257,3 +257,38 @@ def test_paths_into_query_and_key_norms_run_on_hooks():
         [[("heads", (0, 2, None))]], [[("k", 1, 0, None)]], "corrupt", "clean"
     )
     assert float((got - want).abs().max()) <= TOL
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama-gqa", "neox"])
+def test_attention_of_the_needed_heads_only_equals_the_whole_attention(arch, monkeypatch):
+    """Where a node row replaces most heads' outputs, only the heads it keeps are computed (their own q/k/v
+    projections, per key/value group): the same values as the whole attention (PER_HEAD_BYTES = 0 turns it
+    off), on rotary, grouped-query and parallel models, in middle and last layers."""
+    model = _model(arch)
+    clean, corrupt, expect, foil, reference = inputs(model, S=2)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    rng = random.Random(3)
+    every = [("heads", (l, h, None)) for l in range(L) for h in range(H)]
+    mlps = [("mlp_out", (l, None)) for l in range(L)]
+    sets = [rng.sample(every, 2) + mlps for _ in range(6)] + [[("heads", (L - 1, 1, None))], every[:1]]
+    calls = []
+    original = _fast.FastEngine._needed_attention
+
+    def spy(self, li, *args):
+        calls.append(li)
+        return original(self, li, *args)
+
+    monkeypatch.setattr(_fast.FastEngine, "_needed_attention", spy)
+    for ablation in ("resample", "mean"):
+        fast = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference)
+        got = fast.faithfulness(sets, ablation)
+        assert fast.engine_used() == "fast"
+        assert set(calls) == set(range(L)), calls  # every layer, the last one included
+        with monkeypatch.context() as m:
+            m.setattr(_fast, "PER_HEAD_BYTES", 0)
+            calls.clear()
+            whole = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference)
+            want = whole.faithfulness(sets, ablation)
+            assert not calls
+        assert float((got - want).abs().max()) <= TOL
+        calls.clear()

@@ -43,6 +43,10 @@ from interptest.patching.fast.blocks import Unsupported, linear, rotate_half
 
 __all__ = ["FastEngine", "Unsupported"]
 
+# per-head copies of the q/k/v projections (for node rows that replace most heads) only up to this size:
+# gpt2-small's are 85 MB, pythia-410m's 300 MB; a 7B model's would double its attention weights
+PER_HEAD_BYTES = 512 * 2**20
+
 _FAMILIES = {cls: mod.build for mod in (gpt2, llama, neox) for cls in mod.HF_CLASSES}
 
 
@@ -174,6 +178,8 @@ class FastEngine:
         self.runs: dict[str, _Run] = {}
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
         self._cs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._heads: dict[int, list | None] = {}  # per layer: each head's q/k/v projection (head_projections)
+        self._head_bytes: int | None = None
 
     # ---- construction --------------------------------------------------------------------
 
@@ -274,6 +280,97 @@ class FastEngine:
             full = full.repeat_interleave(self.n_heads // self.n_kv, dim=2)
         return full
 
+    # ---- heads' own projections (node rows that replace most heads; the edge forward) ---------
+
+    def head_projections(self, li: int, x: torch.Tensor):
+        """(W, b) of layer ``li``'s q, k and v functions — W [heads, d, dh], b [heads, dh] — read by probing
+        them with zero and a scaled identity (a power of two: exact scaling), or None where that linear map
+        does not reproduce the functions on ``x`` [n, d] (a residual of a real run): a q/k norm, say.
+        Memoized per layer."""
+        if li in self._heads:
+            return self._heads[li]
+        L = self.layers[li]
+        d = x.shape[-1]
+        c = 2.0**12
+        probe = torch.cat([x.new_zeros(1, d), torch.eye(d, dtype=x.dtype, device=x.device) * c])
+        out = []
+        for t in L.qkv(probe):
+            b = t[0]  # [heads, dh]
+            w = ((t[1:] - b) / c).permute(1, 0, 2).contiguous()  # [heads, d, dh]
+            out.append((w, b))
+        h = L.ln1(x)
+        for (w, b), ref in zip(out, L.qkv(h), strict=True):
+            got = torch.einsum("nd,hde->nhe", h, w) + b
+            if not float((got - ref).abs().max()) <= 1e-5 * (1.0 + float(ref.abs().max())):
+                out = None
+                break
+        self._heads[li] = out
+        return out
+
+    def _heads_needed(self, li: int, pack: _Pack, final: bool, patch: _Patch, nodes: _Nodes | None):
+        """[R, H] bool: the heads each node row computes (an output not replaced at some position), when
+        fewer than half of them are and the layer's per-head projections exist (within PER_HEAD_BYTES);
+        else None (the whole attention runs)."""
+        if nodes is None or nodes.z_mask is None or patch.component or not pack.dense:
+            return None
+        R = pack.R
+        need = ~nodes.z_mask.view(R, -1, self.n_heads).all(1)  # final: [R, H] (last position only)
+        if float(need.float().mean()) > 0.5:
+            return None
+        if self._head_bytes is None:
+            d = int(self.w2.shape[-1])
+            self._head_bytes = len(self.layers) * (self.n_heads + 2 * self.n_kv) * (d + 1) * self.d_head * 4
+        if self._head_bytes > PER_HEAD_BYTES or "clean" not in self.runs:
+            return None
+        if self.head_projections(li, self.runs["clean"].resid_pre[li][0]) is None:
+            return None
+        return need
+
+    def _needed_attention(self, li, h, pack: _Pack, base_k, base_v, need, final: bool) -> torch.Tensor:
+        """Head outputs z [T, H, dh] (``final``: [R, H, dh] at each row's last position) of a dense pack's rows,
+        computed for the (row, head) pairs ``need`` [R, H] marks — per key/value group, the rows that need one
+        of its heads, each head's own projections (:meth:`head_projections`) — and zero elsewhere (outputs the
+        caller replaces). The same operations as :meth:`_layer`'s attention, on fewer heads."""
+        L = self.layers[li]
+        projections = self._heads[li]
+        assert projections is not None  # _heads_needed checked
+        (wq, bq), (wk, bk), (wv, bv) = projections
+        R, n, q0 = pack.R, pack.n, pack.q0
+        nq, H, K, dh = n - q0, self.n_heads, self.n_kv, self.d_head
+        G = H // K
+        hr = h.view(R, nq, -1)
+        z = h.new_zeros(R, 1 if final else nq, H, dh)
+        if L.rotary_dims:
+            cos, sin = self._cos_sin(n, h, L.rope)
+        for g in range(K):
+            heads = slice(g * G, (g + 1) * G)
+            rows = torch.nonzero(need[:, heads].any(1)).flatten()
+            if not rows.numel():
+                continue
+            Rg = int(rows.numel())
+            hg = hr[rows]  # [Rg, nq, d]
+            k = torch.matmul(hg, wk[g]) + bk[g]  # [Rg, nq, dh]
+            v = torch.matmul(hg, wv[g]) + bv[g]
+            hq = hg[:, -1:] if final else hg
+            q = torch.einsum("rmd,hde->rmhe", hq, wq[heads]) + bq[heads]  # [Rg, m, G, dh]
+            m = q.shape[1]
+            if L.rotary_dims:
+                c, s = cos[q0:n].repeat(Rg, 1), sin[q0:n].repeat(Rg, 1)
+                k = self._rope(k.reshape(Rg * nq, 1, dh), c, s, L.rotary_dims).view(Rg, nq, dh)
+                cq, sq = cos[n - m : n].repeat(Rg, 1), sin[n - m : n].repeat(Rg, 1)
+                q = self._rope(q.reshape(Rg * m, G, dh), cq, sq, L.rotary_dims).view(Rg, m, G, dh)
+            if base_k is not None:
+                k = torch.cat([base_k[rows][:, :, g], k], dim=1)  # [Rg, n, dh]
+                v = torch.cat([base_v[rows][:, :, g], v], dim=1)
+            scores = torch.matmul(q.transpose(1, 2), k.transpose(1, 2).unsqueeze(1)).mul_(L.attn_scale)  # [Rg,G,m,n]
+            if L.attn_softcap is not None:
+                scores = _softcap(scores, L.attn_softcap)
+            if not final:
+                scores.masked_fill_(self._mask(q0, n, h.device), float("-inf"))
+            pattern = torch.softmax(scores, dim=-1)
+            z[rows, :, heads] = torch.matmul(pattern, v.unsqueeze(1)).transpose(1, 2)  # [Rg, m, G, dh]
+        return z.reshape(R, H, dh) if final else z.reshape(pack.T, H, dh)
+
     def _layer(
         self,
         li,
@@ -296,49 +393,54 @@ class FastEngine:
         if comp == "resid_pre":
             x[patch.idx] = patch.val
         h = L.ln1(x)
-        if final and L.kv is not None:
-            q = L.q(h[pack.last])
-            k, v = L.kv(h)
+        need = self._heads_needed(li, pack, final, patch, nodes)
+        if need is not None:  # most heads' outputs are replaced: attention for the needed ones only
+            z = self._needed_attention(li, h, pack, base_k, base_v, need, final)
+            xr = x[pack.last] if final else x
         else:
-            q, k, v = L.qkv(h)
-            if final:
-                q = q[pack.last]
-        if comp in ("q", "k", "v"):  # path patching's receivers (before rotary, as the bridge's hook_q/k/v)
-            assert patch.head is not None
-            {"q": q, "k": k, "v": v}[comp][patch.idx, patch.head] = patch.val
-        if L.rotary_dims:
-            cos, sin = self._cos_sin(pack.n, x, L.rope)
-            c, s = cos[pack.pos], sin[pack.pos]
-            k = self._rope(k, c, s, L.rotary_dims)
-            q = (
-                self._rope(q, c[pack.last], s[pack.last], L.rotary_dims)
-                if final
-                else self._rope(q, c, s, L.rotary_dims)
-            )
-        kf, vf = self._keys(k, pack, base_k), self._keys(v, pack, base_v)
-        R, n, q0 = pack.R, pack.n, pack.q0
-        if final:  # the last position attends to every position: no mask
-            scores = torch.matmul(q.unsqueeze(2), kf.permute(0, 2, 3, 1)).mul_(L.attn_scale)  # [R, H, 1, n]
-            if L.attn_softcap is not None:
-                scores = _softcap(scores, L.attn_softcap)
-            pattern = torch.softmax(scores, dim=-1)
-            z = torch.matmul(pattern, vf.transpose(1, 2))[:, :, 0]  # [R, H, dh]
-            xr = x[pack.last]
-        else:
-            nq = n - q0
-            if pack.dense:
-                qp = q.view(R, nq, H, dh)
+            if final and L.kv is not None:
+                q = L.q(h[pack.last])
+                k, v = L.kv(h)
             else:
-                qp = x.new_zeros(R, nq, H, dh)
-                qp[pack.rows, pack.pos - q0] = q
-            scores = torch.matmul(qp.transpose(1, 2), kf.permute(0, 2, 3, 1)).mul_(L.attn_scale)  # [R,H,nq,n]
-            if L.attn_softcap is not None:
-                scores = _softcap(scores, L.attn_softcap)
-            scores.masked_fill_(self._mask(q0, n, x.device), float("-inf"))  # in place: a fresh temporary
-            pattern = torch.softmax(scores, dim=-1)
-            zf = torch.matmul(pattern, vf.transpose(1, 2)).transpose(1, 2)  # [R, nq, H, dh]
-            z = zf.reshape(pack.T, H, dh) if pack.dense else zf[pack.rows, pack.pos - q0]
-            xr = x
+                q, k, v = L.qkv(h)
+                if final:
+                    q = q[pack.last]
+            if comp in ("q", "k", "v"):  # path patching's receivers (before rotary, as the bridge's hook_q/k/v)
+                assert patch.head is not None
+                {"q": q, "k": k, "v": v}[comp][patch.idx, patch.head] = patch.val
+            if L.rotary_dims:
+                cos, sin = self._cos_sin(pack.n, x, L.rope)
+                c, s = cos[pack.pos], sin[pack.pos]
+                k = self._rope(k, c, s, L.rotary_dims)
+                q = (
+                    self._rope(q, c[pack.last], s[pack.last], L.rotary_dims)
+                    if final
+                    else self._rope(q, c, s, L.rotary_dims)
+                )
+            kf, vf = self._keys(k, pack, base_k), self._keys(v, pack, base_v)
+            R, n, q0 = pack.R, pack.n, pack.q0
+            if final:  # the last position attends to every position: no mask
+                scores = torch.matmul(q.unsqueeze(2), kf.permute(0, 2, 3, 1)).mul_(L.attn_scale)  # [R, H, 1, n]
+                if L.attn_softcap is not None:
+                    scores = _softcap(scores, L.attn_softcap)
+                pattern = torch.softmax(scores, dim=-1)
+                z = torch.matmul(pattern, vf.transpose(1, 2))[:, :, 0]  # [R, H, dh]
+                xr = x[pack.last]
+            else:
+                nq = n - q0
+                if pack.dense:
+                    qp = q.view(R, nq, H, dh)
+                else:
+                    qp = x.new_zeros(R, nq, H, dh)
+                    qp[pack.rows, pack.pos - q0] = q
+                scores = torch.matmul(qp.transpose(1, 2), kf.permute(0, 2, 3, 1)).mul_(L.attn_scale)  # [R,H,nq,n]
+                if L.attn_softcap is not None:
+                    scores = _softcap(scores, L.attn_softcap)
+                scores.masked_fill_(self._mask(q0, n, x.device), float("-inf"))  # in place: a fresh temporary
+                pattern = torch.softmax(scores, dim=-1)
+                zf = torch.matmul(pattern, vf.transpose(1, 2)).transpose(1, 2)  # [R, nq, H, dh]
+                z = zf.reshape(pack.T, H, dh) if pack.dense else zf[pack.rows, pack.pos - q0]
+                xr = x
         if comp == "heads":
             assert patch.head is not None  # a heads patch names its heads
             z[patch.idx, patch.head] = patch.val

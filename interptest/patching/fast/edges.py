@@ -104,36 +104,10 @@ class FastEdges:
         self.b2 = None if eng.unembed_b is None else eng.unembed_b[ids].detach()
         with torch.inference_mode():
             run = eng.runs["clean"]
-            self.heads = [self._per_head(li, run.resid_pre[li].reshape(n, -1)) for li in range(len(eng.layers))]
+            self.heads = [eng.head_projections(li, run.resid_pre[li].reshape(n, -1)) for li in range(len(eng.layers))]
         eng.runs.clear()  # only the description is kept
         self.per_head_layers = sum(w is not None for w in self.heads)
         self._checked: dict[str, str | None] = {}
-
-    # ---- per-head projection weights --------------------------------------------------------
-
-    def _qkv(self, li: int, h: torch.Tensor):
-        L = self.eng.layers[li]
-        return L.qkv(h)
-
-    def _per_head(self, li: int, x: torch.Tensor):
-        """(W, b) of the layer's q, k and v functions — W [heads, d, dh], b [heads, dh] — read by probing them
-        with zero and a scaled identity (a power of two: exact scaling), or None where that linear map does not
-        reproduce the functions on the clean run's attention inputs (``x`` [n, d]: a q/k norm, say)."""
-        L = self.eng.layers[li]
-        d = x.shape[-1]
-        c = 2.0**12
-        probe = torch.cat([x.new_zeros(1, d), torch.eye(d, dtype=x.dtype, device=x.device) * c])
-        out = []
-        for t in self._qkv(li, probe):
-            b = t[0]  # [heads, dh]
-            w = ((t[1:] - b) / c).permute(1, 0, 2).contiguous()  # [heads, d, dh]
-            out.append((w, b))
-        h = L.ln1(x)
-        for (w, b), ref in zip(out, self._qkv(li, h), strict=True):
-            got = torch.einsum("nd,hde->nhe", h, w) + b
-            if not float((got - ref).abs().max()) <= 1e-5 * (1.0 + float(ref.abs().max())):
-                return None
-        return out
 
     def _project(self, li: int, hq: torch.Tensor, hk: torch.Tensor, hv: torch.Tensor):
         """Each head's own projection of its own input: hq [U, H, m, d] → q [U, m, H, dh]; hk, hv [U, K, n, d]
