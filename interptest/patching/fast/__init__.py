@@ -299,13 +299,12 @@ class FastEngine:
             w = ((t[1:] - b) / c).permute(1, 0, 2).contiguous()  # [heads, d, dh]
             out.append((w, b))
         h = L.ln1(x)
-        for (w, b), ref in zip(out, L.qkv(h), strict=True):
-            got = torch.einsum("nd,hde->nhe", h, w) + b
-            if not float((got - ref).abs().max()) <= 1e-5 * (1.0 + float(ref.abs().max())):
-                out = None
-                break
-        self._heads[li] = out
-        return out
+        linear_map = all(
+            float((torch.einsum("nd,hde->nhe", h, w) + b - ref).abs().max()) <= 1e-5 * (1.0 + float(ref.abs().max()))
+            for (w, b), ref in zip(out, L.qkv(h), strict=True)
+        )
+        self._heads[li] = out if linear_map else None
+        return self._heads[li]
 
     def _heads_needed(self, li: int, pack: _Pack, final: bool, patch: _Patch, nodes: _Nodes | None):
         """[R, H] bool: the heads each node row computes (an output not replaced at some position), when
