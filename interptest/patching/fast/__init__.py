@@ -308,13 +308,18 @@ class FastEngine:
 
     def _heads_needed(self, li: int, pack: _Pack, final: bool, patch: _Patch, nodes: _Nodes | None):
         """[R, H] bool: the heads each node row computes (an output not replaced at some position), when
-        fewer than half of them are and the layer's per-head projections exist (within PER_HEAD_BYTES);
-        else None (the whole attention runs)."""
+        fewer than half of them are and the layer's per-head projections exist (within PER_HEAD_BYTES; read
+        on first use by a chunk that skips more than reading them costs); else None (the whole attention)."""
         if nodes is None or nodes.z_mask is None or patch.component or not pack.dense:
             return None
         R = pack.R
         need = ~nodes.z_mask.view(R, -1, self.n_heads).all(1)  # final: [R, H] (last position only)
-        if float(need.float().mean()) > 0.5:
+        share = float(need.float().mean())
+        if share > 0.5:
+            return None
+        if li not in self._heads and R * (pack.n - pack.q0) * (1 - share) < int(self.w2.shape[-1]):
+            # reading a layer's per-head projections costs its q/k/v projection of d tokens: worth it only
+            # where this chunk alone skips at least that much (a control's hundreds of rows, not one set)
             return None
         if self._head_bytes is None:
             d = int(self.w2.shape[-1])
