@@ -118,8 +118,8 @@ def edge_scores(edge_patcher: EdgePatcher, ablation: str = "resample", steps: in
     units = [(a, s) for a in range(steps) for s in range(S)]
     per = _units_per_forward(e)
     helpers = e.H + 2 * e.K
-    total = torch.zeros(e.n_receivers, e.n_senders, dtype=torch.float64)
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # suggestions run under inference_mode
+        total = torch.zeros(e.n_receivers, e.n_senders, dtype=torch.float64)
         for start in range(0, len(units), per):
             chunk = units[start : start + per]
             alpha = torch.tensor([alphas[a] for a, _ in chunk], dtype=torch.float32)

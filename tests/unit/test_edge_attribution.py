@@ -97,6 +97,8 @@ def test_scores_in_edge_order_and_deterministic(setup):
     _, engine = setup
     a, b = edge_scores(engine, steps=2), edge_scores(engine, steps=2)
     assert torch.equal(a, b)
+    with torch.inference_mode():  # as --interp-suggest calls it
+        assert torch.equal(edge_scores(engine, steps=2), a)
     assert a.shape == (len(engine.edges()),) and a.dtype == torch.float64
 
 

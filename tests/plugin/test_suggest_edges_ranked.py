@@ -1,0 +1,56 @@
+"""--interp-suggest on a model above SUGGEST_MAX_EDGES (made small here, so that interptest-tiny's 110 edges
+take the ranked path of gpt2-small's shape): edges ranked by EAP-IG, the smallest holding top-k, bounded exact
+pruning. The suggested claims hold when pasted, a YAML comment says how the circuit was found, and a
+deliberately reversed ranking still suggests only claims that hold: the ranking never decides a verdict."""
+
+import yaml
+
+import interptest.claims.circuit as circuit
+
+SPEC = """\
+behaviors:
+  - name: kc
+    prompt: "Their names were Iris Jones and James Dixon. When James"
+    expect: " Dixon"
+    corrupt: "Their names were James Jones and Iris Dixon. When James"
+"""
+
+
+def _suggest(pytester, write):
+    spec = write("behaviors/f.yaml", SPEC)
+    result = pytester.runpytest("--interp-suggest", "--interp-threads", "1")
+    result.assert_outcomes(passed=1)
+    output = result.stdout.str()
+    block = output[output.index("# --interp-suggest for 'kc'") :].split("\n=")[0]
+    suggested = yaml.safe_load(block)[0]["claims"]
+    return spec, block, [c for c in suggested if c.startswith("circuit edges[")]
+
+
+def _pasted_pass(pytester, spec, claims):
+    spec.write_text(SPEC + "    claims:\n" + "".join(f'      - "{c}"\n' for c in claims))
+    pytester.runpytest("--interp-threads", "1").assert_outcomes(passed=1)
+
+
+def test_ranked_edge_circuit_holds_when_pasted(pytester, write, monkeypatch):
+    monkeypatch.setattr(circuit, "SUGGEST_MAX_EDGES", 10)
+    spec, block, edges = _suggest(pytester, write)
+    comment = [line.strip() for line in block.splitlines() if line.strip().startswith("# edge circuit of")]
+    assert len(comment) == 1 and "of 110 edges: edges ranked by |EAP-IG|" in comment[0], block
+    assert "then exact pruning (" in comment[0]
+    assert edges and edges[0].startswith("circuit edges[") and " faithful >= 0." in edges[0]
+    assert any(c.endswith("faithful beats random at 0.95") for c in edges)
+    _pasted_pass(pytester, spec, edges)
+
+
+def test_a_reversed_ranking_suggests_only_claims_that_hold(pytester, write, monkeypatch):
+    monkeypatch.setattr(circuit, "SUGGEST_MAX_EDGES", 10)
+    honest = circuit.edge_ranking
+
+    def reversed_ranking(engine):  # the least attributed edges first
+        return [1.0 / (abs(s) + 1e-12) for s in honest(engine)]
+
+    monkeypatch.setattr(circuit, "edge_ranking", reversed_ranking)
+    spec, block, edges = _suggest(pytester, write)
+    assert "# edge circuit of" in block
+    if edges:
+        _pasted_pass(pytester, spec, edges)
