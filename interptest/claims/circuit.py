@@ -415,12 +415,13 @@ def random_edge_sets(edges, universe, count: int, seed: int) -> tuple[list[list[
         sets = [list(c) for c in itertools.combinations(universe, k) if frozenset(c) != own]
         return sets, True
     rng = random.Random(seed)
+    position = {e: i for i, e in enumerate(universe)}  # (universe.index: minutes for 200 sets on gpt2-small)
     seen, sets = {own}, []
     while len(sets) < count:
         chosen = frozenset(rng.sample(universe, k))
         if chosen not in seen:
             seen.add(chosen)
-            sets.append(sorted(chosen, key=universe.index))
+            sets.append(sorted(chosen, key=position.__getitem__))
     return sets, False
 
 
