@@ -54,3 +54,31 @@ def test_a_reversed_ranking_suggests_only_claims_that_hold(pytester, write, monk
     assert "# edge circuit of" in block
     if edges:
         _pasted_pass(pytester, spec, edges)
+
+
+FAMILY = """\
+model: interptest-tiny
+behaviors:
+  - name: fam
+    template: "Her name was {first} {last}. When {first}"
+    expect: " {last}"
+    corrupt: {resample: [last]}
+    vars: {first: [Alex, Mary, John], last: [Hart, Cole, Jones, Baker]}
+    samples: 12
+    min_pass_rate: 0.5
+"""
+
+
+def test_a_family_with_min_pass_rate_prints_the_comment_and_rejudges_only_claims(pytester, write, monkeypatch):
+    """min_pass_rate re-judges every suggestion on the samples; the '#' line is a YAML comment, not a claim."""
+    monkeypatch.setattr(circuit, "SUGGEST_MAX_EDGES", 10)
+    spec = write("behaviors/f.yaml", FAMILY)
+    result = pytester.runpytest("--interp-suggest", "--interp-threads", "1")
+    result.assert_outcomes(passed=1)
+    output = result.stdout.str()
+    block = output[output.index("# --interp-suggest for 'fam'") :].split("\n=")[0]
+    assert "\n    # edge circuit of " in block, block
+    suggested = yaml.safe_load(block)[0]["claims"]
+    assert not any(c.startswith("#") for c in suggested)
+    spec.write_text(FAMILY + "    claims:\n" + "".join(f'      - "{c}"\n' for c in suggested))
+    pytester.runpytest("--interp-threads", "1").assert_outcomes(passed=1)
