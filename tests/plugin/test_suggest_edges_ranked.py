@@ -82,3 +82,34 @@ def test_a_family_with_min_pass_rate_prints_the_comment_and_rejudges_only_claims
     assert not any(c.startswith("#") for c in suggested)
     spec.write_text(FAMILY + "    claims:\n" + "".join(f'      - "{c}"\n' for c in suggested))
     pytester.runpytest("--interp-threads", "1").assert_outcomes(passed=1)
+
+
+def test_the_graph_file_carries_the_attribution_scores(pytester, write, monkeypatch):
+    """--interp-suggest-graphs on the ranked path: the file's scores are the EAP-IG scores (the ranking), its
+    in-graph edges the circuit, and the claims naming it hold."""
+    import json
+
+    monkeypatch.setattr(circuit, "SUGGEST_MAX_EDGES", 10)
+    scores = {}
+    honest = circuit.edge_ranking
+
+    def recorded(engine):
+        values = honest(engine)
+        scores.update({e.name: v for e, v in zip(engine.edges(), values)})
+        return values
+
+    monkeypatch.setattr(circuit, "edge_ranking", recorded)
+    spec = write("behaviors/f.yaml", SPEC)
+    result = pytester.runpytest("--interp-suggest", "--interp-suggest-graphs", "behaviors/circuits")
+    result.assert_outcomes(passed=1)
+    output = result.stdout.str()
+    block = output[output.index("# --interp-suggest for 'kc'") :].split("\n=")[0]
+    claims = [c for c in yaml.safe_load(block)[0]["claims"] if c.startswith("circuit @circuits/kc.json")]
+    graph = json.loads((pytester.path / "behaviors" / "circuits" / "kc.json").read_text())
+    assert len(graph["edges"]) == 110 == len(scores)
+    for name, value in scores.items():
+        assert abs(graph["edges"][name]["score"] - value) <= 1e-6 * max(1.0, abs(value)), name
+    kept = sum(edge["in_graph"] for edge in graph["edges"].values())
+    assert f"# edge circuit of {kept} of 110 edges" in block
+    spec.write_text(SPEC + "    claims:\n" + "".join(f'      - "{c}"\n' for c in claims))
+    pytester.runpytest().assert_outcomes(passed=1)
