@@ -11,8 +11,8 @@ edge between ablated (0) and present (1); at 0/1 it is the exact edge ablation (
 faithfulness (m(M) − m_∅) / (m_clean − m_∅), averaged over the samples:
 
 * **EAP** (``steps=1``): score(e) = ∂F/∂M_e at M = 1 (every edge present) × (1 − 0) — the first-order
-  estimate of the faithfulness lost when e alone is ablated from the full graph (Syed et al. 2023's
-  edge attribution patching, which takes the gradient on the clean run, as here).
+  estimate of the faithfulness lost when e alone is ablated from the full graph (edge attribution patching,
+  Syed et al. 2023, with the gradient taken at the full graph, i.e. the clean run).
 * **IG** (``steps=k``): score(e) = (1/k) Σ_{j=1..k} ∂F/∂M_e at M = (j/k)·1, × (1 − 0) — a right Riemann
   sum of the integrated gradient along the straight path from the empty graph (M = 0) to the full graph
   (M = 1), every edge scaled together. Completeness: Σ_e score(e) → F(1) − F(0) = 1 − 0 as k grows (the
@@ -24,10 +24,10 @@ prompt: every activation downstream moves along the model's own (curved) path, a
 (its sender's clean − corrupted output) · (the gradient at its receiver's input, averaged over the
 path). This is **not** that. MIB's **EAP-IG-activations** integrates over the **activations**: each
 sender's output is interpolated between ablated and present while the gradient is taken at the
-receivers. Interpolating the edge mask is that, per edge: M_e = α gives the receiver of e exactly
-α·(the sender's output in this run) + (1 − α)·(its ablated output) from that sender, and the gradient
-with respect to M_e is D_s · ∂F/∂(receiver input) — integrated gradients on the activations, every edge of
-the graph moving along the same straight path. One detail to state: D_s is recorded in the interpolated
+receivers. Interpolating the edge mask is integrated gradients on the activations in that sense, per
+edge: M_e = α gives the receiver of e exactly α·(the sender's output in this run) + (1 − α)·(its ablated
+output) from that sender, and the gradient with respect to M_e is D_s · ∂F/∂(receiver input), every edge
+of the graph moving along the same straight path. One detail to state: D_s is recorded in the interpolated
 forward itself (a sender's output already reflects the interpolated edges into it), so the score is the
 exact path integral of F along M = α·1 and completeness holds; an implementation that multiplies the
 averaged gradient by a fixed clean − ablated difference from two cached runs differs from this wherever
