@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -1207,6 +1208,75 @@ def run_ioi_family(
     return sum(times.values())
 
 
+def run_edge_suggestion(model, samples: int, out=print) -> float:
+    """``suggest_edge_claims`` on the IOI family (``samples`` prompts) through the real binding, timed per phase
+    (CPU seconds, this process): the cached runs and m_∅, the EAP-IG ranking, the top-k search, the pruning,
+    the beats-random control; the circuit's size and the claims' measured values."""
+    import torch
+
+    import interptest.claims.circuit as circuit
+    from interptest.binding import bind_behavior
+    from interptest.patching.edges import edge_patcher
+    from interptest.running import Run
+    from interptest.spec import parse_behavior
+
+    bound = bind_behavior(parse_behavior(ioi_behavior(samples, claims=[])), model, "gpt2-small-arch", 0, None)
+    times: dict[str, float] = {}
+    phases = {
+        "edge_ranking": "EAP-IG ranking (5 steps)",
+        "_smallest_top_k": "top-k search",
+        "_prune": "exact pruning",
+        "sequential_control": "beats-random control",
+    }
+    originals = {name: getattr(circuit, name) for name in phases}
+
+    found: dict[str, Any] = {}
+
+    def timed(name):
+        def wrapper(*args, **kwargs):
+            t0 = time.process_time()
+            try:
+                found[name] = originals[name](*args, **kwargs)
+                return found[name]
+            finally:
+                times[phases[name]] = times.get(phases[name], 0.0) + time.process_time() - t0
+
+        return wrapper
+
+    try:
+        for name in phases:
+            setattr(circuit, name, timed(name))
+        with torch.inference_mode():
+            run = Run(bound, None)
+            t0 = time.process_time()
+            engine = edge_patcher(run.circuits())
+            span = (engine.p.metrics("clean") - engine.all_ablated("resample")).tolist()
+            cached = time.process_time() - t0
+            t0 = time.process_time()
+            claims = circuit.suggest_edge_claims(run, run.seed)
+            total = time.process_time() - t0
+    finally:
+        for name, original in originals.items():
+            setattr(circuit, name, original)
+    out(
+        f"# edge suggestion, gpt2-small shape, {samples} samples x {bound.clean_ids.shape[1]} tokens, "
+        f"{torch.get_num_threads()} thread(s), edge engine {getattr(engine, 'engine', '?')}: cached runs and m_∅ "
+        f"{cached:.1f} CPU s (m_clean − m_∅ per sample: {', '.join(f'{d:.3f}' for d in span)}), then"
+    )
+    for phase, t in times.items():
+        out(f"#   {phase:<28} {t:8.1f} CPU s")
+    out(f"#   {'suggest_edge_claims total':<28} {total:8.1f} CPU s")
+    if "_prune" in found:
+        kept = found["_prune"][0]
+        with torch.inference_mode():
+            value = engine.faithfulness([kept], "resample").mean(dim=0)
+        out(f"#   the circuit: {len(kept)} edges, faithfulness (samples' mean, exact) {float(value[0]):.3f}")
+    for claim in claims:
+        shown = re.sub(r"edges\[([^\]]*)\]", lambda m: f"edges[<{m.group(1).count(',') + 1} edges>]", claim)
+        out(f"#   {shown}")
+    return total
+
+
 def result_foils(model, bound):
     """Each sample's foil as the pipeline picks it: the corrupted prompt's top-1."""
     import torch
@@ -1315,11 +1385,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--suite",
-        choices=["ioi", "edges"],
+        choices=["ioi", "edges", "suggest-edges"],
         default=None,
         help="ioi: circuit claims at GPT-2 scale (issue 23): one-prompt rows against the hand-written loop on "
         "--shapes (default gpt2-small), then the edge rows, then the IOI family through the pipeline; edges: only "
-        "the edge rows (issue 21: an edge negative control and an edge minimal sweep)",
+        "the edge rows (issue 21: an edge negative control and an edge minimal sweep); suggest-edges: the edge "
+        "circuit suggestion on gpt2-small's shape (the IOI family of --samples), each phase timed",
     )
     ap.add_argument(
         "--edge-sets",
@@ -1357,6 +1428,15 @@ def main(argv=None) -> int:
 
     if args.suite in ("ioi", "edges"):
         return _main_ioi(args, torch)
+    if args.suite == "suggest-edges":
+        if args.threads:
+            torch.set_num_threads(int(args.threads.split(",")[0]))
+        model = build_shape(
+            "gpt2-small", tempfile.mkdtemp(prefix="interptest-bench-"), args.device, std=0.1, tokenizer=args.tokenizer
+        )
+        for samples in [int(x) for x in args.samples.split(",") if x.strip()]:
+            run_edge_suggestion(model, samples)
+        return 0
 
     comps = [c.strip() for c in args.components.split(",") if c.strip()]
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]

@@ -31,7 +31,9 @@ __all__ = ["MARGIN", "STEP", "bound_at_least", "bound_at_most", "measured_bounds
 
 
 def suggest(bound, batch_size: int | None = None) -> str:
-    """YAML for the behavior's strongest holding claims (a comment when nothing can be suggested)."""
+    """YAML for the behavior's strongest holding claims (a comment when nothing can be suggested). A suggestion
+    that starts with ``#`` is a note on how the claims after it were found: printed as a YAML comment, and
+    neither a claim nor re-judged."""
     import torch
 
     spec = bound.spec
@@ -54,9 +56,11 @@ def suggest(bound, batch_size: int | None = None) -> str:
         if problem:
             return f"{header}: {problem}"
         claims = [text for kind in KINDS for text in kind.suggest(run, seed)]
-        dropped = _failing_pass_rate(claims, bound, run) if spec.min_pass_rate is not None else []
+        stated = [text for text in claims if not text.startswith("#")]  # '# ...': how a claim was found
+        dropped = _failing_pass_rate(stated, bound, run) if spec.min_pass_rate is not None else []
     lines = [header, f"- name: {spec.name}", "  claims:"]
-    lines += [f'    - "{claim}"' for claim in claims if claim not in dropped]
+    shown = [claim for claim in claims if claim not in dropped]
+    lines += [f"    {claim}" if claim.startswith("#") else f'    - "{claim}"' for claim in shown]
     if dropped:
         rate = f"{spec.min_pass_rate:g}"
         lines.append(f"  # left out: fewer than {rate} of the samples pass on their own (min_pass_rate)")

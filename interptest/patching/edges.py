@@ -283,14 +283,18 @@ class EdgePatcher:
         dtype = src["input"].dtype
         d_model = src["input"].shape[-1]
         D = torch.zeros(U, self.n_senders, n, d_model, dtype=dtype, device=p.device)
-        kept_mask = present.to(dtype)  # [U, R, senders]
+        kept_mask = present.to(dtype)  # [U, R, senders]: bool, or float (0 ablated … 1 present) for gradients
         base = src["base"]
+
+        grad = kept_mask.requires_grad  # a float mask differentiated by interptest.patching.attribution
 
         def kept(receivers: slice | int, prefix: int) -> torch.Tensor:
             a = kept_mask[:, receivers, :prefix]
+            # later hooks write D in place: a product saved for backward needs its own copy of the slice
+            d = D[:, :prefix].clone() if grad else D[:, :prefix]
             if a.ndim == 2:
-                return torch.einsum("us,usnd->und", a, D[:, :prefix])
-            return torch.einsum("ujs,usnd->ujnd", a, D[:, :prefix])
+                return torch.einsum("us,usnd->und", a, d)
+            return torch.einsum("ujs,usnd->ujnd", a, d)
 
         def record_input(act, hook=None):
             D[:, 0] = act[:U] - src["input"][samples].to(act.dtype)
