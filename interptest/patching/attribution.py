@@ -73,30 +73,14 @@ def _prepare(e: EdgePatcher, ablation: str):
     return _grad_sources(e, ablation)
 
 
-def _units_per_forward(e: EdgePatcher) -> int:
-    return max(1, e.p.rows_per_batch // (1 + e.H + 2 * e.K))
-
-
 def mask_metrics(edge_patcher: EdgePatcher, masks: torch.Tensor, ablation: str = "resample") -> torch.Tensor:
     """Raw metrics [S, sets] (float64, CPU) of the hook forward under float edge masks ``masks``
     [sets, receivers, senders] (0: the edge ablated, 1: present; in between, interpolated). At 0/1 these are
     the edge engine's metrics of those edge sets."""
     e = edge_patcher
-    src, w_o = _prepare(e, ablation)
-    S = e.p.n_samples
-    units = [(j, s) for j in range(masks.shape[0]) for s in range(S)]
-    out = torch.empty(masks.shape[0], S, dtype=torch.float64)
-    per = _units_per_forward(e)
-    device = e.p.device
-    with torch.no_grad():
-        for start in range(0, len(units), per):
-            chunk = units[start : start + per]
-            sets = torch.tensor([j for j, _ in chunk], dtype=torch.long)
-            samples = torch.tensor([s for _, s in chunk], dtype=torch.long, device=device)
-            metric = e._forward(masks[sets].to(device), samples, src, w_o, e.H + 2 * e.K)
-            for (j, s), v in zip(chunk, metric.double().cpu().tolist()):
-                out[j, s] = v
-    return out.t()
+    e.p.metrics("clean")
+    e._check_residuals()
+    return e.hook_metrics(masks, e._sources(ablation), e._w_o())
 
 
 def edge_scores(edge_patcher: EdgePatcher, ablation: str = "resample", steps: int = 5) -> torch.Tensor:
@@ -116,8 +100,8 @@ def edge_scores(edge_patcher: EdgePatcher, ablation: str = "resample", steps: in
     span = (p.metrics("clean") - e.all_ablated(ablation)).double()  # m_clean − m_∅ [S]
     alphas = [(j + 1) / steps for j in range(steps)]
     units = [(a, s) for a in range(steps) for s in range(S)]
-    per = _units_per_forward(e)
     helpers = e.H + 2 * e.K
+    per = max(1, p.rows_per_batch // (1 + helpers))  # units per forward, as the edge engine's hook forward
     with torch.inference_mode(False), torch.enable_grad():  # suggestions run under inference_mode
         total = torch.zeros(e.n_receivers, e.n_senders, dtype=torch.float64)
         for start in range(0, len(units), per):

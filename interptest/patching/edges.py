@@ -56,17 +56,19 @@ from interptest.patching.paths import ABLATIONS, CircuitPatcher
 __all__ = ["Edge", "EdgePatcher", "Receiver", "Sender", "edge_engine_used", "edge_patcher"]
 
 
+_KEY = ("edge-engine",)  # where a circuit engine keeps its edge engine
+
+
 def edge_patcher(patcher: CircuitPatcher) -> EdgePatcher:
     """The edge engine sharing ``patcher``'s prompts and cached runs (one per circuit engine)."""
-    key = ("edge-engine",)
-    if key not in patcher._memo:
-        patcher._memo[key] = EdgePatcher(patcher)
-    return patcher._memo[key]
+    if _KEY not in patcher._memo:
+        patcher._memo[_KEY] = EdgePatcher(patcher)
+    return patcher._memo[_KEY]
 
 
 def edge_engine_used(patcher: CircuitPatcher) -> str | None:
     """Which forward ran the edge circuits of ``patcher``'s engine: "fast", "hooks (why)"; None where none ran."""
-    edges = patcher._memo.get(("edge-engine",))
+    edges = patcher._memo.get(_KEY)
     return None if edges is None else edges.engine_used()
 
 
@@ -259,11 +261,18 @@ class EdgePatcher:
         self.engine = "hooks" if fast is None else "fast"
         if fast is not None:
             return fast.run(masks, src, w_o)
-        present = torch.stack(masks).to(self.p.device)  # [sets, R, senders]
+        return self.hook_metrics(torch.stack(masks), src, w_o)
+
+    def hook_metrics(self, present: torch.Tensor, src: dict, w_o) -> torch.Tensor:
+        """Raw metrics [S, sets] (float64, CPU) of the hook forward under masks ``present`` [sets, receivers,
+        senders]: bool (the edge sets), or float in [0, 1] (each edge interpolated between ablated and present,
+        :mod:`interptest.patching.attribution`); ``src`` and ``w_o`` are :meth:`_sources` and :meth:`_w_o`."""
+        present = present.to(self.p.device)
+        S = self.p.n_samples
         helpers = self.H + 2 * self.K
-        units = [(j, s) for j in range(len(masks)) for s in range(S)]
+        units = [(j, s) for j in range(present.shape[0]) for s in range(S)]
         per_forward = max(1, self.p.rows_per_batch // (1 + helpers))
-        out = torch.empty(len(masks), S, dtype=torch.float32, device="cpu")
+        out = torch.empty(present.shape[0], S, dtype=torch.float32, device="cpu")
         with torch.inference_mode():
             for start in range(0, len(units), per_forward):
                 chunk = units[start : start + per_forward]

@@ -451,19 +451,17 @@ class CircuitPatcher:
         self._unpatched(base, [])
         out = torch.empty(len(sender_sets), len(receiver_sets), S, dtype=torch.float64, device="cpu")
         rows = [(s, i) for i in range(len(sender_sets)) for s in range(S)]
+        smp = torch.tensor([s for s, _ in rows], dtype=torch.long, device="cpu")
         with torch.inference_mode():
             z_src, m_src = self._fast_sources(fast, source)
             rmasks = self._receiver_masks(receiver_sets)
             for (kind, layer), members in groups.items():
-                name = self._receiver_hook((kind, layer, 0, None) if kind in ("q", "k", "v") else (kind, layer, None))
-                if kind == "logits":
-                    name = self._receiver_hook(("logits", None))
+                name = self._receiver_hook(receiver_sets[members[0]][0])  # the group's one hook
                 masks = rmasks[name][members].cpu()
                 values, patched = fast.run_path_rows(
                     base, z_src, m_src, z_sets, m_sets, kind, layer, masks, rows, self.fast_rows_per_batch
                 )
                 values = values.double()
-                smp = torch.tensor([s for s, _ in rows], dtype=torch.long, device="cpu")
                 for c, j in enumerate(members):
                     v = values[:, c].clone()
                     same = ~patched[:, c]

@@ -187,7 +187,7 @@ def test_other_components_and_mixed_path_receivers_run_on_hooks_and_say_so():
     assert abs(float(engine.metrics("clean")[0]) - mc) <= TOL
 
 
-def _path_cases(L, H, K):
+def _path_cases(L, H):
     """Sender sets (heads, MLPs, positioned cells, a sender after every receiver, none) and receiver sets of
     one kind and layer each: every layer, several heads, positions, the last layer, an empty set's twin."""
     senders = [
@@ -219,10 +219,9 @@ def test_paths_on_the_fast_engine_equal_the_hook_engine(arch):
     model = _model(arch)
     clean, corrupt, expect, foil, reference = inputs(model, S=3)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    K = getattr(model.cfg, "n_key_value_heads", None) or H
     fast = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference)
     hooks = CircuitPatcher(model, clean, corrupt, expect, foil, reference_ids=reference, engine="hooks")
-    senders, receivers = _path_cases(L, H, K)
+    senders, receivers = _path_cases(L, H)
     for base, source in [("corrupt", "clean"), ("clean", "resample"), ("clean", "mean"), ("clean", "zero")]:
         ours = fast.path(senders, receivers, base, source)
         want = hooks.path(senders, receivers, base, source)

@@ -179,7 +179,6 @@ class FastEngine:
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
         self._cs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._heads: dict[int, list | None] = {}  # per layer: each head's q/k/v projection (head_projections)
-        self._head_bytes: int | None = None
 
     # ---- construction --------------------------------------------------------------------
 
@@ -317,14 +316,13 @@ class FastEngine:
         share = float(need.float().mean())
         if share > 0.5:
             return None
-        if li not in self._heads and R * (pack.n - pack.q0) * (1 - share) < int(self.w2.shape[-1]):
+        d = int(self.unembed_w.shape[-1])
+        if li not in self._heads and R * (pack.n - pack.q0) * (1 - share) < d:
             # reading a layer's per-head projections costs its q/k/v projection of d tokens: worth it only
             # where this chunk alone skips at least that much (a control's hundreds of rows, not one set)
             return None
-        if self._head_bytes is None:
-            d = int(self.w2.shape[-1])
-            self._head_bytes = len(self.layers) * (self.n_heads + 2 * self.n_kv) * (d + 1) * self.d_head * 4
-        if self._head_bytes > PER_HEAD_BYTES or "clean" not in self.runs:
+        copies = len(self.layers) * (self.n_heads + 2 * self.n_kv) * (d + 1) * self.d_head * 4  # bytes, float32
+        if copies > PER_HEAD_BYTES or "clean" not in self.runs:
             return None
         if self.head_projections(li, self.runs["clean"].resid_pre[li][0]) is None:
             return None
@@ -895,15 +893,10 @@ class FastEngine:
             for li in range(l0, stop):
                 Lr = self.layers[li]
                 attn = self._frozen_attn(li, zs, z_src, run, smp)
-                if Lr.parallel:
-                    mlp = _mlp_out(Lr, Lr.ln2(x.reshape(R * n, d))).view(R, n, d)
-                    mlp = torch.where(ms[:, li, :, None], m_src[li][smp], mlp)
-                    x = mlp + attn + x
-                else:
-                    mid = attn + x
-                    mlp = _mlp_out(Lr, Lr.ln2(mid.reshape(R * n, d))).view(R, n, d)
-                    mlp = torch.where(ms[:, li, :, None], m_src[li][smp], mlp)
-                    x = mid + mlp
+                mid = x if Lr.parallel else attn + x  # what the MLP reads (the block's input when parallel)
+                mlp = _mlp_out(Lr, Lr.ln2(mid.reshape(R * n, d))).view(R, n, d)
+                mlp = torch.where(ms[:, li, :, None], m_src[li][smp], mlp)
+                x = mlp + attn + x if Lr.parallel else mid + mlp  # _layer's order of additions
             # the receivers' inputs in step 1: [R, n, width, dh] (q/k/v) or [R, n, d]
             if kind == "logits":
                 got = self._metric_rows(x[:, n - 1], smp).cpu()
@@ -951,15 +944,13 @@ class FastEngine:
         else:
             pos = torch.nonzero(mask).flatten()
             head = None
-        if final and kind in ("q", "mlp_in"):  # the last layer computes these at the last position only
+        at_last = final and kind in ("q", "mlp_in")  # the last layer computes these at the last position only
+        if at_last:
             keep = pos == n - 1
             pos, head = pos[keep], None if head is None else head[keep]
         rows = torch.arange(R, device="cpu").repeat_interleave(len(pos))
         pos_r, head_r = pos.repeat(R), None if head is None else head.repeat(R)
-        if final and kind in ("q", "mlp_in"):
-            idx = rows
-        else:
-            idx = pack.index(rows, pos_r)
+        idx = rows if at_last else pack.index(rows, pos_r)  # one value per row there, else per packed token
         rows_d, pos_d = rows.to(dev), pos_r.to(dev)
         if head_r is None:
             val = value[rows_d, pos_d]
