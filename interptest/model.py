@@ -1,6 +1,7 @@
 """Loading models for interptest: one path, ``TransformerBridge.boot_transformers``, for every source.
 
-* ``"interptest-tiny"`` -- the reference checkpoint shipped inside the package (``interptest/zoo``);
+* ``"interptest-tiny"``, ``"interptest-ioi"`` -- the reference checkpoints shipped inside the package
+  (``interptest/zoo``);
 * a local directory in Hugging Face ``save_pretrained`` format (``config.json`` + ``model.safetensors``);
 * a Hugging Face / TransformerLens model name (``gpt2``, ``EleutherAI/pythia-70m``, aliases such as
   ``gpt2-small``), served from the local Hugging Face cache, or downloaded when the hub is reachable.
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from interptest.errors import ModelNotAvailable
 from interptest.tl_compat import bridge_class, device_map_refusal, model_aliases, tl_version
-from interptest.zoo import tiny_model_dir
+from interptest.zoo import SHIPPED_MODELS, shipped_model_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -216,10 +217,6 @@ def _quiet():
 # ------------------------------------------------------------------ sources
 
 
-def _tiny_dir() -> Path:
-    return tiny_model_dir()
-
-
 def _check_local_dir(path: Path, shown: str) -> None:
     """Raise a one-line ModelNotAvailable unless ``path`` is a loadable safetensors HF directory."""
     if not path.exists():
@@ -320,8 +317,8 @@ def _cached(repo: str, filename: str) -> bool:
 
 
 def _known_local_names() -> list[str]:
-    """The model names that load here without a network: interptest-tiny and the hub cache's models."""
-    names = [TINY_MODEL_NAME]
+    """The model names that load here without a network: the shipped models and the hub cache's models."""
+    names = list(SHIPPED_MODELS)
     try:
         from huggingface_hub import constants
 
@@ -453,9 +450,9 @@ def load_model(
     the load is undone afterwards.
 
     Args:
-        name_or_path: ``"interptest-tiny"``, a local Hugging Face ``save_pretrained`` directory with
-            safetensors weights, or a Hugging Face / TransformerLens model name (``"gpt2"``,
-            ``"EleutherAI/pythia-70m"``, ``"gpt2-small"``).
+        name_or_path: ``"interptest-tiny"`` or ``"interptest-ioi"`` (shipped), a local Hugging Face
+            ``save_pretrained`` directory with safetensors weights, or a Hugging Face / TransformerLens model
+            name (``"gpt2"``, ``"EleutherAI/pythia-70m"``, ``"gpt2-small"``).
         device: ``None``/``"auto"`` (cuda, else mps, else cpu) or any torch device string.
         dtype: ``None``/``"float32"``/``"bfloat16"``/``"float16"`` or a ``torch.dtype``.
         device_map: a Hugging Face ``device_map`` (``"auto"``, ``"balanced"``, or a dict of module name
@@ -490,9 +487,9 @@ def _load(name_or_path, device, dtype, device_map) -> TransformerBridge:
 
     local: Path | None = None
     official = name
-    if name == TINY_MODEL_NAME:
-        local = _tiny_dir()
-        _check_local_dir(local, f"{TINY_MODEL_NAME} (packaged at {local})")
+    if name in SHIPPED_MODELS:
+        local = shipped_model_dir(name)
+        _check_local_dir(local, f"{name} (packaged at {local})")
     else:
         expanded = Path(os.path.expanduser(name))
         if expanded.is_dir() or _looks_like_path(name):

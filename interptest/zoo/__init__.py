@@ -1,7 +1,10 @@
-"""The model zoo: the shipped reference model ``interptest-tiny`` and the scripts that make it.
+"""The model zoo: the shipped reference models and the scripts that make them.
 
-* :mod:`interptest.zoo.corpus` -- synthetic corpus and lexicons;
-* :mod:`interptest.zoo.train` -- ``python -m interptest.zoo.train --out DIR`` regenerates the checkpoint;
+* ``interptest-tiny`` (2 layers; induction, two-person copying, IOI, facts) -- the default model;
+* ``interptest-ioi`` (4 layers x 8 heads; IOI on templates and names it never saw, induction) -- the model whose
+  multi-layer IOI circuit ``behaviors/ioi/`` states;
+* :mod:`interptest.zoo.corpus` / :mod:`interptest.zoo.ioi_corpus` -- their synthetic corpora and lexicons;
+* :mod:`interptest.zoo.train` -- ``python -m interptest.zoo.train --preset NAME --out DIR`` regenerates one;
 * :mod:`interptest.zoo.evaluate` -- ``python -m interptest.zoo.evaluate DIR`` measures its behaviors.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 TINY_NAME = "interptest-tiny"
+IOI_NAME = "interptest-ioi"
+SHIPPED_MODELS = (TINY_NAME, IOI_NAME)
 
 
 def shipped_saes() -> tuple[str, ...]:
@@ -23,6 +28,13 @@ def shipped_sae_dir(name: str) -> Path:
     return Path(__file__).resolve().parent / "saes" / name
 
 
+def shipped_model_dir(name: str) -> Path:
+    """Directory of the shipped checkpoint ``name`` (one of :data:`SHIPPED_MODELS`; package data)."""
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"no shipped model {name!r} (shipped: {', '.join(SHIPPED_MODELS)})")
+    return Path(__file__).resolve().parent / name
+
+
 def tiny_model_dir() -> Path:
     """Directory of the shipped ``interptest-tiny`` checkpoint (package data)."""
-    return Path(__file__).resolve().parent / TINY_NAME
+    return shipped_model_dir(TINY_NAME)

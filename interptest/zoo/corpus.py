@@ -314,9 +314,11 @@ class Generator:
         return " ".join(self.sentence(used) for _ in range(n_sentences))
 
 
-def tokenizer_training_text(seed: int, n_docs: int, lexicon_repeats: int = 40) -> list[str]:
+def tokenizer_training_text(
+    seed: int, n_docs: int, lexicon_repeats: int = 40, generator: type[Generator] = Generator
+) -> list[str]:
     """Text for training the BPE: corpus documents plus every lexicon word repeated (as " Word")."""
-    g = Generator(seed)
+    g = generator(seed)
     docs = [g.document(6) for _ in range(n_docs)]
     words = all_lexicon_words()
     docs.extend(" " + " ".join([w] * lexicon_repeats) for w in words)

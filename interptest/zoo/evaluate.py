@@ -40,6 +40,7 @@ from interptest.zoo.corpus import (
     lexicon,
     person_pool,
 )
+from interptest.zoo.ioi_corpus import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, held_out_ioi_names, ioi_sentence
 
 SHIPPED_PROMPTS = {
     "induction": ("Her name was Alex Hart. When Alex", " Hart"),
@@ -130,6 +131,39 @@ def ioi_prompts(n: int, seed: int = 3, fixed_template: bool = False) -> list[tup
         head = f"When {a} and {b} went to the {place},"
         out.append((f"{head} {s} gave a {obj} to", f" {io}", f"{head} {io} gave a {obj} to", f" {s}"))
     return out
+
+
+def ioi_template_prompts(
+    n: int, seed: int = 6, templates=HELD_OUT_TEMPLATES, names=None
+) -> list[tuple[str, str, str, str]]:
+    """interptest-ioi's IOI prompts: templates of ``ioi_corpus.IOI_TEMPLATES`` (default: the held-out ones),
+    names from ``names`` (default: the names no training IOI sentence holds), ABBA and BABA alike; corrupted:
+    the repeated name swapped (answer: the subject)."""
+    rng = random.Random(seed)
+    pool = list(names if names is not None else held_out_ioi_names())
+    places, objects = lexicon("places"), lexicon("objects")
+    templates = sorted(templates)
+    out: list[tuple[str, str, str, str]] = []
+    while len(out) < n:
+        a, b = rng.sample(pool, 2)
+        t, s = rng.choice(templates), rng.choice((a, b))
+        place, obj = rng.choice(places), rng.choice(objects)
+        clean, io = ioi_sentence(t, a, b, s, place, obj)
+        corrupt, _ = ioi_sentence(t, a, b, io.strip(), place, obj)
+        out.append((clean, io, corrupt, f" {s}"))
+    return out
+
+
+def logit_diffs(model, items) -> dict:
+    """Mean and minimum logit difference (clean answer - corrupted answer) at the last clean position."""
+    import torch
+
+    diffs = []
+    with torch.inference_mode():
+        for clean, ans, _, foil in items:
+            logits = model(model.to_tokens(clean))[0, -1].float()
+            diffs.append(float(logits[_single_token(model, ans)] - logits[_single_token(model, foil)]))
+    return {"mean_logit_diff": sum(diffs) / len(diffs), "min_logit_diff": min(diffs)}
 
 
 def fact_prompts(context: bool = False, seed: int = 4) -> list[tuple[str, str, str, str]]:
@@ -315,11 +349,57 @@ def evaluate(model, n: int = 200, n_patch: int = 24) -> dict:
     return res
 
 
+IOI_SHIPPED_PROMPTS = {
+    "ioi": ("When Mary and John went to the store, John gave a drink to", " Mary"),
+    "induction": ("Her name was Alex Hart. When Alex", " Hart"),
+}
+
+
+def evaluate_ioi(model, n: int = 200, n_patch: int = 24) -> dict:
+    """interptest-ioi: IOI on held-out templates x held-out names (the gate), on trained templates x held-out
+    names and on held-out templates x trained names, name copying, induction heads, a patching map."""
+    from interptest.zoo.ioi_corpus import train_ioi_names
+
+    t0 = time.perf_counter()
+    tasks = {
+        "ioi_held_out_templates_and_names": ioi_template_prompts(n),
+        "ioi_trained_templates_held_out_names": ioi_template_prompts(n, seed=7, templates=TRAIN_TEMPLATES),
+        "ioi_held_out_templates_trained_names": ioi_template_prompts(n, seed=8, names=train_ioi_names()),
+        "induction": induction_prompts(n),
+        "induction_two": induction_two_prompts(n),
+    }
+    res: dict = {"tasks": {}}
+    for k, items in tasks.items():
+        res["tasks"][k] = accuracy(model, items)
+        if k.startswith("ioi"):
+            res["tasks"][k].update(logit_diffs(model, items))
+    res["shipped_prompts"] = {}
+    for k, (prompt, ans) in IOI_SHIPPED_PROMPTS.items():
+        r = accuracy(model, [(prompt, ans, prompt, ans)])
+        res["shipped_prompts"][k] = {
+            "prompt": prompt,
+            "answer": ans,
+            "top1": r["top1_acc"] == 1.0,
+            "prob": r["mean_prob"],
+        }
+    res["induction_heads"] = induction_metrics(model)
+    fixed = [it for it in ioi_template_prompts(400, seed=13) if it[0].startswith("When ") and " went to " in it[0]]
+    res["patching"] = {"ioi": patching_map(model, fixed[:n_patch])}
+    res["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+THRESHOLD_IOI_HELD_OUT = 0.95  # issue 31: held-out accuracy on IOI prompts of unseen names and templates
+
+
 def check(res: dict) -> list[str]:
     """Failed thresholds, as readable strings (empty when everything holds)."""
     bad = []
     for k, r in res["tasks"].items():
-        if r["top1_acc"] < THRESHOLD_ACC or r["mean_prob"] < THRESHOLD_PROB:
+        if k.startswith("ioi_"):  # interptest-ioi: one gate, on accuracy (its probabilities are reported)
+            if k == "ioi_held_out_templates_and_names" and r["top1_acc"] < THRESHOLD_IOI_HELD_OUT:
+                bad.append(f"{k}: acc {r['top1_acc']:.3f}")
+        elif r["top1_acc"] < THRESHOLD_ACC or r["mean_prob"] < THRESHOLD_PROB:
             bad.append(f"{k}: acc {r['top1_acc']:.3f} prob {r['mean_prob']:.3f}")
     for k, r in res["shipped_prompts"].items():
         if not r["top1"] or r["prob"] < THRESHOLD_PROB:
@@ -434,16 +514,29 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write all numbers to this JSON file")
     p.add_argument("--card", action="store_true", help="rewrite the numbers section of MODEL_CARD.md")
     p.add_argument("-n", type=int, default=200, help="held-out prompts per task")
+    p.add_argument(
+        "--suite",
+        choices=("tiny", "ioi"),
+        default=None,
+        help="which model's measurements (default: the corpus named in DIR/training_info.json)",
+    )
     args = p.parse_args(argv)
     model_dir = Path(args.model_dir) if args.model_dir else tiny_model_dir()
+    suite = args.suite
+    if suite is None:
+        info = model_dir / "training_info.json"
+        suite = json.loads(info.read_text())["args"].get("corpus", "tiny") if info.is_file() else "tiny"
     model = load_model(str(model_dir), device="cpu")
-    res = evaluate(model, n=args.n)
+    res = (evaluate_ioi if suite == "ioi" else evaluate)(model, n=args.n)
     bad = check(res)
     summary = {k: (round(r["top1_acc"], 3), round(r["mean_prob"], 3)) for k, r in res["tasks"].items()}
     print(
         json.dumps(
             {
                 "tasks": summary,
+                "logit_diffs": {
+                    k: round(r["mean_logit_diff"], 2) for k, r in res["tasks"].items() if "mean_logit_diff" in r
+                },
                 "shipped": {k: round(v["prob"], 3) for k, v in res["shipped_prompts"].items()},
                 "induction_best": res["induction_heads"]["best_score"],
                 "best_head": res["induction_heads"]["best_head"],

@@ -37,11 +37,28 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from interptest.zoo.corpus import Generator, all_lexicon_words, random_repeat_segment, tokenizer_training_text
+from interptest.zoo.ioi_corpus import IOIGenerator
+
+# --corpus: the document generator of each shipped model (interptest-tiny: corpus.py; interptest-ioi: ioi_corpus.py)
+CORPORA: dict[str, type[Generator]] = {"tiny": Generator, "ioi": IOIGenerator}
+# --preset: the arguments each shipped checkpoint was trained with (the defaults are interptest-tiny's)
+PRESETS: dict[str, dict[str, object]] = {
+    "interptest-tiny": {},
+    "interptest-ioi": {
+        "corpus": "ioi",
+        "layers": 4,
+        "heads": 8,
+        "d_mlp": 512,
+        "steps": 3000,
+        "batch": 48,
+        "random_frac": 0.3,
+    },
+}
 
 BOS = "<|endoftext|>"
 
 
-def build_tokenizer(vocab_size: int, seed: int, n_docs: int):
+def build_tokenizer(vocab_size: int, seed: int, n_docs: int, generator: type[Generator] = Generator):
     """Train the byte-level BPE; return a ``tokenizers.Tokenizer`` with the BOS post-processor."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -55,7 +72,7 @@ def build_tokenizer(vocab_size: int, seed: int, n_docs: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(tokenizer_training_text(seed, n_docs), trainer=trainer)
+    tok.train_from_iterator(tokenizer_training_text(seed, n_docs, generator=generator), trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.Sequence(
         [
@@ -110,6 +127,13 @@ def make_batch(
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m interptest.zoo.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="interptest-tiny",
+        help="defaults of a shipped checkpoint (explicit arguments still override them)",
+    )
+    p.add_argument("--corpus", choices=sorted(CORPORA), default="tiny", help="document generator")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
@@ -133,6 +157,8 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--random-frac", type=float, default=0.5, help="fraction of rows with random repeats")
     p.add_argument("--log-every", type=int, default=100)
+    preset, _ = p.parse_known_args(argv)
+    p.set_defaults(**PRESETS[preset.preset])
     return p.parse_args(argv)
 
 
@@ -147,7 +173,7 @@ def train(args) -> dict:
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
 
-    tok = build_tokenizer(args.vocab_size, args.seed, args.tokenizer_docs)
+    tok = build_tokenizer(args.vocab_size, args.seed, args.tokenizer_docs, CORPORA[args.corpus])
     bos_id = tok.token_to_id(BOS)
     vocab = tok.get_vocab_size()
     random_ids = [i for i in range(vocab) if i != bos_id]
@@ -189,7 +215,7 @@ def train(args) -> dict:
         frac = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
 
-    gen = Generator(args.seed + 1)
+    gen = CORPORA[args.corpus](args.seed + 1)
     rng = random.Random(args.seed + 2)
     losses = []
     for step in range(args.steps):

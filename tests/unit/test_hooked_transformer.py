@@ -27,8 +27,8 @@ import pytest
 import torch
 
 import interptest
-from interptest.model import _tiny_dir
 from interptest.tl_compat import hooked_transformer_class, is_bridge, is_hooked_transformer, tl_version
+from interptest.zoo import tiny_model_dir
 
 pytestmark = pytest.mark.skipif(
     hooked_transformer_class() is None,
@@ -43,7 +43,7 @@ TOL = 1e-5
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_tiny_dir()))
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir()))
 
 
 def _process(model, state_dict):
@@ -83,7 +83,7 @@ def tiny_hooked():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
 
-    hf = tf.GPT2LMHeadModel.from_pretrained(str(_tiny_dir()), attn_implementation="eager")
+    hf = tf.GPT2LMHeadModel.from_pretrained(str(tiny_model_dir()), attn_implementation="eager")
     c = hf.config  # the fields TransformerLens's GPT-2 config conversion reads (it would ask the hub for gpt2's)
     cfg = HookedTransformerConfig(
         n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,

@@ -115,3 +115,43 @@ def test_held_out_sets_are_disjoint_from_training():
 def test_tokenizer_fails_loudly_when_lexicon_not_single(monkeypatch):
     with pytest.raises(SystemExit, match="not a single token"):
         train.build_tokenizer(300, 0, 50)
+
+
+def test_ioi_corpus_never_trains_a_held_out_template_or_name():
+    """interptest-ioi's held-out accuracy means something only if training never shows the held-out IOI."""
+    import re
+
+    from interptest.zoo import ioi_corpus
+
+    assert ioi_corpus.HELD_OUT_TEMPLATES and ioi_corpus.TRAIN_TEMPLATES
+    held_names = set(ioi_corpus.held_out_ioi_names())
+    assert 20 <= len(held_names) <= 60 and "Mary" not in held_names and "John" not in held_names
+
+    def frame(text: str) -> str:  # a sentence with its names, places and objects abstracted
+        for word in sorted(set(corpus.person_pool()) | set(corpus.lexicon("places")) | set(corpus.lexicon("objects"))):
+            text = re.sub(rf"\b{re.escape(word)}\b", "X", text)
+        return text
+
+    held_frames = {
+        frame(ioi_corpus.IOI_TEMPLATES[t].format(A="X", B="X", S="X", P="X", O="X"))
+        for t in ioi_corpus.HELD_OUT_TEMPLATES
+    }
+    g = ioi_corpus.IOIGenerator(7)
+    seen_names: set[str] = set()
+    for _ in range(400):
+        sentence = g.ioi(set())
+        assert not any(frame(sentence).startswith(h) for h in held_frames), sentence
+        seen_names.update(w for w in re.findall(r"[A-Z][a-z]+", sentence) if w in corpus.person_pool())
+        assert "Mary" not in sentence or "John" not in sentence, sentence
+    assert not seen_names & held_names
+    # held-out names are still trained in other sentences (their embeddings are not left at initialisation)
+    docs = " ".join(g.document(6) for _ in range(400))
+    assert len({n for n in held_names if re.search(rf"\b{n}\b", docs)}) >= len(held_names) - 2
+
+
+def test_ioi_preset_sets_the_shipped_arguments_and_explicit_ones_win():
+    args = train.parse_args(["--out", "x", "--preset", "interptest-ioi"])
+    assert (args.corpus, args.layers, args.heads) == ("ioi", 4, 8)
+    args = train.parse_args(["--out", "x", "--preset", "interptest-ioi", "--heads", "4"])
+    assert (args.corpus, args.heads) == ("ioi", 4)
+    assert train.parse_args(["--out", "x"]).corpus == "tiny"
