@@ -1277,6 +1277,121 @@ def run_edge_suggestion(model, samples: int, out=print) -> float:
     return total
 
 
+# --suite discovery (issue 31): the edge-discovery tools on interptest-ioi's real circuit
+
+DISCOVERY_BEHAVIOR = "behaviors/ioi/circuit.yaml"  # the shipped IOI circuit spec: its family and graph file
+DISCOVERY_FAMILY = "ioi-edge-circuit"  # the behavior whose graph file is the circuit found
+
+
+def run_discovery(model, spec: dict, circuit_edges, steps=(1, 5, 20), out=print) -> list[dict]:
+    """Each ranking of the edges — EAP (IG with 1 step), EAP-IG with more steps, and the exact loss of each edge
+    removed alone from the full graph — then, for each, the smallest top-k whose exact faithfulness bound (the
+    lower bootstrap bound of the samples' mean, as a claim is judged) is >= 0.9, and that top-k pruned exactly
+    (complete, least |score| first): edges kept, overlap with ``circuit_edges`` (the circuit found), CPU time."""
+    import torch
+
+    import interptest.claims.circuit as circuit
+    from interptest.binding import bind_behavior
+    from interptest.patching.attribution import edge_scores
+    from interptest.patching.edges import edge_patcher
+    from interptest.running import Run
+    from interptest.spec import parse_behavior
+
+    bound = bind_behavior(parse_behavior(spec), model, "interptest-ioi", 0, None)
+    rows: list[dict] = []
+    with torch.inference_mode():
+        run = Run(bound, None)
+        engine = edge_patcher(run.circuits())
+        every = engine.edges()
+        reference = set(circuit_edges)
+
+        def lower(values) -> float:
+            return circuit.measured_bounds(values[:, :1], run.seed, 1, True)[0]
+
+        def exact_alone():
+            full = engine.faithfulness([every], "resample")
+            alone = engine.faithfulness([[e for e in every if e is not v] for v in every], "resample")
+            return (full - alone).mean(dim=0).tolist()
+
+        rankings = [
+            (
+                f"EAP-IG, {k} steps" if k > 1 else "EAP (1 gradient)",
+                lambda k=k: edge_scores(engine, "resample", k).tolist(),
+            )
+            for k in steps
+        ]
+        rankings.append(("exact: each edge removed alone", exact_alone))
+        engine.faithfulness([every], "resample")  # the edge forward is chosen (fast or hooks) on first use
+        out(
+            f"# {len(every)} edges, {bound.n_samples} samples x {bound.clean_ids.shape[1]} tokens, resample, the "
+            f"circuit found: {len(reference)} edges; edge engine {getattr(engine, 'engine', '?')}; CPU s, "
+            f"{torch.get_num_threads()} thread(s)"
+        )
+        out(
+            "| ranking | scoring s | top-k at 0.9 | top-k ∩ circuit | pruned | pruned ∩ circuit | faithful "
+            "| search + prune s |"
+        )
+        out("|---|---|---|---|---|---|---|---|")
+        for name, score in rankings:
+            t0 = time.process_time()
+            scores = score()
+            t_score = time.process_time() - t0
+            t0 = time.process_time()
+            ranked = sorted(range(len(every)), key=lambda i: (-abs(scores[i]), i))
+            k, _ = circuit._smallest_top_k(every, ranked, engine, lower)
+            top = sorted(ranked[:k])
+            order = sorted(range(len(top)), key=lambda j: (abs(scores[top[j]]), top[j]))
+            kept, _ = circuit._prune([every[i] for i in top], order, engine, lower)
+            t_search = time.process_time() - t0
+            value = lower(engine.faithfulness([kept], "resample"))
+            top_edges = {every[i] for i in top}
+            row = {
+                "ranking": name,
+                "scoring_s": t_score,
+                "top_k": k,
+                "top_k_in_circuit": len(top_edges & reference),
+                "pruned": len(kept),
+                "pruned_in_circuit": len(set(kept) & reference),
+                "faithful": value,
+                "search_s": t_search,
+            }
+            rows.append(row)
+            out(
+                f"| {name} | {t_score:.1f} | {k} | {row['top_k_in_circuit']} of {len(reference)} | {len(kept)} "
+                f"| {row['pruned_in_circuit']} | {value:.3f} | {t_search:.1f} |"
+            )
+    return rows
+
+
+def _main_discovery(args, torch) -> int:
+    import yaml
+
+    from interptest.graphs import parse_edge, read_graph
+    from interptest.model import load_model
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads.split(",")[0]))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec_path = os.path.join(here, DISCOVERY_BEHAVIOR)
+    if not os.path.isfile(spec_path):
+        print(
+            f"--suite discovery reads {DISCOVERY_BEHAVIOR} of a source checkout; not found at {spec_path}",
+            file=sys.stderr,
+        )
+        return 2
+    with open(spec_path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    spec = next(b for b in doc["behaviors"] if b["name"] == DISCOVERY_FAMILY)
+    graph = next(c for c in spec["claims"] if "@" in c).split("@")[1].split()[0]
+    edges = read_graph(os.path.join(os.path.dirname(spec_path), graph)).edges
+    circuit_edges = [parse_edge(name) for name, _, in_graph in edges if in_graph]
+    spec = {**spec, "claims": [], "samples": args.discovery_samples or spec.get("samples", 20)}
+    model = load_model(doc.get("model", "interptest-ioi"), device=args.device)
+    steps = tuple(int(x) for x in args.ig_steps.split(","))
+    run_discovery(model, spec, circuit_edges, steps)
+    return 0
+
+
 def result_foils(model, bound):
     """Each sample's foil as the pipeline picks it: the corrupted prompt's top-1."""
     import torch
@@ -1385,12 +1500,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--suite",
-        choices=["ioi", "edges", "suggest-edges"],
+        choices=["ioi", "edges", "suggest-edges", "discovery"],
         default=None,
         help="ioi: circuit claims at GPT-2 scale (issue 23): one-prompt rows against the hand-written loop on "
         "--shapes (default gpt2-small), then the edge rows, then the IOI family through the pipeline; edges: only "
         "the edge rows (issue 21: an edge negative control and an edge minimal sweep); suggest-edges: the edge "
-        "circuit suggestion on gpt2-small's shape (the IOI family of --samples), each phase timed",
+        "circuit suggestion on gpt2-small's shape (the IOI family of --samples), each phase timed; discovery: "
+        "EAP vs EAP-IG (--ig-steps) vs exact pruning on interptest-ioi's IOI circuit (behaviors/ioi/circuit.yaml)",
     )
     ap.add_argument(
         "--edge-sets",
@@ -1405,6 +1521,13 @@ def main(argv=None) -> int:
         help="--suite ioi|edges: the hook edge forward and the plain loop run only this many of the sets (default all)",
     )
     ap.add_argument("--no-edges", action="store_true", help="--suite ioi: skip the edge rows")
+    ap.add_argument("--ig-steps", default="1,5,20", help="--suite discovery: the attribution's step counts (1: EAP)")
+    ap.add_argument(
+        "--discovery-samples",
+        type=int,
+        default=None,
+        help="--suite discovery: the family's samples (default: the spec's)",
+    )
     ap.add_argument("--samples", default="20", help="--suite ioi: comma-separated family sizes (e.g. 20,80)")
     ap.add_argument("--no-hand", action="store_true", help="--suite ioi: skip the hand-written loops")
     ap.add_argument("--random-sets", type=int, default=None, help="--suite ioi: the family's random sets (default 200)")
@@ -1428,6 +1551,8 @@ def main(argv=None) -> int:
 
     if args.suite in ("ioi", "edges"):
         return _main_ioi(args, torch)
+    if args.suite == "discovery":
+        return _main_discovery(args, torch)
     if args.suite == "suggest-edges":
         if args.threads:
             torch.set_num_threads(int(args.threads.split(",")[0]))

@@ -1,6 +1,8 @@
-"""Train the shipped SAE on ``interptest-tiny``'s residual stream (``blocks.1.hook_resid_pre``)::
+"""Train a shipped SAE on a shipped model's residual stream::
 
-    python -m interptest.zoo.train_sae --out interptest/zoo/saes/tiny-res1
+    python -m interptest.zoo.train_sae --out interptest/zoo/saes/tiny-res1     # interptest-tiny, blocks.1
+    python -m interptest.zoo.train_sae --model interptest-ioi --hook blocks.3.hook_resid_pre \
+        --out interptest/zoo/saes/ioi-res3
 
 A standard (ReLU) SAE in SAELens's layout (cfg.json + sae_weights.safetensors, loadable by
 ``sae_lens.SAE.load_from_disk`` and by :func:`interptest.saes.load`), trained on activations of
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from interptest import saes
 from interptest.model import load_model
-from interptest.zoo.corpus import Generator
+from interptest.zoo.train import CORPORA
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -29,6 +31,7 @@ HOOK = "blocks.1.hook_resid_pre"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
+    p.add_argument("--model", default="interptest-tiny", choices=("interptest-tiny", "interptest-ioi"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hook", default=HOOK)
     p.add_argument("--d-sae", type=int, default=512)
@@ -42,11 +45,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def activations(model, seed: int, n_docs: int, hook: str, ctx: int = 64):
-    """[tokens, d_model] activations at ``hook`` of ``n_docs`` corpus documents (BOS positions left out)."""
+def activations(model, seed: int, n_docs: int, hook: str, ctx: int = 64, corpus: str = "tiny"):
+    """[tokens, d_model] activations at ``hook`` of ``n_docs`` documents of the model's own corpus (BOS
+    positions left out)."""
     import torch
 
-    gen = Generator(seed)
+    gen = CORPORA[corpus](seed)
     rows = []
     for _ in range(n_docs):
         ids = model.to_tokens(gen.document(4))[:, :ctx]
@@ -68,9 +72,10 @@ def train(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
-    model = load_model("interptest-tiny")
-    x = activations(model, 1000 + args.seed, args.docs, args.hook)
-    x_eval = activations(model, 2000 + args.seed, args.eval_docs, args.hook)
+    model = load_model(args.model)
+    corpus = "ioi" if args.model == "interptest-ioi" else "tiny"
+    x = activations(model, 1000 + args.seed, args.docs, args.hook, corpus=corpus)
+    x_eval = activations(model, 2000 + args.seed, args.eval_docs, args.hook, corpus=corpus)
     d_in = x.shape[1]
     scale = float(x.norm(dim=-1).mean()) / d_in**0.5
     xs = x / scale
@@ -121,7 +126,7 @@ def train(args) -> dict:
         "reshape_activations": "none",
         "metadata": {
             "sae_lens_version": "6.0.0",
-            "model_name": "interptest-tiny",
+            "model_name": args.model,
             "hook_name": args.hook,
             "hook_head_index": None,
             "prepend_bos": True,
