@@ -109,6 +109,21 @@ def test_every_yaml_and_python_block_is_run_or_visibly_excluded():
         assert _spec_text(block)
 
 
+def test_the_readme_keeps_one_example_and_the_pages_hold_the_rest():
+    """The README is a front page: its one example runs; the tutorial, the claim pages, families and the
+    Python API run theirs from docs/ (each page that had examples in the README still has them)."""
+    pages = {b.page for b in RUNNABLE}
+    assert [b.language for b in RUNNABLE if b.page == "README.md"] == ["yaml"]
+    expected = {
+        "docs/tutorial/induction.md",
+        "docs/spec.md",
+        "docs/claims/features.md",
+        "docs/families.md",
+        "docs/api/index.md",
+    }
+    assert expected <= pages, expected - pages
+
+
 def _spec_text(block: Block) -> str:
     """The block as a spec file: as written, or a behavior fragment wrapped with the default model."""
     if re.search(r"^behaviors\s*:", block.text, re.MULTILINE):
@@ -180,6 +195,10 @@ def test_python_blocks_run_in_order(page, pytester):
             )
         ran += 1
     assert ran >= 1
+
+
+def test_the_tutorial_and_the_api_guide_run_python():
+    assert {"docs/tutorial/induction.md", "docs/api/index.md"} <= set(PYTHON_PAGES)
 
 
 TEST_BLOCKS = [b for b in PYTHON if re.search(r"^def test_", b.text, re.MULTILINE)]
