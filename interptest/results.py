@@ -1,7 +1,7 @@
 """Machine-readable records of behavior results: what results.json holds, what xdist workers send
 to the controller, and what the terminal summary prints. Plain dicts of JSON types only.
 
-The schema (``FORMAT`` = 1) is documented in the README; ``engine`` was added to format 1 without
+The schema (``FORMAT`` = 1) is documented in docs/results.md; ``engine`` was added to format 1 without
 incrementing it (a new key: a reader of the earlier layout still finds every key it knew). Every
 behavior — passed, failed, skipped or errored — gets a record with every key, built by
 :func:`behavior_record`.

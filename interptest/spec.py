@@ -39,7 +39,7 @@ _ENUMS = {_UNAVAILABLE: UNAVAILABLE_POLICIES, _SINGLE_TOKEN: SINGLE_TOKEN_POLICI
 _SAES = "a mapping of SAE names to {path: DIR}, {zoo: NAME} or {release: RELEASE, id: ID}"
 DEFAULT_SAMPLES = 20
 
-# Every key a behavior may carry, with the type it must have. The README documents each one.
+# Every key a behavior may carry, with the type it must have. docs/spec.md documents each one.
 BEHAVIOR_KEYS = {
     "name": _STR,
     "description": _STR,

@@ -48,7 +48,7 @@ __all__ = [
     "tl_version_tuple",
 ]
 
-# The range interptest supports and tests (README, "Compatibility").
+# The range interptest supports and tests (docs/models.md, "Compatibility").
 SUPPORTED = "TransformerLens >= 3.0 (TransformerBridge) and < 5"
 
 

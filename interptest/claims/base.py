@@ -30,7 +30,7 @@ MARGIN = 0.05
 
 # How far a value may move when the model runs in reduced precision instead of float32, in normalized
 # units (logit-valued claims: as a fraction of |m_clean|). Three times the largest difference measured on
-# the shipped suite (bfloat16: 0.0066, float16: 0.0022 on normalized values; README "Reduced precision").
+# the shipped suite (bfloat16: 0.0066, float16: 0.0022 on normalized values; docs/gpus.md, "Reduced precision").
 DTYPE_ERROR = {"bfloat16": 0.02, "float16": 0.01}
 
 

@@ -247,7 +247,7 @@ def _lex(text: str) -> list[_Token]:
 # Parser
 
 
-# The words that modify a claim, and the one order every kind reads them in (README "Claims").
+# The words that modify a claim, and the one order every kind reads them in (docs/claims/index.md).
 MODIFIERS = ("any", "together", "on", "beats", "ablate", "of")
 MODIFIER_ORDER = (
     "the words of a claim go in this order: any, the quantity, together, on corrupt or on random_repeat, "

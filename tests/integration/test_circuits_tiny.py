@@ -1,6 +1,6 @@
 """The induction circuit on the shipped model: the circuit behaviors of behaviors/induction.yaml pass with
 the numbers their comments state, a false claim of every kind fails (so a broken implementation cannot
-pass the suite), and m_∅ under resample is the corrupted run's logit difference, as the README says."""
+pass the suite), and m_∅ under resample is the corrupted run's logit difference, as docs/claims/circuits.md says."""
 
 import os
 from pathlib import Path

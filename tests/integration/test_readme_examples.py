@@ -1,17 +1,24 @@
-"""Every example in the README runs as written on the default model (issue 13, "What must hold" 1).
+"""Every example of the documentation runs as written on the default model (issue 13, "What must hold" 1;
+issue 33: the README's examples moved to the pages of docs/, and still run there).
 
-Every fenced ```yaml and ```python block of README.md is extracted and run:
+Every fenced ```yaml and ```python block of README.md and of every page under docs/ (``docs/**/*.md``) is
+extracted and run:
 
 * a YAML block that is a whole spec file (a top-level ``behaviors`` key) runs through pytest and must pass;
 * a YAML fragment (one behavior, ``- name: ...``) is wrapped into a spec file with ``model: interptest-tiny``
   and must pass;
-* Python blocks run in order in one namespace, as a reader would run them in a notebook (the tutorial's
-  later blocks use the names of its earlier ones); where a line reads ``expression  # <a Python literal>``
-  the expression must equal the literal. A block that defines a ``test_...`` function is written into a
-  test file and run by pytest, and must pass.
+* the Python blocks of a page run in order in one namespace, as a reader would run them in a notebook (the
+  tutorial's later blocks use the names of its earlier ones); each page starts a namespace of its own. Where a
+  line reads ``expression  # <a Python literal>`` the expression must equal the literal, and a
+  ``print(...)  # output`` line must print its comment. A block that defines a ``test_...`` function is also
+  written into a test file and run by pytest, and must pass.
+
+Each block is named ``PAGE:LINE-LANGUAGE`` (the page relative to the repository root, the line of its opening
+fence): the test ids, the failure messages and the tracebacks of Python blocks (compiled with their page's
+line numbers) say where the example is.
 
 A block that is not meant to run (a GitHub workflow, a file layout) is excluded only by a visible marker on
-the line before it in the README: ``<!-- not run: the reason -->``. Nothing is skipped silently.
+the line before it in its page: ``<!-- not run: the reason -->``. Nothing is skipped silently.
 """
 
 import ast
@@ -31,13 +38,17 @@ from interptest.tl_compat import bridge_class
 
 bridge_class()  # imports transformer_lens's bridge (and attaches boot_transformers) before the in-process runs
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.rglob("*.md"))]  # the README first, then every page of the site
 RUN = ("yaml", "python")
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(?P<reason>\S[^>]*?)\s*-->\s*$")
 
 
 @dataclass(frozen=True)
 class Block:
+    page: str  # the page's path relative to the repository root, e.g. docs/tutorial/induction.md
     line: int  # the line of the opening fence
     language: str
     text: str
@@ -45,10 +56,14 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"README.md:{self.line}-{self.language}"
+        return f"{self.page}:{self.line}-{self.language}"
+
+    def code(self):
+        """The block compiled with its page's line numbers, so that a traceback names the page's line."""
+        return compile("\n" * self.line + self.text, self.page, "exec")
 
 
-def blocks(text: str) -> list[Block]:
+def blocks(text: str, page: str) -> list[Block]:
     found = []
     lines = text.splitlines()
     i = 0
@@ -62,27 +77,51 @@ def blocks(text: str) -> list[Block]:
         marker = NOT_RUN.search(previous)
         found.append(
             Block(
-                i + 1, fence.group(1), "\n".join(lines[i + 1 : end]) + "\n", marker.group("reason") if marker else None
+                page,
+                i + 1,
+                fence.group(1),
+                "\n".join(lines[i + 1 : end]) + "\n",
+                marker.group("reason") if marker else None,
             )
         )
         i = end + 1
     return found
 
 
-ALL = [b for b in blocks(README.read_text(encoding="utf-8")) if b.language in RUN]
+def _page_blocks(path: Path) -> list[Block]:
+    return [b for b in blocks(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix()) if b.language in RUN]
+
+
+ALL = [b for page in PAGES for b in _page_blocks(page)]
 RUNNABLE = [b for b in ALL if b.not_run is None]
 YAML = [b for b in RUNNABLE if b.language == "yaml"]
 PYTHON = [b for b in RUNNABLE if b.language == "python"]
+PYTHON_PAGES = sorted({b.page for b in PYTHON}, key=[p.relative_to(ROOT).as_posix() for p in PAGES].index)
 
 
 def test_every_yaml_and_python_block_is_run_or_visibly_excluded():
     assert YAML and PYTHON
     excluded = {b.id: b.not_run for b in ALL if b.not_run is not None}
-    # Each exclusion names its reason in the README itself; today only the CI workflow is not run.
+    # Each exclusion names its reason in its page; today only the CI workflow (docs/ci.md) is not run.
     assert all(len(reason) > 10 for reason in excluded.values()), excluded
     assert [b.text.splitlines()[0] for b in ALL if b.not_run is not None] == ["# .github/workflows/interp.yml"]
     for block in YAML:  # and every YAML block is one of the two kinds run below
         assert _spec_text(block)
+
+
+def test_the_readme_keeps_one_example_and_the_pages_hold_the_rest():
+    """The README is a front page: its one example runs; the tutorial, the claim pages, families and the
+    Python API run theirs from docs/ (each page that had examples in the README still has them)."""
+    pages = {b.page for b in RUNNABLE}
+    assert [b.language for b in RUNNABLE if b.page == "README.md"] == ["yaml"]
+    expected = {
+        "docs/tutorial/induction.md",
+        "docs/spec.md",
+        "docs/claims/features.md",
+        "docs/families.md",
+        "docs/api/index.md",
+    }
+    assert expected <= pages, expected - pages
 
 
 def _spec_text(block: Block) -> str:
@@ -101,8 +140,8 @@ def test_yaml_block_passes(block, pytester):
     spec.write_text(_spec_text(block), encoding="utf-8")
     result = pytester.runpytest("-p", "no:cacheprovider", "-rA")
     outcomes = result.parseoutcomes()
-    assert result.ret == 0 and outcomes.get("passed", 0) >= 1, result.stdout.str()
-    assert set(outcomes) <= {"passed"}, outcomes
+    assert result.ret == 0 and outcomes.get("passed", 0) >= 1, f"{block.id}:\n{result.stdout.str()}"
+    assert set(outcomes) <= {"passed"}, f"{block.id}: {outcomes}"
 
 
 def _expected_comments(source: str) -> list[tuple[str, object, int]]:
@@ -121,36 +160,45 @@ def _expected_comments(source: str) -> list[tuple[str, object, int]]:
     return checks
 
 
-def _same_output(shown: str, comment: str, block: Block) -> None:
+def _same_output(shown: str, comment: str, where: str) -> None:
     """A ``print(...)  # output`` line printed what its comment says, numbers to the comment's decimals."""
     expected = comment[1:] if comment.startswith(" ") else comment  # "#  Hart 0.996" shows " Hart 0.996"
     for got, want in zip(shown.split(" "), expected.split(" "), strict=True):
         if re.fullmatch(r"-?\d+\.\d+", want):
             decimals = len(want.split(".")[1])
-            assert f"{float(got):.{decimals}f}" == want, f"{block.id}: printed {shown!r}, the README says {expected!r}"
+            assert f"{float(got):.{decimals}f}" == want, f"{where}: printed {shown!r}, the page says {expected!r}"
         else:
-            assert got == want, f"{block.id}: printed {shown!r}, the README says {expected!r}"
+            assert got == want, f"{where}: printed {shown!r}, the page says {expected!r}"
 
 
-def test_python_blocks_run_in_order(pytester):
-    namespace: dict = {"__name__": "readme"}
+@pytest.mark.parametrize("page", PYTHON_PAGES)
+def test_python_blocks_run_in_order(page, pytester):
+    """The page's Python blocks, in order, in one namespace. A block that defines ``test_...`` functions runs
+    here too (its top-level code may define names later blocks use) and is run by pytest below."""
+    namespace: dict = {"__name__": "docs_example"}
     ran = 0
-    for block in PYTHON:
-        if re.search(r"^def test_", block.text, re.MULTILINE):
-            continue  # run by test_python_test_blocks_pass
+    for block in (b for b in PYTHON if b.page == page):
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
-            exec(compile(block.text, block.id, "exec"), namespace)  # noqa: S102 - our own README
-        printed = [line for line in block.text.splitlines() if line.startswith("print(") and "#" in line]
-        for line, shown in zip(printed, output.getvalue().splitlines()):
-            _same_output(shown, line.split("#", 1)[1], block)
+            exec(block.code(), namespace)  # noqa: S102 - our own documentation
+        printed = [
+            (number, line)
+            for number, line in enumerate(block.text.splitlines(), 1)
+            if line.startswith("print(") and "#" in line
+        ]
+        for (number, line), shown in zip(printed, output.getvalue().splitlines()):
+            _same_output(shown, line.split("#", 1)[1], f"{block.page}:{block.line + number}")
         for expression, expected, number in _expected_comments(block.text):
-            actual = eval(expression, namespace)  # noqa: S307 - our own README
+            actual = eval(expression, namespace)  # noqa: S307 - our own documentation
             assert actual == expected, (
-                f"{block.id} (+{number}): {expression} is {actual!r}, the README says {expected!r}"
+                f"{block.page}:{block.line + number}: {expression} is {actual!r}, the page says {expected!r}"
             )
         ran += 1
-    assert ran >= 2
+    assert ran >= 1
+
+
+def test_the_tutorial_and_the_api_guide_run_python():
+    assert {"docs/tutorial/induction.md", "docs/api/index.md"} <= set(PYTHON_PAGES)
 
 
 TEST_BLOCKS = [b for b in PYTHON if re.search(r"^def test_", b.text, re.MULTILINE)]

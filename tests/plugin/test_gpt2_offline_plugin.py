@@ -168,7 +168,7 @@ def test_shipped_gpt2_spec_runs_with_positions_on_gpt2_tokens(pytester, publishe
 
 
 def test_multi_token_lexicon_entries_are_collection_errors_on_gpt2(pytester, write, offline):
-    """The README's lexicon check, `--interp-model gpt2 --co`, on the shipped induction spec (@names)
+    """The lexicon check of docs/families.md, `--interp-model gpt2 --co`, on the shipped induction spec (@names)
     and on specs using @objects and @capitals: one collection error per file, naming the variable,
     the lexicon and each entry with GPT-2's tokenization (at most 8, then a count)."""
     (pytester.path / "behaviors").mkdir()

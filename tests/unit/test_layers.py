@@ -1,4 +1,4 @@
-"""The package's dependencies point one way (README, "Architecture"): spec parsing → claim kinds →
+"""The package's dependencies point one way (docs/contributing.md, "The layers"): spec parsing → claim kinds →
 engines → model, with binding and running above the spec, and suggestion, reporting and the public
 entry points above everything. Read from the source (every import, at module level or inside a
 function), so that no import can hide from it."""
