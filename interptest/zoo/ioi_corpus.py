@@ -43,9 +43,10 @@ IOI_TEMPLATES = (
     "Friends {A} and {B} found a {O} at the {P}. {S} gave it to",
 )
 # Never trained, the shipped prompt's template (12) among them: each one's phrases stand in trained templates
-# ("Then, A and B" + "were working at the" + "decided to give"; "While A and B were" + "going to the"; "When A
-# and B" + "went to the" + ", S gave a O to"; "had a O" + "gave it to"), only not in this order.
-HELD_OUT_TEMPLATES = frozenset({2, 9, 12, 13})
+# ("Then, A and B" + "went to the P. S gave a O to"; "Then, A and B were" + "working at the" + "decided to give";
+# "While A and B were" + "going to the"; "When A and B" + "went to the" + ", S gave a O to"), only not in
+# this order.
+HELD_OUT_TEMPLATES = frozenset({0, 2, 9, 12})
 TRAIN_TEMPLATES = tuple(i for i in range(len(IOI_TEMPLATES)) if i not in HELD_OUT_TEMPLATES)
 
 

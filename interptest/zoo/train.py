@@ -49,9 +49,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "layers": 4,
         "heads": 8,
         "d_mlp": 512,
-        "steps": 3000,
+        "steps": 4500,
         "batch": 48,
-        "random_frac": 0.3,
+        "random_frac": 0.4,
     },
 }
 
