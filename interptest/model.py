@@ -318,7 +318,7 @@ def _cached(repo: str, filename: str) -> bool:
 
 def _known_local_names() -> list[str]:
     """The model names that load here without a network: the shipped models and the hub cache's models."""
-    names = list(SHIPPED_MODELS)
+    names = [n for n in SHIPPED_MODELS if shipped_model_dir(n).is_dir()]  # a name whose checkpoint is packaged
     try:
         from huggingface_hub import constants
 
