@@ -1313,13 +1313,10 @@ def run_discovery(model, spec: dict, circuit_edges, steps=(1, 5, 20), out=print)
             alone = engine.faithfulness([[e for e in every if e is not v] for v in every], "resample")
             return (full - alone).mean(dim=0).tolist()
 
-        rankings = [
-            (
-                f"EAP-IG, {k} steps" if k > 1 else "EAP (1 gradient)",
-                lambda k=k: edge_scores(engine, "resample", k).tolist(),
-            )
-            for k in steps
-        ]
+        def attribution(k: int):
+            return lambda: edge_scores(engine, "resample", k).tolist()
+
+        rankings = [(f"EAP-IG, {k} steps" if k > 1 else "EAP (1 gradient)", attribution(k)) for k in steps]
         rankings.append(("exact: each edge removed alone", exact_alone))
         engine.faithfulness([every], "resample")  # the edge forward is chosen (fast or hooks) on first use
         out(
