@@ -40,7 +40,13 @@ from interptest.zoo.corpus import (
     lexicon,
     person_pool,
 )
-from interptest.zoo.ioi_corpus import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, held_out_ioi_names, ioi_sentence
+from interptest.zoo.ioi_corpus import (
+    HELD_OUT_TEMPLATES,
+    TRAIN_TEMPLATES,
+    held_out_ioi_names,
+    ioi_sentence,
+    train_ioi_names,
+)
 
 SHIPPED_PROMPTS = {
     "induction": ("Her name was Alex Hart. When Alex", " Hart"),
@@ -358,8 +364,6 @@ IOI_SHIPPED_PROMPTS = {
 def evaluate_ioi(model, n: int = 200, n_patch: int = 24) -> dict:
     """interptest-ioi: IOI on held-out templates x held-out names (the gate), on trained templates x held-out
     names and on held-out templates x trained names, name copying, induction heads, a patching map."""
-    from interptest.zoo.ioi_corpus import train_ioi_names
-
     t0 = time.perf_counter()
     tasks = {
         "ioi_held_out_templates_and_names": ioi_template_prompts(n),
