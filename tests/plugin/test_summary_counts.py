@@ -55,7 +55,8 @@ def test_verbose_shows_every_measured_value(pytester, write):
         [
             "FAILED   behaviors/f.yaml::alex-hart  *",
             "    passed   top-1 prediction is ' Hart'  measured 0.996  (implicit)",
-            "    passed   resid_pre[[]0, ' Hart'] recovers >= 0.9  measured 1*"  # exactly 1.0 prints as '1' (results.format_value's integer rule),
+            # exactly 1.0 prints as '1' (results.format_value's integer rule)
+            "    passed   resid_pre[[]0, ' Hart'] recovers >= 0.9  measured 1*",
             "    FAILED   prob(' Cole') >= 0.5  measured 0.00*",
             "SKIPPED  behaviors/f.yaml::later  *",
             "    not run  prob(' Paris') >= 0.5",
