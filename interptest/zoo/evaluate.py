@@ -326,6 +326,15 @@ def patching_map(model, items) -> dict:
     }
 
 
+def shipped_prompt_results(model, prompts: dict) -> dict:
+    """Top-1 and probability of the answer on each exact prompt a shipped spec uses."""
+    out = {}
+    for k, (prompt, ans) in prompts.items():
+        r = accuracy(model, [(prompt, ans, prompt, ans)])
+        out[k] = {"prompt": prompt, "answer": ans, "top1": r["top1_acc"] == 1.0, "prob": r["mean_prob"]}
+    return out
+
+
 def evaluate(model, n: int = 200, n_patch: int = 24) -> dict:
     t0 = time.perf_counter()
     tasks = {
@@ -336,15 +345,7 @@ def evaluate(model, n: int = 200, n_patch: int = 24) -> dict:
         "facts_in_context": fact_prompts(context=True),
     }
     res: dict = {"tasks": {k: accuracy(model, v) for k, v in tasks.items()}}
-    res["shipped_prompts"] = {}
-    for k, (prompt, ans) in SHIPPED_PROMPTS.items():
-        r = accuracy(model, [(prompt, ans, prompt, ans)])
-        res["shipped_prompts"][k] = {
-            "prompt": prompt,
-            "answer": ans,
-            "top1": r["top1_acc"] == 1.0,
-            "prob": r["mean_prob"],
-        }
+    res["shipped_prompts"] = shipped_prompt_results(model, SHIPPED_PROMPTS)
     res["induction_heads"] = induction_metrics(model)
     res["patching"] = {
         "induction": patching_map(model, induction_prompts(n_patch, seed=11, fixed_template=True)),
@@ -377,15 +378,7 @@ def evaluate_ioi(model, n: int = 200, n_patch: int = 24) -> dict:
         res["tasks"][k] = accuracy(model, items)
         if k.startswith("ioi"):
             res["tasks"][k].update(logit_diffs(model, items))
-    res["shipped_prompts"] = {}
-    for k, (prompt, ans) in IOI_SHIPPED_PROMPTS.items():
-        r = accuracy(model, [(prompt, ans, prompt, ans)])
-        res["shipped_prompts"][k] = {
-            "prompt": prompt,
-            "answer": ans,
-            "top1": r["top1_acc"] == 1.0,
-            "prob": r["mean_prob"],
-        }
+    res["shipped_prompts"] = shipped_prompt_results(model, IOI_SHIPPED_PROMPTS)
     res["induction_heads"] = induction_metrics(model)
     fixed = [it for it in ioi_template_prompts(400, seed=13) if it[0].startswith("When ") and " went to " in it[0]]
     res["patching"] = {"ioi": patching_map(model, fixed[:n_patch])}
